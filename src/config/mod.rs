@@ -1,0 +1,923 @@
+//! Configuration: the first step of both pipelines. One TOML file is read into the raw
+//! serde structs of [`raw`] (unknown keys refused), then validated into [`Config`], the
+//! model every other module reads. Every error names the file, the line and the key path
+//! (`site[1].upstreams`, 0-based indexes), so `portico check` and a failed reload say
+//! exactly what to fix.
+//!
+//! Decisions where DESIGN.md is silent, as a Caddy user would expect:
+//! - relative paths (`storage.path`, `cert`, `key`, `ca_root`) are taken from the current
+//!   directory, as Caddy and the shell do;
+//! - a site's `upstreams` shorthand is a route at `/`; route paths are plain string
+//!   prefixes and the longest one wins;
+//! - `tls` defaults to `internal` when every host is local (localhost, `*.localhost`, an
+//!   IP address, `*.internal`, `*.home.arpa`) and to `acme` otherwise; a local name under
+//!   `acme` is an error because no public CA issues for it;
+//! - the optional `[limits]` table overrides the defaults of [`Limits`].
+
+mod locate;
+mod raw;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::StatusCode;
+
+pub use raw::RawConfig;
+
+/// The Let's Encrypt production directory, the default `acme.directory`.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Why a config file was refused. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config file: {source}", path = .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {key}: {message}", path = .path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{path}:{line}: {key}: {message}", path = .path.display())]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The key path the error is about (`site[1].upstreams`), empty when it is the file.
+    pub fn key(&self) -> &str {
+        match self {
+            ConfigError::Read { .. } => "",
+            ConfigError::Syntax { key, .. } | ConfigError::Invalid { key, .. } => key,
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from, for reloads and messages.
+    pub path: PathBuf,
+    pub listen: Listen,
+    pub storage: Storage,
+    pub acme: Acme,
+    pub limits: Limits,
+    pub sites: Vec<Site>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listen {
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    File { path: PathBuf },
+    Kubernetes { namespace: Option<String> },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeType {
+    Http01,
+    TlsAlpn01,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acme {
+    pub email: Option<String>,
+    pub directory: String,
+    pub ca_root: Option<PathBuf>,
+    pub challenge: ChallengeType,
+    pub eab: Option<ExternalAccountBinding>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExternalAccountBinding {
+    pub kid: String,
+    /// Base64url HMAC key as the CA hands it out. Never printed.
+    pub hmac_key: String,
+}
+
+impl fmt::Debug for ExternalAccountBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExternalAccountBinding")
+            .field("kid", &self.kid)
+            .field("hmac_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Timeouts and sizes that protect the listeners. Defaults are nginx/Caddy-like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// TCP accept to finished TLS handshake.
+    pub handshake_timeout: Duration,
+    /// Time for a client to send a request's headers (HTTP/1.1).
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    /// Time for an upstream to send response headers; past it the client gets 504.
+    pub upstream_timeout: Duration,
+    /// How long in-flight requests may finish after SIGTERM.
+    pub shutdown_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_h2_streams: u32,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(120),
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            max_h2_streams: 256,
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Site {
+    /// Lowercased, in the order written; the first names the certificate.
+    pub hosts: Vec<HostPattern>,
+    pub tls: TlsSource,
+    /// Longest path first.
+    pub routes: Vec<Route>,
+}
+
+impl Site {
+    /// The certificate name set: hosts lowercased, sorted, deduplicated.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.hosts.iter().map(|h| h.to_string()).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    pub fn covers(&self, host: &str) -> bool {
+        self.hosts.iter().any(|h| h.matches(host))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSource {
+    Acme,
+    Internal,
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+impl TlsSource {
+    pub fn name(&self) -> &'static str {
+        match self {
+            TlsSource::Acme => "acme",
+            TlsSource::Internal => "internal",
+            TlsSource::Files { .. } => "files",
+        }
+    }
+}
+
+/// A host as written in `hosts`: an exact name (or IP), or `*.suffix` matching exactly
+/// one more label.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    Exact(String),
+    /// The suffix after `*.`.
+    Wildcard(String),
+}
+
+impl HostPattern {
+    /// `host` must already be lowercased and stripped of any `:port`.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(name) => name == host,
+            HostPattern::Wildcard(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .and_then(|rest| rest.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+        }
+    }
+
+    pub fn is_wildcard(&self) -> bool {
+        matches!(self, HostPattern::Wildcard(_))
+    }
+
+    /// Names no public CA will issue for.
+    pub fn is_local(&self) -> bool {
+        let name = match self {
+            HostPattern::Exact(n) | HostPattern::Wildcard(n) => n.as_str(),
+        };
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<IpAddr>().is_ok()
+            || name == "localhost"
+            || [".localhost", ".internal", ".home.arpa"]
+                .iter()
+                .any(|s| name.ends_with(s))
+            || matches!(name, "internal" | "home.arpa")
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(n) => f.write_str(n),
+            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+/// Lowercases a Host header or SNI value and drops a `:port` suffix (and IPv6 brackets).
+pub fn normalize_host(host: &str) -> String {
+    let host = host.trim().trim_end_matches('.');
+    let bare = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else if host.matches(':').count() == 1 {
+        host.split(':').next().unwrap_or(host)
+    } else {
+        host
+    };
+    bare.to_ascii_lowercase()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// A plain prefix of the request path, starting with `/`.
+    pub path: String,
+    pub action: RouteAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteAction {
+    Proxy {
+        upstreams: Vec<Upstream>,
+        protocol: UpstreamProtocol,
+    },
+    Respond {
+        status: StatusCode,
+        body: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamProtocol {
+    Http1,
+    H2c,
+}
+
+/// An upstream's `host:port`, resolved when connecting so Kubernetes Service names work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Upstream {
+    pub authority: http::uri::Authority,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.authority.as_str())
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (used by tests and the embedded default).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|source| {
+            let offset = source.span().map_or(0, |s| s.start);
+            let (line, key) = locate::at_offset(text, offset);
+            let message = source.message().trim().to_string();
+            ConfigError::Syntax {
+                path: path.to_path_buf(),
+                line,
+                key,
+                message,
+                source,
+            }
+        })?;
+        Validator { path, text }.config(raw)
+    }
+
+    /// The site whose hosts match `host` (already normalized). Exact names win over
+    /// wildcards, as in the certificate resolver.
+    pub fn site_for(&self, host: &str) -> Option<&Site> {
+        self.sites
+            .iter()
+            .find(|s| s.hosts.contains(&HostPattern::Exact(host.to_string())))
+            .or_else(|| self.sites.iter().find(|s| s.covers(host)))
+    }
+
+    /// Where `tls = "internal"` keeps its root, for `portico check` and `curl --cacert`.
+    pub fn internal_root_hint(&self) -> String {
+        match &self.storage {
+            Storage::File { path } => path.join("ca").join("root.pem").display().to_string(),
+            Storage::Kubernetes { .. } => "Secret portico-local-ca".to_string(),
+        }
+    }
+
+    /// The text `portico check` prints: each site and where its certificate comes from.
+    pub fn describe(&self) -> String {
+        let mut out = format!(
+            "{}: ok\nlisten: http {} https {}{}\n",
+            self.path.display(),
+            self.listen.http,
+            self.listen.https,
+            self.listen
+                .admin
+                .map(|a| format!(" admin {a}"))
+                .unwrap_or_default()
+        );
+        for (i, site) in self.sites.iter().enumerate() {
+            let hosts: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
+            let source = match &site.tls {
+                TlsSource::Acme => format!("acme from {}", self.acme.directory),
+                TlsSource::Internal => {
+                    format!("internal CA (root: {})", self.internal_root_hint())
+                }
+                TlsSource::Files { cert, key } => {
+                    format!("files {} + {}", cert.display(), key.display())
+                }
+            };
+            out.push_str(&format!(
+                "site[{i}] {}\n  certificate: {source}\n",
+                hosts.join(", ")
+            ));
+            for route in &site.routes {
+                let what = match &route.action {
+                    RouteAction::Proxy {
+                        upstreams,
+                        protocol,
+                    } => {
+                        let list: Vec<String> = upstreams.iter().map(|u| u.to_string()).collect();
+                        let proto = match protocol {
+                            UpstreamProtocol::Http1 => "http1",
+                            UpstreamProtocol::H2c => "h2c",
+                        };
+                        format!("{proto} {}", list.join(", "))
+                    }
+                    RouteAction::Respond { status, .. } => format!("respond {}", status.as_u16()),
+                };
+                out.push_str(&format!("  route {} -> {what}\n", route.path));
+            }
+        }
+        out
+    }
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        let key = key.into();
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            line: locate::line_of(self.text, &key),
+            key,
+            message: message.into(),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen = Listen {
+            http: self.addr("listen.http", raw.listen.http.as_deref(), "0.0.0.0:80")?,
+            https: self.addr("listen.https", raw.listen.https.as_deref(), "0.0.0.0:443")?,
+            admin: match raw.listen.admin.as_deref() {
+                Some(a) => Some(self.addr("listen.admin", Some(a), "")?),
+                None => None,
+            },
+        };
+        let storage = self.storage(raw.storage)?;
+        let acme = self.acme(raw.acme)?;
+        let limits = self.limits(raw.limits)?;
+        if raw.site.is_empty() {
+            return Err(self.err("site", "at least one [[site]] is needed"));
+        }
+        let mut sites: Vec<Site> = Vec::with_capacity(raw.site.len());
+        for (i, raw_site) in raw.site.into_iter().enumerate() {
+            let site = self.site(i, raw_site)?;
+            for (j, host) in site.hosts.iter().enumerate() {
+                if let Some(k) = sites.iter().position(|s| s.hosts.contains(host)) {
+                    return Err(self.err(
+                        format!("site[{i}].hosts[{j}]"),
+                        format!(
+                            "{host} is already a host of site[{k}]; a host belongs to one site"
+                        ),
+                    ));
+                }
+            }
+            sites.push(site);
+        }
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            listen,
+            storage,
+            acme,
+            limits,
+            sites,
+        })
+    }
+
+    fn addr(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        let value = value.unwrap_or(default);
+        let full = if value.starts_with(':') {
+            format!("0.0.0.0{value}")
+        } else {
+            value.to_string()
+        };
+        full.parse().map_err(|_| {
+            self.err(
+                key,
+                format!("{value:?} is not an address; write ip:port, such as \"0.0.0.0:443\" or \"[::]:443\""),
+            )
+        })
+    }
+
+    fn storage(&self, raw: raw::RawStorage) -> Result<Storage, ConfigError> {
+        match raw.backend.as_deref().unwrap_or("file") {
+            "file" => {
+                if raw.namespace.is_some() {
+                    return Err(self.err(
+                        "storage.namespace",
+                        "namespace applies only to backend = \"kubernetes\"",
+                    ));
+                }
+                let path = raw.path.unwrap_or_else(|| "./portico-data".to_string());
+                if path.is_empty() {
+                    return Err(self.err("storage.path", "must not be empty"));
+                }
+                Ok(Storage::File { path: path.into() })
+            }
+            "kubernetes" => {
+                if raw.path.is_some() {
+                    return Err(self.err("storage.path", "path applies only to backend = \"file\""));
+                }
+                Ok(Storage::Kubernetes {
+                    namespace: raw.namespace,
+                })
+            }
+            other => Err(self.err(
+                "storage.backend",
+                format!("{other:?} is not a backend; use \"file\" or \"kubernetes\""),
+            )),
+        }
+    }
+
+    fn acme(&self, raw: raw::RawAcme) -> Result<Acme, ConfigError> {
+        if let Some(email) = &raw.email {
+            let ok = email
+                .split_once('@')
+                .is_some_and(|(user, domain)| !user.is_empty() && domain.contains('.'));
+            if !ok {
+                return Err(self.err("acme.email", format!("{email:?} is not an email address")));
+            }
+        }
+        let directory = raw.directory.unwrap_or_else(|| LETS_ENCRYPT.to_string());
+        match directory.parse::<http::Uri>() {
+            Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
+            _ => {
+                return Err(self.err(
+                    "acme.directory",
+                    format!("{directory:?} is not an https:// URL"),
+                ));
+            }
+        }
+        let challenge = match raw.challenge.as_deref().unwrap_or("http-01") {
+            "http-01" => ChallengeType::Http01,
+            "tls-alpn-01" => ChallengeType::TlsAlpn01,
+            other => {
+                return Err(self.err(
+                    "acme.challenge",
+                    format!("{other:?} is not supported; use \"http-01\" or \"tls-alpn-01\""),
+                ));
+            }
+        };
+        let eab = match (raw.eab_kid, raw.eab_hmac_key) {
+            (None, None) => None,
+            (Some(kid), Some(hmac_key)) => Some(ExternalAccountBinding { kid, hmac_key }),
+            (Some(_), None) => {
+                return Err(self.err("acme.eab_kid", "eab_kid needs eab_hmac_key too"));
+            }
+            (None, Some(_)) => {
+                return Err(self.err("acme.eab_hmac_key", "eab_hmac_key needs eab_kid too"));
+            }
+        };
+        Ok(Acme {
+            email: raw.email,
+            directory,
+            ca_root: raw.ca_root.map(PathBuf::from),
+            challenge,
+            eab,
+        })
+    }
+
+    fn limits(&self, raw: raw::RawLimits) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let dur = |key: &str, v: Option<String>, default: Duration| match v {
+            None => Ok(default),
+            Some(s) => parse_duration(&s).ok_or_else(|| {
+                self.err(
+                    format!("limits.{key}"),
+                    format!(
+                        "{s:?} is not a duration; write e.g. \"500ms\", \"10s\", \"5m\", \"1h\""
+                    ),
+                )
+            }),
+        };
+        let positive = |key: &str, v: Option<u64>, default: u64| match v {
+            Some(0) => Err(self.err(format!("limits.{key}"), "must be greater than 0")),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        Ok(Limits {
+            handshake_timeout: dur(
+                "handshake_timeout",
+                raw.handshake_timeout,
+                d.handshake_timeout,
+            )?,
+            header_read_timeout: dur(
+                "header_read_timeout",
+                raw.header_read_timeout,
+                d.header_read_timeout,
+            )?,
+            idle_timeout: dur("idle_timeout", raw.idle_timeout, d.idle_timeout)?,
+            upstream_connect_timeout: dur(
+                "upstream_connect_timeout",
+                raw.upstream_connect_timeout,
+                d.upstream_connect_timeout,
+            )?,
+            upstream_timeout: dur("upstream_timeout", raw.upstream_timeout, d.upstream_timeout)?,
+            shutdown_timeout: dur("shutdown_timeout", raw.shutdown_timeout, d.shutdown_timeout)?,
+            max_header_bytes: positive(
+                "max_header_bytes",
+                raw.max_header_bytes,
+                d.max_header_bytes as u64,
+            )? as usize,
+            max_h2_streams: positive(
+                "max_h2_streams",
+                raw.max_h2_streams.map(u64::from),
+                u64::from(d.max_h2_streams),
+            )? as u32,
+            max_connections: positive(
+                "max_connections",
+                raw.max_connections.map(u64::from),
+                d.max_connections as u64,
+            )? as usize,
+        })
+    }
+
+    fn site(&self, i: usize, raw: raw::RawSite) -> Result<Site, ConfigError> {
+        let at = |key: &str| format!("site[{i}].{key}");
+        if raw.hosts.is_empty() {
+            return Err(self.err(at("hosts"), "a site needs at least one host"));
+        }
+        let mut hosts: Vec<HostPattern> = Vec::new();
+        for (j, h) in raw.hosts.iter().enumerate() {
+            let host = parse_host(h).map_err(|why| self.err(at(&format!("hosts[{j}]")), why))?;
+            if hosts.contains(&host) {
+                return Err(self.err(
+                    at(&format!("hosts[{j}]")),
+                    format!("{host} is listed twice"),
+                ));
+            }
+            hosts.push(host);
+        }
+        let all_local = hosts.iter().all(HostPattern::is_local);
+        let tls = match raw.tls.as_deref() {
+            None if all_local => TlsSource::Internal,
+            None | Some("acme") => TlsSource::Acme,
+            Some("internal") => TlsSource::Internal,
+            Some("files") => {
+                let cert = raw
+                    .cert
+                    .clone()
+                    .ok_or_else(|| self.err(at("cert"), "tls = \"files\" needs cert and key"))?;
+                let key = raw
+                    .key
+                    .clone()
+                    .ok_or_else(|| self.err(at("key"), "tls = \"files\" needs cert and key"))?;
+                TlsSource::Files {
+                    cert: cert.into(),
+                    key: key.into(),
+                }
+            }
+            Some(other) => {
+                return Err(self.err(
+                    at("tls"),
+                    format!("{other:?} is not a certificate source; use \"acme\", \"internal\" or \"files\""),
+                ));
+            }
+        };
+        if !matches!(tls, TlsSource::Files { .. }) {
+            if raw.cert.is_some() {
+                return Err(self.err(at("cert"), "cert applies only to tls = \"files\""));
+            }
+            if raw.key.is_some() {
+                return Err(self.err(at("key"), "key applies only to tls = \"files\""));
+            }
+        }
+        if tls == TlsSource::Acme {
+            for (j, host) in hosts.iter().enumerate() {
+                if host.is_wildcard() {
+                    return Err(self.err(
+                        at(&format!("hosts[{j}]")),
+                        format!(
+                            "{host}: ACME CAs issue wildcard certificates only over DNS-01, which portico does not do yet; use tls = \"internal\" or \"files\", or list the names"
+                        ),
+                    ));
+                }
+                if host.is_local() {
+                    return Err(self.err(
+                        at(&format!("hosts[{j}]")),
+                        format!("{host}: no public CA issues for a local name or IP; use tls = \"internal\""),
+                    ));
+                }
+            }
+        }
+
+        let mut routes = Vec::new();
+        if let Some(list) = raw.upstreams {
+            let protocol =
+                self.protocol(&at("upstream_protocol"), raw.upstream_protocol.as_deref())?;
+            routes.push(Route {
+                path: "/".to_string(),
+                action: RouteAction::Proxy {
+                    upstreams: self.upstreams(&at("upstreams"), &list)?,
+                    protocol,
+                },
+            });
+        } else if raw.upstream_protocol.is_some() {
+            return Err(self.err(
+                at("upstream_protocol"),
+                "upstream_protocol goes with the site's upstreams or a route's",
+            ));
+        }
+        for (r, raw_route) in raw.route.into_iter().enumerate() {
+            let key = |k: &str| format!("site[{i}].route[{r}].{k}");
+            let path = raw_route
+                .path
+                .ok_or_else(|| self.err(key("path"), "a route needs a path, such as \"/api/\""))?;
+            if !path.starts_with('/') {
+                return Err(self.err(key("path"), format!("{path:?} must start with /")));
+            }
+            if routes.iter().any(|x: &Route| x.path == path) {
+                let what = if path == "/" {
+                    "the site's upstreams already make a route at \"/\""
+                } else {
+                    "another route of this site has the same path"
+                };
+                return Err(self.err(key("path"), format!("{path:?}: {what}")));
+            }
+            let action = match (raw_route.upstreams, raw_route.respond) {
+                (Some(list), None) => RouteAction::Proxy {
+                    upstreams: self.upstreams(&key("upstreams"), &list)?,
+                    protocol: self.protocol(
+                        &key("upstream_protocol"),
+                        raw_route.upstream_protocol.as_deref(),
+                    )?,
+                },
+                (None, Some(respond)) => {
+                    if raw_route.upstream_protocol.is_some() {
+                        return Err(self.err(
+                            key("upstream_protocol"),
+                            "upstream_protocol does not apply to respond",
+                        ));
+                    }
+                    let code = respond.status.unwrap_or(200);
+                    let status = StatusCode::from_u16(code)
+                        .ok()
+                        .filter(|s| !s.is_informational())
+                        .ok_or_else(|| {
+                            self.err(
+                                key("respond"),
+                                format!("status {code} is not a final HTTP status (200-599)"),
+                            )
+                        })?;
+                    RouteAction::Respond {
+                        status,
+                        body: respond.body.unwrap_or_default(),
+                    }
+                }
+                (Some(_), Some(_)) => {
+                    return Err(
+                        self.err(key("respond"), "a route has upstreams or respond, not both")
+                    );
+                }
+                (None, None) => {
+                    return Err(self.err(key("upstreams"), "a route needs upstreams or respond"));
+                }
+            };
+            routes.push(Route { path, action });
+        }
+        if routes.is_empty() {
+            return Err(self.err(
+                at("upstreams"),
+                "a site needs upstreams or at least one [[site.route]]",
+            ));
+        }
+        routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        Ok(Site { hosts, tls, routes })
+    }
+
+    fn protocol(&self, key: &str, value: Option<&str>) -> Result<UpstreamProtocol, ConfigError> {
+        match value.unwrap_or("http1") {
+            "http1" => Ok(UpstreamProtocol::Http1),
+            "h2c" => Ok(UpstreamProtocol::H2c),
+            other => Err(self.err(
+                key,
+                format!("{other:?} is not supported; use \"http1\" or \"h2c\""),
+            )),
+        }
+    }
+
+    fn upstreams(&self, key: &str, list: &[String]) -> Result<Vec<Upstream>, ConfigError> {
+        if list.is_empty() {
+            return Err(self.err(key, "needs at least one upstream"));
+        }
+        list.iter()
+            .enumerate()
+            .map(|(n, u)| parse_upstream(u).map_err(|why| self.err(format!("{key}[{n}]"), why)))
+            .collect()
+    }
+}
+
+fn parse_host(raw: &str) -> Result<HostPattern, String> {
+    let name = raw.trim().to_ascii_lowercase();
+    if name.is_empty() {
+        return Err("empty host".into());
+    }
+    if name.contains(':') && !name.starts_with('[') && name.parse::<IpAddr>().is_ok() {
+        return Ok(HostPattern::Exact(name));
+    }
+    if name.parse::<IpAddr>().is_ok() {
+        return Ok(HostPattern::Exact(name));
+    }
+    if name.contains(':') || name.contains('/') {
+        return Err(format!(
+            "{raw:?}: write a bare host name, without scheme, port or path"
+        ));
+    }
+    let (wildcard, rest) = match name.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, name.as_str()),
+    };
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if rest.len() > 253 || !rest.split('.').all(valid_label) {
+        return Err(format!(
+            "{raw:?} is not a host name (letters, digits and '-' in dot-separated labels; a wildcard only as the whole first label, \"*.example.com\")"
+        ));
+    }
+    if wildcard {
+        Ok(HostPattern::Wildcard(rest.to_string()))
+    } else {
+        Ok(HostPattern::Exact(name))
+    }
+}
+
+fn parse_upstream(raw: &str) -> Result<Upstream, String> {
+    let rest = if let Some(rest) = raw.strip_prefix("http://") {
+        rest.trim_end_matches('/')
+    } else if raw.contains("://") {
+        return Err(format!(
+            "{raw:?}: only plain http:// upstreams are supported"
+        ));
+    } else {
+        raw
+    };
+    let authority: http::uri::Authority = rest
+        .parse()
+        .map_err(|_| format!("{raw:?} is not host:port"))?;
+    if authority.port_u16().is_none() || rest.contains('@') || rest.contains('/') {
+        return Err(format!(
+            "{raw:?}: write host:port, such as \"127.0.0.1:8080\""
+        ));
+    }
+    Ok(Upstream { authority })
+}
+
+/// `"500ms"`, `"10s"`, `"5m"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => Some(Duration::from_secs(n * 60)),
+        "h" => Some(Duration::from_secs(n * 3600)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn wildcard_matches_one_label() {
+        let w = HostPattern::Wildcard("example.com".into());
+        assert!(w.matches("a.example.com"));
+        assert!(!w.matches("example.com"));
+        assert!(!w.matches("a.b.example.com"));
+        assert!(!w.matches("aexample.com"));
+    }
+
+    #[test]
+    fn normalize_strips_port_and_case() {
+        assert_eq!(normalize_host("Example.COM:8443"), "example.com");
+        assert_eq!(normalize_host("[::1]:443"), "::1");
+        assert_eq!(normalize_host("::1"), "::1");
+        assert_eq!(normalize_host("a.example.com."), "a.example.com");
+    }
+
+    #[test]
+    fn defaults_and_shorthand() {
+        let c =
+            parse("[[site]]\nhosts = [\"localhost\"]\nupstreams = [\"127.0.0.1:1\"]\n").unwrap();
+        assert_eq!(c.listen.https, "0.0.0.0:443".parse().unwrap());
+        assert_eq!(c.sites[0].tls, TlsSource::Internal);
+        assert_eq!(c.sites[0].routes[0].path, "/");
+        let c = parse("[[site]]\nhosts = [\"example.com\"]\nupstreams = [\"b:80\"]\n").unwrap();
+        assert_eq!(c.sites[0].tls, TlsSource::Acme);
+    }
+
+    #[test]
+    fn errors_name_line_and_key() {
+        let e = parse("[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"x\"]\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "t.toml:3: site[0].upstreams[0]: \"x\": write host:port, such as \"127.0.0.1:8080\""
+        );
+        let e = parse("[listen]\nhttps = \"0.0.0.0:1\"\nbogus = 1\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Syntax { line: 3, .. }), "{e}");
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let e = parse("[[site]]\nhosts = [\"a.test\"]\nupstreams = \"x\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("t.toml:3: site[0].upstreams: invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn same_host_twice_is_an_error() {
+        let e = parse(
+            "[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n[[site]]\nhosts = [\"b.test\", \"A.test\"]\nupstreams = [\"h:1\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.key(), "site[1].hosts[1]");
+        assert!(e.to_string().starts_with("t.toml:5: "), "{e}");
+    }
+
+    #[test]
+    fn acme_wildcard_is_refused_with_reason() {
+        let e =
+            parse("[[site]]\nhosts = [\"*.example.com\"]\ntls = \"acme\"\nupstreams = [\"h:1\"]\n")
+                .unwrap_err();
+        assert!(e.to_string().contains("DNS-01"), "{e}");
+    }
+}
