@@ -24,6 +24,7 @@
 //! registry), [`store`] (persistence and locks), [`server`] (assembly and shutdown).
 
 pub mod acme;
+pub mod certs;
 pub mod config;
 pub mod listener;
 pub mod proxy;

@@ -1,1 +1,109 @@
-fn main() {}
+//! The `portico` command: parse the CLI, start logging, load the config, build, run until
+//! SIGTERM or SIGINT. Everything else lives in the library.
+//!
+//! Exit codes: 0 success, 64 bad config (EX_USAGE), 1 any other failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use clap::{Parser, Subcommand};
+use portico::config::Config;
+use portico::server::{self, Server};
+
+#[derive(Parser)]
+#[command(name = "portico", version, about = "An edge proxy with automatic HTTPS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the sites of the config file.
+    Run {
+        #[arg(long, default_value = "portico.toml")]
+        config: PathBuf,
+    },
+    /// Validate the config file and print the sites and where each certificate comes from.
+    Check {
+        #[arg(long, default_value = "portico.toml")]
+        config: PathBuf,
+    },
+    /// List the stored certificates: names, issuer, not-after, days left, source.
+    Certs {
+        #[arg(long, default_value = "portico.toml")]
+        config: PathBuf,
+    },
+}
+
+const EX_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let path = match &cli.command {
+        Command::Run { config } | Command::Check { config } | Command::Certs { config } => config,
+    };
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EX_CONFIG);
+        }
+    };
+    if let Command::Check { .. } = cli.command {
+        print!("{}", config.describe());
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Certs { .. } => {
+                let store = server::open_store(&config)?;
+                let table = portico::certs::table(store.as_ref(), &config, SystemTime::now())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                print!("{table}");
+                Ok::<(), Box<dyn std::error::Error>>(())
+            }
+            _ => {
+                let server = Server::bind(config).await?;
+                server.run(shutdown_signal()).await?;
+                Ok(())
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process can still be killed; run until then.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

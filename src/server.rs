@@ -1,1 +1,165 @@
-//! placeholder
+//! Assembly: builds both pipelines from a [`Config`], binds the listeners, runs until a
+//! shutdown signal, then drains. `main` and the integration tests drive portico only
+//! through this module.
+//!
+//! Start-up order (DESIGN): bind, serve what the store holds, then obtain what is
+//! missing; shutdown order: stop accepting, let in-flight requests finish up to
+//! `limits.shutdown_timeout`, return.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::acme::challenges::Challenges;
+use crate::certs::CertManager;
+use crate::config::{Config, Storage};
+use crate::listener::http::HttpListener;
+use crate::listener::https::HttpsListener;
+use crate::listener::{Connections, ListenError};
+use crate::proxy::Proxy;
+use crate::store::file::FileStore;
+use crate::store::{Store, StoreError};
+use crate::tls::{self, CertResolver, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("storage.backend = \"kubernetes\" is not available in this build yet; use \"file\"")]
+    KubernetesUnavailable,
+}
+
+/// Opens the store the config names.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+    match &config.storage {
+        Storage::File { path } => Ok(Arc::new(FileStore::open(path)?)),
+        Storage::Kubernetes { .. } => Err(ServerError::KubernetesUnavailable),
+    }
+}
+
+/// A bound, loaded server, not yet accepting.
+pub struct Server {
+    config: Arc<ArcSwap<Config>>,
+    https: TcpListener,
+    http: TcpListener,
+    resolver: Arc<CertResolver>,
+    proxy: Arc<Proxy>,
+    challenges: Arc<Challenges>,
+    certs: Arc<CertManager>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenError::Bind { addr, source })
+}
+
+impl Server {
+    /// Binds the listeners and loads certificates: stored ones first, then missing or
+    /// due ones from the local CA, so a fresh `internal` site serves on the first request.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let store = open_store(&config)?;
+        Server::bind_with_store(config, store).await
+    }
+
+    pub async fn bind_with_store(config: Config, store: Arc<dyn Store>) -> Result<Server, ServerError> {
+        let https = bind(config.listen.https).await?;
+        let http = bind(config.listen.http).await?;
+        let resolver = Arc::new(CertResolver::new());
+        let certs = Arc::new(CertManager::new(store, resolver.clone()));
+        certs.load_existing(&config).await;
+        certs.sync(&config, SystemTime::now()).await;
+        Ok(Server {
+            proxy: Arc::new(Proxy::new(&config)),
+            config: Arc::new(ArcSwap::from_pointee(config)),
+            https,
+            http,
+            resolver,
+            challenges: Arc::new(Challenges::new()),
+            certs,
+        })
+    }
+
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https.local_addr().expect("a bound listener has an address")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr().expect("a bound listener has an address")
+    }
+
+    /// The registry the port-80 listener answers HTTP-01 challenges from.
+    pub fn challenges(&self) -> Arc<Challenges> {
+        self.challenges.clone()
+    }
+
+    /// The certificate scheduler, to force a pass (tests, reloads).
+    pub fn certs(&self) -> Arc<CertManager> {
+        self.certs.clone()
+    }
+
+    pub fn resolver(&self) -> Arc<CertResolver> {
+        self.resolver.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting and drains in-flight
+    /// requests for up to `limits.shutdown_timeout`.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let config = self.config.load_full();
+        let https_port = self.https_addr().port();
+        let connections = Connections::new(config.limits.max_connections);
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let https = HttpsListener {
+            listener: self.https,
+            tls: tls::server_config(self.resolver.clone())?,
+            resolver: self.resolver.clone(),
+            proxy: self.proxy.clone(),
+            config: self.config.clone(),
+            connections: connections.clone(),
+        };
+        let http = HttpListener {
+            listener: self.http,
+            config: self.config.clone(),
+            challenges: self.challenges.clone(),
+            https_port,
+            connections: connections.clone(),
+        };
+        let accepting = [
+            tokio::spawn(https.run(stop_rx.clone())),
+            tokio::spawn(http.run(stop_rx.clone())),
+        ];
+        let renewing = tokio::spawn(self.certs.clone().run(self.config.clone(), stop_rx.clone()));
+        tracing::info!(sites = config.sites.len(), "portico is serving");
+
+        shutdown.await;
+        tracing::info!(
+            open = connections.open(),
+            "shutting down: no new connections, draining in-flight requests"
+        );
+        let _ = stop_tx.send(true);
+        for task in accepting {
+            let _ = task.await;
+        }
+        let _ = renewing.await;
+        if tokio::time::timeout(config.limits.shutdown_timeout, connections.drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = connections.open(),
+                "shutdown deadline passed; closing the remaining connections"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,1 +1,147 @@
-//! placeholder
+//! TLS: where the certificate path ends and the request path begins.
+//!
+//! - [`resolver`] picks a certificate per handshake from an `ArcSwap` snapshot;
+//! - [`internal`] is the local CA behind `tls = "internal"`;
+//! - [`files`] loads `tls = "files"` certificates and reloads them when they change;
+//! - this module builds the rustls `ServerConfig` (aws-lc-rs, TLS 1.2 + 1.3, ALPN h2 and
+//!   http/1.1) and turns PEM into the `CertifiedKey` the resolver serves.
+
+pub mod files;
+pub mod internal;
+pub mod resolver;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+
+pub use resolver::{CertResolver, SiteCert, SiteId};
+
+/// Why a certificate could not be used or TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what}: no PEM certificate found")]
+    NoCertificate { what: String },
+    #[error("{what}: cannot parse PEM: {source}")]
+    Pem {
+        what: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{what}: the private key does not fit the certificate or is not supported: {source}")]
+    Key {
+        what: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{what}: cannot parse the certificate: {reason}")]
+    X509 { what: String, reason: String },
+    #[error("cannot read {path}: {source}", path = .path.display())]
+    Read {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot issue a certificate: {source}")]
+    Issue {
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("rustls configuration: {source}")]
+    Config {
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// The one crypto provider of the whole binary.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The rustls server configuration every HTTPS connection uses.
+pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|source| TlsError::Config { source })?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless resumption keeps returning clients cheap (handshake-heavy load).
+    config.ticketer =
+        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|source| TlsError::Config { source })?;
+    Ok(Arc::new(config))
+}
+
+/// A certificate chain and key ready to serve, with the leaf's validity.
+pub struct Loaded {
+    pub key: Arc<CertifiedKey>,
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
+}
+
+impl Loaded {
+    /// Whether a third or less of the lifetime is left at `now`: the renewal rule for
+    /// ACME and internal certificates alike.
+    pub fn due(&self, now: SystemTime) -> bool {
+        due(self.not_before, self.not_after, now)
+    }
+}
+
+/// A third or less of the lifetime left (or already expired).
+pub fn due(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> bool {
+    let life = not_after
+        .duration_since(not_before)
+        .unwrap_or(Duration::ZERO);
+    match not_after.duration_since(now) {
+        Ok(left) => left <= life / 3,
+        Err(_) => true,
+    }
+}
+
+/// Parses a PEM chain (leaf first) and a PEM private key. `what` names the source in
+/// errors (a path or a store object); key bytes never appear in an error.
+pub fn load_pem(what: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<Loaded, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            what: what.to_string(),
+            source,
+        })?;
+    let Some(leaf) = chain.first() else {
+        return Err(TlsError::NoCertificate {
+            what: what.to_string(),
+        });
+    };
+    let (not_before, not_after) = validity(what, leaf)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| TlsError::Pem {
+        what: what.to_string(),
+        source,
+    })?;
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|source| {
+        TlsError::Key {
+            what: what.to_string(),
+            source,
+        }
+    })?;
+    Ok(Loaded {
+        key: Arc::new(certified),
+        not_before,
+        not_after,
+    })
+}
+
+/// The leaf's notBefore and notAfter.
+pub fn validity(what: &str, der: &[u8]) -> Result<(SystemTime, SystemTime), TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::X509 {
+        what: what.to_string(),
+        reason: e.to_string(),
+    })?;
+    let v = cert.validity();
+    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    Ok((at(v.not_before.timestamp()), at(v.not_after.timestamp())))
+}

@@ -1,0 +1,365 @@
+//! The certificate path's scheduler: for every site, get a certificate from its source
+//! (`files`, the local CA, or the store where ACME puts them) into the resolver, and keep
+//! it fresh.
+//!
+//! Order at start-up follows DESIGN: what the store already has is served first, then what
+//! is missing or due is obtained. After that [`CertManager::sync`] runs every couple of
+//! seconds: it only stats `files` certificates and compares dates of the others, so it
+//! touches the store only when something is due.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::config::{Config, Site, TlsSource};
+use crate::store::{Kind, Object, Store, StoreError};
+use crate::tls::files::{self, Stamp};
+use crate::tls::internal::LocalCa;
+use crate::tls::{load_pem, resolver::site_id, CertResolver, SiteId, TlsError};
+
+/// The store name of the local CA object.
+pub const LOCAL_CA: &str = "local-ca";
+
+/// Why a site has no fresh certificate. Logged with the site; the old certificate, if
+/// any, keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("stored object {kind}/{name} lacks {key}")]
+    Incomplete {
+        kind: &'static str,
+        name: String,
+        key: &'static str,
+    },
+}
+
+/// `h(x)` of DESIGN: the first 16 hex digits of SHA-256.
+pub fn short_hash(x: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, x.as_bytes());
+    digest.as_ref()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The store name of a site's certificate: `<first-name>-<h(sorted names)>` (the
+/// Kubernetes backend prefixes `portico-tls-`).
+pub fn cert_object_name(site: &Site) -> String {
+    let first: String = site
+        .hosts
+        .first()
+        .map(|h| h.to_string())
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+        .replace('*', "wildcard")
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' | '.' | '-' => c,
+            _ => '-',
+        })
+        .collect();
+    let hash = short_hash(&site.names().join(","));
+    // "portico-tls-" + first + "-" + 16 hex digits must stay within 253 characters.
+    let room = 253 - "portico-tls-".len() - 1 - hash.len();
+    let first = first.get(..first.len().min(room)).unwrap_or("");
+    format!("{}-{hash}", first.trim_matches(['.', '-']))
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    OffsetDateTime::from(t)
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The store object for a certificate, with the annotations DESIGN lists.
+pub fn cert_object(site: &Site, chain_pem: &str, key_pem: &str, not_after: SystemTime) -> Object {
+    let names = site.names();
+    let mut data = BTreeMap::new();
+    data.insert("tls.crt".to_string(), chain_pem.as_bytes().to_vec());
+    data.insert("tls.key".to_string(), key_pem.as_bytes().to_vec());
+    let mut annotations = BTreeMap::new();
+    annotations.insert(
+        "cert-manager.io/common-name".to_string(),
+        site.hosts.first().map(|h| h.to_string()).unwrap_or_default(),
+    );
+    annotations.insert("cert-manager.io/alt-names".to_string(), names.join(","));
+    annotations.insert("portico.dev/not-after".to_string(), rfc3339(not_after));
+    Object { data, annotations }
+}
+
+fn data<'a>(obj: &'a Object, kind: Kind, name: &str, key: &'static str) -> Result<&'a [u8], CertError> {
+    obj.data
+        .get(key)
+        .map(Vec::as_slice)
+        .ok_or_else(|| CertError::Incomplete {
+            kind: kind.as_str(),
+            name: name.to_string(),
+            key,
+        })
+}
+
+pub struct CertManager {
+    store: Arc<dyn Store>,
+    resolver: Arc<CertResolver>,
+    ca: tokio::sync::OnceCell<Arc<LocalCa>>,
+    /// Last seen stamps of `files` certificates.
+    stamps: Mutex<HashMap<SiteId, Stamp>>,
+}
+
+impl CertManager {
+    pub fn new(store: Arc<dyn Store>, resolver: Arc<CertResolver>) -> Self {
+        CertManager {
+            store,
+            resolver,
+            ca: tokio::sync::OnceCell::new(),
+            stamps: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Start-up step one: declare the sites and serve whatever the store and the files
+    /// already hold. Errors are per site and logged; no site blocks another.
+    pub async fn load_existing(&self, config: &Config) {
+        self.resolver.set_sites(&config.sites);
+        for site in &config.sites {
+            let result = match &site.tls {
+                TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
+                TlsSource::Internal | TlsSource::Acme => self.load_stored(site).await.map(|_| ()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(site = %site_id(site), error = %e, "could not load a certificate");
+            }
+        }
+    }
+
+    /// One pass over every site: reload changed files, obtain missing or due
+    /// certificates from the local CA. Runs at start after `load_existing`, then on a
+    /// timer.
+    pub async fn sync(&self, config: &Config, now: SystemTime) {
+        for site in &config.sites {
+            let result = match &site.tls {
+                TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
+                TlsSource::Internal => self.sync_internal(site, now).await,
+                // ACME issuance is the acme manager's (issue 3); until then an acme site
+                // serves what the store holds, picked up by load_existing.
+                TlsSource::Acme => Ok(()),
+            };
+            if let Err(e) = result {
+                tracing::warn!(site = %site_id(site), error = %e, "certificate not renewed; the current one keeps serving");
+            }
+        }
+    }
+
+    /// Keeps running `sync` until `shutdown` turns true; `config` is read anew each pass
+    /// so reloads apply.
+    pub async fn run(
+        self: Arc<Self>,
+        config: Arc<arc_swap::ArcSwap<Config>>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = shutdown.changed() => return,
+            }
+            self.sync(&config.load(), SystemTime::now()).await;
+        }
+    }
+
+    fn sync_files(&self, site: &Site) -> Result<bool, CertError> {
+        let TlsSource::Files { cert, key } = &site.tls else {
+            return Ok(false);
+        };
+        let id = site_id(site);
+        let stamp = files::stamp(cert, key);
+        let mut stamps = self.stamps.lock().unwrap_or_else(|p| p.into_inner());
+        if stamps.get(&id) == Some(&stamp) {
+            return Ok(false);
+        }
+        // Remember the stamp even on failure: a broken file is reported once, not every
+        // pass, and the next change is tried again.
+        stamps.insert(id.clone(), stamp);
+        drop(stamps);
+        let loaded = files::load(cert, key)?;
+        self.resolver.install(&id, loaded.key, loaded.not_after);
+        tracing::info!(site = %id, "loaded certificate files");
+        Ok(true)
+    }
+
+    /// Installs the stored certificate of `site` if there is one; returns whether it did.
+    async fn load_stored(&self, site: &Site) -> Result<bool, CertError> {
+        let name = cert_object_name(site);
+        let Some(stored) = self.store.get(Kind::Certificate, &name).await? else {
+            return Ok(false);
+        };
+        let chain = data(&stored.object, Kind::Certificate, &name, "tls.crt")?;
+        let key = data(&stored.object, Kind::Certificate, &name, "tls.key")?;
+        let loaded = load_pem(&format!("certificate/{name}"), chain, key)?;
+        self.resolver
+            .install(&site_id(site), loaded.key, loaded.not_after);
+        tracing::info!(site = %site_id(site), object = %name, "serving the stored certificate");
+        Ok(true)
+    }
+
+    async fn sync_internal(&self, site: &Site, now: SystemTime) -> Result<(), CertError> {
+        let id = site_id(site);
+        if let Some(current) = self.resolver.current(&id) {
+            let not_before = current
+                .key
+                .end_entity_cert()
+                .ok()
+                .and_then(|der| crate::tls::validity(&id, der).ok())
+                .map_or(now, |(nb, _)| nb);
+            if !crate::tls::due(not_before, current.not_after, now) {
+                return Ok(());
+            }
+        }
+        let name = cert_object_name(site);
+        let stored = self.store.get(Kind::Certificate, &name).await?;
+        // Another process sharing the store may have renewed it already.
+        if let Some(s) = &stored {
+            let chain = data(&s.object, Kind::Certificate, &name, "tls.crt")?;
+            let key = data(&s.object, Kind::Certificate, &name, "tls.key")?;
+            if let Ok(loaded) = load_pem(&name, chain, key)
+                && !loaded.due(now)
+            {
+                self.resolver.install(&id, loaded.key, loaded.not_after);
+                return Ok(());
+            }
+        }
+        let ca = self.local_ca(now).await?;
+        let issued = ca.issue(&site.hosts, now)?;
+        let loaded = load_pem(&name, issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())?;
+        let object = cert_object(site, &issued.chain_pem, &issued.key_pem, loaded.not_after);
+        match self
+            .store
+            .put(Kind::Certificate, &name, &object, stored.as_ref().map(|s| &s.version))
+            .await
+        {
+            Ok(_) => {}
+            // Someone else wrote first: serve ours now, theirs is picked up next pass.
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.resolver.install(&id, loaded.key, loaded.not_after);
+        tracing::info!(site = %id, "issued a certificate from the local CA");
+        Ok(())
+    }
+
+    /// The local CA, created once in the store and shared by everything using it.
+    pub async fn local_ca(&self, now: SystemTime) -> Result<Arc<LocalCa>, CertError> {
+        self.ca
+            .get_or_try_init(|| async {
+                for _ in 0..3 {
+                    if let Some(stored) = self.store.get(Kind::Ca, LOCAL_CA).await? {
+                        let cert = data(&stored.object, Kind::Ca, LOCAL_CA, "tls.crt")?;
+                        let key = data(&stored.object, Kind::Ca, LOCAL_CA, "tls.key")?;
+                        let ca = LocalCa::from_pem(
+                            &String::from_utf8_lossy(cert),
+                            &String::from_utf8_lossy(key),
+                        )?;
+                        return Ok(Arc::new(ca));
+                    }
+                    let ca = LocalCa::generate(now)?;
+                    let mut data = BTreeMap::new();
+                    data.insert("tls.crt".to_string(), ca.root_pem().as_bytes().to_vec());
+                    data.insert("tls.key".to_string(), ca.key_pem().as_bytes().to_vec());
+                    let object = Object {
+                        data,
+                        annotations: BTreeMap::new(),
+                    };
+                    match self.store.put(Kind::Ca, LOCAL_CA, &object, None).await {
+                        Ok(_) => {
+                            tracing::info!("created the local CA");
+                            return Ok(Arc::new(ca));
+                        }
+                        // Another process created it first: use theirs.
+                        Err(StoreError::Conflict { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err(CertError::Incomplete {
+                    kind: Kind::Ca.as_str(),
+                    name: LOCAL_CA.to_string(),
+                    key: "tls.crt",
+                })
+            })
+            .await
+            .cloned()
+    }
+}
+
+/// The table `portico certs` prints: every stored certificate with its names, issuer,
+/// not-after, days left and the source the config gives it.
+pub async fn table(store: &dyn Store, config: &Config, now: SystemTime) -> Result<String, CertError> {
+    let mut out = format!(
+        "{:<40} {:<28} {:<21} {:>9}  {}\n",
+        "NAMES", "ISSUER", "NOT AFTER", "DAYS LEFT", "SOURCE"
+    );
+    let mut rows = store.list(Kind::Certificate).await?;
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, stored) in rows {
+        let names = stored
+            .object
+            .annotations
+            .get("cert-manager.io/alt-names")
+            .cloned()
+            .unwrap_or_else(|| name.clone());
+        let source = config
+            .sites
+            .iter()
+            .find(|s| cert_object_name(s) == name)
+            .map_or("(not configured)", |s| s.tls.name());
+        let parsed = stored
+            .object
+            .data
+            .get("tls.crt")
+            .and_then(|pem| {
+                use rustls::pki_types::pem::PemObject;
+                rustls::pki_types::CertificateDer::from_pem_slice(pem).ok()
+            })
+            .and_then(|der| {
+                let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+                let issuer = cert
+                    .issuer()
+                    .iter_common_name()
+                    .next()
+                    .and_then(|cn| cn.as_str().ok())
+                    .unwrap_or("?")
+                    .to_string();
+                let not_after = cert.validity().not_after.timestamp();
+                Some((issuer, not_after))
+            });
+        let (issuer, not_after, days) = match parsed {
+            Some((issuer, ts)) => {
+                let at = SystemTime::UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64);
+                let days = match at.duration_since(now) {
+                    Ok(left) => format!("{}", left.as_secs() / 86_400),
+                    Err(_) => "expired".to_string(),
+                };
+                (issuer, rfc3339(at), days)
+            }
+            None => ("(unreadable)".to_string(), "-".to_string(), "-".to_string()),
+        };
+        out.push_str(&format!(
+            "{names:<40} {issuer:<28} {not_after:<21} {days:>9}  {source}\n"
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_hash_is_sha256_prefix() {
+        // sha256("") = e3b0c44298fc1c14...
+        assert_eq!(short_hash(""), "e3b0c44298fc1c14");
+    }
+}

@@ -1,0 +1,93 @@
+//! The :443 listener: accept, TLS handshake (bounded by `limits.handshake_timeout`),
+//! then HTTP/2 or HTTP/1.1 by ALPN, each request handed to the proxy with what the
+//! handshake decided (peer, and the hosts the served certificate covers).
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::{serve_connection, Connections};
+use crate::config::{normalize_host, Config};
+use crate::proxy::{ConnInfo, Proxy};
+use crate::tls::CertResolver;
+
+pub struct HttpsListener {
+    pub listener: TcpListener,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub resolver: Arc<CertResolver>,
+    pub proxy: Arc<Proxy>,
+    /// Read per connection, so a reload's new limits apply to new connections.
+    pub config: Arc<ArcSwap<Config>>,
+    pub connections: Connections,
+}
+
+impl HttpsListener {
+    /// Accepts until `shutdown` turns true; connections then drain on their own.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let acceptor = TlsAcceptor::from(self.tls.clone());
+        let this = Arc::new(self);
+        loop {
+            let permit = tokio::select! {
+                p = this.connections.admit() => p,
+                _ = shutdown.changed() => return,
+            };
+            let (tcp, peer) = tokio::select! {
+                accepted = this.listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let this = this.clone();
+            let acceptor = acceptor.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let _permit = permit;
+                let limits = this.config.load().limits.clone();
+                let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let (_, session) = tls.get_ref();
+                let h2 = session.alpn_protocol() == Some(b"h2");
+                let sni = session.server_name().map(normalize_host);
+                let cert_hosts = this
+                    .resolver
+                    .snapshot()
+                    .lookup(sni.as_deref())
+                    .map(|c| c.hosts.clone());
+                let conn = Arc::new(ConnInfo {
+                    peer,
+                    proto: "https",
+                    // A reload may have removed the site since the handshake: then the
+                    // cover is empty and every request gets 421 rather than a guess.
+                    cert_hosts: Some(cert_hosts.unwrap_or_else(|| Arc::from(Vec::new()))),
+                });
+                let proxy = this.proxy.clone();
+                let handler = move |req| {
+                    let proxy = proxy.clone();
+                    let conn = conn.clone();
+                    async move { proxy.serve(req, &conn).await }
+                };
+                serve_connection(TokioIo::new(tls), h2, &limits, shutdown, handler).await;
+            });
+        }
+    }
+}

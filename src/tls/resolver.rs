@@ -1,0 +1,164 @@
+//! The meeting point of the two pipelines: the certificate path swaps certificates in,
+//! the handshake reads them out.
+//!
+//! Writers (start-up, renewals, file reloads, config reloads) take a mutex, edit the
+//! per-site table and publish a fresh immutable [`Snapshot`] through `ArcSwap`. The
+//! handshake path only loads that snapshot: no lock, no await, and a swap can never hand
+//! a handshake half of an old certificate and half of a new one, because a site's chain
+//! and key travel together in one `Arc<CertifiedKey>`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+use crate::config::{HostPattern, Site};
+
+/// A site's current certificate with what the request path and the operator need.
+#[derive(Debug)]
+pub struct SiteCert {
+    pub key: Arc<CertifiedKey>,
+    /// The site's hosts: a connection handshaken with this certificate may send requests
+    /// for any of them (HTTP/2 connection reuse); others get 421.
+    pub hosts: Arc<[HostPattern]>,
+    pub not_after: SystemTime,
+}
+
+/// Identifies a site across config reloads: its sorted, lowercased names joined by `,`.
+pub type SiteId = String;
+
+pub fn site_id(site: &Site) -> SiteId {
+    site.names().join(",")
+}
+
+/// What one handshake reads.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    exact: HashMap<String, Arc<SiteCert>>,
+    /// Keyed by the suffix after `*.`.
+    wildcard: HashMap<String, Arc<SiteCert>>,
+    /// The certificate for clients that send no SNI: set only when exactly one site is
+    /// configured (DESIGN), else such handshakes fail.
+    no_sni: Option<Arc<SiteCert>>,
+}
+
+impl Snapshot {
+    /// Exact names first, then a wildcard covering exactly one more label.
+    pub fn lookup(&self, name: Option<&str>) -> Option<&Arc<SiteCert>> {
+        let Some(name) = name else {
+            return self.no_sni.as_ref();
+        };
+        if let Some(cert) = self.exact.get(name) {
+            return Some(cert);
+        }
+        let (_, parent) = name.split_once('.')?;
+        self.wildcard.get(parent)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    /// Configured sites in config order, with their hosts.
+    sites: Vec<(SiteId, Arc<[HostPattern]>)>,
+    certs: BTreeMap<SiteId, Arc<SiteCert>>,
+}
+
+/// rustls' certificate resolver for every site.
+#[derive(Debug, Default)]
+pub struct CertResolver {
+    snapshot: ArcSwap<Snapshot>,
+    table: Mutex<Table>,
+}
+
+impl CertResolver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Declares the configured sites (at start and on reload). Certificates of removed
+    /// sites are dropped, so their names fail the handshake like unknown SNI.
+    pub fn set_sites(&self, sites: &[Site]) {
+        let mut table = self.lock();
+        table.sites = sites
+            .iter()
+            .map(|s| (site_id(s), Arc::from(s.hosts.clone())))
+            .collect();
+        let Table { sites, certs } = &mut *table;
+        certs.retain(|id, _| sites.iter().any(|(s, _)| s == id));
+        self.publish(&table);
+    }
+
+    /// Installs a site's new certificate atomically. Ignored for a site that is not (or
+    /// no longer) configured, so a renewal racing a reload cannot resurrect it.
+    pub fn install(&self, site: &SiteId, key: Arc<CertifiedKey>, not_after: SystemTime) -> bool {
+        let mut table = self.lock();
+        let Some((_, hosts)) = table.sites.iter().find(|(id, _)| id == site) else {
+            return false;
+        };
+        let cert = Arc::new(SiteCert {
+            key,
+            hosts: hosts.clone(),
+            not_after,
+        });
+        table.certs.insert(site.clone(), cert);
+        self.publish(&table);
+        true
+    }
+
+    /// The certificate a site serves now, if any.
+    pub fn current(&self, site: &SiteId) -> Option<Arc<SiteCert>> {
+        self.lock().certs.get(site).cloned()
+    }
+
+    /// The snapshot handshakes read; also used after a handshake to learn which hosts the
+    /// connection's certificate covers.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        // A panic while holding this lock leaves the table consistent (every edit is a
+        // whole insert or replace), so a poisoned lock is still usable.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, table: &Table) {
+        let mut snap = Snapshot::default();
+        // Config order decides ties, though validation already refuses a host in two sites.
+        for (id, hosts) in &table.sites {
+            let Some(cert) = table.certs.get(id) else {
+                continue;
+            };
+            for host in hosts.iter() {
+                match host {
+                    HostPattern::Exact(n) => {
+                        snap.exact.entry(n.clone()).or_insert_with(|| cert.clone());
+                    }
+                    HostPattern::Wildcard(s) => {
+                        snap.wildcard.entry(s.clone()).or_insert_with(|| cert.clone());
+                    }
+                }
+            }
+        }
+        if let [(only, _)] = table.sites.as_slice() {
+            snap.no_sni = table.certs.get(only).cloned();
+        }
+        self.snapshot.store(Arc::new(snap));
+    }
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let snap = self.snapshot.load();
+        // rustls hands SNI over already validated as a DNS name; it is not lowercased.
+        let name = hello.server_name().map(|n| n.to_ascii_lowercase());
+        let found = snap.lookup(name.as_deref()).map(|c| c.key.clone());
+        if found.is_none() {
+            tracing::debug!(sni = ?name, "no certificate for this name; refusing the handshake");
+        }
+        found
+    }
+}

@@ -1,0 +1,157 @@
+//! The `portico` binary as an operator runs it: `check`, `certs`, `run` with curl over
+//! HTTP/2 and HTTP/1.1, exit codes, and SIGTERM.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn portico() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_portico"))
+}
+
+fn run(args: &[&str], cwd: &Path) -> Output {
+    portico().args(args).current_dir(cwd).output().unwrap()
+}
+
+fn write(dir: &Path, text: &str) -> std::path::PathBuf {
+    let path = dir.join("portico.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A port the OS just handed out and released, for the binary's own listeners.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn check_prints_sites_and_certificate_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "[storage]\npath = \"data\"\n[[site]]\nhosts = [\"localhost\"]\nupstreams = [\"127.0.0.1:9\"]\n[[site]]\nhosts = [\"example.com\"]\nupstreams = [\"127.0.0.1:9\"]\n",
+    );
+    let out = run(&["check", "--config", path.to_str().unwrap()], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("site[0] localhost"), "{stdout}");
+    assert!(stdout.contains("internal CA (root: data/ca/root.pem)"), "{stdout}");
+    assert!(stdout.contains("acme from https://acme-v02.api.letsencrypt.org/directory"), "{stdout}");
+    assert!(!dir.path().join("data").exists(), "check touches nothing");
+}
+
+#[test]
+fn bad_configs_exit_64_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[listen]\nhttps = \"0.0.0.0:8443\"\nhtps = \"x\"\n", ":3: listen.htps", "unknown field"),
+        ("[[site]]\nhosts = [\"a.test\"]\nupstreams = 8080\n", ":3: site[0].upstreams", "invalid type"),
+        (
+            "[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n[[site]]\nhosts = [\"b.test\"]\n",
+            ":5: site[1].upstreams",
+            "needs upstreams",
+        ),
+        (
+            "[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n\n[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n",
+            ":6: site[1].hosts[0]",
+            "already a host of site[0]",
+        ),
+        ("[listen]\nhttps = \"nowhere\"\n[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n", ":2: listen.https", "not an address"),
+    ];
+    for (text, location, message) in cases {
+        let path = write(dir.path(), text);
+        for cmd in ["check", "run"] {
+            let out = run(&[cmd, "--config", path.to_str().unwrap()], dir.path());
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(64), "{cmd}: {stderr}");
+            assert!(stderr.contains(&format!("portico.toml{location}")), "{cmd}: {stderr}");
+            assert!(stderr.contains(message), "{cmd}: {stderr}");
+        }
+    }
+    let out = run(&["check", "--config", "missing.toml"], dir.path());
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    let out = run(&["check"], dir.path());
+    assert_eq!(out.status.code(), Some(64), "no --config reads ./portico.toml");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("portico.toml"));
+}
+
+fn curl(args: &[&str]) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl is installed by scripts/test");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn run_serves_curl_over_h2_and_h1_then_exits_0_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, https) = (free_port(), free_port());
+    let path = write(
+        dir.path(),
+        &format!(
+            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\npath = \"data\"\n[[site]]\nhosts = [\"localhost\", \"app.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"hi\" }}\n"
+        ),
+    );
+    let mut child = portico()
+        .args(["run", "--config", path.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let root = dir.path().join("data/ca/root.pem");
+    let resolve = format!("app.internal:{https}:127.0.0.1");
+    let url = format!("https://app.internal:{https}/");
+    let fmt = "%{http_version} %{http_code} ";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if root.exists() {
+            let (out, err) = curl(&["--http2", "--resolve", &resolve, "--cacert", root.to_str().unwrap(), "-w", fmt, &url]);
+            last = format!("{out} {err}");
+            if out.starts_with("hi") {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(last.starts_with("hi2 200"), "h2: {last}");
+    let (out, _) = curl(&["--http1.1", "--resolve", &resolve, "--cacert", root.to_str().unwrap(), "-w", fmt, &url]);
+    assert_eq!(out, "hi1.1 200 ");
+
+    // Port 80 redirects, keeping the https port.
+    let (out, _) = curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", &format!("http://127.0.0.1:{http}/p?q=1"), "-H", "Host: app.internal"]);
+    assert_eq!(out, format!("308 https://app.internal:{https}/p?q=1"));
+
+    // The key files are private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("data")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+
+    let out = run(&["certs", "--config", path.to_str().unwrap()], dir.path());
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{table}");
+    assert!(table.contains("app.internal,localhost"), "{table}");
+    assert!(table.contains("portico local CA root"), "{table}");
+    assert!(table.contains("internal"), "{table}");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let code = child.wait().unwrap();
+    assert_eq!(code.code(), Some(0), "SIGTERM exits 0");
+    let mut stderr = String::new();
+    use std::io::Read;
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert!(stderr.contains("shutting down"), "{stderr}");
+    assert!(!stderr.contains("PRIVATE KEY"), "no key material in logs");
+}
