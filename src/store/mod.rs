@@ -1,1 +1,573 @@
-//! placeholder
+//! Persistence and locks: the bottom of the certificate path.
+//!
+//! Everything portico must remember across restarts, and share between replicas, goes
+//! through the [`Store`] trait:
+//!
+//! | [`Kind`] | written by | holds |
+//! |---|---|---|
+//! | [`Kind::Account`] | `acme` | the ACME account key and `account.json`, one per (directory, email), so restarts reuse the account instead of burning the CA's rate limits |
+//! | [`Kind::Certificate`] | `acme`, `tls::internal` | `tls.crt` (leaf + chain), `tls.key`, annotations such as `portico.dev/not-after` |
+//! | [`Kind::Http01`] | `acme` | `token`, `key-authorization`: an HTTP-01 challenge in flight, so that any replica behind the load balancer can answer it |
+//! | [`Kind::Ca`] | `tls::internal` | the local CA ([`LOCAL_CA`]) that issues for `tls = "internal"` sites |
+//!
+//! and the [`Locker`] trait makes sure only one process at a time orders a given
+//! certificate or registers a given account: the ACME manager takes a [`Lease`], keeps
+//! it alive with [`hold`], and stops its order when the returned [`LeaseGuard`] reports
+//! the lease lost.
+//!
+//! An [`Object`] is shaped like a Kubernetes Secret (byte values under string keys, plus
+//! string annotations) so that every backend can store it without translation. Writes are
+//! compare-and-swap on an opaque [`Version`]: nobody ever overwrites what another replica
+//! wrote without having read it first.
+//!
+//! Backends: [`FileStore`] (the local binary's data folder), [`MemoryStore`] (tests of
+//! other modules). Every backend runs the one contract suite in `tests/store_contract.rs`;
+//! a new backend is added there with one macro line.
+//!
+//! Names of objects and locks are checked by [`validate_name`] and
+//! [`validate_lock_name`] in every backend: lowercase DNS-subdomain characters only, so a
+//! name can never climb out of the file backend's folder and is always a valid Kubernetes
+//! object name.
+
+pub mod file;
+pub mod memory;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use file::FileStore;
+pub use memory::MemoryStore;
+
+/// A boxed, sendable future: what the object-safe async traits of this module return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The longest object name: a DNS subdomain, which is also Kubernetes' limit.
+pub const MAX_NAME_LEN: usize = 253;
+
+/// The longest lock name. Shorter than [`MAX_NAME_LEN`] so that the file backend's
+/// `<name>.lock` still fits in the 255 bytes a file name may have.
+pub const MAX_LOCK_NAME_LEN: usize = 250;
+
+/// The name of the local CA object ([`Kind::Ca`]), with data keys `tls.crt` and `tls.key`.
+pub const LOCAL_CA: &str = "local-ca";
+
+/// The file name, in the file backend's `ca/` folder, of the local CA's certificate.
+const ROOT_PEM: &str = "root.pem";
+
+/// What an object is; each kind is its own namespace of names.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub enum Kind {
+    Account,
+    Certificate,
+    Http01,
+    Ca,
+}
+
+impl Kind {
+    /// Every kind, in a stable order.
+    pub const ALL: [Kind; 4] = [Kind::Account, Kind::Certificate, Kind::Http01, Kind::Ca];
+
+    /// The kind's label: `portico.dev/kind` in Kubernetes, the folder in the file backend.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Kind::Account => "account",
+            Kind::Certificate => "certificate",
+            Kind::Http01 => "http01",
+            Kind::Ca => "ca",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One stored object: what Kubernetes would keep in a Secret.
+///
+/// `Debug` prints data keys and sizes, never the bytes: values are private keys.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Object {
+    /// Values by key, e.g. `tls.crt`, `tls.key`, `account.json`, `token`,
+    /// `key-authorization`.
+    pub data: BTreeMap<String, Vec<u8>>,
+    /// Small non-secret facts, e.g. `portico.dev/not-after`, `portico.dev/expires`.
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Object {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_data(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.data.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn with_annotation(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.annotations.insert(key.into(), value.into());
+        self
+    }
+
+    /// The value under `key`, if any.
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.data.get(key).map(Vec::as_slice)
+    }
+}
+
+impl fmt::Debug for Object {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        struct Sizes<'a>(&'a BTreeMap<String, Vec<u8>>);
+        impl fmt::Debug for Sizes<'_> {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.debug_map()
+                    .entries(
+                        self.0
+                            .iter()
+                            .map(|(k, v)| (k, format!("<{} bytes>", v.len()))),
+                    )
+                    .finish()
+            }
+        }
+        f.debug_struct("Object")
+            .field("data", &Sizes(&self.data))
+            .field("annotations", &self.annotations)
+            .finish()
+    }
+}
+
+/// The opaque version of a stored object, as returned by [`Store::get`] and
+/// [`Store::put`]; compare-and-swap writes name the version they read.
+///
+/// Backends never hand out the same version twice for one (kind, name), even across a
+/// delete and a re-create, so a stale version can never match by accident.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub struct Version(String);
+
+impl Version {
+    /// Wraps a backend's version string (Kubernetes: `metadata.resourceVersion`).
+    pub fn new(version: impl Into<String>) -> Self {
+        Version(version.into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An object together with the version it was read at.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Stored {
+    pub object: Object,
+    pub version: Version,
+}
+
+/// Why a name was refused.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum NameError {
+    #[error("the name is empty")]
+    Empty,
+    #[error("the name is longer than {max} characters")]
+    TooLong { max: usize },
+    #[error("the name may only contain a-z, 0-9, '.' and '-'")]
+    InvalidChar,
+    #[error("the name must start and end with a letter or a digit")]
+    InvalidEdge,
+    #[error("the name is reserved by the store")]
+    Reserved,
+}
+
+/// Checks an object name: `[a-z0-9.-]`, at most [`MAX_NAME_LEN`] characters, starting
+/// and ending with a letter or digit (so never `.`, `..` or a hidden file). One name is
+/// reserved in every backend, so that code tested on one backend runs on all: `root.pem`
+/// of [`Kind::Ca`], where the file backend publishes the local CA's certificate.
+pub fn validate_name(kind: Kind, name: &str) -> Result<(), NameError> {
+    check_name(name, MAX_NAME_LEN)?;
+    if kind == Kind::Ca && name == ROOT_PEM {
+        return Err(NameError::Reserved);
+    }
+    Ok(())
+}
+
+/// Checks a lock name: as [`validate_name`], at most [`MAX_LOCK_NAME_LEN`] characters.
+pub fn validate_lock_name(name: &str) -> Result<(), NameError> {
+    check_name(name, MAX_LOCK_NAME_LEN)
+}
+
+fn check_name(name: &str, max: usize) -> Result<(), NameError> {
+    let bytes = name.as_bytes();
+    let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {
+        return Err(NameError::Empty);
+    };
+    if bytes.len() > max {
+        return Err(NameError::TooLong { max });
+    }
+    if !bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'-')
+    {
+        return Err(NameError::InvalidChar);
+    }
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !alnum(first) || !alnum(last) {
+        return Err(NameError::InvalidEdge);
+    }
+    Ok(())
+}
+
+/// Why a [`Store`] operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid {kind} name {name:?}: {reason}")]
+    InvalidName {
+        kind: Kind,
+        name: String,
+        #[source]
+        reason: NameError,
+    },
+    /// The compare-and-swap failed: the object exists (create), is gone or has another
+    /// version (replace, delete). Re-read and decide again; never retry blindly.
+    #[error("conflict on {kind} {name:?}: it was created, changed or deleted by someone else")]
+    Conflict { kind: Kind, name: String },
+    #[error("{path}: {source}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stored bytes are not an object this version of portico can read. The reason
+    /// never quotes the stored content, which may be a private key.
+    #[error("stored {kind} {name:?} is corrupt: {reason}")]
+    Corrupt {
+        kind: Kind,
+        name: String,
+        reason: String,
+    },
+}
+
+/// Why a [`Locker`] operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("invalid lock name {name:?}: {reason}")]
+    InvalidName {
+        name: String,
+        #[source]
+        reason: NameError,
+    },
+    /// Someone else holds the lock now (it went stale and was taken over, or was
+    /// released): whatever the lease protected must stop.
+    #[error("lock {name:?} was lost to another holder")]
+    Lost { name: String },
+    #[error("{path}: {source}", path = .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Persistence of objects, by kind and name, with compare-and-swap writes.
+pub trait Store: Send + Sync {
+    /// The object and its version, or `None` if there is none.
+    fn get<'a>(
+        &'a self,
+        kind: Kind,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>>;
+
+    /// Compare-and-swap write. `expected = None` creates, and fails with
+    /// [`StoreError::Conflict`] if the object exists; `Some(v)` replaces only if the
+    /// current version is `v`, else `Conflict` (also when the object is gone).
+    /// Returns the new version.
+    fn put<'a>(
+        &'a self,
+        kind: Kind,
+        name: &'a str,
+        object: &'a Object,
+        expected: Option<&'a Version>,
+    ) -> BoxFuture<'a, Result<Version, StoreError>>;
+
+    /// Deletes; with `expected = Some(v)` only if the object is still at `v`
+    /// ([`StoreError::Conflict`] otherwise). Deleting a missing object is `Ok(())`.
+    fn delete<'a>(
+        &'a self,
+        kind: Kind,
+        name: &'a str,
+        expected: Option<&'a Version>,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// Every object of one kind, sorted by name.
+    fn list<'a>(&'a self, kind: Kind) -> BoxFuture<'a, Result<Vec<(String, Stored)>, StoreError>>;
+}
+
+/// Named mutual exclusion between processes, with a time to live.
+///
+/// Locks are not re-entrant: every successful [`Locker::try_acquire`] is a new holder,
+/// and a second `try_acquire` of a held lock returns `None` even in the same process.
+pub trait Locker: Send + Sync {
+    /// `Some(lease)` if acquired: the lock was free, or its holder did not renew it
+    /// within the holder's ttl (stale, taken over). `None` if someone else holds it.
+    fn try_acquire<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Lease>, LockError>>;
+
+    /// Refreshes the lease for another ttl. [`LockError::Lost`] if another holder took
+    /// the lock over or it was released; a lease that went stale but was not taken over
+    /// is simply refreshed.
+    fn renew<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), LockError>>;
+
+    /// Frees the lock so another holder need not wait for the ttl. A lease that was
+    /// already lost is not an error: the lock is then left to its new holder.
+    fn release<'a>(&'a self, lease: Lease) -> BoxFuture<'a, Result<(), LockError>>;
+}
+
+/// A held lock: its name, who holds it, and how long it lives without a renew.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Lease {
+    name: String,
+    holder: String,
+    ttl: Duration,
+}
+
+impl Lease {
+    /// For backends: a lease on `name` held by `holder` (unique per acquisition).
+    pub fn new(name: impl Into<String>, holder: impl Into<String>, ttl: Duration) -> Self {
+        Lease {
+            name: name.into(),
+            holder: holder.into(),
+            ttl,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The holder identity recorded in the lock (Kubernetes: `holderIdentity`).
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+}
+
+/// A fresh holder identity: the process id and 64 random bits, unique per acquisition.
+pub(crate) fn new_holder_id() -> String {
+    format!("{}-{:016x}", std::process::id(), random_u64())
+}
+
+/// 64 bits that differ between calls and between processes. Not for cryptography: it
+/// only has to keep holders and temporary files apart. std's `RandomState` is seeded
+/// from the OS once per thread and stepped for every new instance; the counter, the
+/// clock and the pid keep two values apart even if that ever repeats.
+pub(crate) fn random_u64() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u32(std::process::id());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(nanos);
+    h.finish()
+}
+
+/// Keeps a lease alive in the background: a task renews it every ttl/3 and reports
+/// through [`LeaseGuard::lost`] when it is lost.
+///
+/// The lease counts as lost when a renew says [`LockError::Lost`], or when no renew has
+/// succeeded for 2/3 of the ttl (errors, a slow backend): by then another process may
+/// be about to take the lock over, so the holder must stop before that can happen.
+/// This is the ratio of Kubernetes' leader election (renew deadline 10 s, lease 15 s).
+///
+/// The ACME manager uses it like this:
+///
+/// ```ignore
+/// let Some(lease) = locker.try_acquire(&lock_name, ttl).await? else { return Ok(()) };
+/// let guard = store::hold(locker.clone(), lease);
+/// let mut lost = guard.lost();
+/// tokio::select! {
+///     result = order_certificate(..) => { guard.release().await?; result }
+///     _ = lost.wait_for(|lost| *lost) => Err(..), // someone else has the lock now
+/// }
+/// ```
+///
+/// Must be called inside a tokio runtime.
+pub fn hold(locker: Arc<dyn Locker>, lease: Lease) -> LeaseGuard {
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let task = tokio::spawn(renew_loop(locker.clone(), lease.clone(), lost_tx, stop_rx));
+    LeaseGuard {
+        locker,
+        lease,
+        lost: lost_rx,
+        stop: Some(stop_tx),
+        task: Some(task),
+    }
+}
+
+async fn renew_loop(
+    locker: Arc<dyn Locker>,
+    lease: Lease,
+    lost: watch::Sender<bool>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    use tokio::time::{Instant, sleep, timeout};
+
+    let period = (lease.ttl / 3).max(Duration::from_millis(1));
+    let deadline = lease.ttl * 2 / 3;
+    let mut last_renewed = Instant::now();
+    loop {
+        // Only the wait is cancelled by a stop, never a renew in flight: a renew cut in
+        // half could land after the release and leave a lock nobody holds.
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = sleep(period) => {}
+        }
+        let started = Instant::now();
+        let left = (last_renewed + deadline).saturating_duration_since(started);
+        match timeout(left, locker.renew(&lease)).await {
+            Ok(Ok(())) => last_renewed = started,
+            Ok(Err(LockError::Lost { .. })) => {
+                tracing::warn!(lock = lease.name, "lease lost to another holder");
+                lost.send_replace(true);
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(lock = lease.name, error = %e, "cannot renew lease"),
+            Err(_) => tracing::warn!(lock = lease.name, "renewing the lease timed out"),
+        }
+        if last_renewed.elapsed() >= deadline {
+            tracing::warn!(
+                lock = lease.name,
+                "lease not renewed within its deadline: lost"
+            );
+            lost.send_replace(true);
+            return;
+        }
+    }
+}
+
+/// A lease kept alive by [`hold`]. Dropping it stops renewing (the lock then goes stale
+/// after its ttl); [`LeaseGuard::release`] frees it at once.
+pub struct LeaseGuard {
+    locker: Arc<dyn Locker>,
+    lease: Lease,
+    lost: watch::Receiver<bool>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for LeaseGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseGuard")
+            .field("lease", &self.lease)
+            .field("lost", &self.is_lost())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseGuard {
+    pub fn lease(&self) -> &Lease {
+        &self.lease
+    }
+
+    /// Becomes `true` once the lease is lost; wait with `lost().wait_for(|l| *l)`.
+    pub fn lost(&self) -> watch::Receiver<bool> {
+        self.lost.clone()
+    }
+
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Stops renewing, waits for a renew in flight, and releases the lock.
+    pub async fn release(mut self) -> Result<(), LockError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            // A panic in the renew task only means the renewals stopped; the release
+            // below is still right.
+            let _ = task.await;
+        }
+        self.locker.release(self.lease.clone()).await
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the task, which then exits without renewing.
+        self.stop.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let ok = |n: &str| validate_name(Kind::Certificate, n);
+        assert_eq!(ok("portico-tls-example.com-0123"), Ok(()));
+        assert_eq!(ok("a"), Ok(()));
+        assert_eq!(ok(&"a".repeat(253)), Ok(()));
+        assert_eq!(ok(""), Err(NameError::Empty));
+        assert_eq!(ok("root.pem"), Ok(()));
+        assert_eq!(
+            validate_name(Kind::Ca, "root.pem"),
+            Err(NameError::Reserved)
+        );
+        assert_eq!(ok(&"a".repeat(254)), Err(NameError::TooLong { max: 253 }));
+        assert_eq!(
+            validate_lock_name(&"a".repeat(251)),
+            Err(NameError::TooLong { max: 250 })
+        );
+        for bad in ["A", "a/b", "a b", "a_b", "a\0", "é"] {
+            assert_eq!(ok(bad), Err(NameError::InvalidChar), "{bad:?}");
+        }
+        for bad in [".", "..", ".a", "a.", "-a", "a-"] {
+            assert_eq!(ok(bad), Err(NameError::InvalidEdge), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn object_debug_hides_bytes() {
+        let o = Object::new()
+            .with_data("tls.key", b"PRIVATE KEY".to_vec())
+            .with_annotation("portico.dev/not-after", "2030-01-01T00:00:00Z");
+        let s = format!("{o:?}");
+        assert!(!s.contains("PRIVATE"), "{s}");
+        assert!(
+            s.contains("tls.key") && s.contains("11 bytes") && s.contains("2030"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn random_ids_differ() {
+        let ids: std::collections::HashSet<_> = (0..1000).map(|_| new_holder_id()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
+}

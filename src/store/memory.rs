@@ -1,0 +1,215 @@
+//! In-memory [`Store`] and [`Locker`], for tests of the modules above the store (ACME
+//! manager, challenges, resolver loading). Same semantics as the real backends, checked
+//! by the same contract suite: compare-and-swap versions that never repeat, conflicts,
+//! and lock expiry measured with tokio's clock (so `tokio::time::pause` drives it).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{
+    BoxFuture, Kind, Lease, LockError, Locker, Object, Store, StoreError, Stored, Version,
+    new_holder_id, validate_lock_name, validate_name,
+};
+
+/// A [`Store`] and [`Locker`] that keeps everything in the process.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Per kind, sorted by name so `list` needs no sort.
+    objects: HashMap<Kind, BTreeMap<String, Stored>>,
+    /// One counter for the whole store, like Kubernetes' resourceVersion: a re-created
+    /// object never gets back a version it had before its delete.
+    last_version: u64,
+    locks: HashMap<String, Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    holder: String,
+    ttl: Duration,
+    renewed: Instant,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the mutex cannot leave `Inner` half-updated (every
+        // mutation is a single insert or remove), so a poisoned mutex is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn check(kind: Kind, name: &str) -> Result<(), StoreError> {
+    validate_name(kind, name).map_err(|reason| StoreError::InvalidName {
+        kind,
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+fn check_lock(name: &str) -> Result<(), LockError> {
+    validate_lock_name(name).map_err(|reason| LockError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+fn conflict(kind: Kind, name: &str) -> StoreError {
+    StoreError::Conflict {
+        kind,
+        name: name.to_owned(),
+    }
+}
+
+impl Store for MemoryStore {
+    fn get<'a>(
+        &'a self,
+        kind: Kind,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Stored>, StoreError>> {
+        Box::pin(async move {
+            check(kind, name)?;
+            let inner = self.lock();
+            Ok(inner.objects.get(&kind).and_then(|m| m.get(name)).cloned())
+        })
+    }
+
+    fn put<'a>(
+        &'a self,
+        kind: Kind,
+        name: &'a str,
+        object: &'a Object,
+        expected: Option<&'a Version>,
+    ) -> BoxFuture<'a, Result<Version, StoreError>> {
+        Box::pin(async move {
+            check(kind, name)?;
+            let mut inner = self.lock();
+            let current = inner.objects.get(&kind).and_then(|m| m.get(name));
+            if current.map(|s| &s.version) != expected {
+                return Err(conflict(kind, name));
+            }
+            inner.last_version += 1;
+            let version = Version::new(inner.last_version.to_string());
+            let stored = Stored {
+                object: object.clone(),
+                version: version.clone(),
+            };
+            inner
+                .objects
+                .entry(kind)
+                .or_default()
+                .insert(name.to_owned(), stored);
+            Ok(version)
+        })
+    }
+
+    fn delete<'a>(
+        &'a self,
+        kind: Kind,
+        name: &'a str,
+        expected: Option<&'a Version>,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            check(kind, name)?;
+            let mut inner = self.lock();
+            let Some(objects) = inner.objects.get_mut(&kind) else {
+                return Ok(());
+            };
+            match (objects.get(name), expected) {
+                (None, _) => Ok(()),
+                (Some(s), Some(v)) if &s.version != v => Err(conflict(kind, name)),
+                (Some(_), _) => {
+                    objects.remove(name);
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn list<'a>(&'a self, kind: Kind) -> BoxFuture<'a, Result<Vec<(String, Stored)>, StoreError>> {
+        Box::pin(async move {
+            let inner = self.lock();
+            Ok(inner
+                .objects
+                .get(&kind)
+                .map(|m| m.iter().map(|(n, s)| (n.clone(), s.clone())).collect())
+                .unwrap_or_default())
+        })
+    }
+}
+
+impl Locker for MemoryStore {
+    fn try_acquire<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Lease>, LockError>> {
+        Box::pin(async move {
+            check_lock(name)?;
+            let mut inner = self.lock();
+            let now = Instant::now();
+            if let Some(held) = inner.locks.get(name) {
+                if now.saturating_duration_since(held.renewed) <= held.ttl {
+                    return Ok(None);
+                }
+                tracing::info!(
+                    lock = name,
+                    stale_holder = held.holder,
+                    "taking over a stale lock"
+                );
+            }
+            let lease = Lease::new(name, new_holder_id(), ttl);
+            inner.locks.insert(
+                name.to_owned(),
+                Held {
+                    holder: lease.holder().to_owned(),
+                    ttl,
+                    renewed: now,
+                },
+            );
+            Ok(Some(lease))
+        })
+    }
+
+    fn renew<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), LockError>> {
+        Box::pin(async move {
+            check_lock(lease.name())?;
+            let mut inner = self.lock();
+            match inner.locks.get_mut(lease.name()) {
+                Some(held) if held.holder == lease.holder() => {
+                    held.renewed = Instant::now();
+                    held.ttl = lease.ttl();
+                    Ok(())
+                }
+                _ => Err(LockError::Lost {
+                    name: lease.name().to_owned(),
+                }),
+            }
+        })
+    }
+
+    fn release<'a>(&'a self, lease: Lease) -> BoxFuture<'a, Result<(), LockError>> {
+        Box::pin(async move {
+            check_lock(lease.name())?;
+            let mut inner = self.lock();
+            if inner
+                .locks
+                .get(lease.name())
+                .is_some_and(|held| held.holder == lease.holder())
+            {
+                inner.locks.remove(lease.name());
+            }
+            Ok(())
+        })
+    }
+}
