@@ -172,10 +172,10 @@ impl FileStore {
         let Some(bytes) = read_optional(&path)? else {
             return Ok(());
         };
-        if let Some(expected) = expected {
-            if &decode(kind, name, &path, &bytes)?.version != expected {
-                return Err(conflict(kind, name));
-            }
+        if let Some(expected) = expected
+            && &decode(kind, name, &path, &bytes)?.version != expected
+        {
+            return Err(conflict(kind, name));
         }
         remove_optional(&path)?;
         if kind == Kind::Ca && name == LOCAL_CA {
@@ -651,7 +651,7 @@ fn hex(bytes: &[u8]) -> String {
 fn unhex(text: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     bytes
@@ -688,7 +688,7 @@ fn read_lock(path: &Path, ttl: Duration) -> Result<Option<LockRecord>, IoAt> {
     Ok(Some(LockRecord {
         holder: String::new(),
         ttl_ms: millis(ttl),
-        renewed_unix_ms: modified.duration_since(UNIX_EPOCH).map_or(0, |d| millis(d)),
+        renewed_unix_ms: modified.duration_since(UNIX_EPOCH).map_or(0, millis),
     }))
 }
 
