@@ -70,7 +70,8 @@ impl FileStore {
     ///
     /// An existing folder that others can read is tightened to 0700 (it holds private
     /// keys). Leftover temporary files of a crashed write are removed, and `ca/root.pem`
-    /// is brought back in line with the stored local CA.
+    /// is brought back in line with the stored local CA. This is blocking file work,
+    /// meant for start-up.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let store = FileStore {
             root: path.as_ref().to_owned(),
@@ -728,8 +729,12 @@ mod tests {
 
     #[test]
     fn text_and_binary_round_trip() {
-        let values: [&[u8]; 9] = [
+        let values: [&[u8]; 13] = [
             b"",
+            b"\n",
+            b"\t",
+            b"ends with a backslash\\\nnext line\\",
+            b"trailing spaces  \n  \n",
             b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
             b"\nleading newline",
             b"crlf\r\nline",
