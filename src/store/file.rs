@@ -70,7 +70,8 @@ impl FileStore {
     ///
     /// An existing folder that others can read is tightened to 0700 (it holds private
     /// keys). Leftover temporary files of a crashed write are removed, and `ca/root.pem`
-    /// is brought back in line with the stored local CA.
+    /// is brought back in line with the stored local CA. This is blocking file work,
+    /// meant for start-up.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let store = FileStore {
             root: path.as_ref().to_owned(),
@@ -172,10 +173,10 @@ impl FileStore {
         let Some(bytes) = read_optional(&path)? else {
             return Ok(());
         };
-        if let Some(expected) = expected {
-            if &decode(kind, name, &path, &bytes)?.version != expected {
-                return Err(conflict(kind, name));
-            }
+        if let Some(expected) = expected
+            && &decode(kind, name, &path, &bytes)?.version != expected
+        {
+            return Err(conflict(kind, name));
         }
         remove_optional(&path)?;
         if kind == Kind::Ca && name == LOCAL_CA {
@@ -651,7 +652,7 @@ fn hex(bytes: &[u8]) -> String {
 fn unhex(text: &str) -> Option<Vec<u8>> {
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let bytes = text.as_bytes();
-    if bytes.len() % 2 != 0 {
+    if !bytes.len().is_multiple_of(2) {
         return None;
     }
     bytes
@@ -688,7 +689,7 @@ fn read_lock(path: &Path, ttl: Duration) -> Result<Option<LockRecord>, IoAt> {
     Ok(Some(LockRecord {
         holder: String::new(),
         ttl_ms: millis(ttl),
-        renewed_unix_ms: modified.duration_since(UNIX_EPOCH).map_or(0, |d| millis(d)),
+        renewed_unix_ms: modified.duration_since(UNIX_EPOCH).map_or(0, millis),
     }))
 }
 
@@ -728,8 +729,12 @@ mod tests {
 
     #[test]
     fn text_and_binary_round_trip() {
-        let values: [&[u8]; 9] = [
+        let values: [&[u8]; 13] = [
             b"",
+            b"\n",
+            b"\t",
+            b"ends with a backslash\\\nnext line\\",
+            b"trailing spaces  \n  \n",
             b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
             b"\nleading newline",
             b"crlf\r\nline",

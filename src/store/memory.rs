@@ -1,7 +1,8 @@
 //! In-memory [`Store`] and [`Locker`], for tests of the modules above the store (ACME
 //! manager, challenges, resolver loading). Same semantics as the real backends, checked
 //! by the same contract suite: compare-and-swap versions that never repeat, conflicts,
-//! and lock expiry measured with tokio's clock (so `tokio::time::pause` drives it).
+//! and lock expiry measured with tokio's clock (so a test that pauses time with tokio's
+//! `test-util` feature controls expiry too).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};

@@ -414,6 +414,7 @@ pub(crate) fn random_u64() -> u64 {
 /// }
 /// ```
 ///
+/// Call it right after acquiring: the first renew is due a third of the ttl later.
 /// Must be called inside a tokio runtime.
 pub fn hold(locker: Arc<dyn Locker>, lease: Lease) -> LeaseGuard {
     let (lost_tx, lost_rx) = watch::channel(false);
@@ -440,8 +441,8 @@ async fn renew_loop(
     let deadline = lease.ttl * 2 / 3;
     let mut last_renewed = Instant::now();
     loop {
-        // Only the wait is cancelled by a stop, never a renew in flight: a renew cut in
-        // half could land after the release and leave a lock nobody holds.
+        // A stop cancels only the wait, never a renew in flight, so that `release` runs
+        // after the last renew and the two never race on the backend.
         tokio::select! {
             _ = &mut stop => return,
             _ = sleep(period) => {}
@@ -493,13 +494,16 @@ impl LeaseGuard {
         &self.lease
     }
 
-    /// Becomes `true` once the lease is lost; wait with `lost().wait_for(|l| *l)`.
+    /// Becomes `true` once the lease is lost; wait with `lost().wait_for(|l| *l)`, and
+    /// treat an `Err` from it (the renew task is gone) as lost too.
     pub fn lost(&self) -> watch::Receiver<bool> {
         self.lost.clone()
     }
 
+    /// `true` once the lease is lost, or if the renew task ended without saying so (it
+    /// panicked): either way nothing renews the lease any more.
     pub fn is_lost(&self) -> bool {
-        *self.lost.borrow()
+        *self.lost.borrow() || self.lost.has_changed().is_err()
     }
 
     /// Stops renewing, waits for a renew in flight, and releases the lock.
