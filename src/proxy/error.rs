@@ -1,0 +1,103 @@
+//! Errors of the forwarding step and the status each becomes. The client gets a short
+//! text/plain body that says which failure it was; the log (warn) gets the upstream and
+//! the cause chain. Neither carries request headers, so no credential is ever printed.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::pool::ConnectError;
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No connection could be made (refused, unreachable, DNS): 502.
+    #[error("cannot connect to upstream {upstream}")]
+    Connect {
+        upstream: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The TCP connect did not finish within `upstream_connect_timeout`: 504, as nginx
+    /// answers for a connect timeout.
+    #[error("connecting to upstream {upstream} timed out")]
+    ConnectTimeout {
+        upstream: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// No response headers within `upstream_timeout`: 504.
+    #[error("upstream {upstream} sent no response headers within {after:?}")]
+    Timeout { upstream: String, after: Duration },
+    /// The connection broke or the upstream spoke bad HTTP: 502.
+    #[error("upstream {upstream} failed")]
+    Upstream {
+        upstream: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The upstream switched protocols on a request that asked for no upgrade: 502.
+    #[error("upstream {upstream} answered 101 to a request without Upgrade")]
+    UnexpectedUpgrade { upstream: String },
+}
+
+impl ProxyError {
+    /// Sorts a client error: connect failures (retryable: nothing was sent) apart from
+    /// the rest.
+    pub fn from_client(upstream: String, source: hyper_util::client::legacy::Error) -> Self {
+        if source.is_connect() {
+            let timed_out = std::error::Error::source(&source)
+                .and_then(|e| e.downcast_ref::<ConnectError>())
+                .is_some_and(|e| matches!(e, ConnectError::Timeout { .. }));
+            if timed_out {
+                ProxyError::ConnectTimeout { upstream, source }
+            } else {
+                ProxyError::Connect { upstream, source }
+            }
+        } else {
+            ProxyError::Upstream { upstream, source }
+        }
+    }
+
+    /// True when the upstream was never reached: mark it unhealthy, try another.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Connect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::UnexpectedUpgrade { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// What the client reads: which failure, no addresses, no causes.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            ProxyError::Connect { .. } => "upstream unreachable",
+            ProxyError::ConnectTimeout { .. } => "upstream connect timed out",
+            ProxyError::Timeout { .. } => "upstream timed out",
+            ProxyError::Upstream { .. } => "upstream connection failed",
+            ProxyError::UnexpectedUpgrade { .. } => "upstream answered with an unexpected upgrade",
+        }
+    }
+}
+
+/// The error and its causes on one line, for logs.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}
