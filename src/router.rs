@@ -128,7 +128,7 @@ impl<T> Router<T> {
                 })
                 .collect();
             // The config sorts already; sorting again keeps the router correct on its own.
-            routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
             sites.push(SiteRoutes { routes });
         }
         Router {

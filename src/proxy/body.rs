@@ -100,7 +100,7 @@ impl Body for RetryBody {
     fn size_hint(&self) -> SizeHint {
         match &self.polled {
             Some(body) => body.size_hint(),
-            None => self.hint.clone(),
+            None => self.hint,
         }
     }
 }

@@ -101,3 +101,39 @@ pub fn chain(err: &dyn std::error::Error) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::pool::Pools;
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    #[tokio::test]
+    async fn refused_connect_is_a_retryable_502() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let upstream = crate::config::Upstream {
+            authority: addr.to_string().parse().unwrap(),
+        };
+        let connector = Pools::connector(&upstream, Duration::from_secs(5));
+        let client: Client<_, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        let source = client
+            .get("http://a.test/".parse().unwrap())
+            .await
+            .unwrap_err();
+        let err = ProxyError::from_client(upstream.to_string(), source);
+        assert!(matches!(err, ProxyError::Connect { .. }), "{err:?}");
+        assert!(err.is_connect());
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(err.public_message(), "upstream unreachable");
+        // The log line names the upstream and the OS error; the client's body does not.
+        let logged = chain(&err);
+        assert!(logged.contains(&addr.to_string()), "{logged}");
+        assert!(logged.to_lowercase().contains("refused"), "{logged}");
+    }
+}

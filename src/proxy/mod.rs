@@ -180,3 +180,50 @@ pub(crate) fn empty() -> Body {
 fn never(never: std::convert::Infallible) -> BoxError {
     match never {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(text: &str) -> Config {
+        Config::parse(Path::new("t.toml"), text).unwrap()
+    }
+
+    /// The endpoints (pools, health) the current table uses for `host`'s `/` route.
+    fn endpoints(proxy: &Proxy, host: &str) -> Vec<Arc<pool::Endpoint>> {
+        let table = proxy.table.load();
+        let matched = table.router.route(Some(host), "/", None).unwrap();
+        match &matched.route.action {
+            Action::Proxy(balancer) => (0..2).map(|i| balancer.endpoint(i).clone()).collect(),
+            Action::Respond { .. } => panic!("not a proxy route"),
+        }
+    }
+
+    #[test]
+    fn update_keeps_endpoints_of_upstreams_that_remain() {
+        let proxy = Proxy::new(&config(
+            "[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"keep:1\", \"drop:1\"]\n",
+        ));
+        let before = endpoints(&proxy, "a.test");
+        let dropped = Arc::downgrade(&before[1]);
+        before[0].mark_failed();
+        proxy.update(&config(
+            "[[site]]\nhosts = [\"b.test\"]\nupstreams = [\"new:1\", \"keep:1\"]\n",
+        ));
+        let after = endpoints(&proxy, "b.test");
+        assert!(
+            Arc::ptr_eq(&before[0], &after[1]),
+            "pool of keep:1 was rebuilt"
+        );
+        assert!(after[1].is_cooling_down(), "health state was lost");
+        drop(before);
+        // The old table is gone (no request holds it), so drop:1's pool is closed.
+        assert!(dropped.upgrade().is_none());
+        // Another protocol is another pool.
+        proxy.update(&config(
+            "[[site]]\nhosts = [\"b.test\"]\nupstreams = [\"new:1\", \"keep:1\"]\nupstream_protocol = \"h2c\"\n",
+        ));
+        assert!(!Arc::ptr_eq(&after[1], &endpoints(&proxy, "b.test")[1]));
+    }
+}

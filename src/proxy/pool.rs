@@ -108,10 +108,7 @@ pub struct Endpoint {
 impl Endpoint {
     fn new(key: &Key, epoch: Instant) -> Endpoint {
         let (upstream, protocol, connect_timeout) = key.clone();
-        let connector = Connector {
-            upstream: Arc::new(upstream.clone()),
-            timeout: connect_timeout,
-        };
+        let connector = Pools::connector(&upstream, connect_timeout);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
@@ -195,6 +192,14 @@ impl Pools {
         let endpoint = Arc::new(Endpoint::new(&key, self.epoch));
         map.insert(key, Arc::downgrade(&endpoint));
         endpoint
+    }
+
+    /// The connector an endpoint for `upstream` dials with.
+    pub fn connector(upstream: &Upstream, connect_timeout: Duration) -> Connector {
+        Connector {
+            upstream: Arc::new(upstream.clone()),
+            timeout: connect_timeout,
+        }
     }
 
     /// Forgets endpoints no router uses any more.
