@@ -30,22 +30,25 @@ impl Balancer {
         }
     }
 
+    /// The endpoint at an index that [`Balancer::pick`] or [`Balancer::pick_after`]
+    /// returned (always in range).
     pub fn endpoint(&self, index: usize) -> &Arc<Endpoint> {
-        &self.endpoints[index % self.endpoints.len()]
+        &self.endpoints[index]
     }
 
-    /// The index of the endpoint for a new request.
-    pub fn pick(&self) -> usize {
+    /// The index of the endpoint for a new request; `None` only for a route without
+    /// upstreams, which a validated config never has.
+    pub fn pick(&self) -> Option<usize> {
         let n = self.endpoints.len();
         if n <= 1 {
-            return 0;
+            return (n == 1).then_some(0);
         }
         // Relaxed: the counter only spreads load, it orders nothing.
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        (0..n)
+        let healthy = (0..n)
             .map(|i| (start + i) % n)
-            .find(|&i| !self.endpoints[i].is_cooling_down())
-            .unwrap_or(start)
+            .find(|&i| !self.endpoints[i].is_cooling_down());
+        Some(healthy.unwrap_or(start))
     }
 
     /// After `failed` could not connect: the endpoint to retry on, if there is another.
@@ -59,5 +62,54 @@ impl Balancer {
             .clone()
             .find(|&i| !self.endpoints[i].is_cooling_down())
             .or_else(|| others.clone().next())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Upstream;
+    use crate::proxy::pool::Pools;
+    use std::time::Duration;
+
+    fn balancer(n: usize) -> Balancer {
+        let pools = Pools::default();
+        let endpoints = (0..n)
+            .map(|i| {
+                let upstream = Upstream {
+                    authority: format!("u{i}:1").parse().unwrap(),
+                };
+                pools.endpoint(&upstream, UpstreamProtocol::Http1, Duration::from_secs(1))
+            })
+            .collect();
+        Balancer::new(endpoints, UpstreamProtocol::Http1)
+    }
+
+    #[test]
+    fn round_robin_skips_cooling_down_and_falls_back_to_next_in_turn() {
+        let b = balancer(3);
+        let picks: Vec<_> = (0..6).map(|_| b.pick().unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+        b.endpoint(1).mark_failed();
+        let picks: Vec<_> = (0..3).map(|_| b.pick().unwrap()).collect();
+        assert_eq!(picks, [0, 2, 2]);
+        assert_eq!(b.pick_after(0), Some(2));
+        b.endpoint(0).mark_failed();
+        b.endpoint(2).mark_failed();
+        // All cooling down: the next in turn anyway, not a refusal.
+        let picks: Vec<_> = (0..3).map(|_| b.pick().unwrap()).collect();
+        assert_eq!(picks, [0, 1, 2]);
+        assert_eq!(b.pick_after(2), Some(0));
+        b.endpoint(1).mark_ok();
+        assert!(!b.endpoint(1).is_cooling_down());
+        assert_eq!(b.pick_after(2), Some(1));
+    }
+
+    #[test]
+    fn single_and_empty() {
+        let one = balancer(1);
+        assert_eq!(one.pick(), Some(0));
+        assert_eq!(one.pick_after(0), None);
+        assert_eq!(balancer(0).pick(), None);
     }
 }

@@ -36,6 +36,10 @@ pub enum ProxyError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    /// The route has no upstream (only possible with a config that skipped
+    /// validation): 502 rather than a panic.
+    #[error("route has no upstream")]
+    NoUpstream,
     /// The upstream switched protocols on a request that asked for no upgrade: 502.
     #[error("upstream {upstream} answered 101 to a request without Upgrade")]
     UnexpectedUpgrade { upstream: String },
@@ -73,6 +77,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::Connect { .. }
+            | ProxyError::NoUpstream
             | ProxyError::Upstream { .. }
             | ProxyError::UnexpectedUpgrade { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -85,6 +90,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout { .. } => "upstream connect timed out",
             ProxyError::Timeout { .. } => "upstream timed out",
             ProxyError::Upstream { .. } => "upstream connection failed",
+            ProxyError::NoUpstream => "no upstream for this route",
             ProxyError::UnexpectedUpgrade { .. } => "upstream answered with an unexpected upgrade",
         }
     }

@@ -127,7 +127,9 @@ pub async fn forward(
         authority,
     };
 
-    let mut index = balancer.pick();
+    let Some(mut index) = balancer.pick() else {
+        return Err(ProxyError::NoUpstream);
+    };
     let mut body = body;
     let mut retried = false;
     let response = loop {
