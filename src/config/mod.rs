@@ -44,8 +44,9 @@ pub enum ConfigError {
         line: usize,
         key: String,
         message: String,
+        /// Boxed: the parser's error is large and every `Result` here would carry it.
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     #[error("{path}:{line}: {key}: {message}", path = .path.display())]
     Invalid {
@@ -317,7 +318,7 @@ impl Config {
                 line,
                 key,
                 message,
-                source,
+                source: Box::new(source),
             }
         })?;
         Validator { path, text }.config(raw)
@@ -747,7 +748,7 @@ impl Validator<'_> {
                 "a site needs upstreams or at least one [[site.route]]",
             ));
         }
-        routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
         Ok(Site { hosts, tls, routes })
     }
 

@@ -1,33 +1,229 @@
-//! placeholder: the request path lands on branch `proxy`; this is only the interface.
+//! The proxy: everything a request meets after the listener has decoded it, up to the
+//! response it gets back. [`Proxy::serve`] is the one entry point; the listener calls it
+//! once per request, over HTTP/1.1 or HTTP/2.
+//!
+//! The request flows through small layers, each in its own module:
+//!
+//! ```text
+//! Proxy::serve ─ router (host, then longest prefix; 400/421/404)
+//!      │          └─ respond route: fixed status and body
+//!      ▼
+//! forward ─ headers (hop-by-hop out, X-Forwarded-* and Via in)
+//!      │  ─ balance (round robin, skip cooling-down endpoints, one retry)
+//!      │  ─ pool (one pooled hyper client per upstream; connect, cool-down)
+//!      │  ─ body (request body reclaimable until first polled, for that retry)
+//!      ▼
+//! upstream response ─ headers (hop-by-hop out) ─ streamed back
+//!                   └─ 101: upgrade joins both connections
+//! error ─ ProxyError → 502 / 504 with a short text body
+//! ```
+//!
+//! The routing table lives in an `ArcSwap`: a reload ([`Proxy::update`]) builds a new
+//! one and swaps it in; requests already past routing finish with the route they got,
+//! and no request ever waits on a lock. Endpoints (connection pools and health) are
+//! shared between the old and new tables when an upstream stays.
+
+mod balance;
+mod body;
+mod error;
+mod forward;
+mod headers;
+mod pool;
+mod upgrade;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+
+pub use error::ProxyError;
+pub use pool::{COOL_DOWN, ConnectError};
 
 use crate::config::{Config, HostPattern};
+use crate::router::{Action, RouteError, Router, request_host};
+use balance::Balancer;
+use pool::Pools;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Response bodies: upstream bodies streamed through, or small fixed ones.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
+/// What the listener knows about the client connection.
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// `"https"` on the TLS listener; becomes `X-Forwarded-Proto`.
     pub proto: &'static str,
+    /// Host patterns of the certificate this connection was handshaken with (the site's
+    /// hosts). A request whose host they do not cover gets 421: HTTP/2 clients reuse a
+    /// connection for every name its certificate covers, and only for those.
+    /// `None` = no TLS (tests, plain listeners): no such check.
     pub cert_hosts: Option<Arc<[HostPattern]>>,
 }
 
-pub struct Proxy;
+/// One config's routing table and the limits that apply to forwarding.
+struct Table {
+    router: Router<Arc<Balancer>>,
+    upstream_timeout: Duration,
+}
+
+/// The request path after TLS: routing and forwarding.
+pub struct Proxy {
+    table: ArcSwap<Table>,
+    pools: Pools,
+}
 
 impl Proxy {
-    pub fn new(_config: &Config) -> Proxy {
-        Proxy
+    pub fn new(config: &Config) -> Proxy {
+        let pools = Pools::default();
+        let table = build(config, &pools);
+        Proxy {
+            table: ArcSwap::from_pointee(table),
+            pools,
+        }
     }
-    pub fn update(&self, _config: &Config) {}
-    pub async fn serve(
-        &self,
-        _req: hyper::Request<hyper::body::Incoming>,
-        _conn: &ConnInfo,
-    ) -> hyper::Response<Body> {
-        hyper::Response::new(Full::new(Bytes::from_static(b"stub")).map_err(|e| match e {}).boxed())
+
+    /// Swaps in a new config's sites and routes. Pools (idle connections, health) of
+    /// upstreams that remain are kept; requests in flight finish on the old routes.
+    pub fn update(&self, config: &Config) {
+        let table = build(config, &self.pools);
+        // The old table stays alive in requests that loaded it; its endpoints that the
+        // new one does not use close their pools when the last of those finishes.
+        self.table.store(Arc::new(table));
+        self.pools.prune();
+    }
+
+    /// Handles one request completely. Never panics on network input and never fails:
+    /// errors become responses (400, 421, 404, 502, 504).
+    pub async fn serve(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let raw_host = request_host(&req).map(str::to_owned);
+        // The table guard is dropped before any await: a guard held across a slow
+        // upstream would pin the old table and its pools through reloads.
+        let (balancer, upstream_timeout) = {
+            let table = self.table.load();
+            let matched = table.router.route(
+                raw_host.as_deref(),
+                req.uri().path(),
+                conn.cert_hosts.as_deref(),
+            );
+            match matched {
+                Err(err) => return route_error(&err),
+                Ok(m) => match &m.route.action {
+                    Action::Respond { status, body } => {
+                        return text(*status, Full::new(body.clone()).map_err(never).boxed());
+                    }
+                    Action::Proxy(balancer) => (balancer.clone(), table.upstream_timeout),
+                },
+            }
+        };
+        // `route` succeeded, so there is a host.
+        let original_host = raw_host.unwrap_or_default();
+        match forward::forward(req, conn, &original_host, balancer, upstream_timeout).await {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::debug!(status = err.status().as_u16(), "proxy error answered");
+                error_response(err.status(), err.public_message())
+            }
+        }
+    }
+}
+
+fn build(config: &Config, pools: &Pools) -> Table {
+    let connect_timeout = config.limits.upstream_connect_timeout;
+    let router = Router::new(config, |upstreams, protocol| {
+        let endpoints = upstreams
+            .iter()
+            .map(|u| pools.endpoint(u, protocol, connect_timeout))
+            .collect();
+        Arc::new(Balancer::new(endpoints, protocol))
+    });
+    Table {
+        router,
+        upstream_timeout: config.limits.upstream_timeout,
+    }
+}
+
+fn route_error(err: &RouteError) -> Response<Body> {
+    tracing::debug!(error = %err, "request not routed");
+    error_response(err.status(), &err.to_string())
+}
+
+/// A short text/plain answer that says which failure it was.
+fn error_response(status: StatusCode, message: &str) -> Response<Body> {
+    let body = Full::new(Bytes::from(format!("{message}\n")))
+        .map_err(never)
+        .boxed();
+    text(status, body)
+}
+
+fn text(status: StatusCode, body: Body) -> Response<Body> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+pub(crate) fn empty() -> Body {
+    Empty::new().map_err(never).boxed()
+}
+
+fn never(never: std::convert::Infallible) -> BoxError {
+    match never {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(text: &str) -> Config {
+        Config::parse(Path::new("t.toml"), text).unwrap()
+    }
+
+    /// The endpoints (pools, health) the current table uses for `host`'s `/` route.
+    fn endpoints(proxy: &Proxy, host: &str) -> Vec<Arc<pool::Endpoint>> {
+        let table = proxy.table.load();
+        let matched = table.router.route(Some(host), "/", None).unwrap();
+        match &matched.route.action {
+            Action::Proxy(balancer) => (0..2).map(|i| balancer.endpoint(i).clone()).collect(),
+            Action::Respond { .. } => panic!("not a proxy route"),
+        }
+    }
+
+    #[test]
+    fn update_keeps_endpoints_of_upstreams_that_remain() {
+        let proxy = Proxy::new(&config(
+            "[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"keep:1\", \"drop:1\"]\n",
+        ));
+        let before = endpoints(&proxy, "a.test");
+        let dropped = Arc::downgrade(&before[1]);
+        before[0].mark_failed();
+        proxy.update(&config(
+            "[[site]]\nhosts = [\"b.test\"]\nupstreams = [\"new:1\", \"keep:1\"]\n",
+        ));
+        let after = endpoints(&proxy, "b.test");
+        assert!(
+            Arc::ptr_eq(&before[0], &after[1]),
+            "pool of keep:1 was rebuilt"
+        );
+        assert!(after[1].is_cooling_down(), "health state was lost");
+        drop(before);
+        // The old table is gone (no request holds it), so drop:1's pool is closed.
+        assert!(dropped.upgrade().is_none());
+        // Another protocol is another pool.
+        proxy.update(&config(
+            "[[site]]\nhosts = [\"b.test\"]\nupstreams = [\"new:1\", \"keep:1\"]\nupstream_protocol = \"h2c\"\n",
+        ));
+        assert!(!Arc::ptr_eq(&after[1], &endpoints(&proxy, "b.test")[1]));
     }
 }

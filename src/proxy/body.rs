@@ -1,0 +1,106 @@
+//! Request bodies on their way upstream, wrapped so that a request whose upstream
+//! connection failed can be sent again to another upstream.
+//!
+//! hyper's client takes the request by value and drops it when the connection cannot be
+//! made, body included. [`RetryBody`] keeps the client's body in a slot shared with a
+//! [`Reclaim`] handle until hyper polls it for the first time: if the attempt fails
+//! before that, nothing of the body was read, so [`Reclaim::take`] gets it back whole
+//! and the request can go to the next upstream. Once polled, the body belongs to that
+//! attempt and cannot be replayed (we never buffer bodies).
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+type Slot = Arc<Mutex<Option<Incoming>>>;
+
+/// A request body that stays reclaimable until its first poll.
+pub struct RetryBody {
+    /// Until the first poll, the body sits in `slot`; after it, here.
+    polled: Option<Incoming>,
+    slot: Slot,
+    /// Read at creation: hyper asks before polling (to pick Content-Length or chunked),
+    /// and answering from a copy keeps the slot untouched until the first poll.
+    hint: SizeHint,
+    end_stream: bool,
+}
+
+/// Gets an unpolled body back after a failed attempt.
+pub struct Reclaim(Slot);
+
+/// The reclaimed body was polled again: a bug in the retry logic, reported as a body
+/// error rather than a panic.
+#[derive(Debug, thiserror::Error)]
+#[error("request body was taken back for a retry")]
+pub struct Reclaimed;
+
+impl RetryBody {
+    pub fn new(body: Incoming) -> (RetryBody, Reclaim) {
+        let hint = body.size_hint();
+        let end_stream = body.is_end_stream();
+        let slot: Slot = Arc::new(Mutex::new(Some(body)));
+        (
+            RetryBody {
+                polled: None,
+                slot: slot.clone(),
+                hint,
+                end_stream,
+            },
+            Reclaim(slot),
+        )
+    }
+}
+
+fn lock(slot: &Slot) -> MutexGuard<'_, Option<Incoming>> {
+    // A poisoned lock still holds a valid Option; nothing here can panic while holding
+    // it, but a lock is no reason to panic on network input.
+    slot.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Reclaim {
+    /// The body, if no attempt ever polled it.
+    pub fn take(self) -> Option<Incoming> {
+        lock(&self.0).take()
+    }
+}
+
+impl Body for RetryBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.polled.is_none() {
+            // One uncontended lock per request, only on the first poll.
+            let taken = lock(&self.slot).take();
+            match taken {
+                Some(body) => self.polled = Some(body),
+                None => return Poll::Ready(Some(Err(Reclaimed.into()))),
+            }
+        }
+        match self.polled.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.polled {
+            Some(body) => body.is_end_stream(),
+            None => self.end_stream,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.polled {
+            Some(body) => body.size_hint(),
+            None => self.hint,
+        }
+    }
+}

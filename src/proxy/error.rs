@@ -1,0 +1,145 @@
+//! Errors of the forwarding step and the status each becomes. The client gets a short
+//! text/plain body that says which failure it was; the log (warn) gets the upstream and
+//! the cause chain. Neither carries request headers, so no credential is ever printed.
+
+use std::time::Duration;
+
+use http::StatusCode;
+
+use super::pool::ConnectError;
+
+/// Why a request could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No connection could be made (refused, unreachable, DNS): 502.
+    #[error("cannot connect to upstream {upstream}")]
+    Connect {
+        upstream: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The TCP connect did not finish within `upstream_connect_timeout`: 504, as nginx
+    /// answers for a connect timeout.
+    #[error("connecting to upstream {upstream} timed out")]
+    ConnectTimeout {
+        upstream: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// No response headers within `upstream_timeout`: 504.
+    #[error("upstream {upstream} sent no response headers within {after:?}")]
+    Timeout { upstream: String, after: Duration },
+    /// The connection broke or the upstream spoke bad HTTP: 502.
+    #[error("upstream {upstream} failed")]
+    Upstream {
+        upstream: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
+    /// The route has no upstream (only possible with a config that skipped
+    /// validation): 502 rather than a panic.
+    #[error("route has no upstream")]
+    NoUpstream,
+    /// The upstream switched protocols on a request that asked for no upgrade: 502.
+    #[error("upstream {upstream} answered 101 to a request without Upgrade")]
+    UnexpectedUpgrade { upstream: String },
+}
+
+impl ProxyError {
+    /// Sorts a client error: connect failures (retryable: nothing was sent) apart from
+    /// the rest.
+    pub fn from_client(upstream: String, source: hyper_util::client::legacy::Error) -> Self {
+        if source.is_connect() {
+            let timed_out = std::error::Error::source(&source)
+                .and_then(|e| e.downcast_ref::<ConnectError>())
+                .is_some_and(|e| matches!(e, ConnectError::Timeout { .. }));
+            if timed_out {
+                ProxyError::ConnectTimeout { upstream, source }
+            } else {
+                ProxyError::Connect { upstream, source }
+            }
+        } else {
+            ProxyError::Upstream { upstream, source }
+        }
+    }
+
+    /// True when the upstream was never reached: mark it unhealthy, try another.
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ProxyError::Connect { .. }
+            | ProxyError::NoUpstream
+            | ProxyError::Upstream { .. }
+            | ProxyError::UnexpectedUpgrade { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// What the client reads: which failure, no addresses, no causes.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            ProxyError::Connect { .. } => "upstream unreachable",
+            ProxyError::ConnectTimeout { .. } => "upstream connect timed out",
+            ProxyError::Timeout { .. } => "upstream timed out",
+            ProxyError::Upstream { .. } => "upstream connection failed",
+            ProxyError::NoUpstream => "no upstream for this route",
+            ProxyError::UnexpectedUpgrade { .. } => "upstream answered with an unexpected upgrade",
+        }
+    }
+}
+
+/// The error and its causes on one line, for logs.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::pool::Pools;
+    use bytes::Bytes;
+    use http_body_util::Empty;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    #[tokio::test]
+    async fn refused_connect_is_a_retryable_502() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let upstream = crate::config::Upstream {
+            authority: addr.to_string().parse().unwrap(),
+        };
+        let connector = Pools::connector(&upstream, Duration::from_secs(5));
+        let client: Client<_, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        let source = client
+            .get("http://a.test/".parse().unwrap())
+            .await
+            .unwrap_err();
+        let err = ProxyError::from_client(upstream.to_string(), source);
+        assert!(matches!(err, ProxyError::Connect { .. }), "{err:?}");
+        assert!(err.is_connect());
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(err.public_message(), "upstream unreachable");
+        // The log line names the upstream and the OS error; the client's body does not.
+        let logged = chain(&err);
+        assert!(logged.contains(&addr.to_string()), "{logged}");
+        assert!(logged.to_lowercase().contains("refused"), "{logged}");
+    }
+}

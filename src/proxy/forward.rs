@@ -1,0 +1,205 @@
+//! Forwarding one request to a route's upstreams and its response back: rewrite the
+//! head for the next hop, pick an endpoint, send with the response-header timeout,
+//! retry once on another endpoint when the connection could not be made, and stream
+//! both bodies through untouched.
+//!
+//! Decisions where DESIGN.md is silent:
+//! - **Host**: the upstream gets the host the client asked for, as written (port and
+//!   case kept), like Caddy's default and nginx's `proxy_set_header Host $http_host`:
+//!   as the `Host` header to HTTP/1.1 upstreams (also for HTTP/2 clients, whose
+//!   `:authority` becomes `Host`), as `:authority` to h2c upstreams. Virtual hosts behind
+//!   the proxy keep working and absolute URLs they build point at the public name.
+//! - HTTP/1.1 upstreams always get HTTP/1.1 (keep-alive, chunked bodies), even from
+//!   HTTP/1.0 or HTTP/2 clients; h2c upstreams get HTTP/2.
+//! - `upstream_timeout` bounds each attempt from sending to the response headers
+//!   (connecting included); the body afterwards may take as long as it takes.
+//! - A connect timeout answers 504 (as nginx does); refused, reset, DNS failure: 502.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::balance::Balancer;
+use super::body::RetryBody;
+use super::error::{ProxyError, chain};
+use super::headers::{add_forwarded, join_cookies, strip_hop_by_hop};
+use super::{Body, ConnInfo, upgrade};
+use crate::config::UpstreamProtocol;
+
+/// The request head as it goes upstream, kept so a retry can rebuild the request.
+struct Head {
+    method: Method,
+    path: PathAndQuery,
+    headers: HeaderMap,
+    version: Version,
+    /// `:authority` for h2c upstreams: the client's host.
+    authority: Option<Authority>,
+}
+
+impl Head {
+    fn request(&self, endpoint_authority: &Authority, body: RetryBody) -> Request<RetryBody> {
+        let authority = self.authority.clone().unwrap_or(endpoint_authority.clone());
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(self.path.clone())
+            .build()
+            // All three parts are already-parsed values, so this cannot fail; should it
+            // ever, the client refuses the relative URI and the request gets a 502
+            // rather than the proxy a panic.
+            .unwrap_or_default();
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+/// Forwards `req` (routed to `balancer`) and returns the upstream's response.
+pub async fn forward(
+    mut req: Request<Incoming>,
+    conn: &ConnInfo,
+    original_host: &str,
+    balancer: Arc<Balancer>,
+    upstream_timeout: Duration,
+) -> Result<Response<Body>, ProxyError> {
+    let protocol = balancer.protocol;
+    let upgrade = match protocol {
+        UpstreamProtocol::Http1 => upgrade::requested(&req),
+        // An upgrade cannot cross into HTTP/2: the request goes as a plain one.
+        UpstreamProtocol::H2c => None,
+    };
+    // Taken before the request is taken apart: it is the client's connection, handed
+    // over by hyper once our 101 is written.
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    let client_version = parts.version;
+    strip_hop_by_hop(&mut headers);
+    add_forwarded(
+        &mut headers,
+        conn.peer.ip(),
+        conn.proto,
+        original_host,
+        client_version,
+    );
+    let (version, authority) = match protocol {
+        UpstreamProtocol::Http1 => {
+            // The client's host, as written; an HTTP/2 client's `:authority` too.
+            match HeaderValue::from_str(original_host) {
+                Ok(v) => {
+                    headers.insert(header::HOST, v);
+                }
+                Err(_) => {
+                    headers.remove(header::HOST);
+                }
+            }
+            join_cookies(&mut headers);
+            (Version::HTTP_11, None)
+        }
+        UpstreamProtocol::H2c => {
+            // In HTTP/2 the host travels as `:authority`; a `Host` header next to it
+            // would be redundant at best and contradictory at worst.
+            headers.remove(header::HOST);
+            (Version::HTTP_2, original_host.parse::<Authority>().ok())
+        }
+    };
+    if let Some(value) = &upgrade {
+        upgrade::restore(&mut headers, value.clone());
+    }
+    let head = Head {
+        method: parts.method,
+        path: parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        headers,
+        version,
+        authority,
+    };
+
+    let Some(mut index) = balancer.pick() else {
+        return Err(ProxyError::NoUpstream);
+    };
+    let mut body = body;
+    let mut retried = false;
+    let response = loop {
+        let endpoint = balancer.endpoint(index).clone();
+        let (retry_body, reclaim) = RetryBody::new(body);
+        let request = head.request(&endpoint.upstream.authority, retry_body);
+        let name = endpoint.upstream.to_string();
+        let result = tokio::time::timeout(upstream_timeout, endpoint.client.request(request)).await;
+        match result {
+            Ok(Ok(response)) => {
+                endpoint.mark_ok();
+                break response;
+            }
+            Err(_elapsed) => {
+                // Slow is not down: no cool-down, and no retry (the upstream may be
+                // working on it; replaying could do the work twice).
+                let err = ProxyError::Timeout {
+                    upstream: name,
+                    after: upstream_timeout,
+                };
+                tracing::warn!(error = %err, "upstream timeout");
+                return Err(err);
+            }
+            Ok(Err(source)) => {
+                let err = ProxyError::from_client(name, source);
+                if !err.is_connect() {
+                    tracing::warn!(error = %chain(&err), "upstream request failed");
+                    return Err(err);
+                }
+                endpoint.mark_failed();
+                let retry = if retried {
+                    None
+                } else {
+                    balancer.pick_after(index)
+                };
+                // Nothing was sent, so the body is still whole unless hyper polled it.
+                match (retry, reclaim.take()) {
+                    (Some(next), Some(unsent)) => {
+                        tracing::warn!(error = %chain(&err), "upstream connect failed; trying the next upstream");
+                        index = next;
+                        body = unsent;
+                        retried = true;
+                    }
+                    _ => {
+                        tracing::warn!(error = %chain(&err), "upstream connect failed");
+                        return Err(err);
+                    }
+                }
+            }
+        }
+    };
+
+    let name = balancer.endpoint(index).upstream.to_string();
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return match client_upgrade {
+            Some(client) => Ok(upgrade::join(client, response, name)),
+            None => {
+                let err = ProxyError::UnexpectedUpgrade { upstream: name };
+                tracing::warn!(error = %err, "upstream protocol error");
+                Err(err)
+            }
+        };
+    }
+    let (parts, body) = response.into_parts();
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    // A fresh response: the upstream response's extensions (connection info) are of no
+    // concern to the client connection.
+    let mut out = Response::new(body.map_err(Into::into).boxed());
+    *out.status_mut() = parts.status;
+    *out.headers_mut() = headers;
+    Ok(out)
+}

@@ -1,0 +1,234 @@
+//! Header rewriting for one hop: what a proxy must drop (hop-by-hop headers, RFC 9110
+//! §7.6.1) in both directions, and what it adds to requests (`X-Forwarded-*`, `Via`).
+//!
+//! Decisions where DESIGN.md is silent:
+//! - `X-Forwarded-For` gets the peer IP appended to whatever the client sent (nginx's
+//!   `$proxy_add_x_forwarded_for`); `X-Forwarded-Proto` and `X-Forwarded-Host` are
+//!   replaced, because portico, the edge, knows them first hand;
+//! - `Via` is appended (`1.1 portico`, `2 portico`, by the client's HTTP version) on
+//!   requests only, as Caddy does;
+//! - `TE` survives only as `TE: trailers` (gRPC needs it end to end).
+
+use std::net::IpAddr;
+
+use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// True when the `Connection` header lists `token` (case-insensitive, comma list, any
+/// number of `Connection` headers).
+pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers: `Connection` and every header it names, `Keep-Alive`,
+/// `Proxy-Connection`, `TE` (kept as `TE: trailers` on requests that ask for trailers),
+/// `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authorization`, `Proxy-Authenticate`.
+/// The caller puts `Connection: upgrade` and `Upgrade` back for an upgrade.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named by `Connection` are hop-by-hop too. Collect first: names borrow
+    // from the map.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    let wants_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for name in named {
+        // `wants_trailers` was read first, so `Connection: TE` (which RFC 9110 asks a
+        // client sending TE to add) does not lose the trailers request. Headers we add
+        // come after stripping, so a client cannot name them away.
+        headers.remove(&name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+    ] {
+        headers.remove(name);
+    }
+    if wants_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host` (both
+/// replaced) and `Via` (appended) to a request on its way upstream.
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    proto: &'static str,
+    original_host: &str,
+    version: Version,
+) {
+    let peer = peer.to_canonical().to_string();
+    let xff = join_with(headers, &X_FORWARDED_FOR, &peer);
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    match HeaderValue::from_str(original_host) {
+        Ok(v) => {
+            headers.insert(X_FORWARDED_HOST.clone(), v);
+        }
+        // The host came from a header value or a parsed URI, so it is a valid value;
+        // if not, saying nothing beats saying something wrong.
+        Err(_) => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+    let via = match version {
+        Version::HTTP_09 => "0.9 portico",
+        Version::HTTP_10 => "1.0 portico",
+        Version::HTTP_2 => "2 portico",
+        Version::HTTP_3 => "3 portico",
+        _ => "1.1 portico",
+    };
+    let via = join_with(headers, &header::VIA, via);
+    headers.insert(header::VIA, via);
+}
+
+/// All values of `name` joined by `, ` with `last` appended, as one value.
+fn join_with(headers: &HeaderMap, name: &HeaderName, last: &str) -> HeaderValue {
+    let mut out = String::new();
+    for v in headers.get_all(name) {
+        // A value that is not visible ASCII is dropped rather than passed on garbled.
+        if let Ok(v) = v.to_str() {
+            let v = v.trim();
+            if !v.is_empty() {
+                out.push_str(v);
+                out.push_str(", ");
+            }
+        }
+    }
+    out.push_str(last);
+    HeaderValue::from_str(&out).unwrap_or_else(|_| {
+        HeaderValue::from_str(last).unwrap_or(HeaderValue::from_static("unknown"))
+    })
+}
+
+/// HTTP/2 allows (and HPACK favours) one `cookie` header per cookie; an HTTP/1.1
+/// upstream expects one `Cookie` line (RFC 9113 §8.2.3), so join them with `; `.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+        return;
+    };
+    let mut joined = first.as_bytes().to_vec();
+    for v in headers.get_all(header::COOKIE).iter().skip(1) {
+        joined.extend_from_slice(b"; ");
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_named() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip, trailers;q=1"),
+            ("trailer", "x-sum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-authorization", "Basic c2VjcmV0"),
+            ("proxy-authenticate", "Basic"),
+            ("x-keep", "yes"),
+            ("content-length", "3"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["content-length", "te", "x-keep"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn te_without_trailers_goes() {
+        let mut h = map(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn forwarded_headers_append_and_replace() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil.test"),
+            ("via", "1.0 corp"),
+        ]);
+        let v6: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        add_forwarded(&mut h, v6, "https", "A.test:8443", Version::HTTP_2);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "A.test:8443");
+        assert_eq!(h["via"], "1.0 corp, 2 portico");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn cookies_joined_for_http1() {
+        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all("cookie").iter().count(), 1);
+        assert_eq!(h["cookie"], "a=1; b=2");
+        let mut h = map(&[("cookie", "a=1")]);
+        join_cookies(&mut h);
+        assert_eq!(h["cookie"], "a=1");
+    }
+
+    #[test]
+    fn connection_token_lookup() {
+        let h = map(&[("connection", "keep-alive, Upgrade")]);
+        assert!(connection_has(&h, "upgrade"));
+        assert!(!connection_has(&h, "close"));
+    }
+}

@@ -1,0 +1,210 @@
+//! Upstream connections: one [`Endpoint`] per (upstream, protocol), each with its own
+//! pooled hyper client, and the [`Pools`] registry that hands the same endpoints to
+//! every router built from a reloaded config, so idle connections and health state
+//! survive a reload for upstreams that remain.
+//!
+//! Each endpoint's client dials only its own upstream ([`Connector`] ignores the URI's
+//! authority). That frees the request URI to carry the client's original host: an h2c
+//! upstream sees it as `:authority`, exactly as the client wrote it, the way Caddy and
+//! Go's HTTP/2 transport do it.
+//!
+//! Passive health lives here too: an endpoint that failed to connect is "cooling down"
+//! for [`COOL_DOWN`] and the balancer skips it meanwhile.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::body::RetryBody;
+use crate::config::{Upstream, UpstreamProtocol};
+
+/// How long an upstream that failed to connect is skipped.
+pub const COOL_DOWN: Duration = Duration::from_secs(10);
+
+/// How long an idle pooled connection is kept (nginx's upstream `keepalive_timeout` is
+/// 60 s; Go's transport uses 90 s).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Why a connection to an upstream could not be made. Nothing of the request was sent.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {upstream} timed out after {after:?}")]
+    Timeout { upstream: String, after: Duration },
+    #[error("cannot connect to {upstream}")]
+    Io {
+        upstream: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Dials one upstream, whatever URI the client asks for.
+#[derive(Clone)]
+pub struct Connector {
+    upstream: Arc<Upstream>,
+    timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: Uri) -> Self::Future {
+        let upstream = self.upstream.clone();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let authority = &upstream.authority;
+            // `Authority::host` keeps IPv6 brackets; the resolver wants them off.
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            // Validated config: every upstream has a port.
+            let port = authority.port_u16().unwrap_or(80);
+            // Resolved at each connect, so a Kubernetes Service name that moves is
+            // followed; addresses are tried in order within the one timeout.
+            let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+                .await
+                .map_err(|_| ConnectError::Timeout {
+                    upstream: upstream.to_string(),
+                    after: timeout,
+                })?
+                .map_err(|source| ConnectError::Io {
+                    upstream: upstream.to_string(),
+                    source,
+                })?;
+            // Small writes (headers, h2 frames) should not wait for Nagle.
+            let _ = stream.set_nodelay(true);
+            Ok(TokioIo::new(stream))
+        })
+    }
+}
+
+pub type UpstreamClient = Client<Connector, RetryBody>;
+
+/// One upstream, with its connection pool and its health.
+pub struct Endpoint {
+    pub upstream: Upstream,
+    pub client: UpstreamClient,
+    /// Milliseconds since `epoch` until which this endpoint is cooling down; 0 = healthy.
+    failed_until: AtomicU64,
+    epoch: Instant,
+}
+
+impl Endpoint {
+    fn new(key: &Key, epoch: Instant) -> Endpoint {
+        let (upstream, protocol, connect_timeout) = key.clone();
+        let connector = Pools::connector(&upstream, connect_timeout);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            // Without a timer the pool never evicts idle connections.
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            // The client must keep the Host header the proxy sets (the client's own).
+            .set_host(false);
+        if protocol == UpstreamProtocol::H2c {
+            // Prior knowledge: h2c upstreams (gRPC) speak HTTP/2 from the first byte.
+            builder.http2_only(true);
+        }
+        Endpoint {
+            client: builder.build(connector),
+            upstream,
+            failed_until: AtomicU64::new(0),
+            epoch,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        // +1 so that a failure in the first millisecond is not read as "healthy".
+        self.epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// True while a recent connect failure says to skip this endpoint.
+    pub fn is_cooling_down(&self) -> bool {
+        let until = self.failed_until.load(Ordering::Relaxed);
+        until != 0 && self.now_ms() < until
+    }
+
+    /// A connect failure: skip this endpoint for [`COOL_DOWN`].
+    pub fn mark_failed(&self) {
+        let until = self.now_ms() + COOL_DOWN.as_millis() as u64;
+        self.failed_until.store(until, Ordering::Relaxed);
+    }
+
+    /// A successful exchange ends any cool-down.
+    pub fn mark_ok(&self) {
+        // Read first: a store on every request would bounce the cache line between cores.
+        if self.failed_until.load(Ordering::Relaxed) != 0 {
+            self.failed_until.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+type Key = (Upstream, UpstreamProtocol, Duration);
+
+/// Every endpoint of the current config, reused across reloads. Only config builds lock
+/// it; requests never do.
+pub struct Pools {
+    epoch: Instant,
+    /// Weak: an endpoint lives as long as some router (current or still serving
+    /// requests in flight) uses it; a reload that drops an upstream drops its pool once
+    /// those requests finish.
+    endpoints: Mutex<HashMap<Key, Weak<Endpoint>>>,
+}
+
+impl Default for Pools {
+    fn default() -> Self {
+        Pools {
+            epoch: Instant::now(),
+            endpoints: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Pools {
+    /// The endpoint for `upstream`, shared with the previous config's if it had one.
+    pub fn endpoint(
+        &self,
+        upstream: &Upstream,
+        protocol: UpstreamProtocol,
+        connect_timeout: Duration,
+    ) -> Arc<Endpoint> {
+        let key = (upstream.clone(), protocol, connect_timeout);
+        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let endpoint = Arc::new(Endpoint::new(&key, self.epoch));
+        map.insert(key, Arc::downgrade(&endpoint));
+        endpoint
+    }
+
+    /// The connector an endpoint for `upstream` dials with.
+    pub fn connector(upstream: &Upstream, connect_timeout: Duration) -> Connector {
+        Connector {
+            upstream: Arc::new(upstream.clone()),
+            timeout: connect_timeout,
+        }
+    }
+
+    /// Forgets endpoints no router uses any more.
+    pub fn prune(&self) {
+        let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, weak| weak.strong_count() > 0);
+    }
+}

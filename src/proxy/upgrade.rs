@@ -1,0 +1,71 @@
+//! Protocol upgrades (WebSocket and any other `Upgrade`) over HTTP/1.1: after the
+//! upstream answers 101, the client's connection and the upstream's are both handed
+//! over by hyper and joined byte for byte until either side closes.
+//!
+//! Only HTTP/1.1 clients to HTTP/1.1 upstreams: HTTP/2 has no `Upgrade` (its WebSocket
+//! uses extended CONNECT, RFC 8441, which the listener does not enable).
+
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::Body;
+use super::headers::{connection_has, strip_hop_by_hop};
+
+/// The `Upgrade` value of a request that asks for one (`Connection: upgrade` and an
+/// `Upgrade` header, HTTP/1.1 only).
+pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let headers = req.headers();
+    if !connection_has(headers, "upgrade") {
+        return None;
+    }
+    headers.get(header::UPGRADE).cloned()
+}
+
+/// Puts the upgrade back on headers that were stripped of hop-by-hop fields.
+pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, upgrade);
+}
+
+/// Answers the client with the upstream's 101 and spawns the task that joins both
+/// upgraded connections.
+pub fn join(client: OnUpgrade, mut upstream: Response<Incoming>, name: String) -> Response<Body> {
+    let upstream_io = hyper::upgrade::on(&mut upstream);
+    let mut headers = std::mem::take(upstream.headers_mut());
+    let protocol = headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(&mut headers);
+    if let Some(protocol) = protocol {
+        restore(&mut headers, protocol);
+    }
+    tokio::spawn(async move {
+        // The client's side is ready only once hyper has written our 101, after
+        // `serve` returned: hence a task.
+        let (client_io, upstream_io) = match tokio::try_join!(client, upstream_io) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(upstream = %name, error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut client_io = TokioIo::new(client_io);
+        let mut upstream_io = TokioIo::new(upstream_io);
+        match tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await {
+            Ok((up, down)) => {
+                tracing::debug!(upstream = %name, bytes_up = up, bytes_down = down, "upgraded connection closed");
+            }
+            Err(e) => {
+                tracing::debug!(upstream = %name, error = %e, "upgraded connection ended with an error");
+            }
+        }
+    });
+    let mut response = Response::new(super::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = headers;
+    response
+}

@@ -1,0 +1,409 @@
+//! Test harness for the request path: the proxy served over plain TCP (until the TLS
+//! listener exists; [`start_proxy_with`] is the one place to switch), backends written
+//! with hyper, and small HTTP/1.1 and HTTP/2 clients. Everything binds 127.0.0.1:0.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portico::config::{Config, HostPattern};
+use portico::proxy::{ConnInfo, Proxy};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type TestBody = BoxBody<Bytes, BoxError>;
+
+pub fn config(toml: &str) -> Config {
+    Config::parse(Path::new("test.toml"), toml).expect("test config is valid")
+}
+
+/// Serves a proxy for `toml` on 127.0.0.1:0 with no certificate check.
+pub async fn start_proxy(toml: &str) -> (SocketAddr, Arc<Proxy>) {
+    start_proxy_with(toml, None).await
+}
+
+/// Serves a proxy for `toml` on 127.0.0.1:0 as the listener will: HTTP/1.1 with upgrades
+/// or HTTP/2 (prior knowledge here, ALPN later), `proto = "https"`, and the certificate
+/// host patterns of the "connection" (`None`: no check).
+pub async fn start_proxy_with(
+    toml: &str,
+    cert_hosts: Option<Vec<HostPattern>>,
+) -> (SocketAddr, Arc<Proxy>) {
+    let proxy = Arc::new(Proxy::new(&config(toml)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let cert_hosts: Option<Arc<[HostPattern]>> = cert_hosts.map(Into::into);
+    let serving = proxy.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let conn = Arc::new(ConnInfo {
+                peer,
+                proto: "https",
+                cert_hosts: cert_hosts.clone(),
+            });
+            let proxy = serving.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    let conn = conn.clone();
+                    async move { Ok::<_, Infallible>(proxy.serve(req, &conn).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, proxy)
+}
+
+/// An address nothing listens on (bound, then released).
+pub async fn refused_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    Http1,
+    H2c,
+}
+
+/// Starts the test backend `name`. For any request it answers with a [`Report`] of
+/// what it received, except:
+/// - `/slow...`: waits a minute first;
+/// - `/download/N`: streams N bytes of pattern;
+/// - `/trailers`: a body followed by trailers (`grpc-status: 0`);
+/// - `Connection: upgrade` + `Upgrade`: answers 101 and echoes bytes (HTTP/1.1);
+/// - header `x-hop-response`: adds hop-by-hop headers to its response.
+pub async fn backend(name: &'static str, proto: Proto) -> SocketAddr {
+    backend_counted(name, proto).await.0
+}
+
+/// [`backend`], with the number of connections it accepted.
+pub async fn backend_counted(name: &'static str, proto: Proto) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service =
+                    service_fn(
+                        move |req| async move { Ok::<_, Infallible>(answer(name, req).await) },
+                    );
+                let io = TokioIo::new(stream);
+                let _ = match proto {
+                    Proto::Http1 => {
+                        hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .with_upgrades()
+                            .await
+                    }
+                    Proto::H2c => {
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await
+                    }
+                };
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn answer(name: &'static str, mut req: Request<Incoming>) -> Response<TestBody> {
+    let path = req.uri().path().to_string();
+    if path.starts_with("/slow") {
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    if path == "/trailers" {
+        // A gRPC-style answer: data, then the status in trailers.
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "0".parse().unwrap());
+        let frames = vec![
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"payload"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        return Response::builder()
+            .header("content-type", "application/grpc")
+            .body(StreamBody::new(futures_util::stream::iter(frames)).boxed())
+            .unwrap();
+    }
+    if let Some(n) = path.strip_prefix("/download/") {
+        let n: usize = n.parse().unwrap_or(0);
+        return Response::new(pattern_body(n, 64 * 1024));
+    }
+    if let Some(protocol) = req.headers().get("upgrade").cloned() {
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            let Ok(upgraded) = on_upgrade.await else {
+                return;
+            };
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = vec![0u8; 4096];
+            // Echo until the client closes.
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        });
+        return Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", protocol)
+            .header("x-backend", name)
+            .body(empty())
+            .unwrap();
+    }
+
+    let hop_response = req.headers().contains_key("x-hop-response");
+    let mut report = format!(
+        "backend: {name}\nversion: {:?}\nmethod: {}\nuri: {}\nauthority: {}\n",
+        req.version(),
+        req.method(),
+        req.uri().path_and_query().map_or("", |p| p.as_str()),
+        req.uri().authority().map_or("", |a| a.as_str()),
+    );
+    for (k, v) in req.headers() {
+        report.push_str(&format!(
+            "header {}: {}\n",
+            k.as_str(),
+            String::from_utf8_lossy(v.as_bytes())
+        ));
+    }
+    // Count and checksum the body as it streams: a huge body is never held whole.
+    let mut body = req.into_body();
+    let mut len = 0u64;
+    let mut sum = Fnv::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            report.push_str("body-error: yes\n");
+            break;
+        };
+        if let Some(data) = frame.data_ref() {
+            len += data.len() as u64;
+            sum.update(data);
+        }
+    }
+    report.push_str(&format!("len: {len}\nsum: {:016x}\n", sum.0));
+
+    let mut response = Response::builder().header("x-backend", name);
+    if hop_response {
+        response = response
+            .header("connection", "x-resp-hop")
+            .header("x-resp-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-authenticate", "Basic realm=\"x\"")
+            .header("x-end-to-end", "kept");
+    }
+    response.body(full(report)).unwrap()
+}
+
+pub fn empty() -> TestBody {
+    Empty::new().map_err(|never| match never {}).boxed()
+}
+
+pub fn full(data: impl Into<Bytes>) -> TestBody {
+    Full::new(data.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+/// `len` bytes of a fixed pseudo-random pattern, produced chunk by chunk as polled.
+pub fn pattern_body(len: usize, chunk: usize) -> TestBody {
+    let chunks = pattern_chunks(len, chunk);
+    let stream = futures_util::stream::iter(chunks.map(|c| Ok::<_, BoxError>(Frame::data(c))));
+    StreamBody::new(stream).boxed()
+}
+
+/// The chunks of [`pattern_body`]: one shared random block, so generating is free.
+pub fn pattern_chunks(len: usize, chunk: usize) -> impl Iterator<Item = Bytes> + Send {
+    let block = Bytes::from(random_bytes(chunk, 7));
+    let mut left = len;
+    std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        let n = left.min(block.len());
+        left -= n;
+        Some(block.slice(..n))
+    })
+}
+
+/// Deterministic bytes (xorshift), so a reordered or damaged body changes the checksum.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// FNV-1a 64.
+pub struct Fnv(pub u64);
+
+impl Fnv {
+    pub fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    pub fn of(data: &[u8]) -> String {
+        let mut f = Fnv::new();
+        f.update(data);
+        format!("{:016x}", f.0)
+    }
+}
+
+/// What the echo backend saw.
+#[derive(Debug)]
+pub struct Report {
+    pub fields: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Report {
+    pub fn parse(text: &str) -> Report {
+        let mut fields = Vec::new();
+        let mut headers = Vec::new();
+        for line in text.lines() {
+            if let Some(h) = line.strip_prefix("header ") {
+                let (k, v) = h.split_once(": ").unwrap_or((h, ""));
+                headers.push((k.to_string(), v.to_string()));
+            } else if let Some((k, v)) = line.split_once(": ") {
+                fields.push((k.to_string(), v.to_string()));
+            }
+        }
+        Report { fields, headers }
+    }
+
+    pub fn get(&self, key: &str) -> &str {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("report has no {key}: {self:?}"))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(k, _)| k == name).count()
+    }
+}
+
+/// A response read whole (small bodies only).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn report(&self) -> Report {
+        assert_eq!(self.status, StatusCode::OK, "body: {}", self.text());
+        Report::parse(&self.text())
+    }
+}
+
+pub async fn read(response: Response<Incoming>) -> Reply {
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// An HTTP/1.1 client connection (upgrades enabled).
+pub async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    sender
+}
+
+/// An HTTP/2 client connection with prior knowledge.
+pub async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn send1(addr: SocketAddr, req: Request<TestBody>) -> Reply {
+    let mut sender = h1(addr).await;
+    read(sender.send_request(req).await.expect("response")).await
+}
+
+/// One HTTP/2 request on a fresh connection.
+pub async fn send2(addr: SocketAddr, req: Request<TestBody>) -> Reply {
+    let mut sender = h2(addr).await;
+    read(sender.send_request(req).await.expect("response")).await
+}
+
+/// `GET path` with `Host: host` (HTTP/1.1).
+pub fn get(host: &str, path: &str) -> Request<TestBody> {
+    Request::get(path)
+        .header("host", host)
+        .body(empty())
+        .unwrap()
+}
+
+/// `GET http://authority/path` (HTTP/2: the authority is `:authority`).
+pub fn get2(authority: &str, path: &str) -> Request<TestBody> {
+    Request::get(format!("http://{authority}{path}"))
+        .body(empty())
+        .unwrap()
+}
