@@ -11,14 +11,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::config::{Config, Site, TlsSource};
 use crate::store::{Kind, Object, Store, StoreError};
 use crate::tls::files::{self, Stamp};
 use crate::tls::internal::LocalCa;
-use crate::tls::{load_pem, resolver::site_id, CertResolver, SiteId, TlsError};
+use crate::tls::{CertResolver, SiteId, TlsError, load_pem, resolver::site_id};
 
 /// The store name of the local CA object.
 pub const LOCAL_CA: &str = "local-ca";
@@ -72,9 +72,7 @@ pub fn cert_object_name(site: &Site) -> String {
 }
 
 fn rfc3339(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .format(&Rfc3339)
-        .unwrap_or_default()
+    OffsetDateTime::from(t).format(&Rfc3339).unwrap_or_default()
 }
 
 /// The store object for a certificate, with the annotations DESIGN lists.
@@ -86,14 +84,22 @@ pub fn cert_object(site: &Site, chain_pem: &str, key_pem: &str, not_after: Syste
     let mut annotations = BTreeMap::new();
     annotations.insert(
         "cert-manager.io/common-name".to_string(),
-        site.hosts.first().map(|h| h.to_string()).unwrap_or_default(),
+        site.hosts
+            .first()
+            .map(|h| h.to_string())
+            .unwrap_or_default(),
     );
     annotations.insert("cert-manager.io/alt-names".to_string(), names.join(","));
     annotations.insert("portico.dev/not-after".to_string(), rfc3339(not_after));
     Object { data, annotations }
 }
 
-fn data<'a>(obj: &'a Object, kind: Kind, name: &str, key: &'static str) -> Result<&'a [u8], CertError> {
+fn data<'a>(
+    obj: &'a Object,
+    kind: Kind,
+    name: &str,
+    key: &'static str,
+) -> Result<&'a [u8], CertError> {
     obj.data
         .get(key)
         .map(Vec::as_slice)
@@ -234,11 +240,20 @@ impl CertManager {
         }
         let ca = self.local_ca(now).await?;
         let issued = ca.issue(&site.hosts, now)?;
-        let loaded = load_pem(&name, issued.chain_pem.as_bytes(), issued.key_pem.as_bytes())?;
+        let loaded = load_pem(
+            &name,
+            issued.chain_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        )?;
         let object = cert_object(site, &issued.chain_pem, &issued.key_pem, loaded.not_after);
         match self
             .store
-            .put(Kind::Certificate, &name, &object, stored.as_ref().map(|s| &s.version))
+            .put(
+                Kind::Certificate,
+                &name,
+                &object,
+                stored.as_ref().map(|s| &s.version),
+            )
             .await
         {
             Ok(_) => {}
@@ -296,7 +311,11 @@ impl CertManager {
 
 /// The table `portico certs` prints: every stored certificate with its names, issuer,
 /// not-after, days left and the source the config gives it.
-pub async fn table(store: &dyn Store, config: &Config, now: SystemTime) -> Result<String, CertError> {
+pub async fn table(
+    store: &dyn Store,
+    config: &Config,
+    now: SystemTime,
+) -> Result<String, CertError> {
     let mut out = format!(
         "{:<40} {:<28} {:<21} {:>9}  {}\n",
         "NAMES", "ISSUER", "NOT AFTER", "DAYS LEFT", "SOURCE"

@@ -12,7 +12,11 @@ use portico::config::Config;
 use portico::server::{self, Server};
 
 #[derive(Parser)]
-#[command(name = "portico", version, about = "An edge proxy with automatic HTTPS")]
+#[command(
+    name = "portico",
+    version,
+    about = "An edge proxy with automatic HTTPS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -43,8 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -62,7 +65,10 @@ fn main() -> ExitCode {
         print!("{}", config.describe());
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -96,8 +102,11 @@ fn main() -> ExitCode {
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process can still be killed; run until then.
         std::future::pending::<()>().await;
         return;

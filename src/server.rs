@@ -71,7 +71,10 @@ impl Server {
         Server::bind_with_store(config, store).await
     }
 
-    pub async fn bind_with_store(config: Config, store: Arc<dyn Store>) -> Result<Server, ServerError> {
+    pub async fn bind_with_store(
+        config: Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Server, ServerError> {
         let https = bind(config.listen.https).await?;
         let http = bind(config.listen.http).await?;
         let resolver = Arc::new(CertResolver::new());
@@ -90,11 +93,15 @@ impl Server {
     }
 
     pub fn https_addr(&self) -> SocketAddr {
-        self.https.local_addr().expect("a bound listener has an address")
+        self.https
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("a bound listener has an address")
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// The registry the port-80 listener answers HTTP-01 challenges from.

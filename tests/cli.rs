@@ -39,8 +39,14 @@ fn check_prints_sites_and_certificate_sources() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("site[0] localhost"), "{stdout}");
-    assert!(stdout.contains("internal CA (root: data/ca/root.pem)"), "{stdout}");
-    assert!(stdout.contains("acme from https://acme-v02.api.letsencrypt.org/directory"), "{stdout}");
+    assert!(
+        stdout.contains("internal CA (root: data/ca/root.pem)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("acme from https://acme-v02.api.letsencrypt.org/directory"),
+        "{stdout}"
+    );
     assert!(!dir.path().join("data").exists(), "check touches nothing");
 }
 
@@ -48,11 +54,19 @@ fn check_prints_sites_and_certificate_sources() {
 fn bad_configs_exit_64_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("[listen]\nhttps = \"0.0.0.0:8443\"\nhtps = \"x\"\n", ":3: listen.htps", "unknown field"),
-        ("[[site]]\nhosts = [\"a.test\"]\nupstreams = 8080\n", ":3: site[0].upstreams", "invalid type"),
+        (
+            "[listen]\nhttps = \"0.0.0.0:8443\"\nhtps = \"x\"\n",
+            ":3: listen.htps",
+            "unknown field",
+        ),
+        (
+            "[[site]]\nhosts = [\"a.test\"]\nupstreams = 8080\n",
+            ":3: site[0].upstreams",
+            "invalid type",
+        ),
         (
             "[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n[[site]]\nhosts = [\"b.test\"]\n",
-            ":5: site[1].upstreams",
+            ":4: site[1].upstreams",
             "needs upstreams",
         ),
         (
@@ -60,7 +74,11 @@ fn bad_configs_exit_64_naming_file_line_and_key() {
             ":6: site[1].hosts[0]",
             "already a host of site[0]",
         ),
-        ("[listen]\nhttps = \"nowhere\"\n[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n", ":2: listen.https", "not an address"),
+        (
+            "[listen]\nhttps = \"nowhere\"\n[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n",
+            ":2: listen.https",
+            "not an address",
+        ),
     ];
     for (text, location, message) in cases {
         let path = write(dir.path(), text);
@@ -68,7 +86,10 @@ fn bad_configs_exit_64_naming_file_line_and_key() {
             let out = run(&[cmd, "--config", path.to_str().unwrap()], dir.path());
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(64), "{cmd}: {stderr}");
-            assert!(stderr.contains(&format!("portico.toml{location}")), "{cmd}: {stderr}");
+            assert!(
+                stderr.contains(&format!("portico.toml{location}")),
+                "{cmd}: {stderr}"
+            );
             assert!(stderr.contains(message), "{cmd}: {stderr}");
         }
     }
@@ -76,7 +97,11 @@ fn bad_configs_exit_64_naming_file_line_and_key() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
     let out = run(&["check"], dir.path());
-    assert_eq!(out.status.code(), Some(64), "no --config reads ./portico.toml");
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "no --config reads ./portico.toml"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("portico.toml"));
 }
 
@@ -117,7 +142,16 @@ fn run_serves_curl_over_h2_and_h1_then_exits_0_on_sigterm() {
     let mut last = String::new();
     while Instant::now() < deadline {
         if root.exists() {
-            let (out, err) = curl(&["--http2", "--resolve", &resolve, "--cacert", root.to_str().unwrap(), "-w", fmt, &url]);
+            let (out, err) = curl(&[
+                "--http2",
+                "--resolve",
+                &resolve,
+                "--cacert",
+                root.to_str().unwrap(),
+                "-w",
+                fmt,
+                &url,
+            ]);
             last = format!("{out} {err}");
             if out.starts_with("hi") {
                 break;
@@ -126,16 +160,36 @@ fn run_serves_curl_over_h2_and_h1_then_exits_0_on_sigterm() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(last.starts_with("hi2 200"), "h2: {last}");
-    let (out, _) = curl(&["--http1.1", "--resolve", &resolve, "--cacert", root.to_str().unwrap(), "-w", fmt, &url]);
+    let (out, _) = curl(&[
+        "--http1.1",
+        "--resolve",
+        &resolve,
+        "--cacert",
+        root.to_str().unwrap(),
+        "-w",
+        fmt,
+        &url,
+    ]);
     assert_eq!(out, "hi1.1 200 ");
 
     // Port 80 redirects, keeping the https port.
-    let (out, _) = curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", &format!("http://127.0.0.1:{http}/p?q=1"), "-H", "Host: app.internal"]);
+    let (out, _) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &format!("http://127.0.0.1:{http}/p?q=1"),
+        "-H",
+        "Host: app.internal",
+    ]);
     assert_eq!(out, format!("308 https://app.internal:{https}/p?q=1"));
 
     // The key files are private.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path().join("data")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(dir.path().join("data"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o700);
 
     let out = run(&["certs", "--config", path.to_str().unwrap()], dir.path());
@@ -145,13 +199,21 @@ fn run_serves_curl_over_h2_and_h1_then_exits_0_on_sigterm() {
     assert!(table.contains("portico local CA root"), "{table}");
     assert!(table.contains("internal"), "{table}");
 
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let code = child.wait().unwrap();
     assert_eq!(code.code(), Some(0), "SIGTERM exits 0");
     let mut stderr = String::new();
     use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
     assert!(stderr.contains("shutting down"), "{stderr}");
     assert!(!stderr.contains("PRIVATE KEY"), "no key material in logs");
 }

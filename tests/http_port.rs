@@ -13,15 +13,23 @@ async fn challenge_tokens_are_answered_for_configured_names_only() {
     let p = start(SITES).await;
     p.challenges.insert("tok-1", "tok-1.thumbprint");
 
-    let (status, _, body) = plain_get(p.http, "a.internal", "/.well-known/acme-challenge/tok-1").await;
+    let (status, _, body) =
+        plain_get(p.http, "a.internal", "/.well-known/acme-challenge/tok-1").await;
     assert_eq!((status, body.as_str()), (200, "tok-1.thumbprint"));
     // CAs validating on a non-default port send the port in Host; case is ignored.
-    let (status, _, body) = plain_get(p.http, "A.Internal:5002", "/.well-known/acme-challenge/tok-1").await;
+    let (status, _, body) = plain_get(
+        p.http,
+        "A.Internal:5002",
+        "/.well-known/acme-challenge/tok-1",
+    )
+    .await;
     assert_eq!((status, body.as_str()), (200, "tok-1.thumbprint"));
 
-    let (status, location, _) = plain_get(p.http, "a.internal", "/.well-known/acme-challenge/unknown").await;
+    let (status, location, _) =
+        plain_get(p.http, "a.internal", "/.well-known/acme-challenge/unknown").await;
     assert_eq!((status, location), (404, None), "unknown token");
-    let (status, _, _) = plain_get(p.http, "other.example", "/.well-known/acme-challenge/tok-1").await;
+    let (status, _, _) =
+        plain_get(p.http, "other.example", "/.well-known/acme-challenge/tok-1").await;
     assert_eq!(status, 404, "a name no site has");
 
     p.challenges.remove("tok-1");
@@ -37,7 +45,10 @@ async fn everything_else_redirects_to_https_keeping_path_query_and_port() {
     assert_ne!(port, 443);
     let (status, location, _) = plain_get(p.http, "a.internal", "/x/y?q=1&r=%20").await;
     assert_eq!(status, 308);
-    assert_eq!(location.unwrap(), format!("https://a.internal:{port}/x/y?q=1&r=%20"));
+    assert_eq!(
+        location.unwrap(),
+        format!("https://a.internal:{port}/x/y?q=1&r=%20")
+    );
     let (status, location, _) = plain_get(p.http, "B.w.internal:80", "/").await;
     assert_eq!(status, 308);
     assert_eq!(location.unwrap(), format!("https://b.w.internal:{port}/"));

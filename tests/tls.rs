@@ -9,7 +9,8 @@ use harness::*;
 use portico::config::HostPattern;
 use portico::tls::internal::LocalCa;
 
-const RESPOND: &str = "[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"hello\" }\n";
+const RESPOND: &str =
+    "[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"hello\" }\n";
 
 fn site(hosts: &str, body: &str) -> String {
     format!(
@@ -24,9 +25,15 @@ async fn internal_ca_serves_h2_and_h1_with_an_ecdsa_p256_leaf() {
     let root = p.root_pem();
 
     let mut h2 = h2(p.https, "localhost", &root).await;
-    assert_eq!(get_h2(&mut h2, "localhost", "/").await, (200, "hello".into()));
+    assert_eq!(
+        get_h2(&mut h2, "localhost", "/").await,
+        (200, "hello".into())
+    );
     let mut h1 = h1(p.https, "a.example.internal", &root).await;
-    assert_eq!(get_h1(&mut h1, "a.example.internal", "/").await, (200, "hello".into()));
+    assert_eq!(
+        get_h1(&mut h1, "a.example.internal", "/").await,
+        (200, "hello".into())
+    );
 
     let tls = tls_connect(p.https, "localhost", client_config(&[&root], &[b"h2"]))
         .await
@@ -35,10 +42,19 @@ async fn internal_ca_serves_h2_and_h1_with_an_ecdsa_p256_leaf() {
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     let spki = cert.public_key();
     assert_eq!(spki.algorithm.algorithm.to_id_string(), "1.2.840.10045.2.1"); // id-ecPublicKey
-    let curve = spki.algorithm.parameters.as_ref().unwrap().as_oid().unwrap();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .unwrap()
+        .as_oid()
+        .unwrap();
     assert_eq!(curve.to_id_string(), "1.2.840.10045.3.1.7"); // prime256v1
     let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
-    assert!(lifetime < 30 * 86_400, "internal leaves are short-lived: {lifetime}s");
+    assert!(
+        lifetime < 30 * 86_400,
+        "internal leaves are short-lived: {lifetime}s"
+    );
 }
 
 #[tokio::test]
@@ -63,9 +79,17 @@ async fn no_sni_gets_the_only_site_and_fails_with_two() {
     let one = start(&site("\"127.0.0.1\"", "one")).await;
     let root = one.root_pem();
     let mut send = h2(one.https, "127.0.0.1", &root).await;
-    assert_eq!(get_h2(&mut send, "127.0.0.1", "/").await, (200, "one".into()));
+    assert_eq!(
+        get_h2(&mut send, "127.0.0.1", "/").await,
+        (200, "one".into())
+    );
 
-    let two = start(&format!("{}{}", site("\"127.0.0.1\"", "a"), site("\"localhost\"", "b"))).await;
+    let two = start(&format!(
+        "{}{}",
+        site("\"127.0.0.1\"", "a"),
+        site("\"localhost\"", "b")
+    ))
+    .await;
     let roots = [&two.root_pem()[..]];
     let result = tls_connect(two.https, "127.0.0.1", client_config(&roots, &[b"h2"])).await;
     assert!(result.is_err(), "with two sites, no SNI is refused");
@@ -103,11 +127,18 @@ async fn a_restart_reuses_the_local_ca_and_the_stored_leaf() {
     let p = start(&site("\"localhost\"", "r")).await;
     let root = p.root_pem();
     let config = client_config(&[&root], &[b"h2"]);
-    let first = leaf(&tls_connect(p.https, "localhost", config.clone()).await.unwrap());
+    let first = leaf(
+        &tls_connect(p.https, "localhost", config.clone())
+            .await
+            .unwrap(),
+    );
     let text = std::fs::read_to_string(p.dir.path().join("portico.toml")).unwrap();
     let dir = p.stop().await;
 
-    let sites = text.split_once("[[site]]").map(|(_, s)| format!("[[site]]{s}")).unwrap();
+    let sites = text
+        .split_once("[[site]]")
+        .map(|(_, s)| format!("[[site]]{s}"))
+        .unwrap();
     let again = start_in(dir, &sites).await;
     assert_eq!(again.root_pem(), root, "the root is created once");
     let second = leaf(&tls_connect(again.https, "localhost", config).await.unwrap());
@@ -137,7 +168,11 @@ async fn files_are_reloaded_when_they_change_and_bad_files_keep_the_old_certific
     .await;
     let config = client_config(&[ca.root_pem().as_bytes()], &[b"h2"]);
     let served = || async {
-        leaf(&tls_connect(p.https, "files.test", config.clone()).await.unwrap())
+        leaf(
+            &tls_connect(p.https, "files.test", config.clone())
+                .await
+                .unwrap(),
+        )
     };
     let first = served().await;
 
@@ -155,7 +190,10 @@ async fn files_are_reloaded_when_they_change_and_bad_files_keep_the_old_certific
     assert_ne!(second, first, "the new files are served");
     let (_, cert) = x509_parser::parse_x509_certificate(&second).unwrap();
     let expected = portico::tls::load_pem("new", crt2.as_bytes(), key2.as_bytes()).unwrap();
-    assert_eq!(expected.key.end_entity_cert().unwrap().as_ref(), &second[..]);
+    assert_eq!(
+        expected.key.end_entity_cert().unwrap().as_ref(),
+        &second[..]
+    );
     assert!(cert.validity().is_valid());
 }
 
@@ -175,7 +213,13 @@ async fn hot_swap_under_load_never_fails_a_handshake_or_mixes_certificates() {
         .collect();
     // The internal leaf served before the first swap is fine too.
     let before = p.resolver.snapshot();
-    let original = before.lookup(Some("swap.internal")).unwrap().key.end_entity_cert().unwrap().to_vec();
+    let original = before
+        .lookup(Some("swap.internal"))
+        .unwrap()
+        .key
+        .end_entity_cert()
+        .unwrap()
+        .to_vec();
     known.insert(original);
     let known = std::sync::Arc::new(known);
     let roots = [&p.root_pem()[..], ca.root_pem().as_bytes()];
@@ -187,7 +231,9 @@ async fn hot_swap_under_load_never_fails_a_handshake_or_mixes_certificates() {
         let (config, known, done, addr) = (config.clone(), known.clone(), done.clone(), p.https);
         clients.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u32, Vec::new());
-            while !done.load(std::sync::atomic::Ordering::Acquire) || ok == 0 {
+            while !done.load(std::sync::atomic::Ordering::Acquire)
+                || ok as usize + failed.len() == 0
+            {
                 // A full handshake (fresh config, no resumption) and a request each time.
                 match tls_connect(addr, "swap.internal", config.clone()).await {
                     Ok(tls) => {
@@ -231,6 +277,21 @@ async fn hot_swap_under_load_never_fails_a_handshake_or_mixes_certificates() {
     }
     assert!(total > 0);
     let last = p.resolver.snapshot();
-    let served_last = last.lookup(Some("swap.internal")).unwrap().key.end_entity_cert().unwrap().to_vec();
-    assert_eq!(served_last, loaded.last().unwrap().key.end_entity_cert().unwrap().to_vec());
+    let served_last = last
+        .lookup(Some("swap.internal"))
+        .unwrap()
+        .key
+        .end_entity_cert()
+        .unwrap()
+        .to_vec();
+    assert_eq!(
+        served_last,
+        loaded
+            .last()
+            .unwrap()
+            .key
+            .end_entity_cert()
+            .unwrap()
+            .to_vec()
+    );
 }

@@ -17,7 +17,8 @@ impl Challenges {
     }
 
     pub fn insert(&self, token: &str, key_authorization: &str) {
-        self.write().insert(token.to_string(), Arc::from(key_authorization));
+        self.write()
+            .insert(token.to_string(), Arc::from(key_authorization));
     }
 
     pub fn remove(&self, token: &str) {

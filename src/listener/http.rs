@@ -5,16 +5,16 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{header, Response, StatusCode};
+use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{serve_connection, Connections};
+use super::{Connections, serve_connection};
 use crate::acme::challenges::Challenges;
-use crate::config::{normalize_host, Config};
+use crate::config::{Config, normalize_host};
 use crate::proxy::Body;
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";

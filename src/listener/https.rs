@@ -10,8 +10,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::{serve_connection, Connections};
-use crate::config::{normalize_host, Config};
+use super::{Connections, serve_connection};
+use crate::config::{Config, normalize_host};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::tls::CertResolver;
 
@@ -54,7 +54,9 @@ impl HttpsListener {
             tokio::spawn(async move {
                 let _permit = permit;
                 let limits = this.config.load().limits.clone();
-                let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+                let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
-use super::{load_pem, Loaded, TlsError};
+use super::{Loaded, TlsError, load_pem};
 
 /// What decides "the files changed": modification time and length of both files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,5 +28,9 @@ pub fn load(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
     };
     let chain = read(cert)?;
     let key_pem = read(key)?;
-    load_pem(&format!("{} + {}", cert.display(), key.display()), &chain, &key_pem)
+    load_pem(
+        &format!("{} + {}", cert.display(), key.display()),
+        &chain,
+        &key_pem,
+    )
 }

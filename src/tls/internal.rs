@@ -9,8 +9,8 @@ use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use time::OffsetDateTime;
 
@@ -109,7 +109,11 @@ impl LocalCa {
             .iter()
             .map(|h| {
                 let name = h.to_string();
-                match name.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                match name
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<IpAddr>()
+                {
                     Ok(ip) => Ok(SanType::IpAddress(ip)),
                     Err(_) => name.try_into().map(SanType::DnsName),
                 }
@@ -145,16 +149,17 @@ mod tests {
             HostPattern::Exact("127.0.0.1".into()),
         ];
         let leaf = again.issue(&hosts, now).unwrap();
-        let loaded = super::super::load_pem("test", leaf.chain_pem.as_bytes(), leaf.key_pem.as_bytes())
-            .unwrap();
+        let loaded =
+            super::super::load_pem("test", leaf.chain_pem.as_bytes(), leaf.key_pem.as_bytes())
+                .unwrap();
         assert!(!loaded.due(now));
         assert!(loaded.due(now + LEAF_LIFETIME * 2 / 3 + Duration::from_secs(1)));
         let der = loaded.key.end_entity_cert().unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
-        let (_, root) = x509_parser::parse_x509_certificate(
-            &rustls::pki_types::CertificateDer::from_pem_slice(ca.root_pem().as_bytes()).unwrap(),
-        )
-        .unwrap();
+        use rustls::pki_types::pem::PemObject;
+        let root_der =
+            rustls::pki_types::CertificateDer::from_pem_slice(ca.root_pem().as_bytes()).unwrap();
+        let (_, root) = x509_parser::parse_x509_certificate(&root_der).unwrap();
         assert_eq!(cert.issuer(), root.subject());
         cert.verify_signature(Some(root.public_key())).unwrap();
     }

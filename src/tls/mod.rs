@@ -13,11 +13,11 @@ pub mod resolver;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
-use rustls::ServerConfig;
 
 pub use resolver::{CertResolver, SiteCert, SiteId};
 
@@ -122,12 +122,11 @@ pub fn load_pem(what: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<Loaded, 
         what: what.to_string(),
         source,
     })?;
-    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|source| {
-        TlsError::Key {
+    let certified =
+        CertifiedKey::from_der(chain, key, &provider()).map_err(|source| TlsError::Key {
             what: what.to_string(),
             source,
-        }
-    })?;
+        })?;
     Ok(Loaded {
         key: Arc::new(certified),
         not_before,

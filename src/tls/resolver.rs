@@ -138,7 +138,9 @@ impl CertResolver {
                         snap.exact.entry(n.clone()).or_insert_with(|| cert.clone());
                     }
                     HostPattern::Wildcard(s) => {
-                        snap.wildcard.entry(s.clone()).or_insert_with(|| cert.clone());
+                        snap.wildcard
+                            .entry(s.clone())
+                            .or_insert_with(|| cert.clone());
                     }
                 }
             }

@@ -128,7 +128,9 @@ pub async fn tls_connect(
 ) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(name.to_string()).map_err(std::io::Error::other)?;
-    tokio_rustls::TlsConnector::from(config).connect(name, tcp).await
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
 }
 
 pub type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
@@ -139,9 +141,10 @@ pub async fn h2(addr: SocketAddr, name: &str, root: &[u8]) -> H2 {
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .unwrap();
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     send
 }
@@ -183,9 +186,10 @@ pub async fn get_h1(send: &mut H1, host: &str, path: &str) -> (u16, String) {
 /// Plain HTTP/1.1 request to the port-80 listener; returns status, Location, body.
 pub async fn plain_get(addr: SocketAddr, host: &str, path: &str) -> (u16, Option<String>, String) {
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
-        .await
-        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let req = hyper::Request::get(path)
         .header("host", host)
@@ -198,7 +202,11 @@ pub async fn plain_get(addr: SocketAddr, host: &str, path: &str) -> (u16, Option
         .get("location")
         .map(|v| v.to_str().unwrap().to_string());
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, location, String::from_utf8_lossy(&body).into_owned())
+    (
+        status,
+        location,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// The DER leaf the server presented on `tls`.
