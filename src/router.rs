@@ -153,10 +153,10 @@ impl<T> Router<T> {
             return Err(RouteError::MissingHost);
         }
         let site = self.site_index(&host).ok_or(RouteError::NoSite)?;
-        if let Some(patterns) = cert_hosts {
-            if !patterns.iter().any(|p| p.matches(&host)) {
-                return Err(RouteError::NotCovered);
-            }
+        if let Some(patterns) = cert_hosts
+            && !patterns.iter().any(|p| p.matches(&host))
+        {
+            return Err(RouteError::NotCovered);
         }
         let route = self.sites[site]
             .routes
