@@ -166,7 +166,7 @@ impl CertManager {
     pub async fn run(
         self: Arc<Self>,
         config: Arc<arc_swap::ArcSwap<Config>>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        mut shutdown: tokio::sync::watch::Receiver<crate::listener::Phase>,
     ) {
         loop {
             tokio::select! {

@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -20,7 +20,7 @@ use crate::certs::CertManager;
 use crate::config::{Config, Storage};
 use crate::listener::http::HttpListener;
 use crate::listener::https::HttpsListener;
-use crate::listener::{Connections, ListenError};
+use crate::listener::{Connections, ListenError, Phase};
 use crate::proxy::Proxy;
 use crate::store::file::FileStore;
 use crate::store::{Store, StoreError};
@@ -124,7 +124,7 @@ impl Server {
         let config = self.config.load_full();
         let https_port = self.https_addr().port();
         let connections = Connections::new(config.limits.max_connections);
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let (phase, stop_rx) = watch::channel(Phase::Serving);
 
         let https = HttpsListener {
             listener: self.https,
@@ -153,7 +153,7 @@ impl Server {
             open = connections.open(),
             "shutting down: no new connections, draining in-flight requests"
         );
-        let _ = stop_tx.send(true);
+        let _ = phase.send(Phase::Draining);
         for task in accepting {
             let _ = task.await;
         }
@@ -166,6 +166,9 @@ impl Server {
                 open = connections.open(),
                 "shutdown deadline passed; closing the remaining connections"
             );
+            let _ = phase.send(Phase::Closed);
+            // Each connection drops at its next wake-up; give them that moment.
+            let _ = tokio::time::timeout(Duration::from_secs(1), connections.drained()).await;
         }
         Ok(())
     }

@@ -1,9 +1,9 @@
 //! Port 80: HTTP-01 answers from the challenge registry, 404 for anything else under the
 //! challenge path, 308 to https for the rest.
 
-mod harness;
+mod common;
 
-use harness::*;
+use common::edge::*;
 
 const SITES: &str = "[[site]]\nhosts = [\"a.internal\", \"*.w.internal\"]\ntls = \"internal\"\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"a\" }\n";
 

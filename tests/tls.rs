@@ -1,11 +1,11 @@
 //! The TLS edge over real sockets: SNI rules, protocol versions, ALPN, the local CA, the
 //! files source and hot swapping under load.
 
-mod harness;
+mod common;
 
 use std::time::{Duration, SystemTime};
 
-use harness::*;
+use common::edge::*;
 use portico::config::HostPattern;
 use portico::tls::internal::LocalCa;
 

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use super::{Connections, serve_connection};
+use super::{Connections, Phase, serve_connection};
 use crate::acme::challenges::Challenges;
 use crate::config::{Config, normalize_host};
 use crate::proxy::Body;
@@ -29,7 +29,7 @@ pub struct HttpListener {
 }
 
 impl HttpListener {
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, mut shutdown: watch::Receiver<Phase>) {
         let this = Arc::new(self);
         loop {
             let permit = tokio::select! {

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use super::{Connections, serve_connection};
+use super::{Connections, Phase, serve_connection};
 use crate::config::{Config, normalize_host};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::tls::CertResolver;
@@ -27,7 +27,7 @@ pub struct HttpsListener {
 
 impl HttpsListener {
     /// Accepts until `shutdown` turns true; connections then drain on their own.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self, mut shutdown: watch::Receiver<Phase>) {
         let acceptor = TlsAcceptor::from(self.tls.clone());
         let this = Arc::new(self);
         loop {

@@ -39,6 +39,15 @@ pub enum ListenError {
     },
 }
 
+/// Where shutdown is; it only moves forward. Accept loops stop at `Draining`;
+/// connections finish their requests then, and are dropped at `Closed` (the deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Serving,
+    Draining,
+    Closed,
+}
+
 /// Bounds open connections and, on shutdown, tells when the last one is gone: every
 /// connection holds one permit, so having all permits back means fully drained.
 #[derive(Debug, Clone)]
@@ -154,7 +163,7 @@ pub(crate) async fn serve_connection<I, H, F>(
     io: I,
     h2: bool,
     limits: &Limits,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Phase>,
     handler: H,
 ) where
     I: Read + Write + Unpin + Send + 'static,
@@ -235,12 +244,17 @@ async fn drive<C: Graceful>(
     conn: C,
     activity: &Activity,
     limits: &Limits,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &mut watch::Receiver<Phase>,
 ) {
     let mut conn = std::pin::pin!(conn);
-    let mut closing = *shutdown.borrow();
-    if closing {
-        conn.as_mut().start_graceful_shutdown();
+    let mut closing = false;
+    match *shutdown.borrow_and_update() {
+        Phase::Serving => {}
+        Phase::Draining => {
+            closing = true;
+            conn.as_mut().start_graceful_shutdown();
+        }
+        Phase::Closed => return,
     }
     loop {
         // Re-armed after every wake-up: requests move the deadline.
@@ -258,9 +272,17 @@ async fn drive<C: Graceful>(
                 }
                 return;
             }
-            _ = shutdown.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().start_graceful_shutdown();
+            changed = shutdown.changed() => {
+                // A dropped sender means the server is gone: same as the deadline.
+                let phase = if changed.is_ok() { *shutdown.borrow_and_update() } else { Phase::Closed };
+                match phase {
+                    Phase::Serving => {}
+                    Phase::Draining => if !closing {
+                        closing = true;
+                        conn.as_mut().start_graceful_shutdown();
+                    },
+                    Phase::Closed => return,
+                }
             }
             _ = idle => {
                 if !closing && activity.deadline(limits.idle_timeout).is_some_and(|at| at <= Instant::now()) {

@@ -1,9 +1,11 @@
-//! Test harness for the request path: the proxy served over plain TCP (until the TLS
-//! listener exists; [`start_proxy_with`] is the one place to switch), backends written
-//! with hyper, and small HTTP/1.1 and HTTP/2 clients. Everything binds 127.0.0.1:0.
+//! Test harness. This module: the proxy layer alone served over plain TCP, backends
+//! written with hyper, and small HTTP/1.1 and HTTP/2 clients. [`edge`]: the whole server
+//! over TLS. Everything binds 127.0.0.1:0.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
+
+pub mod edge;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -89,6 +91,7 @@ pub enum Proto {
 /// Starts the test backend `name`. For any request it answers with a [`Report`] of
 /// what it received, except:
 /// - `/slow...`: waits a minute first;
+/// - `/delay/MS`: waits MS milliseconds first;
 /// - `/download/N`: streams N bytes of pattern;
 /// - `/trailers`: a body followed by trailers (`grpc-status: 0`);
 /// - `Connection: upgrade` + `Upgrade`: answers 101 and echoes bytes (HTTP/1.1);
@@ -138,6 +141,9 @@ async fn answer(name: &'static str, mut req: Request<Incoming>) -> Response<Test
     let path = req.uri().path().to_string();
     if path.starts_with("/slow") {
         tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    if let Some(ms) = path.strip_prefix("/delay/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
     }
     if path == "/trailers" {
         // A gRPC-style answer: data, then the status in trailers.

@@ -1,5 +1,5 @@
-//! A real portico server on OS-chosen loopback ports, and real TLS / HTTP clients for it.
-#![allow(dead_code)]
+//! The whole server: a real portico on OS-chosen loopback ports (TLS listener, port 80,
+//! certificates), and real TLS / HTTP clients for it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
