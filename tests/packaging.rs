@@ -1,0 +1,102 @@
+//! What the README, the shipped configs and the Dockerfile promise, checked against the
+//! binary: there is no Docker engine here, so everything the image relies on (flags,
+//! paths, user, ports) is checked from its text.
+
+use std::path::Path;
+use std::process::Command;
+
+fn repo(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+fn check(config: &str) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["check", "--config", config])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn shipped_configs_pass_check() {
+    let (code, out) = check("config/local.toml");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("https 127.0.0.1:8443"), "{out}");
+    assert!(out.contains("http 127.0.0.1:8080"), "{out}");
+    assert!(
+        out.contains("internal CA (root: ./portico-data/ca/root.pem)"),
+        "{out}"
+    );
+    assert!(out.contains("respond 200"), "{out}");
+    let (code, out) = check("config/example.toml");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("acme from https://acme-v02.api.letsencrypt.org/directory"),
+        "{out}"
+    );
+}
+
+#[test]
+fn readme_starts_with_the_two_fresh_machine_commands() {
+    let readme = repo("README.md");
+    let commands: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("```"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("```"))
+        .collect();
+    assert!(
+        commands[0].starts_with("cargo run --release -- run --config config/local.toml"),
+        "{commands:?}"
+    );
+    assert!(commands[1].starts_with("scripts/test"), "{commands:?}");
+    assert!(repo(".ci/run").contains("exec scripts/test"));
+    assert!(repo("scripts/test").contains("cargo test"));
+    // The URL the first command promises is the one local.toml serves.
+    assert!(commands[0].contains("https://localhost:8443/"));
+    assert!(commands[0].contains("--cacert portico-data/ca/root.pem"));
+}
+
+#[test]
+fn the_image_runs_the_binary_as_a_non_root_user_with_the_documented_command() {
+    let docker = repo("Dockerfile");
+    let line = |prefix: &str| {
+        docker
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .last()
+            .unwrap_or_else(|| panic!("no {prefix} in Dockerfile"))
+            .to_string()
+    };
+    assert_eq!(line("USER "), "USER 65532:65532");
+    assert_eq!(line("EXPOSE "), "EXPOSE 80 443");
+    assert_eq!(
+        line("ENTRYPOINT "),
+        "ENTRYPOINT [\"/usr/local/bin/portico\"]"
+    );
+    assert!(docker.contains("COPY --from=build /out/portico /usr/local/bin/portico"));
+    assert!(docker.contains("--chown=65532:65532 /out/var/lib/portico /var/lib/portico"));
+    assert_eq!(line("WORKDIR "), "WORKDIR /var/lib/portico");
+    // The CMD's arguments are ones the binary takes: with the file missing it is a
+    // config error naming the path (64), not a usage error (2).
+    let cmd = line("CMD ");
+    let args: Vec<String> = cmd
+        .trim_start_matches("CMD [")
+        .trim_end_matches(']')
+        .split(", ")
+        .map(|a| a.trim_matches('"').to_string())
+        .collect();
+    assert_eq!(args, ["run", "--config", "/etc/portico/portico.toml"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/etc/portico/portico.toml"));
+}
