@@ -69,8 +69,7 @@ fn the_image_runs_the_binary_as_a_non_root_user_with_the_documented_command() {
     let line = |prefix: &str| {
         docker
             .lines()
-            .filter(|l| l.starts_with(prefix))
-            .last()
+            .rfind(|l| l.starts_with(prefix))
             .unwrap_or_else(|| panic!("no {prefix} in Dockerfile"))
             .to_string()
     };
