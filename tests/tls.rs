@@ -295,3 +295,47 @@ async fn hot_swap_under_load_never_fails_a_handshake_or_mixes_certificates() {
             .to_vec()
     );
 }
+
+#[tokio::test]
+async fn internal_leaves_are_renewed_when_a_third_of_their_life_is_left() {
+    install_provider();
+    let p = start(&site("\"renew.internal\"", "r")).await;
+    let current = || {
+        let snap = p.resolver.snapshot();
+        let cert = snap.lookup(Some("renew.internal")).unwrap().clone();
+        (cert.key.end_entity_cert().unwrap().to_vec(), cert.not_after)
+    };
+    let (first, first_not_after) = current();
+    let life = portico::tls::internal::LEAF_LIFETIME;
+
+    // Just before the renewal point nothing changes.
+    let early = SystemTime::now() + life / 2;
+    p.certs.sync(&p.config, early).await;
+    assert_eq!(current().0, first);
+
+    // Past it, a new leaf is issued, stored and served.
+    let late = first_not_after - life / 3 + Duration::from_secs(60);
+    p.certs.sync(&p.config, late).await;
+    let (second, second_not_after) = current();
+    assert_ne!(second, first);
+    assert!(second_not_after > first_not_after);
+    // And a restart serves the renewed one from the store.
+    let text = std::fs::read_to_string(p.dir.path().join("portico.toml")).unwrap();
+    let dir = p.stop().await;
+    let sites = text.split_once("[[site]]").map(|(_, s)| format!("[[site]]{s}")).unwrap();
+    let again = start_in(dir, &sites).await;
+    let snap = again.resolver.snapshot();
+    let served = snap.lookup(Some("renew.internal")).unwrap();
+    assert_eq!(served.key.end_entity_cert().unwrap().to_vec(), second);
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_the_handshake_is_dropped() {
+    install_provider();
+    let p = start(&format!("[limits]\nhandshake_timeout = \"300ms\"\n{}", site("\"localhost\"", "x"))).await;
+    let mut tcp = tokio::net::TcpStream::connect(p.https).await.unwrap();
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the server closed the connection: {read:?}");
+}
