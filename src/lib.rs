@@ -4,24 +4,28 @@
 //! flow from the store and the CA into the resolver, which the handshake only reads.
 //!
 //! ```text
-//! request path                                 certificate path
-//! ------------                                 ----------------
-//! listener (:443) ─ TLS handshake ◄─────────── tls::resolver (ArcSwap snapshot: name → cert)
-//!    │              (SNI, ALPN h2 / http/1.1)            ▲ swap, never a lock on the handshake
-//!    ▼                                                   │
-//! HTTP/1.1 | HTTP/2 ─ router (host, prefix) ─ proxy ─ upstream pool ─ upstream
-//!                                                        │
-//! listener (:80) ─ /.well-known/acme-challenge/ ─► acme::challenges
-//!              └─ anything else: 308 to https       tls::internal (local CA) / tls::files
-//!                                                        │
-//!                                                        ▼
-//!                                         store: Store + Locker (file | memory)
+//! request path                                  certificate path
+//! ------------                                  ----------------
+//! listener::https (:443)                         certs::CertManager (every 2 s: files changed?
+//!   │ TLS handshake ◄──────────────────────────    certificates due? → local CA / ACME)
+//!   │ (SNI, ALPN h2 | http/1.1)   tls::resolver      │ install: build a new snapshot,
+//!   ▼                             ArcSwap<Snapshot> ◄┘ swap it in (never a lock on reads)
+//! HTTP/2 | HTTP/1.1 connection                       ▲
+//!   ▼                                                │ tls::internal (local CA)
+//! router (host → site, longest path prefix)          │ tls::files (PEM on disk)
+//!   ▼                                                │
+//! proxy (headers, balance, pool) ─► upstream         ▼
+//!                                                 store: Store + Locker traits
+//! listener::http (:80)                              FileStore | MemoryStore
+//!   ├ /.well-known/acme-challenge/ ◄── acme::challenges (tokens in flight)
+//!   └ anything else: 308 to https
 //! ```
 //!
 //! Modules in that order: [`config`] (TOML → validated model), [`listener`] (sockets,
-//! TLS, HTTP connections, port 80), [`tls`] (resolver, acceptor config, local CA,
-//! certificate files), [`router`] and [`proxy`] (the request path), [`acme`] (challenge
-//! registry), [`store`] (persistence and locks), [`server`] (assembly and shutdown).
+//! TLS handshake, HTTP connections, port 80, shutdown phases), [`tls`] (resolver, rustls
+//! config, local CA, certificate files), [`router`] and [`proxy`] (the request path),
+//! [`acme`] (challenge registry), [`certs`] (the certificate scheduler), [`store`]
+//! (persistence and locks), [`server`] (assembly, start-up order, graceful shutdown).
 
 pub mod acme;
 pub mod certs;

@@ -1,5 +1,5 @@
 //! Configuration: the first step of both pipelines. One TOML file is read into the raw
-//! serde structs of [`raw`] (unknown keys refused), then validated into [`Config`], the
+//! serde structs of `raw` (unknown keys refused), then validated into [`Config`], the
 //! model every other module reads. Every error names the file, the line and the key path
 //! (`site[1].upstreams`, 0-based indexes), so `portico check` and a failed reload say
 //! exactly what to fix.
