@@ -14,8 +14,11 @@ use std::time::{Duration, SystemTime};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::acme::AcmeManager;
+use crate::acme::challenges::Challenges;
+use crate::acme::manager::{ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT, Tuning};
 use crate::config::{Config, Site, TlsSource};
-use crate::store::{Kind, Object, Store, StoreError};
+use crate::store::{Kind, Locker, Object, Store, StoreError};
 use crate::tls::files::{self, Stamp};
 use crate::tls::internal::LocalCa;
 use crate::tls::{CertResolver, SiteId, TlsError, load_pem, resolver::site_id};
@@ -113,14 +116,22 @@ fn data<'a>(
 pub struct CertManager {
     store: Arc<dyn Store>,
     resolver: Arc<CertResolver>,
+    acme: Arc<AcmeManager>,
     ca: tokio::sync::OnceCell<Arc<LocalCa>>,
     /// Last seen stamps of `files` certificates.
     stamps: Mutex<HashMap<SiteId, Stamp>>,
 }
 
 impl CertManager {
-    pub fn new(store: Arc<dyn Store>, resolver: Arc<CertResolver>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        locker: Arc<dyn Locker>,
+        resolver: Arc<CertResolver>,
+        challenges: Arc<Challenges>,
+        tuning: Tuning,
+    ) -> Self {
         CertManager {
+            acme: AcmeManager::new(store.clone(), locker, resolver.clone(), challenges, tuning),
             store,
             resolver,
             ca: tokio::sync::OnceCell::new(),
@@ -151,9 +162,11 @@ impl CertManager {
             let result = match &site.tls {
                 TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
                 TlsSource::Internal => self.sync_internal(site, now).await,
-                // ACME issuance is the acme manager's (issue 3); until then an acme site
-                // serves what the store holds, picked up by load_existing.
-                TlsSource::Acme => Ok(()),
+                // Runs in the background; failures are the ACME manager's to report.
+                TlsSource::Acme => {
+                    self.acme.poll(site, &config.acme, now);
+                    Ok(())
+                }
             };
             if let Err(e) = result {
                 tracing::warn!(site = %site_id(site), error = %e, "certificate not renewed; the current one keeps serving");
@@ -203,6 +216,10 @@ impl CertManager {
         let Some(stored) = self.store.get(Kind::Certificate, &name).await? else {
             return Ok(false);
         };
+        // An object with only the ACME status annotations: no certificate yet.
+        if stored.object.get("tls.crt").is_none() {
+            return Ok(false);
+        }
         let chain = data(&stored.object, Kind::Certificate, &name, "tls.crt")?;
         let key = data(&stored.object, Kind::Certificate, &name, "tls.key")?;
         let loaded = load_pem(&format!("certificate/{name}"), chain, key)?;
@@ -309,8 +326,9 @@ impl CertManager {
     }
 }
 
-/// The table `portico certs` prints: every stored certificate with its names, issuer,
-/// not-after, days left and the source the config gives it.
+/// The table `portico certs` prints: every configured site and every stored
+/// certificate, with names, issuer, not-after, days left, source, and for ACME sites the
+/// last error and the next attempt when the last attempt failed.
 pub async fn table(
     store: &dyn Store,
     config: &Config,
@@ -320,40 +338,47 @@ pub async fn table(
         "{:<40} {:<28} {:<21} {:>9}  {}\n",
         "NAMES", "ISSUER", "NOT AFTER", "DAYS LEFT", "SOURCE"
     );
-    let mut rows = store.list(Kind::Certificate).await?;
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
-    for (name, stored) in rows {
-        let names = stored
-            .object
+    let mut stored: BTreeMap<String, Object> = store
+        .list(Kind::Certificate)
+        .await?
+        .into_iter()
+        .map(|(name, s)| (name, s.object))
+        .collect();
+    let mut rows: Vec<(String, &'static str, Option<Object>)> = config
+        .sites
+        .iter()
+        .map(|site| {
+            let object = stored.remove(&cert_object_name(site));
+            (site.names().join(","), site.tls.name(), object)
+        })
+        .collect();
+    rows.extend(stored.into_iter().map(|(name, object)| {
+        let names = object
             .annotations
             .get("cert-manager.io/alt-names")
             .cloned()
-            .unwrap_or_else(|| name.clone());
-        let source = config
-            .sites
-            .iter()
-            .find(|s| cert_object_name(s) == name)
-            .map_or("(not configured)", |s| s.tls.name());
-        let parsed = stored
-            .object
-            .data
-            .get("tls.crt")
+            .unwrap_or(name);
+        (names, "(not configured)", Some(object))
+    }));
+    for (names, source, object) in rows {
+        let leaf = object
+            .as_ref()
+            .and_then(|o| o.get("tls.crt"))
             .and_then(|pem| {
                 use rustls::pki_types::pem::PemObject;
                 rustls::pki_types::CertificateDer::from_pem_slice(pem).ok()
-            })
-            .and_then(|der| {
-                let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
-                let issuer = cert
-                    .issuer()
-                    .iter_common_name()
-                    .next()
-                    .and_then(|cn| cn.as_str().ok())
-                    .unwrap_or("?")
-                    .to_string();
-                let not_after = cert.validity().not_after.timestamp();
-                Some((issuer, not_after))
             });
+        let parsed = leaf.as_ref().and_then(|der| {
+            let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+            let issuer = cert
+                .issuer()
+                .iter_common_name()
+                .next()
+                .and_then(|cn| cn.as_str().ok())
+                .unwrap_or("?")
+                .to_string();
+            Some((issuer, cert.validity().not_after.timestamp()))
+        });
         let (issuer, not_after, days) = match parsed {
             Some((issuer, ts)) => {
                 let at = SystemTime::UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64);
@@ -363,11 +388,18 @@ pub async fn table(
                 };
                 (issuer, rfc3339(at), days)
             }
-            None => ("(unreadable)".to_string(), "-".to_string(), "-".to_string()),
+            None => ("-".to_string(), "-".to_string(), "-".to_string()),
         };
         out.push_str(&format!(
             "{names:<40} {issuer:<28} {not_after:<21} {days:>9}  {source}\n"
         ));
+        let annotations = object.map(|o| o.annotations).unwrap_or_default();
+        if let Some(error) = annotations.get(ANNOTATION_LAST_ERROR) {
+            out.push_str(&format!("  last error: {error}\n"));
+        }
+        if let Some(next) = annotations.get(ANNOTATION_NEXT_ATTEMPT) {
+            out.push_str(&format!("  next attempt: {next}\n"));
+        }
     }
     Ok(out)
 }

@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::acme::challenges::Challenges;
+use crate::acme::manager::Tuning;
 use crate::certs::CertManager;
 use crate::config::{Config, Storage};
 use crate::listener::http::HttpListener;
@@ -23,7 +24,7 @@ use crate::listener::https::HttpsListener;
 use crate::listener::{Connections, ListenError, Phase};
 use crate::proxy::Proxy;
 use crate::store::file::FileStore;
-use crate::store::{Store, StoreError};
+use crate::store::{Locker, Store, StoreError};
 use crate::tls::{self, CertResolver, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,10 +39,13 @@ pub enum ServerError {
     KubernetesUnavailable,
 }
 
-/// Opens the store the config names.
-pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServerError> {
+/// Opens the store and the locker the config names.
+pub fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn Locker>), ServerError> {
     match &config.storage {
-        Storage::File { path } => Ok(Arc::new(FileStore::open(path)?)),
+        Storage::File { path } => {
+            let store = Arc::new(FileStore::open(path)?);
+            Ok((store.clone(), store))
+        }
         Storage::Kubernetes { .. } => Err(ServerError::KubernetesUnavailable),
     }
 }
@@ -67,18 +71,28 @@ impl Server {
     /// Binds the listeners and loads certificates: stored ones first, then missing or
     /// due ones from the local CA, so a fresh `internal` site serves on the first request.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let store = open_store(&config)?;
-        Server::bind_with_store(config, store).await
+        let (store, locker) = open_store(&config)?;
+        Server::bind_with(config, store, locker, Tuning::default()).await
     }
 
-    pub async fn bind_with_store(
+    /// [`Server::bind`] with a given store and ACME timing (tests shorten the back-off).
+    pub async fn bind_with(
         config: Config,
         store: Arc<dyn Store>,
+        locker: Arc<dyn Locker>,
+        tuning: Tuning,
     ) -> Result<Server, ServerError> {
         let https = bind(config.listen.https).await?;
         let http = bind(config.listen.http).await?;
         let resolver = Arc::new(CertResolver::new());
-        let certs = Arc::new(CertManager::new(store, resolver.clone()));
+        let challenges = Arc::new(Challenges::new());
+        let certs = Arc::new(CertManager::new(
+            store,
+            locker,
+            resolver.clone(),
+            challenges.clone(),
+            tuning,
+        ));
         certs.load_existing(&config).await;
         certs.sync(&config, SystemTime::now()).await;
         Ok(Server {
@@ -87,7 +101,7 @@ impl Server {
             https,
             http,
             resolver,
-            challenges: Arc::new(Challenges::new()),
+            challenges,
             certs,
         })
     }

@@ -68,6 +68,10 @@ impl HttpsListener {
                     }
                 };
                 let (_, session) = tls.get_ref();
+                if session.alpn_protocol() == Some(crate::tls::resolver::ACME_TLS_ALPN) {
+                    // TLS-ALPN-01 validation ends with the handshake (RFC 8737).
+                    return;
+                }
                 let h2 = session.alpn_protocol() == Some(b"h2");
                 let sni = session.server_name().map(normalize_host);
                 let cert_hosts = this

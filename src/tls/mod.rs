@@ -65,12 +65,18 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// The rustls server configuration every HTTPS connection uses.
 pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
+    let config_resolver: Arc<dyn rustls::server::ResolvesServerCert> = resolver;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|source| TlsError::Config { source })?
         .with_no_client_auth()
-        .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        .with_cert_resolver(config_resolver);
+    // Normal clients never offer acme-tls/1, so listing it last changes nothing for them.
+    config.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        resolver::ACME_TLS_ALPN.to_vec(),
+    ];
     // Stateless resumption keeps returning clients cheap (handshake-heavy load).
     config.ticketer =
         rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|source| TlsError::Config { source })?;

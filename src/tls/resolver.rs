@@ -66,11 +66,17 @@ struct Table {
     certs: BTreeMap<SiteId, Arc<SiteCert>>,
 }
 
+/// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
 /// rustls' certificate resolver for every site.
 #[derive(Debug, Default)]
 pub struct CertResolver {
     snapshot: ArcSwap<Snapshot>,
     table: Mutex<Table>,
+    /// TLS-ALPN-01 challenge certificates by name, kept apart from site certificates:
+    /// served only to a ClientHello that offers `acme-tls/1`, which browsers never do.
+    alpn_challenges: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl CertResolver {
@@ -106,6 +112,23 @@ impl CertResolver {
         table.certs.insert(site.clone(), cert);
         self.publish(&table);
         true
+    }
+
+    /// Serves `key` to TLS-ALPN-01 validation of `name` until removed.
+    pub fn set_alpn_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
+        self.alpn_challenges.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(name.to_string(), key.clone());
+            map
+        });
+    }
+
+    pub fn remove_alpn_challenge(&self, name: &str) {
+        self.alpn_challenges.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.remove(name);
+            map
+        });
     }
 
     /// The certificate a site serves now, if any.
@@ -154,9 +177,16 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let snap = self.snapshot.load();
         // rustls hands SNI over already validated as a DNS name; it is not lowercased.
         let name = hello.server_name().map(|n| n.to_ascii_lowercase());
+        if hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == ACME_TLS_ALPN))
+        {
+            // A validator: only a challenge certificate, never a site's.
+            return name.and_then(|n| self.alpn_challenges.load().get(&n).cloned());
+        }
+        let snap = self.snapshot.load();
         let found = snap.lookup(name.as_deref()).map(|c| c.key.clone());
         if found.is_none() {
             tracing::debug!(sni = ?name, "no certificate for this name; refusing the handshake");

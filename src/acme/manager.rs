@@ -1,0 +1,487 @@
+//! Which `tls = "acme"` site needs a certificate, when, and what happens around an order.
+//!
+//! [`AcmeManager::poll`] is called for every ACME site on each pass of the certificate
+//! scheduler. It is cheap when nothing is due: no I/O unless the site has no certificate,
+//! its certificate is due (a third of its lifetime left, or inside the CA's ARI window),
+//! and its back-off has passed. A due site's order runs in its own task (at most
+//! [`CONCURRENT_ORDERS`] at once), so one slow CA exchange never holds up other sites
+//! and the current certificate keeps serving throughout.
+//!
+//! Around each order: the per-certificate lock (`acme-<h(names)>`) is taken and kept
+//! alive; after taking it the store is read again, since another holder may have
+//! finished; the new certificate is written with compare-and-swap and never replaces one
+//! that expires later; then it is swapped into the resolver.
+//!
+//! Failures back off 1, 2, 5, 10, 30 minutes, then 1 to 6 hours, honouring a time the CA
+//! gives; the CA's problem document is logged with the site, and kept with the last
+//! error and the next attempt as annotations of the site's store object, where `portico
+//! certs` reads them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use instant_acme::{Account, CertificateIdentifier};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::Semaphore;
+
+use super::challenges::Challenges;
+use super::order::{self, Responders};
+use super::{AcmeError, account, describe};
+use crate::certs::{cert_object, cert_object_name, short_hash};
+use crate::config::{Acme, Site};
+use crate::store::{Kind, Locker, Object, Store, StoreError, hold};
+use crate::tls::resolver::site_id;
+use crate::tls::{CertResolver, SiteId, load_pem};
+
+/// Orders running at once; more sites wait their turn.
+pub const CONCURRENT_ORDERS: usize = 4;
+/// How long an issuance lock lives without renewal.
+const LOCK_TTL: Duration = Duration::from_secs(60);
+/// How often a certificate's ARI window is asked for.
+const ARI_INTERVAL: Duration = Duration::from_secs(600);
+/// When another process holds the lock: look again soon (its certificate will be in the
+/// store), without counting a failure.
+const BUSY_RETRY: Duration = Duration::from_secs(10);
+
+pub const ANNOTATION_LAST_ERROR: &str = "portico.dev/last-error";
+pub const ANNOTATION_NEXT_ATTEMPT: &str = "portico.dev/next-attempt";
+
+/// Timing knobs; tests shorten the back-off.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    pub backoff: Vec<Duration>,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        Tuning {
+            backoff: vec![
+                m(1),
+                m(2),
+                m(5),
+                m(10),
+                m(30),
+                m(60),
+                m(120),
+                m(180),
+                m(240),
+                m(300),
+                m(360),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct SiteState {
+    in_flight: bool,
+    failures: usize,
+    not_before: Option<Instant>,
+    last_error: Option<String>,
+    /// The CA's suggested renewal window, and when it was last asked.
+    ari: Option<(Instant, Option<(SystemTime, SystemTime)>)>,
+}
+
+pub struct AcmeManager {
+    store: Arc<dyn Store>,
+    locker: Arc<dyn Locker>,
+    resolver: Arc<CertResolver>,
+    challenges: Arc<Challenges>,
+    holder: String,
+    tuning: Tuning,
+    /// The account for the (directory, email) in use, by account name.
+    account: tokio::sync::Mutex<Option<(String, Account)>>,
+    sites: Mutex<HashMap<SiteId, SiteState>>,
+    orders: Semaphore,
+    /// The directory has no `renewalInfo`: stop asking.
+    no_ari: std::sync::atomic::AtomicBool,
+}
+
+/// What a finished attempt reports to the scheduler.
+enum Outcome {
+    Issued,
+    /// The store already had a fresh certificate (another holder's).
+    Stored,
+    /// Another process holds the lock.
+    Busy,
+}
+
+impl AcmeManager {
+    pub fn new(
+        store: Arc<dyn Store>,
+        locker: Arc<dyn Locker>,
+        resolver: Arc<CertResolver>,
+        challenges: Arc<Challenges>,
+        tuning: Tuning,
+    ) -> Arc<Self> {
+        Arc::new(AcmeManager {
+            store,
+            locker,
+            resolver,
+            challenges,
+            holder: holder_identity(),
+            tuning,
+            account: tokio::sync::Mutex::new(None),
+            sites: Mutex::new(HashMap::new()),
+            orders: Semaphore::new(CONCURRENT_ORDERS),
+            no_ari: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HashMap<SiteId, SiteState>> {
+        self.sites.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last error of a site, if its last attempt failed.
+    pub fn last_error(&self, site: &Site) -> Option<String> {
+        self.state()
+            .get(&site_id(site))
+            .and_then(|s| s.last_error.clone())
+    }
+
+    /// Starts an order for `site` if it is due and not backing off. Never waits for it.
+    pub fn poll(self: &Arc<Self>, site: &Site, acme: &Acme, now: SystemTime) {
+        let id = site_id(site);
+        let current = self.resolver.current(&id);
+        let due = {
+            let mut sites = self.state();
+            let state = sites.entry(id.clone()).or_default();
+            if state.in_flight || state.not_before.is_some_and(|t| Instant::now() < t) {
+                return;
+            }
+            let due = match &current {
+                None => true,
+                Some(cert) => {
+                    let not_before = cert
+                        .key
+                        .end_entity_cert()
+                        .ok()
+                        .and_then(|der| crate::tls::validity(&id, der).ok())
+                        .map_or(now, |(nb, _)| nb);
+                    let in_window = state
+                        .ari
+                        .and_then(|(_, window)| window)
+                        .is_some_and(|(start, _)| now >= start);
+                    crate::tls::due(not_before, cert.not_after, now) || in_window
+                }
+            };
+            let ask_ari = current.is_some()
+                && !due
+                && !self.no_ari.load(std::sync::atomic::Ordering::Relaxed)
+                && state.ari.is_none_or(|(at, _)| at.elapsed() >= ARI_INTERVAL);
+            if !due && !ask_ari {
+                return;
+            }
+            state.in_flight = true;
+            if ask_ari {
+                // Jitter spreads the checks of many sites over the interval.
+                state.ari = Some((Instant::now() + jitter(&id, ARI_INTERVAL / 5), None));
+            }
+            due
+        };
+        let this = self.clone();
+        let site = site.clone();
+        let acme = acme.clone();
+        tokio::spawn(async move {
+            let due = due || this.window_open(&site, &acme, now).await;
+            let outcome = if due {
+                let _permit = this.orders.acquire().await;
+                Some(this.attempt(&site, &acme, now).await)
+            } else {
+                None
+            };
+            this.finish(&site, outcome).await;
+        });
+    }
+
+    /// Asks the CA's ARI endpoint whether renewal is due now; false when the CA has no ARI.
+    async fn window_open(&self, site: &Site, acme: &Acme, now: SystemTime) -> bool {
+        let id = site_id(site);
+        let Some(current) = self.resolver.current(&id) else {
+            return true;
+        };
+        let Ok(leaf) = current.key.end_entity_cert() else {
+            return false;
+        };
+        let Ok(cert_id) = CertificateIdentifier::try_from(leaf) else {
+            return false;
+        };
+        let Ok(account) = self.account(acme).await else {
+            return false;
+        };
+        match account.renewal_info(&cert_id).await {
+            Ok((info, _)) => {
+                let window = (
+                    SystemTime::from(info.suggested_window.start),
+                    SystemTime::from(info.suggested_window.end),
+                );
+                if let Some(state) = self.state().get_mut(&id) {
+                    state.ari = Some((Instant::now(), Some(window)));
+                }
+                now >= window.0
+            }
+            Err(instant_acme::Error::Unsupported(_)) => {
+                self.no_ari
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+            Err(e) => {
+                tracing::debug!(site = %id, error = %e, "ARI check failed; the lifetime rule still applies");
+                false
+            }
+        }
+    }
+
+    async fn account(&self, acme: &Acme) -> Result<Account, AcmeError> {
+        let name = account::account_name(acme);
+        let mut cached = self.account.lock().await;
+        if let Some((cached_name, account)) = cached.as_ref()
+            && *cached_name == name
+        {
+            return Ok(account.clone());
+        }
+        let account =
+            account::load_or_create(self.store.as_ref(), self.locker.clone(), acme, &self.holder)
+                .await?;
+        *cached = Some((name, account.clone()));
+        Ok(account)
+    }
+
+    async fn attempt(
+        &self,
+        site: &Site,
+        acme: &Acme,
+        now: SystemTime,
+    ) -> Result<Outcome, AcmeError> {
+        let names = site.names();
+        let lock = format!("acme-{}", short_hash(&names.join(",")));
+        let Some(lease) = self.locker.try_acquire(&lock, LOCK_TTL).await? else {
+            return Ok(Outcome::Busy);
+        };
+        let guard = hold(self.locker.clone(), lease);
+        let mut lost = guard.lost();
+        let result = tokio::select! {
+            result = self.attempt_locked(site, acme, now) => result,
+            _ = lost.wait_for(|lost| *lost) => Err(AcmeError::LockLost),
+        };
+        if let Err(e) = guard.release().await {
+            tracing::debug!(error = %e, "releasing the issuance lock");
+        }
+        result
+    }
+
+    async fn attempt_locked(
+        &self,
+        site: &Site,
+        acme: &Acme,
+        now: SystemTime,
+    ) -> Result<Outcome, AcmeError> {
+        let id = site_id(site);
+        let names = site.names();
+        let name = cert_object_name(site);
+        let stored = self.store.get(Kind::Certificate, &name).await?;
+        let stored_cert = stored.as_ref().and_then(|s| {
+            let chain = s.object.get("tls.crt")?;
+            let key = s.object.get("tls.key")?;
+            load_pem(&name, chain, key).ok()
+        });
+        if let Some(loaded) = &stored_cert
+            && !loaded.due(now)
+            && self
+                .resolver
+                .current(&id)
+                .is_none_or(|c| c.not_after < loaded.not_after)
+        {
+            self.resolver
+                .install(&id, loaded.key.clone(), loaded.not_after);
+            return Ok(Outcome::Stored);
+        }
+
+        let account = self.account(acme).await?;
+        // ARI: tell the CA which certificate this one replaces (when it offers ARI).
+        let replaces = if self.no_ari.load(std::sync::atomic::Ordering::Relaxed) {
+            None
+        } else {
+            self.resolver.current(&id).and_then(|c| {
+                let leaf = c.key.end_entity_cert().ok()?;
+                CertificateIdentifier::try_from(leaf)
+                    .ok()
+                    .map(|i| i.into_owned())
+            })
+        };
+        let responders = Responders {
+            challenges: &self.challenges,
+            resolver: &self.resolver,
+            store: self.store.as_ref(),
+        };
+        tracing::info!(site = %id, "ordering a certificate");
+        let issued = match order::issue(
+            &account,
+            &names,
+            acme.challenge,
+            replaces.clone(),
+            &responders,
+        )
+        .await
+        {
+            // The CA may refuse `replaces` (already replaced, say): order without it.
+            Err(AcmeError::Ca(_)) if replaces.is_some() => {
+                order::issue(&account, &names, acme.challenge, None, &responders).await?
+            }
+            other => other?,
+        };
+        let loaded = load_pem(
+            &name,
+            issued.chain_pem.as_bytes(),
+            issued.key_pem.as_bytes(),
+        )
+        .map_err(AcmeError::Certificate)?;
+        let object = cert_object(site, &issued.chain_pem, &issued.key_pem, loaded.not_after);
+        let mut expected = stored.map(|s| s.version);
+        for _ in 0..3 {
+            match self
+                .store
+                .put(Kind::Certificate, &name, &object, expected.as_ref())
+                .await
+            {
+                Ok(_) => break,
+                Err(StoreError::Conflict { .. }) => {
+                    // Re-read; keep whichever certificate lives longer.
+                    let again = self.store.get(Kind::Certificate, &name).await?;
+                    let theirs = again.as_ref().and_then(|s| {
+                        load_pem(&name, s.object.get("tls.crt")?, s.object.get("tls.key")?).ok()
+                    });
+                    if let Some(theirs) = theirs
+                        && theirs.not_after >= loaded.not_after
+                    {
+                        self.resolver.install(&id, theirs.key, theirs.not_after);
+                        return Ok(Outcome::Stored);
+                    }
+                    expected = again.map(|s| s.version);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.resolver.install(&id, loaded.key, loaded.not_after);
+        tracing::info!(site = %id, not_after = %rfc3339(loaded.not_after), "installed a new ACME certificate");
+        Ok(Outcome::Issued)
+    }
+
+    async fn finish(&self, site: &Site, outcome: Option<Result<Outcome, AcmeError>>) {
+        let id = site_id(site);
+        let (error, next) = {
+            let mut sites = self.state();
+            let state = sites.entry(id.clone()).or_default();
+            state.in_flight = false;
+            match &outcome {
+                None => return,
+                Some(Ok(Outcome::Busy)) => {
+                    state.not_before = Some(Instant::now() + BUSY_RETRY);
+                    return;
+                }
+                Some(Ok(Outcome::Issued | Outcome::Stored)) => {
+                    let had_error = state.last_error.take().is_some();
+                    state.failures = 0;
+                    state.not_before = None;
+                    state.ari = None;
+                    if !had_error {
+                        return;
+                    }
+                    (None, None)
+                }
+                Some(Err(e)) => {
+                    let step =
+                        self.tuning.backoff[state.failures.min(self.tuning.backoff.len() - 1)];
+                    state.failures += 1;
+                    let mut wait = step;
+                    if let Some(at) = e.retry_at() {
+                        wait = wait.max(at.saturating_duration_since(Instant::now()));
+                    }
+                    state.not_before = Some(Instant::now() + wait);
+                    let text = describe(e);
+                    state.last_error = Some(text.clone());
+                    tracing::warn!(site = %id, error = %text, retry_in = ?wait, "could not obtain a certificate; the current one (if any) keeps serving");
+                    (Some(text), Some(SystemTime::now() + wait))
+                }
+            }
+        };
+        if let Err(e) = self.record_status(site, error.as_deref(), next).await {
+            tracing::debug!(site = %id, error = %e, "could not record the ACME status");
+        }
+    }
+
+    /// Keeps the last error and next attempt where `portico certs` can read them.
+    async fn record_status(
+        &self,
+        site: &Site,
+        error: Option<&str>,
+        next: Option<SystemTime>,
+    ) -> Result<(), StoreError> {
+        let name = cert_object_name(site);
+        for _ in 0..3 {
+            let stored = self.store.get(Kind::Certificate, &name).await?;
+            let (mut object, version) = match stored {
+                Some(s) => (s.object, Some(s.version)),
+                None => (Object::new(), None),
+            };
+            match error {
+                Some(e) => {
+                    object
+                        .annotations
+                        .insert(ANNOTATION_LAST_ERROR.into(), e.to_string());
+                }
+                None => {
+                    object.annotations.remove(ANNOTATION_LAST_ERROR);
+                }
+            }
+            match next {
+                Some(t) => {
+                    object
+                        .annotations
+                        .insert(ANNOTATION_NEXT_ATTEMPT.into(), rfc3339(t));
+                }
+                None => {
+                    object.annotations.remove(ANNOTATION_NEXT_ATTEMPT);
+                }
+            }
+            match self
+                .store
+                .put(Kind::Certificate, &name, &object, version.as_ref())
+                .await
+            {
+                Err(StoreError::Conflict { .. }) => continue,
+                other => return other.map(|_| ()),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    OffsetDateTime::from(t).format(&Rfc3339).unwrap_or_default()
+}
+
+/// A stable spread in `[0, max)` per site, so checks of many sites do not bunch up.
+fn jitter(id: &str, max: Duration) -> Duration {
+    let h = short_hash(id);
+    let n = u64::from_str_radix(&h[..8], 16).unwrap_or(0);
+    Duration::from_millis(n % max.as_millis().max(1) as u64)
+}
+
+/// Who holds locks: the pod or host name plus a random suffix, unique per process.
+fn holder_identity() -> String {
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "portico".to_string());
+    let mut random = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut random);
+    let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}-{suffix}")
+}

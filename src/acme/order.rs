@@ -1,0 +1,227 @@
+//! One issuance: a new order for all of a site's names, one challenge per name answered
+//! through portico's own listeners, a CSR with a fresh P-256 key, the chain back.
+//!
+//! - HTTP-01: the key authorization goes into [`Challenges`] (read by the port-80
+//!   listener) and into the store (so any replica can answer, issue 4).
+//! - TLS-ALPN-01: a self-signed certificate with the `acmeIdentifier` extension goes into
+//!   the resolver's challenge map, served only to `acme-tls/1` handshakes.
+//!
+//! Whatever happens, the challenge responses are removed before returning.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use instant_acme::{
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewOrder,
+    OrderStatus, RetryPolicy,
+};
+use rcgen::{CertificateParams, CustomExtension, DistinguishedName, KeyPair};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use super::AcmeError;
+use super::challenges::Challenges;
+use crate::certs::short_hash;
+use crate::config;
+use crate::store::{Kind, Object, Store};
+use crate::tls::CertResolver;
+
+/// How long a token object may stay in the store before it counts as garbage.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// Where challenge responses go.
+pub struct Responders<'a> {
+    pub challenges: &'a Challenges,
+    pub resolver: &'a CertResolver,
+    pub store: &'a dyn Store,
+}
+
+/// A chain and its key, PEM.
+pub struct Issued {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// Runs one order for `names` to the end.
+pub async fn issue(
+    account: &Account,
+    names: &[String],
+    kind: config::ChallengeType,
+    replaces: Option<CertificateIdentifier<'static>>,
+    responders: &Responders<'_>,
+) -> Result<Issued, AcmeError> {
+    let mut answered = Answered::default();
+    let result = run(account, names, kind, replaces, responders, &mut answered).await;
+    answered.clean(responders).await;
+    result
+}
+
+/// Challenge responses put up so far, to take down afterwards.
+#[derive(Default)]
+struct Answered {
+    tokens: Vec<String>,
+    alpn_names: Vec<String>,
+}
+
+impl Answered {
+    async fn clean(self, responders: &Responders<'_>) {
+        for token in &self.tokens {
+            responders.challenges.remove(token);
+            if let Err(e) = responders
+                .store
+                .delete(Kind::Http01, &token_object_name(token), None)
+                .await
+            {
+                tracing::warn!(error = %e, "could not delete a challenge token from the store");
+            }
+        }
+        for name in &self.alpn_names {
+            responders.resolver.remove_alpn_challenge(name);
+        }
+    }
+}
+
+/// The store name of an HTTP-01 token: `h(token)`.
+pub fn token_object_name(token: &str) -> String {
+    short_hash(token)
+}
+
+async fn run(
+    account: &Account,
+    names: &[String],
+    kind: config::ChallengeType,
+    replaces: Option<CertificateIdentifier<'static>>,
+    responders: &Responders<'_>,
+    answered: &mut Answered,
+) -> Result<Issued, AcmeError> {
+    let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+    let mut new_order = NewOrder::new(&identifiers);
+    if let Some(replaces) = replaces {
+        new_order = new_order.replaces(replaces);
+    }
+    let mut order = account.new_order(&new_order).await?;
+    let challenge_type = match kind {
+        config::ChallengeType::Http01 => ChallengeType::Http01,
+        config::ChallengeType::TlsAlpn01 => ChallengeType::TlsAlpn01,
+    };
+
+    let mut authorizations = order.authorizations();
+    while let Some(authorization) = authorizations.next().await {
+        let mut authorization = authorization?;
+        match authorization.status {
+            AuthorizationStatus::Pending => {}
+            // Reused from an earlier order of this account.
+            AuthorizationStatus::Valid => continue,
+            other => {
+                return Err(AcmeError::Invalid {
+                    name: authorization.identifier().to_string(),
+                    problem: format!("authorization is {other:?}"),
+                });
+            }
+        }
+        let name = authorization.identifier().to_string();
+        let mut challenge = authorization
+            .challenge(challenge_type.clone())
+            .ok_or_else(|| AcmeError::NoChallenge {
+                kind: kind_name(kind),
+                name: name.clone(),
+            })?;
+        let key_authorization = challenge.key_authorization();
+        match kind {
+            config::ChallengeType::Http01 => {
+                let token = challenge.token.clone();
+                responders
+                    .challenges
+                    .insert(&token, key_authorization.as_str());
+                answered.tokens.push(token.clone());
+                let expires = OffsetDateTime::from(SystemTime::now() + TOKEN_TTL)
+                    .format(&Rfc3339)
+                    .unwrap_or_default();
+                let object = Object::new()
+                    .with_data("token", token.as_bytes().to_vec())
+                    .with_data(
+                        "key-authorization",
+                        key_authorization.as_str().as_bytes().to_vec(),
+                    )
+                    .with_annotation("portico.dev/expires", expires);
+                responders
+                    .store
+                    .put(Kind::Http01, &token_object_name(&token), &object, None)
+                    .await?;
+            }
+            config::ChallengeType::TlsAlpn01 => {
+                let cert = alpn_certificate(&name, key_authorization.digest().as_ref())?;
+                responders
+                    .resolver
+                    .set_alpn_challenge(&name, Arc::new(cert));
+                answered.alpn_names.push(name.clone());
+            }
+        }
+        challenge.set_ready().await?;
+    }
+
+    let polling = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(100))
+        .backoff(1.5)
+        .timeout(Duration::from_secs(90));
+    match order.poll_ready(&polling).await? {
+        OrderStatus::Ready => {}
+        OrderStatus::Invalid => return Err(why_invalid(&mut order).await),
+        other => return Err(AcmeError::OrderStatus(other)),
+    }
+
+    let key = KeyPair::generate().map_err(AcmeError::Key)?;
+    let mut params = CertificateParams::new(names.to_vec()).map_err(AcmeError::Key)?;
+    params.distinguished_name = DistinguishedName::new();
+    let csr = params.serialize_request(&key).map_err(AcmeError::Key)?;
+    order.finalize_csr(csr.der()).await?;
+    let chain_pem = order.poll_certificate(&polling).await?;
+    Ok(Issued {
+        chain_pem,
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn kind_name(kind: config::ChallengeType) -> &'static str {
+    match kind {
+        config::ChallengeType::Http01 => "http-01",
+        config::ChallengeType::TlsAlpn01 => "tls-alpn-01",
+    }
+}
+
+/// The first failed challenge's problem, which says what the CA saw.
+async fn why_invalid(order: &mut instant_acme::Order) -> AcmeError {
+    let mut authorizations = order.authorizations();
+    while let Some(Ok(authorization)) = authorizations.next().await {
+        if let Some(problem) = authorization
+            .challenges
+            .iter()
+            .find_map(|c| c.error.clone())
+        {
+            return AcmeError::Invalid {
+                name: authorization.identifier().to_string(),
+                problem: super::describe(&AcmeError::Ca(instant_acme::Error::Api(problem))),
+            };
+        }
+    }
+    AcmeError::OrderStatus(OrderStatus::Invalid)
+}
+
+/// The RFC 8737 validation certificate for `name`.
+fn alpn_certificate(name: &str, digest: &[u8]) -> Result<CertifiedKey, AcmeError> {
+    let key = KeyPair::generate().map_err(AcmeError::Key)?;
+    let mut params = CertificateParams::new(vec![name.to_string()]).map_err(AcmeError::Key)?;
+    params.custom_extensions = vec![CustomExtension::new_acme_identifier(digest)];
+    let cert = params.self_signed(&key).map_err(AcmeError::Key)?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    CertifiedKey::from_der(vec![cert.der().clone()], der, &crate::tls::provider()).map_err(
+        |source| {
+            AcmeError::Certificate(crate::tls::TlsError::Key {
+                what: format!("tls-alpn-01 certificate for {name}"),
+                source,
+            })
+        },
+    )
+}
