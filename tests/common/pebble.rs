@@ -306,26 +306,31 @@ impl Pebble {
     /// Asks pebble-challtestsrv's DNS server (over UDP) for the A records of `host`, as
     /// Pebble's VA would.
     pub async fn query_a(&self, host: &str) -> Vec<Ipv4Addr> {
+        match self.try_query_a(host, 5).await {
+            Ok(found) => found,
+            Err(e) => panic!("{e}\n{}", self.challtestsrv_log()),
+        }
+    }
+
+    /// One A query over UDP, sent up to `tries` times, a second apart.
+    async fn try_query_a(&self, host: &str, tries: usize) -> Result<Vec<Ipv4Addr>, String> {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         socket.connect(self.dns_addr()).await.unwrap();
         let id = 0x5eb1;
         let query = dns_a_query(id, host);
         let mut buf = [0u8; 1500];
-        for _ in 0..5 {
-            socket.send(&query).await.unwrap();
-            let Ok(got) = tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await
+        for _ in 0..tries {
+            // Errors (ICMP port unreachable) count as no answer.
+            let _ = socket.send(&query).await;
+            let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await
             else {
                 continue;
             };
-            let n = got.unwrap();
             return dns_a_answers(&buf[..n], id)
-                .unwrap_or_else(|| panic!("bad DNS answer for {host}: {:?}", &buf[..n]));
+                .ok_or_else(|| format!("bad DNS answer for {host}: {:?}", &buf[..n]));
         }
-        panic!(
-            "no DNS answer for {host} from {}\n{}",
-            self.dns_addr(),
-            self.challtestsrv_log()
-        );
+        Err(format!("no DNS answer for {host} from {}", self.dns_addr()))
     }
 
     /// Kills Pebble (pebble-challtestsrv keeps running): the directory is unreachable
@@ -526,7 +531,9 @@ impl Pebble {
     }
 
     /// Polls until Pebble's directory answers 200 and its management port, and (with
-    /// `challtestsrv`) the DNS and DNS management ports, accept connections.
+    /// `challtestsrv`) the DNS and DNS management ports, accept connections, and the DNS
+    /// server answers a query over UDP; fails as soon as a process exits or logs that a
+    /// port was taken.
     async fn wait_ready(&mut self, challtestsrv: bool) -> Result<(), String> {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
@@ -540,6 +547,10 @@ impl Pebble {
                     *child = None;
                     return Err(format!("{name} exited: {status}"));
                 }
+            }
+            // pebble-challtestsrv does not exit when it cannot bind: it logs and goes on.
+            if self.port_taken() {
+                return Err("a port was taken (bind: address already in use)".into());
             }
             let Err(last) = self.ready_once(challtestsrv).await else {
                 return Ok(());
@@ -560,6 +571,10 @@ impl Pebble {
             tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
                 .await
                 .map_err(|e| format!("port {port}: {e}"))?;
+        }
+        if challtestsrv {
+            // Its UDP side too (the TCP connect above may not say).
+            self.try_query_a("ready.example.test", 1).await?;
         }
         let url = self.directory_url();
         match tokio::time::timeout(Duration::from_secs(2), self.try_fetch("GET", &url, None)).await
