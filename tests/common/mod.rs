@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod edge;
+pub mod pebble;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
