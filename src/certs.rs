@@ -174,6 +174,12 @@ impl CertManager {
         }
     }
 
+    /// The last ACME error of a site (by its id: sorted names joined by `,`), if its
+    /// last attempt failed.
+    pub fn acme_last_error(&self, site: &str) -> Option<String> {
+        self.acme.last_error(site)
+    }
+
     /// Keeps running `sync` until `shutdown` turns true; `config` is read anew each pass
     /// so reloads apply.
     pub async fn run(

@@ -135,11 +135,9 @@ impl AcmeManager {
         self.sites.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The last error of a site, if its last attempt failed.
-    pub fn last_error(&self, site: &Site) -> Option<String> {
-        self.state()
-            .get(&site_id(site))
-            .and_then(|s| s.last_error.clone())
+    /// The last error of a site (by [`SiteId`]), if its last attempt failed.
+    pub fn last_error(&self, site: &str) -> Option<String> {
+        self.state().get(site).and_then(|s| s.last_error.clone())
     }
 
     /// Starts an order for `site` if it is due and not backing off. Never waits for it.

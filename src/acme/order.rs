@@ -216,12 +216,16 @@ fn alpn_certificate(name: &str, digest: &[u8]) -> Result<CertifiedKey, AcmeError
     params.custom_extensions = vec![CustomExtension::new_acme_identifier(digest)];
     let cert = params.self_signed(&key).map_err(AcmeError::Key)?;
     let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-    CertifiedKey::from_der(vec![cert.der().clone()], der, &crate::tls::provider()).map_err(
-        |source| {
+    // Not CertifiedKey::from_der: its key check parses the certificate with webpki, which
+    // refuses the critical acmeIdentifier extension that RFC 8737 requires.
+    let signing_key = crate::tls::provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(|source| {
             AcmeError::Certificate(crate::tls::TlsError::Key {
                 what: format!("tls-alpn-01 certificate for {name}"),
                 source,
             })
-        },
-    )
+        })?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], signing_key))
 }

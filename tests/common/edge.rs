@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use portico::acme::manager::Tuning;
 use portico::config::Config;
 use portico::server::Server;
 use rustls::pki_types::pem::PemObject;
@@ -44,15 +45,20 @@ pub fn header(dir: &Path) -> String {
 }
 
 pub async fn start_in(dir: tempfile::TempDir, sites: &str) -> Portico {
-    let text = format!(
-        "{}{}",
-        header(dir.path()),
-        sites.replace("{dir}", &dir.path().display().to_string())
-    );
+    let text = format!("{}{sites}", header(dir.path()));
+    start_text(dir, &text, Tuning::default()).await
+}
+
+/// Starts portico on the whole config `text` (`{dir}` = the folder), with `tuning`.
+pub async fn start_text(dir: tempfile::TempDir, text: &str, tuning: Tuning) -> Portico {
+    let text = text.replace("{dir}", &dir.path().display().to_string());
     let path = dir.path().join("portico.toml");
     std::fs::write(&path, &text).unwrap();
     let config = Config::load(&path).unwrap();
-    let server = Server::bind(config.clone()).await.unwrap();
+    let (store, locker) = portico::server::open_store(&config).unwrap();
+    let server = Server::bind_with(config.clone(), store, locker, tuning)
+        .await
+        .unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
     let portico = Portico {
         https: server.https_addr(),

@@ -1,0 +1,282 @@
+//! ACME against a real CA: Pebble validates HTTP-01 and TLS-ALPN-01 against portico's own
+//! listeners on loopback, names resolved by pebble-challtestsrv.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use common::edge::{self, Portico, client_config, install_provider, start_text, tls_connect};
+use common::pebble::{Pebble, PebbleConfig, free_port};
+use portico::acme::manager::Tuning;
+
+fn quick() -> Tuning {
+    Tuning {
+        backoff: vec![
+            Duration::from_millis(300),
+            Duration::from_millis(600),
+            Duration::from_secs(1),
+        ],
+    }
+}
+
+/// The config header for a portico on `http`/`https` using `pebble`.
+fn header(http: u16, https: u16, pebble: &Pebble, challenge: &str) -> String {
+    format!(
+        "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\npath = \"{{dir}}/data\"\n[acme]\nemail = \"ops@example.test\"\ndirectory = \"{}\"\nca_root = \"{}\"\nchallenge = \"{challenge}\"\n",
+        pebble.directory_url(),
+        pebble.ca_root_path().display()
+    )
+}
+
+fn acme_site(hosts: &str, body: &str) -> String {
+    format!(
+        "[[site]]\nhosts = [{hosts}]\ntls = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"{body}\" }}\n"
+    )
+}
+
+/// Waits until `name` is served with a chain that verifies against `roots`.
+async fn wait_for_certificate(p: &Portico, name: &str, roots: &[u8], pebble: &Pebble) -> Vec<u8> {
+    let config = client_config(&[roots], &[b"h2"]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(tls) = tls_connect(p.https, name, config.clone()).await {
+            return edge::leaf(&tls);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no certificate for {name}; last error: {:?}; pebble log:\n{}",
+            p.certs.acme_last_error(name),
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn setup(challenge: &str, sites: &str) -> (Pebble, Portico) {
+    install_provider();
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{}{sites}", header(http, https, &pebble, challenge));
+    let p = start_text(dir, &text, quick()).await;
+    (pebble, p)
+}
+
+async fn h2_get(p: &Portico, name: &str, roots: &[u8]) -> (u16, String) {
+    let mut send = edge::h2(p.https, name, roots).await;
+    edge::get_h2(&mut send, name, "/").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_01_issues_one_certificate_for_every_host_of_the_site() {
+    let (pebble, p) = setup(
+        "http-01",
+        &acme_site("\"a.example.test\", \"www.a.example.test\"", "a"),
+    )
+    .await;
+    let roots = pebble.issuing_roots().await;
+    for name in ["a.example.test", "www.a.example.test"] {
+        wait_for_certificate(&p, name, &roots, &pebble).await;
+        assert_eq!(h2_get(&p, name, &roots).await, (200, "a".into()));
+    }
+    assert_eq!(pebble.orders(), 1, "one order covers both names");
+    // The leaf is ECDSA P-256 and names both hosts.
+    let leaf = wait_for_certificate(&p, "a.example.test", &roots, &pebble).await;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let curve = cert
+        .public_key()
+        .algorithm
+        .parameters
+        .as_ref()
+        .unwrap()
+        .as_oid()
+        .unwrap();
+    assert_eq!(curve.to_id_string(), "1.2.840.10045.3.1.7");
+    let sans: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert!(
+        sans.iter().any(|n| n.contains("www.a.example.test")),
+        "{sans:?}"
+    );
+    // The chain and key are in the store, the key file private.
+    let certs = std::fs::read_dir(p.data().join("certificate"))
+        .unwrap()
+        .count();
+    assert!(certs >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_issues_through_the_https_listener() {
+    let (pebble, p) = setup("tls-alpn-01", &acme_site("\"alpn.example.test\"", "alpn")).await;
+    let roots = pebble.issuing_roots().await;
+    wait_for_certificate(&p, "alpn.example.test", &roots, &pebble).await;
+    assert_eq!(
+        h2_get(&p, "alpn.example.test", &roots).await,
+        (200, "alpn".into())
+    );
+    assert!(p.challenges.get("anything").is_none());
+    // A client offering acme-tls/1 outside a validation gets no certificate at all.
+    let probe = client_config(&[&roots], &[b"acme-tls/1"]);
+    assert!(
+        tls_connect(p.https, "alpn.example.test", probe)
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sites_are_issued_in_parallel_and_a_restart_orders_nothing_new() {
+    let sites = format!(
+        "{}{}",
+        acme_site("\"one.example.test\"", "1"),
+        acme_site("\"two.example.test\"", "2")
+    );
+    let (pebble, p) = setup("http-01", &sites).await;
+    let roots = pebble.issuing_roots().await;
+    let first = wait_for_certificate(&p, "one.example.test", &roots, &pebble).await;
+    wait_for_certificate(&p, "two.example.test", &roots, &pebble).await;
+    assert_eq!(pebble.orders(), 2);
+    let accounts = pebble.log().matches("/sign-me-up").count();
+
+    let text = std::fs::read_to_string(p.dir.path().join("portico.toml")).unwrap();
+    let dir = p.stop().await;
+    let again = start_text(dir, &text, quick()).await;
+    let served = wait_for_certificate(&again, "one.example.test", &roots, &pebble).await;
+    assert_eq!(served, first, "the stored certificate is served again");
+    // Give the scheduler passes to (wrongly) order: it must not.
+    again.certs.sync(&again.config, SystemTime::now()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(pebble.orders(), 2, "no new order after a restart");
+    assert_eq!(
+        pebble.log().matches("/sign-me-up").count(),
+        accounts,
+        "the account is reused"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_ca_is_retried_while_other_sites_keep_serving() {
+    install_provider();
+    let (http, https) = (free_port(), free_port());
+    let mut pebble = Pebble::start(PebbleConfig::new(http, https)).await;
+    pebble.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}{}[[site]]\nhosts = [\"local.internal\"]\ntls = \"internal\"\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"local\" }}\n",
+        header(http, https, &pebble, "http-01"),
+        acme_site("\"late.example.test\"", "late")
+    );
+    let p = start_text(dir, &text, quick()).await;
+    let local_root = p.root_pem();
+    // The CA is down: the ACME site fails and backs off, the internal one serves.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while p.certs.acme_last_error("late.example.test").is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed attempt recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        h2_get(&p, "local.internal", &local_root).await,
+        (200, "local".into())
+    );
+
+    pebble.restart().await;
+    let roots = pebble.issuing_roots().await;
+    wait_for_certificate(&p, "late.example.test", &roots, &pebble).await;
+    assert_eq!(
+        h2_get(&p, "late.example.test", &roots).await,
+        (200, "late".into())
+    );
+    assert!(p.certs.acme_last_error("late.example.test").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_renewal_swaps_the_certificate_under_continuous_requests() {
+    let (pebble, p) = setup("http-01", &acme_site("\"renew.example.test\"", "r")).await;
+    let roots = pebble.issuing_roots().await;
+    let first = wait_for_certificate(&p, "renew.example.test", &roots, &pebble).await;
+
+    let done = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (done, roots, addr) = (done.clone(), roots.clone(), p.https);
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !done.load(Ordering::Acquire) {
+                let config = client_config(&[&roots], &[b"h2"]);
+                match tls_connect(addr, "renew.example.test", config).await {
+                    Ok(tls) => {
+                        let (mut send, conn) = hyper::client::conn::http2::handshake(
+                            hyper_util::rt::TokioExecutor::new(),
+                            hyper_util::rt::TokioIo::new(tls),
+                        )
+                        .await
+                        .unwrap();
+                        tokio::spawn(conn);
+                        match edge::get_h2(&mut send, "renew.example.test", "/").await {
+                            (200, body) if body == "r" => ok += 1,
+                            other => failed.push(format!("{other:?}")),
+                        }
+                    }
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    // Four years on, a five-year certificate has less than a third of its life left.
+    let later = SystemTime::now() + Duration::from_secs(4 * 365 * 86_400);
+    p.certs.sync(&p.config, later).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let served = wait_for_certificate(&p, "renew.example.test", &roots, &pebble).await;
+        if served != first {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not renewed; log:\n{}",
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    done.store(true, Ordering::Release);
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        assert!(failed.is_empty(), "failures during renewal: {failed:?}");
+        assert!(ok > 0);
+    }
+    assert_eq!(pebble.orders(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenge_paths_answer_404_for_unknown_tokens_and_names() {
+    let (pebble, p) = setup("http-01", &acme_site("\"c.example.test\"", "c")).await;
+    let roots = pebble.issuing_roots().await;
+    wait_for_certificate(&p, "c.example.test", &roots, &pebble).await;
+    let (status, _, _) =
+        edge::plain_get(p.http, "c.example.test", "/.well-known/acme-challenge/nope").await;
+    assert_eq!(status, 404);
+    p.challenges.insert("tok", "tok.key");
+    let (status, _, _) = edge::plain_get(
+        p.http,
+        "other.example.test",
+        "/.well-known/acme-challenge/tok",
+    )
+    .await;
+    assert_eq!(status, 404, "a name no site has");
+    let (status, _, body) =
+        edge::plain_get(p.http, "c.example.test", "/.well-known/acme-challenge/tok").await;
+    assert_eq!((status, body.as_str()), (200, "tok.key"));
+}
