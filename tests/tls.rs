@@ -322,7 +322,10 @@ async fn internal_leaves_are_renewed_when_a_third_of_their_life_is_left() {
     // And a restart serves the renewed one from the store.
     let text = std::fs::read_to_string(p.dir.path().join("portico.toml")).unwrap();
     let dir = p.stop().await;
-    let sites = text.split_once("[[site]]").map(|(_, s)| format!("[[site]]{s}")).unwrap();
+    let sites = text
+        .split_once("[[site]]")
+        .map(|(_, s)| format!("[[site]]{s}"))
+        .unwrap();
     let again = start_in(dir, &sites).await;
     let snap = again.resolver.snapshot();
     let served = snap.lookup(Some("renew.internal")).unwrap();
@@ -332,10 +335,17 @@ async fn internal_leaves_are_renewed_when_a_third_of_their_life_is_left() {
 #[tokio::test]
 async fn a_client_that_never_finishes_the_handshake_is_dropped() {
     install_provider();
-    let p = start(&format!("[limits]\nhandshake_timeout = \"300ms\"\n{}", site("\"localhost\"", "x"))).await;
+    let p = start(&format!(
+        "[limits]\nhandshake_timeout = \"300ms\"\n{}",
+        site("\"localhost\"", "x")
+    ))
+    .await;
     let mut tcp = tokio::net::TcpStream::connect(p.https).await.unwrap();
     use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf)).await;
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the server closed the connection: {read:?}");
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the server closed the connection: {read:?}"
+    );
 }
