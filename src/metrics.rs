@@ -15,6 +15,8 @@
 //! `site=""`, and requests whose Host names a site count under it even when refused
 //! (404 no route, 421 not covered by the connection's certificate). `names` lists the DNS
 //! names (and IP addresses) the served leaf certifies, in the certificate's order.
+//! A response is counted when its head is ready (the status is known), so a request the
+//! client abandons before that is not counted.
 //! `reason="no_certificate"`: the client asked for a name no site covers (or sent no SNI
 //! while several sites exist); `error`: any other failure (protocol errors, the client
 //! rejecting our certificate, a closed connection); `timeout`: `limits.handshake_timeout`.

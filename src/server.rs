@@ -167,6 +167,7 @@ impl Server {
             https_port,
             connections: connections.clone(),
         };
+        let admin_addr = self.admin.as_ref().and_then(|l| l.local_addr().ok());
         let admin = self.admin.map(|listener| AdminListener {
             listener,
             metrics: self.metrics.clone(),
@@ -181,7 +182,7 @@ impl Server {
             tokio::spawn(http.run(stop_rx.clone())),
         ];
         let renewing = tokio::spawn(self.certs.clone().run(self.config.clone(), stop_rx.clone()));
-        tracing::info!(sites = config.sites.len(), "portico is serving");
+        tracing::info!(sites = config.sites.len(), admin = ?admin_addr, "portico is serving");
 
         shutdown.await;
         tracing::info!(
