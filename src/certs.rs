@@ -18,6 +18,7 @@ use crate::acme::AcmeManager;
 use crate::acme::challenges::Challenges;
 use crate::acme::manager::{ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT, Tuning};
 use crate::config::{Config, Site, TlsSource};
+use crate::metrics::Metrics;
 use crate::store::{Kind, Locker, Object, Store, StoreError};
 use crate::tls::files::{self, Stamp};
 use crate::tls::internal::LocalCa;
@@ -128,10 +129,18 @@ impl CertManager {
         locker: Arc<dyn Locker>,
         resolver: Arc<CertResolver>,
         challenges: Arc<Challenges>,
+        metrics: Arc<Metrics>,
         tuning: Tuning,
     ) -> Self {
         CertManager {
-            acme: AcmeManager::new(store.clone(), locker, resolver.clone(), challenges, tuning),
+            acme: AcmeManager::new(
+                store.clone(),
+                locker,
+                resolver.clone(),
+                challenges,
+                metrics,
+                tuning,
+            ),
             store,
             resolver,
             ca: tokio::sync::OnceCell::new(),

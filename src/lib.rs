@@ -19,18 +19,25 @@
 //! listener::http (:80)                              FileStore | MemoryStore
 //!   ├ /.well-known/acme-challenge/ ◄── acme::challenges (tokens in flight)
 //!   └ anything else: 308 to https
+//!
+//! admin (listen.admin): /healthz, /readyz, /metrics ◄── metrics: one atomic add per
+//!   request, handshake failure and ACME order; a gauge per installed certificate
 //! ```
 //!
 //! Modules in that order: [`config`] (TOML → validated model), [`listener`] (sockets,
 //! TLS handshake, HTTP connections, port 80, shutdown phases), [`tls`] (resolver, rustls
 //! config, local CA, certificate files), [`router`] and [`proxy`] (the request path),
 //! [`acme`] (challenge registry), [`certs`] (the certificate scheduler), [`store`]
-//! (persistence and locks), [`server`] (assembly, start-up order, graceful shutdown).
+//! (persistence and locks), [`metrics`] (counters and gauges of both pipelines, in the
+//! Prometheus text format), [`admin`] (the `listen.admin` listener: `/healthz`,
+//! `/readyz`, `/metrics`), [`server`] (assembly, start-up order, graceful shutdown).
 
 pub mod acme;
+pub mod admin;
 pub mod certs;
 pub mod config;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod router;
 pub mod server;

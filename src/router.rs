@@ -89,6 +89,8 @@ pub struct Matched<'r, T> {
     pub route: &'r Route<T>,
     /// Lowercased, without port.
     pub host: String,
+    /// The site's index in the config's `sites` (for per-site counters).
+    pub site: usize,
 }
 
 impl<T> Router<T> {
@@ -163,7 +165,13 @@ impl<T> Router<T> {
             .iter()
             .find(|r| path.starts_with(r.prefix.as_str()))
             .ok_or(RouteError::NoRoute)?;
-        Ok(Matched { route, host })
+        Ok(Matched { route, host, site })
+    }
+
+    /// The index in the config's `sites` of the site a raw host names, if any (the
+    /// lookup `route` starts with; for attributing a refused request to its site).
+    pub fn site_of(&self, raw_host: Option<&str>) -> Option<usize> {
+        self.site_index(&normalize_host(raw_host?))
     }
 
     /// Exact names win over wildcards; a wildcard covers exactly one more label.

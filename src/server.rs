@@ -5,6 +5,10 @@
 //! Start-up order (DESIGN): bind, serve what the store holds, then obtain what is
 //! missing; shutdown order: stop accepting, let in-flight requests finish up to
 //! `limits.shutdown_timeout`, return.
+//!
+//! Readiness (`/readyz` on the optional admin listener): set in [`Server::run`] just
+//! before accepting, i.e. once every listener is bound, the config is loaded and the
+//! stored certificates are in the resolver; cleared when shutdown starts.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,11 +21,13 @@ use tokio::sync::watch;
 
 use crate::acme::challenges::Challenges;
 use crate::acme::manager::Tuning;
+use crate::admin::AdminListener;
 use crate::certs::CertManager;
 use crate::config::{Config, Storage};
 use crate::listener::http::HttpListener;
 use crate::listener::https::HttpsListener;
 use crate::listener::{Connections, ListenError, Phase};
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::store::file::FileStore;
 use crate::store::{Locker, Store, StoreError};
@@ -55,6 +61,8 @@ pub struct Server {
     config: Arc<ArcSwap<Config>>,
     https: TcpListener,
     http: TcpListener,
+    admin: Option<TcpListener>,
+    metrics: Arc<Metrics>,
     resolver: Arc<CertResolver>,
     proxy: Arc<Proxy>,
     challenges: Arc<Challenges>,
@@ -84,22 +92,30 @@ impl Server {
     ) -> Result<Server, ServerError> {
         let https = bind(config.listen.https).await?;
         let http = bind(config.listen.http).await?;
-        let resolver = Arc::new(CertResolver::new());
+        let admin = match config.listen.admin {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let resolver = Arc::new(CertResolver::with_metrics(metrics.clone()));
         let challenges = Arc::new(Challenges::new());
         let certs = Arc::new(CertManager::new(
             store,
             locker,
             resolver.clone(),
             challenges.clone(),
+            metrics.clone(),
             tuning,
         ));
         certs.load_existing(&config).await;
         certs.sync(&config, SystemTime::now()).await;
         Ok(Server {
-            proxy: Arc::new(Proxy::new(&config)),
+            proxy: Arc::new(Proxy::with_metrics(&config, metrics.clone())),
             config: Arc::new(ArcSwap::from_pointee(config)),
             https,
             http,
+            admin,
+            metrics,
             resolver,
             challenges,
             certs,
@@ -116,6 +132,16 @@ impl Server {
         self.http
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The admin listener's address, when `listen.admin` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// Every counter and gauge; the ACME manager reports its orders here.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// The registry the port-80 listener answers HTTP-01 challenges from.
@@ -147,6 +173,7 @@ impl Server {
             proxy: self.proxy.clone(),
             config: self.config.clone(),
             connections: connections.clone(),
+            metrics: self.metrics.clone(),
         };
         let http = HttpListener {
             listener: self.http,
@@ -155,20 +182,31 @@ impl Server {
             https_port,
             connections: connections.clone(),
         };
+        let admin_addr = self.admin.as_ref().and_then(|l| l.local_addr().ok());
+        let admin = self.admin.map(|listener| AdminListener {
+            listener,
+            metrics: self.metrics.clone(),
+            config: self.config.clone(),
+        });
+        let admin = admin.map(|a| tokio::spawn(a.run(stop_rx.clone())));
+        // Listeners bound, config loaded, stored certificates in the resolver (bind did
+        // both): ready.
+        self.metrics.set_ready(true);
         let accepting = [
             tokio::spawn(https.run(stop_rx.clone())),
             tokio::spawn(http.run(stop_rx.clone())),
         ];
         let renewing = tokio::spawn(self.certs.clone().run(self.config.clone(), stop_rx.clone()));
-        tracing::info!(sites = config.sites.len(), "portico is serving");
+        tracing::info!(sites = config.sites.len(), admin = ?admin_addr, "portico is serving");
 
         shutdown.await;
         tracing::info!(
             open = connections.open(),
             "shutting down: no new connections, draining in-flight requests"
         );
+        self.metrics.set_ready(false);
         let _ = phase.send(Phase::Draining);
-        for task in accepting {
+        for task in accepting.into_iter().chain(admin) {
             let _ = task.await;
         }
         let _ = renewing.await;

@@ -31,6 +31,7 @@ use super::order::{self, Responders};
 use super::{AcmeError, account, describe};
 use crate::certs::{cert_object, cert_object_name, short_hash};
 use crate::config::{Acme, Site};
+use crate::metrics::{Metrics, OrderResult};
 use crate::store::{Kind, Locker, Object, Store, StoreError, hold};
 use crate::tls::resolver::site_id;
 use crate::tls::{CertResolver, SiteId, load_pem};
@@ -90,6 +91,7 @@ pub struct AcmeManager {
     locker: Arc<dyn Locker>,
     resolver: Arc<CertResolver>,
     challenges: Arc<Challenges>,
+    metrics: Arc<Metrics>,
     holder: String,
     tuning: Tuning,
     /// The account for the (directory, email) in use, by account name.
@@ -115,6 +117,7 @@ impl AcmeManager {
         locker: Arc<dyn Locker>,
         resolver: Arc<CertResolver>,
         challenges: Arc<Challenges>,
+        metrics: Arc<Metrics>,
         tuning: Tuning,
     ) -> Arc<Self> {
         Arc::new(AcmeManager {
@@ -122,6 +125,7 @@ impl AcmeManager {
             locker,
             resolver,
             challenges,
+            metrics,
             holder: holder_identity(),
             tuning,
             account: tokio::sync::Mutex::new(None),
@@ -380,7 +384,10 @@ impl AcmeManager {
                     state.not_before = Some(Instant::now() + BUSY_RETRY);
                     return;
                 }
-                Some(Ok(Outcome::Issued | Outcome::Stored)) => {
+                Some(Ok(outcome @ (Outcome::Issued | Outcome::Stored))) => {
+                    if matches!(outcome, Outcome::Issued) {
+                        self.metrics.acme_order(&id, OrderResult::Valid);
+                    }
                     let had_error = state.last_error.take().is_some();
                     state.failures = 0;
                     state.not_before = None;
@@ -391,6 +398,7 @@ impl AcmeManager {
                     (None, None)
                 }
                 Some(Err(e)) => {
+                    self.metrics.acme_order(&id, OrderResult::Failed);
                     let step =
                         self.tuning.backoff[state.failures.min(self.tuning.backoff.len() - 1)];
                     state.failures += 1;

@@ -12,6 +12,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::{Connections, Phase, serve_connection};
 use crate::config::{Config, normalize_host};
+use crate::metrics::{HandshakeFailure, Metrics};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::tls::CertResolver;
 
@@ -23,6 +24,8 @@ pub struct HttpsListener {
     /// Read per connection, so a reload's new limits apply to new connections.
     pub config: Arc<ArcSwap<Config>>,
     pub connections: Connections,
+    /// Counts handshake failures by reason.
+    pub metrics: Arc<Metrics>,
 }
 
 impl HttpsListener {
@@ -60,10 +63,12 @@ impl HttpsListener {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        this.metrics.handshake_failed(HandshakeFailure::of(&e));
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(%peer, "TLS handshake timed out");
+                        this.metrics.handshake_failed(HandshakeFailure::Timeout);
                         return;
                     }
                 };

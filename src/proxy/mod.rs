@@ -46,7 +46,9 @@ pub use error::ProxyError;
 pub use pool::{COOL_DOWN, ConnectError};
 
 use crate::config::{Config, HostPattern};
+use crate::metrics::{Metrics, SiteCounters};
 use crate::router::{Action, RouteError, Router, request_host};
+use crate::tls::resolver::site_id;
 use balance::Balancer;
 use pool::Pools;
 
@@ -72,28 +74,51 @@ pub struct ConnInfo {
 struct Table {
     router: Router<Arc<Balancer>>,
     upstream_timeout: Duration,
+    /// `portico_requests_total`: one per site, indexed like the config's (and the
+    /// router's) sites, so counting a response is one atomic add and no lookup.
+    counters: Vec<Arc<SiteCounters>>,
+    /// Requests whose host names no site.
+    unmatched: Arc<SiteCounters>,
+}
+
+impl Table {
+    /// The counters of the site `raw_host` names (`site=""` when none).
+    fn counters_for(&self, raw_host: Option<&str>) -> &SiteCounters {
+        match self.router.site_of(raw_host) {
+            Some(i) => &self.counters[i],
+            None => &self.unmatched,
+        }
+    }
 }
 
 /// The request path after TLS: routing and forwarding.
 pub struct Proxy {
     table: ArcSwap<Table>,
     pools: Pools,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
+    /// A proxy with metrics of its own (tests); the server uses [`Proxy::with_metrics`].
     pub fn new(config: &Config) -> Proxy {
+        Proxy::with_metrics(config, Arc::new(Metrics::new()))
+    }
+
+    /// A proxy that counts its responses by site and status in `metrics`.
+    pub fn with_metrics(config: &Config, metrics: Arc<Metrics>) -> Proxy {
         let pools = Pools::default();
-        let table = build(config, &pools);
+        let table = build(config, &pools, &metrics);
         Proxy {
             table: ArcSwap::from_pointee(table),
             pools,
+            metrics,
         }
     }
 
     /// Swaps in a new config's sites and routes. Pools (idle connections, health) of
     /// upstreams that remain are kept; requests in flight finish on the old routes.
     pub fn update(&self, config: &Config) {
-        let table = build(config, &self.pools);
+        let table = build(config, &self.pools, &self.metrics);
         // The old table stays alive in requests that loaded it; its endpoints that the
         // new one does not use close their pools when the last of those finishes.
         self.table.store(Arc::new(table));
@@ -106,7 +131,7 @@ impl Proxy {
         let raw_host = request_host(&req).map(str::to_owned);
         // The table guard is dropped before any await: a guard held across a slow
         // upstream would pin the old table and its pools through reloads.
-        let (balancer, upstream_timeout) = {
+        let (balancer, upstream_timeout, counters) = {
             let table = self.table.load();
             let matched = table.router.route(
                 raw_host.as_deref(),
@@ -114,28 +139,42 @@ impl Proxy {
                 conn.cert_hosts.as_deref(),
             );
             match matched {
-                Err(err) => return route_error(&err),
+                Err(err) => {
+                    // Errors are the rare path: a second host lookup finds the site.
+                    table.counters_for(raw_host.as_deref()).count(err.status());
+                    return route_error(&err);
+                }
                 Ok(m) => match &m.route.action {
                     Action::Respond { status, body } => {
+                        table.counters[m.site].count(*status);
                         return text(*status, Full::new(body.clone()).map_err(never).boxed());
                     }
-                    Action::Proxy(balancer) => (balancer.clone(), table.upstream_timeout),
+                    Action::Proxy(balancer) => (
+                        balancer.clone(),
+                        table.upstream_timeout,
+                        table.counters[m.site].clone(),
+                    ),
                 },
             }
         };
         // `route` succeeded, so there is a host.
         let original_host = raw_host.unwrap_or_default();
-        match forward::forward(req, conn, &original_host, balancer, upstream_timeout).await {
-            Ok(response) => response,
-            Err(err) => {
-                tracing::debug!(status = err.status().as_u16(), "proxy error answered");
-                error_response(err.status(), err.public_message())
-            }
-        }
+        let response =
+            match forward::forward(req, conn, &original_host, balancer, upstream_timeout).await {
+                Ok(response) => response,
+                Err(err) => {
+                    tracing::debug!(status = err.status().as_u16(), "proxy error answered");
+                    error_response(err.status(), err.public_message())
+                }
+            };
+        // Counted when the head is ready, as access logs do; a body cut short later
+        // does not change the status the client got.
+        counters.count(response.status());
+        response
     }
 }
 
-fn build(config: &Config, pools: &Pools) -> Table {
+fn build(config: &Config, pools: &Pools, metrics: &Metrics) -> Table {
     let connect_timeout = config.limits.upstream_connect_timeout;
     let router = Router::new(config, |upstreams, protocol| {
         let endpoints = upstreams
@@ -147,6 +186,12 @@ fn build(config: &Config, pools: &Pools) -> Table {
     Table {
         router,
         upstream_timeout: config.limits.upstream_timeout,
+        counters: config
+            .sites
+            .iter()
+            .map(|site| metrics.site_counters(&site_id(site)))
+            .collect(),
+        unmatched: metrics.unmatched_counters(),
     }
 }
 

@@ -16,6 +16,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 use crate::config::{HostPattern, Site};
+use crate::metrics::Metrics;
 
 /// A site's current certificate with what the request path and the operator need.
 #[derive(Debug)]
@@ -77,11 +78,22 @@ pub struct CertResolver {
     /// TLS-ALPN-01 challenge certificates by name, kept apart from site certificates:
     /// served only to a ClientHello that offers `acme-tls/1`, which browsers never do.
     alpn_challenges: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    /// Keeps `portico_certificate_not_after_seconds` in step with the table (edited
+    /// under the table lock, so the gauge and the served certificates agree).
+    metrics: Arc<Metrics>,
 }
 
 impl CertResolver {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A resolver that reports the certificates it serves to `metrics`.
+    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+        CertResolver {
+            metrics,
+            ..Self::default()
+        }
     }
 
     /// Declares the configured sites (at start and on reload). Certificates of removed
@@ -94,6 +106,8 @@ impl CertResolver {
             .collect();
         let Table { sites, certs } = &mut *table;
         certs.retain(|id, _| sites.iter().any(|(s, _)| s == id));
+        self.metrics
+            .retain_certificates(|id| certs.contains_key(id));
         self.publish(&table);
     }
 
@@ -104,6 +118,8 @@ impl CertResolver {
         let Some((_, hosts)) = table.sites.iter().find(|(id, _)| id == site) else {
             return false;
         };
+        self.metrics
+            .set_certificate(site, key.end_entity_cert().ok().map(|c| &c[..]), not_after);
         let cert = Arc::new(SiteCert {
             key,
             hosts: hosts.clone(),

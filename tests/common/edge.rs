@@ -20,6 +20,9 @@ use tokio_rustls::client::TlsStream;
 pub struct Portico {
     pub https: SocketAddr,
     pub http: SocketAddr,
+    /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: SocketAddr,
+    pub metrics: Arc<portico::metrics::Metrics>,
     pub dir: tempfile::TempDir,
     pub resolver: Arc<portico::tls::CertResolver>,
     pub challenges: Arc<portico::acme::challenges::Challenges>,
@@ -30,8 +33,9 @@ pub struct Portico {
 }
 
 /// Writes `sites` (TOML with `[[site]]` tables and anything else but `[listen]` and
-/// `[storage]`) under a header that binds 127.0.0.1:0 and keeps the store in a fresh
-/// temporary folder, then starts portico on it. `{dir}` in `sites` is that folder.
+/// `[storage]`) under a header that binds 127.0.0.1:0 (http, https and admin) and keeps
+/// the store in a fresh temporary folder, then starts portico on it. `{dir}` in `sites`
+/// is that folder.
 pub async fn start(sites: &str) -> Portico {
     let dir = tempfile::tempdir().unwrap();
     start_in(dir, sites).await
@@ -39,7 +43,7 @@ pub async fn start(sites: &str) -> Portico {
 
 pub fn header(dir: &Path) -> String {
     format!(
-        "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n\n[storage]\npath = \"{}\"\n\n",
+        "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[storage]\npath = \"{}\"\n\n",
         dir.join("data").display()
     )
 }
@@ -63,6 +67,8 @@ pub async fn start_text(dir: tempfile::TempDir, text: &str, tuning: Tuning) -> P
     let portico = Portico {
         https: server.https_addr(),
         http: server.http_addr(),
+        admin: server.admin_addr().expect("the header sets listen.admin"),
+        metrics: server.metrics(),
         resolver: server.resolver(),
         challenges: server.challenges(),
         certs: server.certs(),
