@@ -45,8 +45,11 @@ pub enum ServerError {
     KubernetesUnavailable,
 }
 
+/// A store and the locker of the same backend.
+pub type Backend = (Arc<dyn Store>, Arc<dyn Locker>);
+
 /// Opens the store and the locker the config names.
-pub fn open_store(config: &Config) -> Result<(Arc<dyn Store>, Arc<dyn Locker>), ServerError> {
+pub fn open_store(config: &Config) -> Result<Backend, ServerError> {
     match &config.storage {
         Storage::File { path } => {
             let store = Arc::new(FileStore::open(path)?);
