@@ -24,7 +24,7 @@ fn quick() -> Tuning {
 /// The config header for a portico on `http`/`https` using `pebble`.
 fn header(http: u16, https: u16, pebble: &Pebble, challenge: &str) -> String {
     format!(
-        "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\npath = \"{{dir}}/data\"\n[acme]\nemail = \"ops@example.test\"\ndirectory = \"{}\"\nca_root = \"{}\"\nchallenge = \"{challenge}\"\n",
+        "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:0\"\n[storage]\npath = \"{{dir}}/data\"\n[acme]\nemail = \"ops@example.test\"\ndirectory = \"{}\"\nca_root = \"{}\"\nchallenge = \"{challenge}\"\n",
         pebble.directory_url(),
         pebble.ca_root_path().display()
     )
