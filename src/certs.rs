@@ -75,8 +75,13 @@ pub fn cert_object_name(site: &Site) -> String {
     format!("{}-{hash}", first.trim_matches(['.', '-']))
 }
 
-fn rfc3339(t: SystemTime) -> String {
-    OffsetDateTime::from(t).format(&Rfc3339).unwrap_or_default()
+/// RFC 3339 in whole seconds, as annotations and `portico certs` show times.
+pub fn rfc3339(t: SystemTime) -> String {
+    OffsetDateTime::from(t)
+        .replace_nanosecond(0)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+        .format(&Rfc3339)
+        .unwrap_or_default()
 }
 
 /// The store object for a certificate, with the annotations DESIGN lists.

@@ -190,6 +190,21 @@ async fn an_unreachable_ca_is_retried_while_other_sites_keep_serving() {
         h2_get(&p, "local.internal", &local_root).await,
         (200, "local".into())
     );
+    // `portico certs` shows the failure and when the next attempt comes.
+    let store = portico::store::FileStore::open(p.data()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let table = loop {
+        let table = portico::certs::table(&store, &p.config, SystemTime::now())
+            .await
+            .unwrap();
+        if table.contains("last error:") || tokio::time::Instant::now() > deadline {
+            break table;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(table.contains("late.example.test"), "{table}");
+    assert!(table.contains("last error:"), "{table}");
+    assert!(table.contains("next attempt:"), "{table}");
 
     pebble.restart().await;
     let roots = pebble.issuing_roots().await;

@@ -22,14 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use instant_acme::{Account, CertificateIdentifier};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use tokio::sync::Semaphore;
 
 use super::challenges::Challenges;
 use super::order::{self, Responders};
 use super::{AcmeError, account, describe};
-use crate::certs::{cert_object, cert_object_name, short_hash};
+use crate::certs::{cert_object, cert_object_name, rfc3339, short_hash};
 use crate::config::{Acme, Site};
 use crate::metrics::{Metrics, OrderResult};
 use crate::store::{Kind, Locker, Object, Store, StoreError, hold};
@@ -464,10 +462,6 @@ impl AcmeManager {
         }
         Ok(())
     }
-}
-
-fn rfc3339(t: SystemTime) -> String {
-    OffsetDateTime::from(t).format(&Rfc3339).unwrap_or_default()
 }
 
 /// A stable spread in `[0, max)` per site, so checks of many sites do not bunch up.

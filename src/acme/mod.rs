@@ -20,7 +20,7 @@ use crate::store::{LockError, StoreError};
 /// so the log shows its type, detail and subproblems.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
-    #[error("the CA answered: {0}")]
+    #[error("ACME request failed: {0}")]
     Ca(#[source] instant_acme::Error),
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -80,6 +80,18 @@ pub fn describe(err: &AcmeError) -> String {
             }
             out
         }
-        other => other.to_string(),
+        other => {
+            // Transport errors hide the useful part (refused, DNS, TLS) in their sources.
+            let mut out = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(e) = source {
+                let text = e.to_string();
+                if !out.contains(&text) {
+                    out.push_str(&format!(": {text}"));
+                }
+                source = e.source();
+            }
+            out
+        }
     }
 }

@@ -18,12 +18,10 @@ use instant_acme::{
 use rcgen::{CertificateParams, CustomExtension, DistinguishedName, KeyPair};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use super::AcmeError;
 use super::challenges::Challenges;
-use crate::certs::short_hash;
+use crate::certs::{rfc3339, short_hash};
 use crate::config;
 use crate::store::{Kind, Object, Store};
 use crate::tls::CertResolver;
@@ -136,9 +134,7 @@ async fn run(
                     .challenges
                     .insert(&token, key_authorization.as_str());
                 answered.tokens.push(token.clone());
-                let expires = OffsetDateTime::from(SystemTime::now() + TOKEN_TTL)
-                    .format(&Rfc3339)
-                    .unwrap_or_default();
+                let expires = rfc3339(SystemTime::now() + TOKEN_TTL);
                 let object = Object::new()
                     .with_data("token", token.as_bytes().to_vec())
                     .with_data(
