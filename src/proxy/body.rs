@@ -22,7 +22,8 @@ type Slot = Arc<Mutex<Option<Incoming>>>;
 pub struct RetryBody {
     /// Until the first poll, the body sits in `slot`; after it, here.
     polled: Option<Incoming>,
-    slot: Slot,
+    /// None for a body that no retry can take back.
+    slot: Option<Slot>,
     /// Read at creation: hyper asks before polling (to pick Content-Length or chunked),
     /// and answering from a copy keeps the slot untouched until the first poll.
     hint: SizeHint,
@@ -46,12 +47,22 @@ impl RetryBody {
         (
             RetryBody {
                 polled: None,
-                slot: slot.clone(),
+                slot: Some(slot.clone()),
                 hint,
                 end_stream,
             },
             Reclaim(slot),
         )
+    }
+
+    /// A body for the last attempt: nothing to take back, so no shared slot.
+    pub fn direct(body: Incoming) -> RetryBody {
+        RetryBody {
+            hint: body.size_hint(),
+            end_stream: body.is_end_stream(),
+            polled: Some(body),
+            slot: None,
+        }
     }
 }
 
@@ -77,8 +88,8 @@ impl Body for RetryBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         if self.polled.is_none() {
-            // One uncontended lock per request, only on the first poll.
-            let taken = lock(&self.slot).take();
+            // One uncontended lock per retryable request, only on the first poll.
+            let taken = self.slot.as_ref().and_then(|slot| lock(slot).take());
             match taken {
                 Some(body) => self.polled = Some(body),
                 None => return Poll::Ready(Some(Err(Reclaimed.into()))),

@@ -42,7 +42,14 @@ struct Head {
 }
 
 impl Head {
-    fn request(&self, endpoint_authority: &Authority, body: RetryBody) -> Request<RetryBody> {
+    /// The request for one attempt. `last` hands the headers over instead of copying
+    /// them: no retry will need them again.
+    fn request(
+        &mut self,
+        endpoint_authority: &Authority,
+        body: RetryBody,
+        last: bool,
+    ) -> Request<RetryBody> {
         let authority = self.authority.clone().unwrap_or(endpoint_authority.clone());
         let uri = Uri::builder()
             .scheme(Scheme::HTTP)
@@ -57,7 +64,11 @@ impl Head {
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = uri;
         *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
+        *req.headers_mut() = if last {
+            std::mem::take(&mut self.headers)
+        } else {
+            self.headers.clone()
+        };
         req
     }
 }
@@ -115,7 +126,7 @@ pub async fn forward(
     if let Some(value) = &upgrade {
         upgrade::restore(&mut headers, value.clone());
     }
-    let head = Head {
+    let mut head = Head {
         method: parts.method,
         path: parts
             .uri
@@ -134,9 +145,15 @@ pub async fn forward(
     let mut retried = false;
     let response = loop {
         let endpoint = balancer.endpoint(index).clone();
-        let (retry_body, reclaim) = RetryBody::new(body);
-        let request = head.request(&endpoint.upstream.authority, retry_body);
-        let name = endpoint.upstream.to_string();
+        // A retry is possible only once, and only with another upstream to go to.
+        let last = retried || balancer.pick_after(index).is_none();
+        let (retry_body, reclaim) = if last {
+            (RetryBody::direct(body), None)
+        } else {
+            let (retry_body, reclaim) = RetryBody::new(body);
+            (retry_body, Some(reclaim))
+        };
+        let request = head.request(&endpoint.upstream.authority, retry_body, last);
         let result = tokio::time::timeout(upstream_timeout, endpoint.client.request(request)).await;
         match result {
             Ok(Ok(response)) => {
@@ -147,26 +164,26 @@ pub async fn forward(
                 // Slow is not down: no cool-down, and no retry (the upstream may be
                 // working on it; replaying could do the work twice).
                 let err = ProxyError::Timeout {
-                    upstream: name,
+                    upstream: endpoint.upstream.to_string(),
                     after: upstream_timeout,
                 };
                 tracing::warn!(error = %err, "upstream timeout");
                 return Err(err);
             }
             Ok(Err(source)) => {
-                let err = ProxyError::from_client(name, source);
+                let err = ProxyError::from_client(endpoint.upstream.to_string(), source);
                 if !err.is_connect() {
                     tracing::warn!(error = %chain(&err), "upstream request failed");
                     return Err(err);
                 }
                 endpoint.mark_failed();
-                let retry = if retried {
+                let retry = if last {
                     None
                 } else {
                     balancer.pick_after(index)
                 };
                 // Nothing was sent, so the body is still whole unless hyper polled it.
-                match (retry, reclaim.take()) {
+                match (retry, reclaim.and_then(|r| r.take())) {
                     (Some(next), Some(unsent)) => {
                         tracing::warn!(error = %chain(&err), "upstream connect failed; trying the next upstream");
                         index = next;
@@ -182,8 +199,8 @@ pub async fn forward(
         }
     };
 
-    let name = balancer.endpoint(index).upstream.to_string();
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let name = balancer.endpoint(index).upstream.to_string();
         return match client_upgrade {
             Some(client) => Ok(upgrade::join(client, response, name)),
             None => {
