@@ -26,6 +26,7 @@ use crate::certs::CertManager;
 use crate::config::{Config, Storage};
 use crate::listener::http::HttpListener;
 use crate::listener::https::HttpsListener;
+use crate::listener::workers::{self, Workers};
 use crate::listener::{Connections, ListenError, Phase};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
@@ -41,6 +42,11 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("cannot start the worker threads: {source}")]
+    Workers {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("storage.backend = \"kubernetes\" is not available in this build yet; use \"file\"")]
     KubernetesUnavailable,
 }
@@ -168,6 +174,10 @@ impl Server {
         let https_port = self.https_addr().port();
         let connections = Connections::new(config.limits.max_connections);
         let (phase, stop_rx) = watch::channel(Phase::Serving);
+        let workers = Arc::new(
+            Workers::start(workers::count(), stop_rx.clone())
+                .map_err(|source| ServerError::Workers { source })?,
+        );
 
         let https = HttpsListener {
             listener: self.https,
@@ -177,6 +187,7 @@ impl Server {
             config: self.config.clone(),
             connections: connections.clone(),
             metrics: self.metrics.clone(),
+            workers: workers.clone(),
         };
         let http = HttpListener {
             listener: self.http,
@@ -225,6 +236,8 @@ impl Server {
             // Each connection drops at its next wake-up; give them that moment.
             let _ = tokio::time::timeout(Duration::from_secs(1), connections.drained()).await;
         }
+        let _ = phase.send(Phase::Closed);
+        workers.join().await;
         Ok(())
     }
 }

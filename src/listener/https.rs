@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::workers::Workers;
 use super::{Connections, Phase, serve_connection};
 use crate::config::{Config, normalize_host};
 use crate::metrics::{HandshakeFailure, Metrics};
@@ -26,6 +27,8 @@ pub struct HttpsListener {
     pub connections: Connections,
     /// Counts handshake failures by reason.
     pub metrics: Arc<Metrics>,
+    /// Where accepted connections are served.
+    pub workers: Arc<Workers>,
 }
 
 impl HttpsListener {
@@ -51,54 +54,65 @@ impl HttpsListener {
                 _ = shutdown.changed() => return,
             };
             let _ = tcp.set_nodelay(true);
+            // Handed over as a std socket so the worker registers it with its own driver.
+            let Ok(tcp) = tcp.into_std() else {
+                continue;
+            };
             let this = this.clone();
             let acceptor = acceptor.clone();
             let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let limits = this.config.load().limits.clone();
-                let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        this.metrics.handshake_failed(HandshakeFailure::of(&e));
+            let workers = this.workers.clone();
+            workers.spawn(Box::new(move || {
+                Box::pin(async move {
+                    let _permit = permit;
+                    let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else {
+                        return;
+                    };
+                    let limits = this.config.load().limits.clone();
+                    let tls =
+                        match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
+                            .await
+                        {
+                            Ok(Ok(tls)) => tls,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                this.metrics.handshake_failed(HandshakeFailure::of(&e));
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                this.metrics.handshake_failed(HandshakeFailure::Timeout);
+                                return;
+                            }
+                        };
+                    let (_, session) = tls.get_ref();
+                    if session.alpn_protocol() == Some(crate::tls::resolver::ACME_TLS_ALPN) {
+                        // TLS-ALPN-01 validation ends with the handshake (RFC 8737).
                         return;
                     }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        this.metrics.handshake_failed(HandshakeFailure::Timeout);
-                        return;
-                    }
-                };
-                let (_, session) = tls.get_ref();
-                if session.alpn_protocol() == Some(crate::tls::resolver::ACME_TLS_ALPN) {
-                    // TLS-ALPN-01 validation ends with the handshake (RFC 8737).
-                    return;
-                }
-                let h2 = session.alpn_protocol() == Some(b"h2");
-                let sni = session.server_name().map(normalize_host);
-                let cert_hosts = this
-                    .resolver
-                    .snapshot()
-                    .lookup(sni.as_deref())
-                    .map(|c| c.hosts.clone());
-                let conn = Arc::new(ConnInfo {
-                    peer,
-                    proto: "https",
-                    // A reload may have removed the site since the handshake: then the
-                    // cover is empty and every request gets 421 rather than a guess.
-                    cert_hosts: Some(cert_hosts.unwrap_or_else(|| Arc::from(Vec::new()))),
-                });
-                let proxy = this.proxy.clone();
-                let handler = move |req| {
-                    let proxy = proxy.clone();
-                    let conn = conn.clone();
-                    async move { proxy.serve(req, &conn).await }
-                };
-                serve_connection(TokioIo::new(tls), h2, &limits, shutdown, handler).await;
-            });
+                    let h2 = session.alpn_protocol() == Some(b"h2");
+                    let sni = session.server_name().map(normalize_host);
+                    let cert_hosts = this
+                        .resolver
+                        .snapshot()
+                        .lookup(sni.as_deref())
+                        .map(|c| c.hosts.clone());
+                    let conn = Arc::new(ConnInfo {
+                        peer,
+                        proto: "https",
+                        // A reload may have removed the site since the handshake: then the
+                        // cover is empty and every request gets 421 rather than a guess.
+                        cert_hosts: Some(cert_hosts.unwrap_or_else(|| Arc::from(Vec::new()))),
+                    });
+                    let proxy = this.proxy.clone();
+                    let handler = move |req| {
+                        let proxy = proxy.clone();
+                        let conn = conn.clone();
+                        async move { proxy.serve(req, &conn).await }
+                    };
+                    serve_connection(TokioIo::new(tls), h2, &limits, shutdown, handler).await;
+                })
+            }));
         }
     }
 }

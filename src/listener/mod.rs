@@ -9,6 +9,7 @@
 
 pub mod http;
 pub mod https;
+pub mod workers;
 
 use std::future::Future;
 use std::pin::Pin;

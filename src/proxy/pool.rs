@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 
 use super::body::RetryBody;
 use crate::config::{Upstream, UpstreamProtocol};
+use crate::listener::workers;
 
 /// How long an upstream that failed to connect is skipped.
 pub const COOL_DOWN: Duration = Duration::from_secs(10);
@@ -99,7 +100,9 @@ pub type UpstreamClient = Client<Connector, RetryBody>;
 /// One upstream, with its connection pool and its health.
 pub struct Endpoint {
     pub upstream: Upstream,
-    pub client: UpstreamClient,
+    /// One pooled client per worker thread, so a connection and the upstream
+    /// connections it uses stay on one thread (see `listener::workers`).
+    clients: Vec<UpstreamClient>,
     /// Milliseconds since `epoch` until which this endpoint is cooling down; 0 = healthy.
     failed_until: AtomicU64,
     epoch: Instant,
@@ -122,11 +125,18 @@ impl Endpoint {
             builder.http2_only(true);
         }
         Endpoint {
-            client: builder.build(connector),
+            clients: (0..workers::count())
+                .map(|_| builder.build(connector.clone()))
+                .collect(),
             upstream,
             failed_until: AtomicU64::new(0),
             epoch,
         }
+    }
+
+    /// The calling worker's client.
+    pub fn client(&self) -> &UpstreamClient {
+        &self.clients[workers::worker_index() % self.clients.len()]
     }
 
     fn now_ms(&self) -> u64 {
