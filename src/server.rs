@@ -174,20 +174,20 @@ impl Server {
         let https_port = self.https_addr().port();
         let connections = Connections::new(config.limits.max_connections);
         let (phase, stop_rx) = watch::channel(Phase::Serving);
-        let workers = Arc::new(
-            Workers::start(workers::count(), stop_rx.clone())
-                .map_err(|source| ServerError::Workers { source })?,
-        );
+        let workers = Workers::start(workers::count(), stop_rx.clone())
+            .map_err(|source| ServerError::Workers { source })?;
 
         let https = HttpsListener {
-            listener: self.https,
+            listener: self
+                .https
+                .into_std()
+                .map_err(|source| ServerError::Workers { source })?,
             tls: tls::server_config(self.resolver.clone())?,
             resolver: self.resolver.clone(),
             proxy: self.proxy.clone(),
             config: self.config.clone(),
             connections: connections.clone(),
             metrics: self.metrics.clone(),
-            workers: workers.clone(),
         };
         let http = HttpListener {
             listener: self.http,
@@ -206,10 +206,10 @@ impl Server {
         // Listeners bound, config loaded, stored certificates in the resolver (bind did
         // both): ready.
         self.metrics.set_ready(true);
-        let accepting = [
-            tokio::spawn(https.run(stop_rx.clone())),
-            tokio::spawn(http.run(stop_rx.clone())),
-        ];
+        https
+            .start(&workers, stop_rx.clone())
+            .map_err(|source| ServerError::Workers { source })?;
+        let accepting = [tokio::spawn(http.run(stop_rx.clone()))];
         let renewing = tokio::spawn(self.certs.clone().run(self.config.clone(), stop_rx.clone()));
         tracing::info!(sites = config.sites.len(), admin = ?admin_addr, "portico is serving");
 

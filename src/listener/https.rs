@@ -18,7 +18,8 @@ use crate::proxy::{ConnInfo, Proxy};
 use crate::tls::CertResolver;
 
 pub struct HttpsListener {
-    pub listener: TcpListener,
+    /// Non-blocking; each worker accepts on a clone of it.
+    pub listener: std::net::TcpListener,
     pub tls: Arc<rustls::ServerConfig>,
     pub resolver: Arc<CertResolver>,
     pub proxy: Arc<Proxy>,
@@ -27,22 +28,41 @@ pub struct HttpsListener {
     pub connections: Connections,
     /// Counts handshake failures by reason.
     pub metrics: Arc<Metrics>,
-    /// Where accepted connections are served.
-    pub workers: Arc<Workers>,
 }
 
 impl HttpsListener {
-    /// Accepts until `shutdown` turns true; connections then drain on their own.
-    pub async fn run(self, mut shutdown: watch::Receiver<Phase>) {
-        let acceptor = TlsAcceptor::from(self.tls.clone());
+    /// Starts an accept loop on every worker. Each accepts until shutdown begins; its
+    /// connections then drain on their own.
+    pub fn start(self, workers: &Workers, shutdown: watch::Receiver<Phase>) -> std::io::Result<()> {
         let this = Arc::new(self);
+        for index in 0..workers.len() {
+            let listener = this.listener.try_clone()?;
+            let (this, shutdown) = (this.clone(), shutdown.clone());
+            workers.spawn_on(
+                index,
+                Box::new(move || {
+                    Box::pin(async move {
+                        match TcpListener::from_std(listener) {
+                            Ok(listener) => this.accept(listener, shutdown).await,
+                            Err(e) => tracing::error!(error = %e, "a worker cannot accept"),
+                        }
+                    })
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    async fn accept(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<Phase>) {
+        let acceptor = TlsAcceptor::from(self.tls.clone());
+        let this = self;
         loop {
             let permit = tokio::select! {
                 p = this.connections.admit() => p,
                 _ = shutdown.changed() => return,
             };
             let (tcp, peer) = tokio::select! {
-                accepted = this.listener.accept() => match accepted {
+                accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
@@ -54,65 +74,54 @@ impl HttpsListener {
                 _ = shutdown.changed() => return,
             };
             let _ = tcp.set_nodelay(true);
-            // Handed over as a std socket so the worker registers it with its own driver.
-            let Ok(tcp) = tcp.into_std() else {
-                continue;
-            };
             let this = this.clone();
             let acceptor = acceptor.clone();
             let shutdown = shutdown.clone();
-            let workers = this.workers.clone();
-            workers.spawn(Box::new(move || {
-                Box::pin(async move {
-                    let _permit = permit;
-                    let Ok(tcp) = tokio::net::TcpStream::from_std(tcp) else {
-                        return;
-                    };
-                    let limits = this.config.load().limits.clone();
-                    let tls =
-                        match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
-                            .await
-                        {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                this.metrics.handshake_failed(HandshakeFailure::of(&e));
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                this.metrics.handshake_failed(HandshakeFailure::Timeout);
-                                return;
-                            }
-                        };
-                    let (_, session) = tls.get_ref();
-                    if session.alpn_protocol() == Some(crate::tls::resolver::ACME_TLS_ALPN) {
-                        // TLS-ALPN-01 validation ends with the handshake (RFC 8737).
+            tokio::spawn(async move {
+                let _permit = permit;
+                let limits = this.config.load().limits.clone();
+                let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        this.metrics.handshake_failed(HandshakeFailure::of(&e));
                         return;
                     }
-                    let h2 = session.alpn_protocol() == Some(b"h2");
-                    let sni = session.server_name().map(normalize_host);
-                    let cert_hosts = this
-                        .resolver
-                        .snapshot()
-                        .lookup(sni.as_deref())
-                        .map(|c| c.hosts.clone());
-                    let conn = Arc::new(ConnInfo {
-                        peer,
-                        proto: "https",
-                        // A reload may have removed the site since the handshake: then the
-                        // cover is empty and every request gets 421 rather than a guess.
-                        cert_hosts: Some(cert_hosts.unwrap_or_else(|| Arc::from(Vec::new()))),
-                    });
-                    let proxy = this.proxy.clone();
-                    let handler = move |req| {
-                        let proxy = proxy.clone();
-                        let conn = conn.clone();
-                        async move { proxy.serve(req, &conn).await }
-                    };
-                    serve_connection(TokioIo::new(tls), h2, &limits, shutdown, handler).await;
-                })
-            }));
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        this.metrics.handshake_failed(HandshakeFailure::Timeout);
+                        return;
+                    }
+                };
+                let (_, session) = tls.get_ref();
+                if session.alpn_protocol() == Some(crate::tls::resolver::ACME_TLS_ALPN) {
+                    // TLS-ALPN-01 validation ends with the handshake (RFC 8737).
+                    return;
+                }
+                let h2 = session.alpn_protocol() == Some(b"h2");
+                let sni = session.server_name().map(normalize_host);
+                let cert_hosts = this
+                    .resolver
+                    .snapshot()
+                    .lookup(sni.as_deref())
+                    .map(|c| c.hosts.clone());
+                let conn = Arc::new(ConnInfo {
+                    peer,
+                    proto: "https",
+                    // A reload may have removed the site since the handshake: then the
+                    // cover is empty and every request gets 421 rather than a guess.
+                    cert_hosts: Some(cert_hosts.unwrap_or_else(|| Arc::from(Vec::new()))),
+                });
+                let proxy = this.proxy.clone();
+                let handler = move |req| {
+                    let proxy = proxy.clone();
+                    let conn = conn.clone();
+                    async move { proxy.serve(req, &conn).await }
+                };
+                serve_connection(TokioIo::new(tls), h2, &limits, shutdown, handler).await;
+            });
         }
     }
 }

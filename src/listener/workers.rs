@@ -8,18 +8,16 @@
 //! loops. Here a connection lives on one thread from handshake to close, and so do the
 //! upstream connections it opens ([`worker_index`] picks that thread's pool).
 //!
-//! The accept loop hands each accepted socket over as a std socket, so it is registered
-//! with the worker's own I/O driver rather than the acceptor's.
+//! Every worker runs its own accept loop on a clone of the one listening socket, so a
+//! connection is accepted, handshaken and served on the same thread.
 
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinSet;
 
 use super::Phase;
 
@@ -44,13 +42,11 @@ pub fn count() -> usize {
 
 pub struct Workers {
     senders: Vec<mpsc::UnboundedSender<Job>>,
-    next: AtomicUsize,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Workers {
-    /// Starts `n` worker threads. Each serves its jobs until [`Workers::join`]; then it
-    /// lets them finish, or drops them when `phase` reaches [`Phase::Closed`].
+    /// Starts `n` worker threads, serving their jobs until `phase` is [`Phase::Closed`].
     pub fn start(n: usize, phase: watch::Receiver<Phase>) -> std::io::Result<Workers> {
         let mut senders = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -71,17 +67,19 @@ impl Workers {
         }
         Ok(Workers {
             senders,
-            next: AtomicUsize::new(0),
             threads: Mutex::new(threads),
         })
     }
 
-    /// Runs `job` on the next worker in turn.
-    pub fn spawn(&self, job: Job) {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len();
-        // A worker only stops after join; a send to one that is gone drops the job
-        // (and its socket), which is all that could be done with it anyway.
-        let _ = self.senders[i].send(job);
+    pub fn len(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Runs `job` on worker `index`.
+    pub fn spawn_on(&self, index: usize, job: Job) {
+        // A worker only stops at Phase::Closed; a job sent after that has nothing left
+        // to serve.
+        let _ = self.senders[index % self.senders.len()].send(job);
     }
 
     /// Once shutdown has begun: waits until every worker has finished its connections
@@ -98,33 +96,22 @@ impl Workers {
     }
 }
 
+/// Runs jobs until the server is closed; connections spawned by them are drained by the
+/// server (it waits for the connection count) before it says [`Phase::Closed`].
 async fn serve(mut jobs: mpsc::UnboundedReceiver<Job>, mut phase: watch::Receiver<Phase>) {
-    let mut tasks = JoinSet::new();
-    while *phase.borrow_and_update() == Phase::Serving {
-        tokio::select! {
-            job = jobs.recv() => match job {
-                Some(job) => {
-                    tasks.spawn(job());
-                }
-                None => break,
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-            changed = phase.changed() => if changed.is_err() { break },
-        }
-    }
-    // Connections accepted just before shutdown are served too (and drained at once).
-    while let Ok(job) = jobs.try_recv() {
-        tasks.spawn(job());
-    }
+    let mut open = true;
     loop {
         if *phase.borrow_and_update() == Phase::Closed {
-            tasks.abort_all();
             return;
         }
         tokio::select! {
-            done = tasks.join_next() => if done.is_none() { return },
+            job = jobs.recv(), if open => match job {
+                Some(job) => {
+                    tokio::spawn(job());
+                }
+                None => open = false,
+            },
             changed = phase.changed() => if changed.is_err() {
-                tasks.abort_all();
                 return;
             },
         }
