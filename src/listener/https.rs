@@ -35,7 +35,7 @@ impl HttpsListener {
     /// connections then drain on their own.
     pub fn start(self, workers: &Workers, shutdown: watch::Receiver<Phase>) -> std::io::Result<()> {
         let this = Arc::new(self);
-        for index in 0..workers.len() {
+        for index in 0..workers.count() {
             let listener = this.listener.try_clone()?;
             let (this, shutdown) = (this.clone(), shutdown.clone());
             workers.spawn_on(

@@ -71,7 +71,7 @@ impl Workers {
         })
     }
 
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         self.senders.len()
     }
 
