@@ -339,6 +339,10 @@ impl AcmeManager {
             issued.key_pem.as_bytes(),
         )
         .map_err(AcmeError::Certificate)?;
+        // Serve it at once; the store write below only makes it last (and shared).
+        self.resolver
+            .install(&id, loaded.key.clone(), loaded.not_after);
+        tracing::info!(site = %id, not_after = %rfc3339(loaded.not_after), "installed a new ACME certificate");
         let object = cert_object(site, &issued.chain_pem, &issued.key_pem, loaded.not_after);
         let mut expected = stored.map(|s| s.version);
         for _ in 0..3 {
@@ -365,8 +369,6 @@ impl AcmeManager {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.resolver.install(&id, loaded.key, loaded.not_after);
-        tracing::info!(site = %id, not_after = %rfc3339(loaded.not_after), "installed a new ACME certificate");
         Ok(Outcome::Issued)
     }
 

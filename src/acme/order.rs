@@ -158,9 +158,11 @@ async fn run(
         challenge.set_ready().await?;
     }
 
+    // Start polling quickly (a CA on the same network validates in milliseconds) and
+    // back off fast; a Retry-After from the CA takes precedence inside instant-acme.
     let polling = RetryPolicy::new()
-        .initial_delay(Duration::from_millis(100))
-        .backoff(1.5)
+        .initial_delay(Duration::from_millis(15))
+        .backoff(2.0)
         .timeout(Duration::from_secs(90));
     match order.poll_ready(&polling).await? {
         OrderStatus::Ready => {}
