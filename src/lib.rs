@@ -6,17 +6,20 @@
 //! ```text
 //! request path                                  certificate path
 //! ------------                                  ----------------
-//! listener::https (:443)                         certs::CertManager (every 2 s: files changed?
-//!   │ TLS handshake ◄──────────────────────────    certificates due? → local CA / ACME)
-//!   │ (SNI, ALPN h2 | http/1.1)   tls::resolver      │ install: build a new snapshot,
-//!   ▼                             ArcSwap<Snapshot> ◄┘ swap it in (never a lock on reads)
-//! HTTP/2 | HTTP/1.1 connection                       ▲
-//!   ▼                                                │ tls::internal (local CA)
-//! router (host → site, longest path prefix)          │ tls::files (PEM on disk)
-//!   ▼                                                │
-//! proxy (headers, balance, pool) ─► upstream         ▼
-//!                                                 store: Store + Locker traits
-//! listener::http (:80)                              FileStore | MemoryStore
+//! listener::workers: one runtime per core        certs::CertManager (every 2 s: files changed?
+//! listener::https (:443), accepted per worker      certificates due? → local CA / ACME)
+//!   │ TLS handshake ◄──────────────────────────      │ install: build a new snapshot,
+//!   │ (SNI, ALPN h2 | http/1.1 | acme-tls/1)         │ swap it in (never a lock on reads)
+//!   │                 tls::resolver: ArcSwap<Snapshot> ◄┘
+//!   ▼                 + TLS-ALPN-01 certificates   ▲
+//! HTTP/2 | HTTP/1.1 connection                     │ tls::internal (local CA)
+//!   ▼                                              │ tls::files (PEM on disk)
+//! router (host → site, longest path prefix)        │ acme::manager → acme::order
+//!   ▼                                              │   (account, order, challenges, CSR)
+//! proxy (headers, balance, per-worker pools)       ▼
+//!   └─► upstream                                store: Store + Locker traits
+//!                                                 FileStore | MemoryStore
+//! listener::http (:80)                              (certificates, account, tokens, locks)
 //!   ├ /.well-known/acme-challenge/ ◄── acme::challenges (tokens in flight)
 //!   └ anything else: 308 to https
 //!
@@ -24,13 +27,14 @@
 //!   request, handshake failure and ACME order; a gauge per installed certificate
 //! ```
 //!
-//! Modules in that order: [`config`] (TOML → validated model), [`listener`] (sockets,
-//! TLS handshake, HTTP connections, port 80, shutdown phases), [`tls`] (resolver, rustls
-//! config, local CA, certificate files), [`router`] and [`proxy`] (the request path),
-//! [`acme`] (challenge registry), [`certs`] (the certificate scheduler), [`store`]
-//! (persistence and locks), [`metrics`] (counters and gauges of both pipelines, in the
-//! Prometheus text format), [`admin`] (the `listen.admin` listener: `/healthz`,
-//! `/readyz`, `/metrics`), [`server`] (assembly, start-up order, graceful shutdown).
+//! Modules in that order: [`config`] (TOML → validated model), [`listener`] (worker
+//! threads, sockets, TLS handshake, HTTP connections, port 80, shutdown phases), [`tls`]
+//! (resolver, rustls config, local CA, certificate files), [`router`] and [`proxy`] (the
+//! request path), [`certs`] (the certificate scheduler), [`acme`] (account, orders,
+//! challenges, renewal), [`store`] (persistence and locks), [`metrics`] (counters and
+//! gauges of both pipelines, in the Prometheus text format), [`admin`] (the
+//! `listen.admin` listener: `/healthz`, `/readyz`, `/metrics`), [`server`] (assembly,
+//! start-up order, graceful shutdown).
 
 pub mod acme;
 pub mod admin;
