@@ -21,7 +21,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::listener::{Phase, serve_connection};
@@ -44,27 +44,11 @@ pub struct AdminListener {
 impl AdminListener {
     /// Accepts until shutdown starts; open connections then finish like the others.
     pub async fn run(self, mut shutdown: watch::Receiver<Phase>) {
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let connections = crate::listener::Connections::new(MAX_CONNECTIONS);
         let this = Arc::new(self);
-        loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                _ = shutdown.changed() => return,
-            };
-            let tcp = tokio::select! {
-                accepted = this.listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "admin accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => return,
-            };
+        while let Some((tcp, _, permit)) =
+            crate::listener::accept(&this.listener, &connections, &mut shutdown).await
+        {
             let this = this.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {

@@ -31,23 +31,9 @@ pub struct HttpListener {
 impl HttpListener {
     pub async fn run(self, mut shutdown: watch::Receiver<Phase>) {
         let this = Arc::new(self);
-        loop {
-            let permit = tokio::select! {
-                p = this.connections.admit() => p,
-                _ = shutdown.changed() => return,
-            };
-            let tcp = tokio::select! {
-                accepted = this.listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => return,
-            };
-            let _ = tcp.set_nodelay(true);
+        while let Some((tcp, _, permit)) =
+            super::accept(&this.listener, &this.connections, &mut shutdown).await
+        {
             let this = this.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {

@@ -56,24 +56,9 @@ impl HttpsListener {
     async fn accept(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<Phase>) {
         let acceptor = TlsAcceptor::from(self.tls.clone());
         let this = self;
-        loop {
-            let permit = tokio::select! {
-                p = this.connections.admit() => p,
-                _ = shutdown.changed() => return,
-            };
-            let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = shutdown.changed() => return,
-            };
-            let _ = tcp.set_nodelay(true);
+        while let Some((tcp, peer, permit)) =
+            super::accept(&listener, &this.connections, &mut shutdown).await
+        {
             let this = this.clone();
             let acceptor = acceptor.clone();
             let shutdown = shutdown.clone();

@@ -89,6 +89,38 @@ impl Connections {
     }
 }
 
+/// The next connection, once there is room for it; `None` once shutdown has begun.
+/// Accept errors (EMFILE and friends) back off briefly instead of spinning.
+pub(crate) async fn accept(
+    listener: &tokio::net::TcpListener,
+    connections: &Connections,
+    shutdown: &mut watch::Receiver<Phase>,
+) -> Option<(
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    OwnedSemaphorePermit,
+)> {
+    let permit = tokio::select! {
+        p = connections.admit() => p,
+        _ = shutdown.changed() => return None,
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, peer, permit));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = shutdown.changed() => return None,
+        }
+    }
+}
+
 /// Requests in flight and the time the last one finished, for the idle timeout.
 #[derive(Debug)]
 struct Activity {

@@ -45,7 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     BoxFuture, Kind, LOCAL_CA, Lease, LockError, Locker, Object, ROOT_PEM, Store, StoreError,
-    Stored, Version, new_holder_id, random_u64, validate_lock_name, validate_name,
+    Stored, Version, check, check_lock, conflict, new_holder_id, random_u64, validate_name,
 };
 
 const FORMAT: u32 = 1;
@@ -341,28 +341,6 @@ impl Locker for FileStore {
             let this = self.clone();
             blocking(&self.root, move || this.release_blocking(&lease)).await
         })
-    }
-}
-
-fn check(kind: Kind, name: &str) -> Result<(), StoreError> {
-    validate_name(kind, name).map_err(|reason| StoreError::InvalidName {
-        kind,
-        name: name.to_owned(),
-        reason,
-    })
-}
-
-fn check_lock(name: &str) -> Result<(), LockError> {
-    validate_lock_name(name).map_err(|reason| LockError::InvalidName {
-        name: name.to_owned(),
-        reason,
-    })
-}
-
-fn conflict(kind: Kind, name: &str) -> StoreError {
-    StoreError::Conflict {
-        kind,
-        name: name.to_owned(),
     }
 }
 

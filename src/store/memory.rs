@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::{
-    BoxFuture, Kind, Lease, LockError, Locker, Object, Store, StoreError, Stored, Version,
-    new_holder_id, validate_lock_name, validate_name,
+    BoxFuture, Kind, Lease, LockError, Locker, Object, Store, StoreError, Stored, Version, check,
+    check_lock, conflict, new_holder_id,
 };
 
 /// A [`Store`] and [`Locker`] that keeps everything in the process.
@@ -47,28 +47,6 @@ impl MemoryStore {
         // A panic while holding the mutex cannot leave `Inner` half-updated (every
         // mutation is a single insert or remove), so a poisoned mutex is still usable.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-fn check(kind: Kind, name: &str) -> Result<(), StoreError> {
-    validate_name(kind, name).map_err(|reason| StoreError::InvalidName {
-        kind,
-        name: name.to_owned(),
-        reason,
-    })
-}
-
-fn check_lock(name: &str) -> Result<(), LockError> {
-    validate_lock_name(name).map_err(|reason| LockError::InvalidName {
-        name: name.to_owned(),
-        reason,
-    })
-}
-
-fn conflict(kind: Kind, name: &str) -> StoreError {
-    StoreError::Conflict {
-        kind,
-        name: name.to_owned(),
     }
 }
 

@@ -212,6 +212,29 @@ pub fn validate_lock_name(name: &str) -> Result<(), NameError> {
     check_name(name, MAX_LOCK_NAME_LEN)
 }
 
+/// A name check as every backend reports it.
+pub(crate) fn check(kind: Kind, name: &str) -> Result<(), StoreError> {
+    validate_name(kind, name).map_err(|reason| StoreError::InvalidName {
+        kind,
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+pub(crate) fn check_lock(name: &str) -> Result<(), LockError> {
+    validate_lock_name(name).map_err(|reason| LockError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+pub(crate) fn conflict(kind: Kind, name: &str) -> StoreError {
+    StoreError::Conflict {
+        kind,
+        name: name.to_owned(),
+    }
+}
+
 fn check_name(name: &str, max: usize) -> Result<(), NameError> {
     let bytes = name.as_bytes();
     let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {
