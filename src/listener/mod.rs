@@ -211,11 +211,10 @@ pub(crate) async fn serve_connection<I, H, F>(
             let response = handler(req);
             async move {
                 let response = response.await;
-                Ok::<_, std::convert::Infallible>(response.map(|inner| {
-                    Body::new(Tracked {
-                        inner,
-                        _in_flight: in_flight,
-                    })
+                // Not boxed again: hyper serves `Tracked` as it is.
+                Ok::<_, std::convert::Infallible>(response.map(|inner| Tracked {
+                    inner,
+                    _in_flight: in_flight,
                 }))
             }
         })
