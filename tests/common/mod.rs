@@ -77,10 +77,14 @@ pub async fn start_proxy_with(
     (addr, proxy)
 }
 
-/// An address nothing listens on (bound, then released).
+/// An address that refuses connections: a socket bound but never listening, kept for
+/// the life of the test process so no other test's listener can take the port.
 pub async fn refused_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    listener.local_addr().unwrap()
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
