@@ -66,7 +66,8 @@ impl Connections {
         }
     }
 
-    /// Waits for room for one more connection (backpressure instead of refusing).
+    /// Waits for room for one more connection (backpressure instead of refusing: the
+    /// kernel's backlog holds the rest).
     async fn admit(&self) -> OwnedSemaphorePermit {
         self.permits
             .clone()
@@ -90,34 +91,31 @@ impl Connections {
 }
 
 /// The next connection, once there is room for it; `None` once shutdown has begun.
-/// Accept errors (EMFILE and friends) back off briefly instead of spinning.
+/// The permit is taken after accepting, so waiting accept loops do not count as open
+/// connections; accept errors (EMFILE and friends) back off instead of spinning.
 pub(crate) async fn accept(
     listener: &tokio::net::TcpListener,
     connections: &Connections,
     shutdown: &mut watch::Receiver<Phase>,
-) -> Option<(
-    tokio::net::TcpStream,
-    std::net::SocketAddr,
-    OwnedSemaphorePermit,
-)> {
-    let permit = tokio::select! {
-        p = connections.admit() => p,
-        _ = shutdown.changed() => return None,
-    };
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr, OwnedSemaphorePermit)> {
     loop {
-        tokio::select! {
+        let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, peer)) => {
-                    let _ = tcp.set_nodelay(true);
-                    return Some((tcp, peer, permit));
-                }
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
             },
             _ = shutdown.changed() => return None,
-        }
+        };
+        let permit = tokio::select! {
+            p = connections.admit() => p,
+            _ = shutdown.changed() => return None,
+        };
+        let _ = tcp.set_nodelay(true);
+        return Some((tcp, peer, permit));
     }
 }
 
