@@ -97,7 +97,11 @@ pub(crate) async fn accept(
     listener: &tokio::net::TcpListener,
     connections: &Connections,
     shutdown: &mut watch::Receiver<Phase>,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr, OwnedSemaphorePermit)> {
+) -> Option<(
+    tokio::net::TcpStream,
+    std::net::SocketAddr,
+    OwnedSemaphorePermit,
+)> {
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -206,7 +210,8 @@ pub(crate) async fn serve_connection<I, H, F>(
         let activity = activity.clone();
         hyper::service::service_fn(move |req| {
             let in_flight = activity.begin();
-            let response = handler(req);
+            // Boxed at once: the future is large, and hyper moves it into a task per stream.
+            let response = Box::pin(handler(req));
             async move {
                 let response = response.await;
                 // Not boxed again: hyper serves `Tracked` as it is.
