@@ -161,11 +161,8 @@ impl AcmeManager {
                         .ok()
                         .and_then(|der| crate::tls::validity(&id, der).ok())
                         .map_or(now, |(nb, _)| nb);
-                    let in_window = state
-                        .ari
-                        .and_then(|(_, window)| window)
-                        .is_some_and(|(start, _)| now >= start);
-                    crate::tls::due(not_before, cert.not_after, now) || in_window
+                    let window = state.ari.and_then(|(_, window)| window);
+                    renewal_due(not_before, cert.not_after, window, now)
                 }
             };
             let ask_ari = current.is_some()
@@ -466,6 +463,16 @@ impl AcmeManager {
     }
 }
 
+/// The renewal rule: a third of the lifetime left, or the CA's ARI window has opened.
+fn renewal_due(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    ari_window: Option<(SystemTime, SystemTime)>,
+    now: SystemTime,
+) -> bool {
+    crate::tls::due(not_before, not_after, now) || ari_window.is_some_and(|(start, _)| now >= start)
+}
+
 /// A stable spread in `[0, max)` per site, so checks of many sites do not bunch up.
 fn jitter(id: &str, max: Duration) -> Duration {
     let h = short_hash(id);
@@ -486,4 +493,30 @@ fn holder_identity() -> String {
     let _ = aws_lc_rs::rand::fill(&mut random);
     let suffix: String = random.iter().map(|b| format!("{b:02x}")).collect();
     format!("{host}-{suffix}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_due_at_a_third_of_life_or_inside_the_ari_window() {
+        let day = Duration::from_secs(86_400);
+        let issued = SystemTime::UNIX_EPOCH + 1000 * day;
+        let expires = issued + 90 * day;
+        assert!(!renewal_due(issued, expires, None, issued + 59 * day));
+        assert!(renewal_due(issued, expires, None, issued + 61 * day));
+        assert!(renewal_due(issued, expires, None, expires + day));
+        // The CA moved the window earlier (a revocation, say): renew then.
+        let window = Some((issued + 10 * day, issued + 11 * day));
+        assert!(!renewal_due(issued, expires, window, issued + 9 * day));
+        assert!(renewal_due(issued, expires, window, issued + 10 * day));
+    }
+
+    #[test]
+    fn jitter_is_stable_and_bounded() {
+        let max = Duration::from_secs(120);
+        assert_eq!(jitter("a.example", max), jitter("a.example", max));
+        assert!(jitter("a.example", max) < max);
+    }
 }
