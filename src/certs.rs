@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::store::{Kind, Locker, Object, Store, StoreError};
 use crate::tls::files::{self, Stamp};
 use crate::tls::internal::LocalCa;
-use crate::tls::{CertResolver, SiteId, TlsError, load_pem, resolver::site_id};
+use crate::tls::{CertResolver, Loaded, SiteId, TlsError, load_pem, resolver::site_id};
 
 /// The store name of the local CA object.
 pub const LOCAL_CA: &str = "local-ca";
@@ -101,6 +101,17 @@ pub fn cert_object(site: &Site, chain_pem: &str, key_pem: &str, not_after: Syste
     annotations.insert("cert-manager.io/alt-names".to_string(), names.join(","));
     annotations.insert("portico.dev/not-after".to_string(), rfc3339(not_after));
     Object { data, annotations }
+}
+
+/// The certificate in a store object: `None` when it holds none yet (only ACME status
+/// annotations), an error when it is incomplete or does not parse.
+pub fn stored_certificate(name: &str, object: &Object) -> Result<Option<Loaded>, CertError> {
+    if object.get("tls.crt").is_none() {
+        return Ok(None);
+    }
+    let chain = data(object, Kind::Certificate, name, "tls.crt")?;
+    let key = data(object, Kind::Certificate, name, "tls.key")?;
+    Ok(Some(load_pem(&format!("certificate/{name}"), chain, key)?))
 }
 
 fn data<'a>(
@@ -236,13 +247,9 @@ impl CertManager {
         let Some(stored) = self.store.get(Kind::Certificate, &name).await? else {
             return Ok(false);
         };
-        // An object with only the ACME status annotations: no certificate yet.
-        if stored.object.get("tls.crt").is_none() {
+        let Some(loaded) = stored_certificate(&name, &stored.object)? else {
             return Ok(false);
-        }
-        let chain = data(&stored.object, Kind::Certificate, &name, "tls.crt")?;
-        let key = data(&stored.object, Kind::Certificate, &name, "tls.key")?;
-        let loaded = load_pem(&format!("certificate/{name}"), chain, key)?;
+        };
         self.resolver
             .install(&site_id(site), loaded.key, loaded.not_after);
         tracing::info!(site = %site_id(site), object = %name, "serving the stored certificate");
@@ -251,29 +258,19 @@ impl CertManager {
 
     async fn sync_internal(&self, site: &Site, now: SystemTime) -> Result<(), CertError> {
         let id = site_id(site);
-        if let Some(current) = self.resolver.current(&id) {
-            let not_before = current
-                .key
-                .end_entity_cert()
-                .ok()
-                .and_then(|der| crate::tls::validity(&id, der).ok())
-                .map_or(now, |(nb, _)| nb);
-            if !crate::tls::due(not_before, current.not_after, now) {
-                return Ok(());
-            }
+        if self.resolver.current(&id).is_some_and(|c| !c.due(now)) {
+            return Ok(());
         }
         let name = cert_object_name(site);
         let stored = self.store.get(Kind::Certificate, &name).await?;
         // Another process sharing the store may have renewed it already.
-        if let Some(s) = &stored {
-            let chain = data(&s.object, Kind::Certificate, &name, "tls.crt")?;
-            let key = data(&s.object, Kind::Certificate, &name, "tls.key")?;
-            if let Ok(loaded) = load_pem(&name, chain, key)
-                && !loaded.due(now)
-            {
-                self.resolver.install(&id, loaded.key, loaded.not_after);
-                return Ok(());
-            }
+        if let Some(loaded) = stored
+            .as_ref()
+            .and_then(|s| stored_certificate(&name, &s.object).ok().flatten())
+            && !loaded.due(now)
+        {
+            self.resolver.install(&id, loaded.key, loaded.not_after);
+            return Ok(());
         }
         let ca = self.local_ca(now).await?;
         let issued = ca.issue(&site.hosts, now)?;

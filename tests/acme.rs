@@ -232,13 +232,7 @@ async fn a_forced_renewal_swaps_the_certificate_under_continuous_requests() {
                 let config = client_config(&[&roots], &[b"h2"]);
                 match tls_connect(addr, "renew.example.test", config).await {
                     Ok(tls) => {
-                        let (mut send, conn) = hyper::client::conn::http2::handshake(
-                            hyper_util::rt::TokioExecutor::new(),
-                            hyper_util::rt::TokioIo::new(tls),
-                        )
-                        .await
-                        .unwrap();
-                        tokio::spawn(conn);
+                        let mut send = edge::h2_over(tls).await;
                         match edge::get_h2(&mut send, "renew.example.test", "/").await {
                             (200, body) if body == "r" => ok += 1,
                             other => failed.push(format!("{other:?}")),

@@ -243,13 +243,7 @@ async fn hot_swap_under_load_never_fails_a_handshake_or_mixes_certificates() {
                         if !known.contains(&served) {
                             failed.push("unknown leaf".to_string());
                         }
-                        let (mut send, conn) = hyper::client::conn::http2::handshake(
-                            hyper_util::rt::TokioExecutor::new(),
-                            hyper_util::rt::TokioIo::new(tls),
-                        )
-                        .await
-                        .unwrap();
-                        tokio::spawn(conn);
+                        let mut send = h2_over(tls).await;
                         let (status, body) = get_h2(&mut send, "swap.internal", "/").await;
                         if status == 200 && body == "ok" {
                             ok += 1;

@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 use super::challenges::Challenges;
 use super::order::{self, Responders};
 use super::{AcmeError, account, describe};
-use crate::certs::{cert_object, cert_object_name, rfc3339, short_hash};
+use crate::certs::{cert_object, cert_object_name, rfc3339, short_hash, stored_certificate};
 use crate::config::{Acme, Site};
 use crate::metrics::{Metrics, OrderResult};
 use crate::store::{Kind, Locker, Object, Store, StoreError, hold};
@@ -155,14 +155,13 @@ impl AcmeManager {
             let due = match &current {
                 None => true,
                 Some(cert) => {
-                    let not_before = cert
-                        .key
-                        .end_entity_cert()
-                        .ok()
-                        .and_then(|der| crate::tls::validity(&id, der).ok())
-                        .map_or(now, |(nb, _)| nb);
                     let window = state.ari.and_then(|(_, window)| window);
-                    renewal_due(not_before, cert.not_after, window, now)
+                    renewal_due(
+                        cert.not_before().unwrap_or(now),
+                        cert.not_after,
+                        window,
+                        now,
+                    )
                 }
             };
             let ask_ari = current.is_some()
@@ -280,11 +279,9 @@ impl AcmeManager {
         let names = site.names();
         let name = cert_object_name(site);
         let stored = self.store.get(Kind::Certificate, &name).await?;
-        let stored_cert = stored.as_ref().and_then(|s| {
-            let chain = s.object.get("tls.crt")?;
-            let key = s.object.get("tls.key")?;
-            load_pem(&name, chain, key).ok()
-        });
+        let stored_cert = stored
+            .as_ref()
+            .and_then(|s| stored_certificate(&name, &s.object).ok().flatten());
         if let Some(loaded) = &stored_cert
             && !loaded.due(now)
             && self
@@ -352,9 +349,9 @@ impl AcmeManager {
                 Err(StoreError::Conflict { .. }) => {
                     // Re-read; keep whichever certificate lives longer.
                     let again = self.store.get(Kind::Certificate, &name).await?;
-                    let theirs = again.as_ref().and_then(|s| {
-                        load_pem(&name, s.object.get("tls.crt")?, s.object.get("tls.key")?).ok()
-                    });
+                    let theirs = again
+                        .as_ref()
+                        .and_then(|s| stored_certificate(&name, &s.object).ok().flatten());
                     if let Some(theirs) = theirs
                         && theirs.not_after >= loaded.not_after
                     {

@@ -28,6 +28,21 @@ pub struct SiteCert {
     pub not_after: SystemTime,
 }
 
+impl SiteCert {
+    /// The leaf's notBefore, if the leaf parses.
+    pub fn not_before(&self) -> Option<SystemTime> {
+        let der = self.key.end_entity_cert().ok()?;
+        super::validity("served certificate", der)
+            .ok()
+            .map(|(not_before, _)| not_before)
+    }
+
+    /// The renewal rule for what is being served: a third or less of its life left.
+    pub fn due(&self, now: SystemTime) -> bool {
+        super::due(self.not_before().unwrap_or(now), self.not_after, now)
+    }
+}
+
 /// Identifies a site across config reloads: its sorted, lowercased names joined by `,`.
 pub type SiteId = String;
 

@@ -153,6 +153,11 @@ pub async fn h2(addr: SocketAddr, name: &str, root: &[u8]) -> H2 {
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    h2_over(tls).await
+}
+
+/// An HTTP/2 client on a TLS connection already made.
+pub async fn h2_over(tls: TlsStream<TcpStream>) -> H2 {
     let (send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
