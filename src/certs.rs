@@ -130,10 +130,14 @@ fn data<'a>(
         })
 }
 
+/// How often token objects left behind by crashed orders are looked for.
+const TOKEN_GC_INTERVAL: Duration = Duration::from_secs(600);
+
 pub struct CertManager {
     store: Arc<dyn Store>,
     resolver: Arc<CertResolver>,
     acme: Arc<AcmeManager>,
+    challenges: Arc<Challenges>,
     ca: tokio::sync::OnceCell<Arc<LocalCa>>,
     /// Last seen stamps of `files` certificates.
     stamps: Mutex<HashMap<SiteId, Stamp>>,
@@ -153,10 +157,11 @@ impl CertManager {
                 store.clone(),
                 locker,
                 resolver.clone(),
-                challenges,
+                challenges.clone(),
                 metrics,
                 tuning,
             ),
+            challenges,
             store,
             resolver,
             ca: tokio::sync::OnceCell::new(),
@@ -212,12 +217,24 @@ impl CertManager {
         config: Arc<arc_swap::ArcSwap<Config>>,
         mut shutdown: tokio::sync::watch::Receiver<crate::listener::Phase>,
     ) {
+        let mut last_collected: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 _ = shutdown.changed() => return,
             }
             self.sync(&config.load(), SystemTime::now()).await;
+            if last_collected.is_none_or(|at| at.elapsed() >= TOKEN_GC_INTERVAL) {
+                last_collected = Some(tokio::time::Instant::now());
+                match self.challenges.collect_garbage(SystemTime::now()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        removed = n,
+                        "removed expired challenge tokens from the store"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "cannot collect expired challenge tokens"),
+                }
+            }
         }
     }
 

@@ -107,7 +107,7 @@ impl Server {
         };
         let metrics = Arc::new(Metrics::new());
         let resolver = Arc::new(CertResolver::with_metrics(metrics.clone()));
-        let challenges = Arc::new(Challenges::new());
+        let challenges = Arc::new(Challenges::with_store(store.clone()));
         let certs = Arc::new(CertManager::new(
             store,
             locker,

@@ -53,3 +53,48 @@ async fn everything_else_redirects_to_https_keeping_path_query_and_port() {
     assert_eq!(status, 308);
     assert_eq!(location.unwrap(), format!("https://b.w.internal:{port}/"));
 }
+
+/// Two portico instances on one data folder stand in for replicas behind a load
+/// balancer: the CA's request may reach the one that did not publish the token.
+#[tokio::test]
+async fn a_token_published_by_another_instance_is_answered_from_the_store() {
+    install_provider();
+    let first = start(SITES).await;
+    // The second one's header names the first one's data folder.
+    let text = format!("{}{SITES}", header(first.dir.path()));
+    let second_dir = tempfile::tempdir().unwrap();
+    let second = start_text(second_dir, &text, Default::default()).await;
+
+    first
+        .challenges
+        .publish("tok_2", "tok_2.thumbprint")
+        .await
+        .unwrap();
+    assert!(
+        second.challenges.get("tok_2").is_none(),
+        "not in the other's memory"
+    );
+    let (status, _, body) = plain_get(
+        second.http,
+        "a.internal",
+        "/.well-known/acme-challenge/tok_2",
+    )
+    .await;
+    assert_eq!((status, body.as_str()), (200, "tok_2.thumbprint"));
+    let (status, _, _) = plain_get(
+        second.http,
+        "other.example",
+        "/.well-known/acme-challenge/tok_2",
+    )
+    .await;
+    assert_eq!(status, 404, "only for configured names");
+
+    first.challenges.withdraw("tok_2").await;
+    let (status, _, _) = plain_get(
+        second.http,
+        "a.internal",
+        "/.well-known/acme-challenge/tok_2",
+    )
+    .await;
+    assert_eq!(status, 404, "withdrawn everywhere");
+}

@@ -13,7 +13,7 @@ use crate::config::Acme;
 use crate::store::{Kind, Locker, Object, Store, StoreError, hold};
 
 /// How long the registration lock lives without renewal.
-const LOCK_TTL: Duration = Duration::from_secs(30);
+const LOCK_TTL: Duration = Duration::from_secs(15);
 
 /// The store name of the account for `acme`: `h(directory + "\n" + email)`.
 pub fn account_name(acme: &Acme) -> String {

@@ -36,13 +36,15 @@ use crate::tls::{CertResolver, SiteId, load_pem};
 
 /// Orders running at once; more sites wait their turn.
 pub const CONCURRENT_ORDERS: usize = 4;
-/// How long an issuance lock lives without renewal.
-const LOCK_TTL: Duration = Duration::from_secs(60);
+/// How long an issuance lock lives without renewal: DESIGN's lease duration (client-go's
+/// default), so a crashed holder delays issuance by seconds, not minutes.
+const LOCK_TTL: Duration = Duration::from_secs(15);
 /// How often a certificate's ARI window is asked for.
 const ARI_INTERVAL: Duration = Duration::from_secs(600);
 /// When another process holds the lock: look again soon (its certificate will be in the
-/// store), without counting a failure.
-const BUSY_RETRY: Duration = Duration::from_secs(10);
+/// store, or its lease will expire), without counting a failure. DESIGN's retry period;
+/// jitter keeps replicas from knocking in step.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
 
 pub const ANNOTATION_LAST_ERROR: &str = "portico.dev/last-error";
 pub const ANNOTATION_NEXT_ATTEMPT: &str = "portico.dev/next-attempt";
@@ -309,7 +311,6 @@ impl AcmeManager {
         let responders = Responders {
             challenges: &self.challenges,
             resolver: &self.resolver,
-            store: self.store.as_ref(),
         };
         tracing::info!(site = %id, "ordering a certificate");
         let issued = match order::issue(
@@ -375,7 +376,8 @@ impl AcmeManager {
             match &outcome {
                 None => return,
                 Some(Ok(Outcome::Busy)) => {
-                    state.not_before = Some(Instant::now() + BUSY_RETRY);
+                    let spread = jitter(&format!("{id}{:?}", Instant::now()), BUSY_RETRY / 2);
+                    state.not_before = Some(Instant::now() + BUSY_RETRY + spread);
                     return;
                 }
                 Some(Ok(outcome @ (Outcome::Issued | Outcome::Stored))) => {

@@ -1,15 +1,15 @@
 //! One issuance: a new order for all of a site's names, one challenge per name answered
 //! through portico's own listeners, a CSR with a fresh P-256 key, the chain back.
 //!
-//! - HTTP-01: the key authorization goes into [`Challenges`] (read by the port-80
-//!   listener) and into the store (so any replica can answer, issue 4).
+//! - HTTP-01: the key authorization is published through [`Challenges`]: memory for the
+//!   port-80 listener, and the store, so any replica can answer.
 //! - TLS-ALPN-01: a self-signed certificate with the `acmeIdentifier` extension goes into
 //!   the resolver's challenge map, served only to `acme-tls/1` handshakes.
 //!
 //! Whatever happens, the challenge responses are removed before returning.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use instant_acme::{
     Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewOrder,
@@ -21,19 +21,13 @@ use rustls::sign::CertifiedKey;
 
 use super::AcmeError;
 use super::challenges::Challenges;
-use crate::certs::{rfc3339, short_hash};
 use crate::config;
-use crate::store::{Kind, Object, Store};
 use crate::tls::CertResolver;
-
-/// How long a token object may stay in the store before it counts as garbage.
-const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 /// Where challenge responses go.
 pub struct Responders<'a> {
     pub challenges: &'a Challenges,
     pub resolver: &'a CertResolver,
-    pub store: &'a dyn Store,
 }
 
 /// A chain and its key, PEM.
@@ -66,24 +60,12 @@ struct Answered {
 impl Answered {
     async fn clean(self, responders: &Responders<'_>) {
         for token in &self.tokens {
-            responders.challenges.remove(token);
-            if let Err(e) = responders
-                .store
-                .delete(Kind::Http01, &token_object_name(token), None)
-                .await
-            {
-                tracing::warn!(error = %e, "could not delete a challenge token from the store");
-            }
+            responders.challenges.withdraw(token).await;
         }
         for name in &self.alpn_names {
             responders.resolver.remove_alpn_challenge(name);
         }
     }
-}
-
-/// The store name of an HTTP-01 token: `h(token)`.
-pub fn token_object_name(token: &str) -> String {
-    short_hash(token)
 }
 
 async fn run(
@@ -130,21 +112,10 @@ async fn run(
         match kind {
             config::ChallengeType::Http01 => {
                 let token = challenge.token.clone();
+                answered.tokens.push(token.clone());
                 responders
                     .challenges
-                    .insert(&token, key_authorization.as_str());
-                answered.tokens.push(token.clone());
-                let expires = rfc3339(SystemTime::now() + TOKEN_TTL);
-                let object = Object::new()
-                    .with_data("token", token.as_bytes().to_vec())
-                    .with_data(
-                        "key-authorization",
-                        key_authorization.as_str().as_bytes().to_vec(),
-                    )
-                    .with_annotation("portico.dev/expires", expires);
-                responders
-                    .store
-                    .put(Kind::Http01, &token_object_name(&token), &object, None)
+                    .publish(&token, key_authorization.as_str())
                     .await?;
             }
             config::ChallengeType::TlsAlpn01 => {

@@ -42,8 +42,8 @@ impl HttpListener {
                 let handler = {
                     let this = this.clone();
                     move |req| {
-                        let response = this.answer(&req);
-                        async move { response }
+                        let this = this.clone();
+                        async move { this.answer(req).await }
                     }
                 };
                 serve_connection(TokioIo::new(tcp), false, &limits, shutdown, handler).await;
@@ -51,7 +51,7 @@ impl HttpListener {
         }
     }
 
-    fn answer(&self, req: &hyper::Request<Incoming>) -> Response<Body> {
+    async fn answer(&self, req: hyper::Request<Incoming>) -> Response<Body> {
         let host = req
             .headers()
             .get(header::HOST)
@@ -64,9 +64,12 @@ impl HttpListener {
         };
         let path = req.uri().path();
         if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
-            let configured = self.config.load().site_for(&host).is_some();
-            return match self.challenges.get(token) {
-                Some(key_auth) if configured => {
+            // Only names we serve: the store is not an oracle for anyone's tokens.
+            if self.config.load().site_for(&host).is_none() {
+                return text(StatusCode::NOT_FOUND, "no such challenge\n");
+            }
+            return match self.challenges.find(token).await {
+                Some(key_auth) => {
                     tracing::info!(%host, "answered an HTTP-01 challenge");
                     text(StatusCode::OK, &key_auth)
                 }
