@@ -18,6 +18,7 @@ fn quick() -> Tuning {
             Duration::from_millis(600),
             Duration::from_secs(1),
         ],
+        ari_interval: Duration::from_millis(50),
     }
 }
 

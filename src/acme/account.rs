@@ -25,14 +25,9 @@ pub fn account_name(acme: &Acme) -> String {
 }
 
 fn builder(acme: &Acme) -> Result<instant_acme::AccountBuilder, AcmeError> {
-    match &acme.ca_root {
-        // Pebble, private CAs: the directory's HTTPS is checked against this root.
-        Some(path) => Account::builder_with_root(path).map_err(|source| AcmeError::CaRoot {
-            path: path.clone(),
-            source,
-        }),
-        None => Ok(Account::builder()?),
-    }
+    Ok(Account::builder_with_http(super::http::client(
+        acme.ca_root.as_deref(),
+    )?))
 }
 
 /// The account from the store, or a new one registered (once, under a lock) and stored.
