@@ -5,6 +5,7 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
+pub mod ari;
 pub mod edge;
 pub mod pebble;
 
