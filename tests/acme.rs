@@ -443,11 +443,11 @@ async fn an_ari_window_in_the_future_orders_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_order_waits_for_the_retry_after_of_the_ca() {
     let name = "limited.example.test";
+    let before = SystemTime::now();
     let (pebble, front, p) = setup_ari(&acme_site("\"limited.example.test\"", "l"), |front| {
         front.fail_new_orders(1, "7200")
     })
     .await;
-    let before = SystemTime::now();
     front
         .wait_for(
             "the rate-limited newOrder",
