@@ -7,9 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
+use common::ari::{self, AriFront};
 use common::edge::{self, Portico, client_config, install_provider, start_text, tls_connect};
 use common::pebble::{Pebble, PebbleConfig, free_port};
-use portico::acme::manager::Tuning;
+use portico::acme::manager::{ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT, Tuning};
+use portico::store::{Kind, Store};
 
 fn quick() -> Tuning {
     Tuning {
@@ -18,14 +20,20 @@ fn quick() -> Tuning {
             Duration::from_millis(600),
             Duration::from_secs(1),
         ],
+        ari_interval: Duration::from_millis(50),
     }
 }
 
 /// The config header for a portico on `http`/`https` using `pebble`.
 fn header(http: u16, https: u16, pebble: &Pebble, challenge: &str) -> String {
+    header_for(http, https, &pebble.directory_url(), pebble, challenge)
+}
+
+/// The config header for a portico on `http`/`https` using the ACME `directory` (Pebble's
+/// or a front's), whose HTTPS chains to `pebble`'s throwaway CA.
+fn header_for(http: u16, https: u16, directory: &str, pebble: &Pebble, challenge: &str) -> String {
     format!(
-        "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:0\"\n[storage]\npath = \"{{dir}}/data\"\n[acme]\nemail = \"ops@example.test\"\ndirectory = \"{}\"\nca_root = \"{}\"\nchallenge = \"{challenge}\"\n",
-        pebble.directory_url(),
+        "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:0\"\n[storage]\npath = \"{{dir}}/data\"\n[acme]\nemail = \"ops@example.test\"\ndirectory = \"{directory}\"\nca_root = \"{}\"\nchallenge = \"{challenge}\"\n",
         pebble.ca_root_path().display()
     )
 }
@@ -301,4 +309,217 @@ async fn challenge_paths_answer_404_for_unknown_tokens_and_names() {
     let (status, _, body) =
         edge::plain_get(p.http, "c.example.test", "/.well-known/acme-challenge/tok").await;
     assert_eq!((status, body.as_str()), (200, "tok.key"));
+}
+
+/// Pebble behind an [`AriFront`], and portico using the front as its directory; `prepare`
+/// runs on the front before portico starts.
+async fn setup_ari(sites: &str, prepare: impl FnOnce(&AriFront)) -> (Pebble, AriFront, Portico) {
+    install_provider();
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
+    let front = AriFront::start(&pebble).await;
+    prepare(&front);
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}{sites}",
+        header_for(http, https, &front.directory_url(), &pebble, "http-01")
+    );
+    let p = start_text(dir, &text, quick()).await;
+    (pebble, front, p)
+}
+
+/// Waits until `name` is served with a leaf other than `old`; returns it.
+async fn wait_for_new_leaf(
+    p: &Portico,
+    name: &str,
+    roots: &[u8],
+    pebble: &Pebble,
+    old: &[u8],
+) -> Vec<u8> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let served = wait_for_certificate(p, name, roots, pebble).await;
+        if served != old {
+            return served;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} still serves the old certificate; last error: {:?}; pebble log:\n{}",
+            p.certs.acme_last_error(name),
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The store annotations of the (first) site's certificate object.
+async fn annotations(p: &Portico) -> std::collections::BTreeMap<String, String> {
+    let store = portico::store::FileStore::open(p.data()).unwrap();
+    let name = portico::certs::cert_object_name(&p.config.sites[0]);
+    store
+        .get(Kind::Certificate, &name)
+        .await
+        .unwrap()
+        .map(|s| s.object.annotations)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_ari_window_renews_with_replaces_and_serves_the_new_certificate() {
+    let name = "ari.example.test";
+    let (pebble, front, p) = setup_ari(&acme_site("\"ari.example.test\"", "ari"), |_| {}).await;
+    let roots = pebble.issuing_roots().await;
+    let first = wait_for_certificate(&p, name, &roots, &pebble).await;
+    let first_orders = front.new_orders();
+    assert_eq!(first_orders.len(), 1, "{first_orders:?}");
+    assert!(
+        first_orders[0].get("replaces").is_none(),
+        "a first certificate replaces nothing: {first_orders:?}"
+    );
+
+    // The CA says: renew this certificate now (a window that opened an hour ago).
+    let old_id = ari::cert_id(&first);
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    front.set_window(&old_id, now - hour, now + hour);
+    front
+        .wait_for(
+            "second newOrder",
+            |s| s.new_orders.len() >= 2,
+            || pebble.log(),
+        )
+        .await;
+    assert!(front.asked().contains(&old_id), "{:?}", front.asked());
+    assert_eq!(
+        front.new_orders()[1]["replaces"].as_str(),
+        Some(old_id.as_str()),
+        "the renewal order names the certificate it replaces"
+    );
+
+    let renewed = wait_for_new_leaf(&p, name, &roots, &pebble, &first).await;
+    assert_eq!(
+        h2_get(&p, name, &roots).await,
+        (200, "ari".into()),
+        "the new certificate serves"
+    );
+    // Pebble 2.4 took the order with `replaces` as it was: no second try without it.
+    assert_eq!(
+        front.new_orders().len(),
+        2,
+        "{:?}\n{}",
+        front.new_orders(),
+        pebble.log()
+    );
+    assert_eq!(pebble.orders(), 2);
+
+    // The renewed certificate's own window (the default, a month ahead) is asked next,
+    // and does not renew it again.
+    let new_id = ari::cert_id(&renewed);
+    assert_ne!(new_id, old_id);
+    front
+        .wait_for(
+            "an ARI check of the new certificate",
+            |s| s.asked.contains(&new_id),
+            || pebble.log(),
+        )
+        .await;
+    assert_eq!(pebble.orders(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ari_window_in_the_future_orders_nothing() {
+    let name = "later.example.test";
+    let (pebble, front, p) = setup_ari(&acme_site("\"later.example.test\"", "later"), |_| {}).await;
+    let roots = pebble.issuing_roots().await;
+    let first = wait_for_certificate(&p, name, &roots, &pebble).await;
+    let id = ari::cert_id(&first);
+    // Every certificate gets the front's default window, 30 days ahead. A site's checks
+    // never overlap (one task per site), so a second check of the same certificate comes
+    // only after the first answer was acted on, and a renewal would have made the next
+    // check name another certificate.
+    front
+        .wait_for(
+            "two ARI checks of the certificate",
+            |s| s.asked.iter().filter(|a| **a == id).count() >= 2,
+            || pebble.log(),
+        )
+        .await;
+    assert_eq!(pebble.orders(), 1);
+    assert_eq!(front.new_orders().len(), 1);
+    assert_eq!(
+        wait_for_certificate(&p, name, &roots, &pebble).await,
+        first,
+        "the first certificate keeps serving"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_order_waits_for_the_retry_after_of_the_ca() {
+    let name = "limited.example.test";
+    let before = SystemTime::now();
+    let (pebble, front, p) = setup_ari(&acme_site("\"limited.example.test\"", "l"), |front| {
+        front.fail_new_orders(1, "7200")
+    })
+    .await;
+    front
+        .wait_for(
+            "the rate-limited newOrder",
+            |s| !s.new_orders.is_empty(),
+            || pebble.log(),
+        )
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let annotations = loop {
+        let annotations = annotations(&p).await;
+        if annotations.contains_key(ANNOTATION_NEXT_ATTEMPT) {
+            break annotations;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no next attempt recorded: {annotations:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    // Not the first back-off step (300 ms here; a minute by default): two hours, as the
+    // CA asked. Annotations are whole seconds.
+    let next = &annotations[ANNOTATION_NEXT_ATTEMPT];
+    let at = SystemTime::from(
+        time::OffsetDateTime::parse(next, &time::format_description::well_known::Rfc3339).unwrap(),
+    );
+    let asked = Duration::from_secs(7200);
+    assert!(
+        at + Duration::from_secs(1) >= before + asked,
+        "next attempt {next} is sooner than two hours"
+    );
+    assert!(
+        at <= SystemTime::now() + asked + Duration::from_secs(60),
+        "next attempt {next} is later than asked"
+    );
+    let error = &annotations[ANNOTATION_LAST_ERROR];
+    assert!(
+        error.contains("urn:ietf:params:acme:error:rateLimited")
+            && error.contains("too many new orders recently"),
+        "{error}"
+    );
+    assert!(
+        p.certs
+            .acme_last_error(name)
+            .is_some_and(|e| e.contains("rateLimited")),
+        "{:?}",
+        p.certs.acme_last_error(name)
+    );
+
+    // `portico certs` shows both.
+    let store = portico::store::FileStore::open(p.data()).unwrap();
+    let table = portico::certs::table(&store, &p.config, SystemTime::now())
+        .await
+        .unwrap();
+    assert!(table.contains(next.as_str()), "{table}");
+    assert!(table.contains("rateLimited"), "{table}");
+
+    // A scheduler pass now starts nothing: the site waits.
+    p.certs.sync(&p.config, SystemTime::now()).await;
+    assert_eq!(front.new_orders().len(), 1);
+    assert_eq!(pebble.orders(), 0);
 }

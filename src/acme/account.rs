@@ -25,49 +25,9 @@ pub fn account_name(acme: &Acme) -> String {
 }
 
 fn builder(acme: &Acme) -> Result<instant_acme::AccountBuilder, AcmeError> {
-    use hyper_rustls::HttpsConnectorBuilder;
-    use hyper_util::client::legacy::Client;
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::TokioExecutor;
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-
-    let tls = match &acme.ca_root {
-        // Pebble, private CAs: the directory's HTTPS is checked against this root.
-        Some(path) => {
-            let root = CertificateDer::from_pem_file(path).map_err(|e| AcmeError::CaRoot {
-                path: path.clone(),
-                source: instant_acme::Error::Other(e.into()),
-            })?;
-            let mut roots = rustls::RootCertStore::empty();
-            roots.add(root).map_err(|e| AcmeError::CaRoot {
-                path: path.clone(),
-                source: instant_acme::Error::Other(e.into()),
-            })?;
-            HttpsConnectorBuilder::new().with_tls_config(
-                rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                    .with_safe_default_protocol_versions()
-                    .map_err(|e| AcmeError::Ca(instant_acme::Error::Other(e.into())))?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth(),
-            )
-        }
-        None => HttpsConnectorBuilder::new()
-            .try_with_platform_verifier()
-            .map_err(|e| AcmeError::Ca(instant_acme::Error::Other(e.into())))?,
-    };
-    // Every ACME step is a small request waiting on its answer: with Nagle on, each one
-    // sat ~40 ms behind the server's delayed ACK (half of Pebble's time to certificate).
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.enforce_http(false);
-    let connector = tls
-        .https_only()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
-    let client = Client::builder(TokioExecutor::new()).build(connector);
-    Ok(Account::builder_with_http(Box::new(client)))
+    Ok(Account::builder_with_http(super::http::client(
+        acme.ca_root.as_deref(),
+    )?))
 }
 
 /// The account from the store, or a new one registered (once, under a lock) and stored.

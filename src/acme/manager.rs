@@ -12,10 +12,15 @@
 //! finished; the new certificate is written with compare-and-swap and never replaces one
 //! that expires later; then it is swapped into the resolver.
 //!
-//! Failures back off 1, 2, 5, 10, 30 minutes, then 1 to 6 hours, honouring a time the CA
-//! gives; the CA's problem document is logged with the site, and kept with the last
-//! error and the next attempt as annotations of the site's store object, where `portico
-//! certs` reads them.
+//! Failures back off 1, 2, 5, 10, 30 minutes, then 1 to 6 hours, or longer when the CA's
+//! `Retry-After` says so (up to a day); the CA's problem document is logged with the
+//! site, and kept with the last error and the next attempt as annotations of the site's
+//! store object, where `portico certs` reads them.
+//!
+//! ARI (RFC 9773), when the directory offers `renewalInfo`: each served certificate's
+//! window is asked for every [`Tuning::ari_interval`] (with jitter), or later when the
+//! CA's `Retry-After` says so (up to a day); once the window has opened the site is due,
+//! and its order names the certificate it `replaces`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,20 +44,24 @@ pub const CONCURRENT_ORDERS: usize = 4;
 /// How long an issuance lock lives without renewal: DESIGN's lease duration (client-go's
 /// default), so a crashed holder delays issuance by seconds, not minutes.
 const LOCK_TTL: Duration = Duration::from_secs(15);
-/// How often a certificate's ARI window is asked for.
-const ARI_INTERVAL: Duration = Duration::from_secs(600);
 /// When another process holds the lock: look again soon (its certificate will be in the
 /// store, or its lease will expire), without counting a failure. DESIGN's retry period;
 /// jitter keeps replicas from knocking in step.
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 
+/// RFC 8555's problem type for "slow down".
+const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
+
 pub const ANNOTATION_LAST_ERROR: &str = "portico.dev/last-error";
 pub const ANNOTATION_NEXT_ATTEMPT: &str = "portico.dev/next-attempt";
 
-/// Timing knobs; tests shorten the back-off.
+/// Timing knobs; tests shorten them.
 #[derive(Debug, Clone)]
 pub struct Tuning {
+    /// Waits after the first, second, ... failure; the last repeats.
     pub backoff: Vec<Duration>,
+    /// How often a certificate's ARI window is asked for, at least.
+    pub ari_interval: Duration,
 }
 
 impl Default for Tuning {
@@ -72,6 +81,7 @@ impl Default for Tuning {
                 m(300),
                 m(360),
             ],
+            ari_interval: m(10),
         }
     }
 }
@@ -82,8 +92,16 @@ struct SiteState {
     failures: usize,
     not_before: Option<Instant>,
     last_error: Option<String>,
-    /// The CA's suggested renewal window, and when it was last asked.
-    ari: Option<(Instant, Option<(SystemTime, SystemTime)>)>,
+    ari: Option<Ari>,
+}
+
+/// What the CA's ARI endpoint said about the served certificate.
+#[derive(Debug, Clone, Copy)]
+struct Ari {
+    /// Not asked again before this.
+    next_check: Instant,
+    /// The suggested renewal window (start, end), once known.
+    window: Option<(SystemTime, SystemTime)>,
 }
 
 pub struct AcmeManager {
@@ -157,7 +175,7 @@ impl AcmeManager {
             let due = match &current {
                 None => true,
                 Some(cert) => {
-                    let window = state.ari.and_then(|(_, window)| window);
+                    let window = state.ari.and_then(|ari| ari.window);
                     renewal_due(
                         cert.not_before().unwrap_or(now),
                         cert.not_after,
@@ -169,21 +187,19 @@ impl AcmeManager {
             let ask_ari = current.is_some()
                 && !due
                 && !self.no_ari.load(std::sync::atomic::Ordering::Relaxed)
-                && state.ari.is_none_or(|(at, _)| at.elapsed() >= ARI_INTERVAL);
+                && state.ari.is_none_or(|ari| Instant::now() >= ari.next_check);
             if !due && !ask_ari {
                 return;
             }
             state.in_flight = true;
-            if ask_ari {
-                // Jitter spreads the checks of many sites over the interval.
-                state.ari = Some((Instant::now() + jitter(&id, ARI_INTERVAL / 5), None));
-            }
             due
         };
         let this = self.clone();
         let site = site.clone();
         let acme = acme.clone();
-        tokio::spawn(async move {
+        // One Retry-After slot per site's task: concurrent sites share the account's
+        // client, never each other's Retry-After.
+        tokio::spawn(super::http::scoped(async move {
             let due = due || this.window_open(&site, &acme, now).await;
             let outcome = if due {
                 let _permit = this.orders.acquire().await;
@@ -192,7 +208,30 @@ impl AcmeManager {
                 None
             };
             this.finish(&site, outcome).await;
-        });
+        }));
+    }
+
+    /// Notes what the ARI endpoint said (a window, or nothing) and when to ask again:
+    /// after the CA's `Retry-After`, but no sooner than [`Tuning::ari_interval`] and no
+    /// later than a day, plus a per-site jitter so that many sites do not bunch up.
+    fn ari_answered(
+        &self,
+        id: &str,
+        window: Option<(SystemTime, SystemTime)>,
+        retry_at: Option<SystemTime>,
+    ) {
+        let interval = self.tuning.ari_interval;
+        let wait = retry_at
+            .and_then(|at| at.duration_since(SystemTime::now()).ok())
+            .unwrap_or(interval)
+            .clamp(interval, super::http::MAX_RETRY_AFTER.max(interval));
+        if let Some(state) = self.state().get_mut(id) {
+            let window = window.or(state.ari.and_then(|ari| ari.window));
+            state.ari = Some(Ari {
+                next_check: Instant::now() + wait + jitter(id, interval / 5),
+                window,
+            });
+        }
     }
 
     /// Asks the CA's ARI endpoint whether renewal is due now; false when the CA has no ARI.
@@ -201,24 +240,32 @@ impl AcmeManager {
         let Some(current) = self.resolver.current(&id) else {
             return true;
         };
-        let Ok(leaf) = current.key.end_entity_cert() else {
+        let cert_id = current
+            .key
+            .end_entity_cert()
+            .ok()
+            .and_then(|leaf| CertificateIdentifier::try_from(leaf).ok());
+        let Some(cert_id) = cert_id else {
+            // No AKI or serial to name it by: ARI cannot say anything about it.
+            self.ari_answered(&id, None, None);
             return false;
         };
-        let Ok(cert_id) = CertificateIdentifier::try_from(leaf) else {
-            return false;
-        };
-        let Ok(account) = self.account(acme).await else {
-            return false;
+        let account = match self.account(acme).await {
+            Ok(account) => account,
+            Err(e) => {
+                tracing::debug!(site = %id, error = %describe(&e), "no ACME account for the ARI check");
+                self.ari_answered(&id, None, e.retry_at());
+                return false;
+            }
         };
         match account.renewal_info(&cert_id).await {
-            Ok((info, _)) => {
+            Ok((info, retry_after)) => {
                 let window = (
                     SystemTime::from(info.suggested_window.start),
                     SystemTime::from(info.suggested_window.end),
                 );
-                if let Some(state) = self.state().get_mut(&id) {
-                    state.ari = Some((Instant::now(), Some(window)));
-                }
+                tracing::debug!(site = %id, start = %rfc3339(window.0), end = %rfc3339(window.1), "ARI window");
+                self.ari_answered(&id, Some(window), Some(SystemTime::now() + retry_after));
                 now >= window.0
             }
             Err(instant_acme::Error::Unsupported(_)) => {
@@ -227,7 +274,9 @@ impl AcmeManager {
                 false
             }
             Err(e) => {
-                tracing::debug!(site = %id, error = %e, "ARI check failed; the lifetime rule still applies");
+                let e = AcmeError::from(e);
+                tracing::debug!(site = %id, error = %describe(&e), "ARI check failed; the lifetime rule still applies");
+                self.ari_answered(&id, None, e.retry_at());
                 false
             }
         }
@@ -322,8 +371,14 @@ impl AcmeManager {
         )
         .await
         {
-            // The CA may refuse `replaces` (already replaced, say): order without it.
-            Err(AcmeError::Ca(_)) if replaces.is_some() => {
+            // The CA may refuse `replaces` (already replaced, say): order without it. Not
+            // when it asked us to wait or to slow down: that holds for any order.
+            Err(e @ AcmeError::Ca { .. })
+                if replaces.is_some()
+                    && e.retry_at().is_none()
+                    && e.problem_type() != Some(RATE_LIMITED) =>
+            {
+                tracing::info!(site = %id, error = %describe(&e), "the CA refused the order that names the certificate it replaces; ordering without");
                 order::issue(&account, &names, acme.challenge, None, &responders).await?
             }
             other => other?,
@@ -398,10 +453,7 @@ impl AcmeManager {
                     let step =
                         self.tuning.backoff[state.failures.min(self.tuning.backoff.len() - 1)];
                     state.failures += 1;
-                    let mut wait = step;
-                    if let Some(at) = e.retry_at() {
-                        wait = wait.max(at.saturating_duration_since(Instant::now()));
-                    }
+                    let wait = backoff_wait(step, e.retry_at(), SystemTime::now());
                     state.not_before = Some(Instant::now() + wait);
                     let text = describe(e);
                     state.last_error = Some(text.clone());
@@ -462,6 +514,16 @@ impl AcmeManager {
     }
 }
 
+/// How long to wait after a failure: the back-off `step`, or longer if the CA's
+/// `Retry-After` asked for it, but never more than a day on its word.
+fn backoff_wait(step: Duration, retry_at: Option<SystemTime>, now: SystemTime) -> Duration {
+    let asked = retry_at
+        .and_then(|at| at.duration_since(now).ok())
+        .unwrap_or(Duration::ZERO)
+        .min(super::http::MAX_RETRY_AFTER);
+    step.max(asked)
+}
+
 /// The renewal rule: a third of the lifetime left, or the CA's ARI window has opened.
 fn renewal_due(
     not_before: SystemTime,
@@ -510,6 +572,26 @@ mod tests {
         let window = Some((issued + 10 * day, issued + 11 * day));
         assert!(!renewal_due(issued, expires, window, issued + 9 * day));
         assert!(renewal_due(issued, expires, window, issued + 10 * day));
+    }
+
+    #[test]
+    fn backoff_waits_for_retry_after_up_to_a_day() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let minute = Duration::from_secs(60);
+        assert_eq!(backoff_wait(minute, None, now), minute);
+        // Sooner than the step, or already past: the step.
+        assert_eq!(
+            backoff_wait(minute, Some(now + Duration::from_secs(5)), now),
+            minute
+        );
+        assert_eq!(backoff_wait(minute, Some(now - minute), now), minute);
+        let two_hours = Duration::from_secs(7200);
+        assert_eq!(backoff_wait(minute, Some(now + two_hours), now), two_hours);
+        let year = Duration::from_secs(365 * 86_400);
+        assert_eq!(
+            backoff_wait(minute, Some(now + year), now),
+            super::super::http::MAX_RETRY_AFTER
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! ACME (RFC 8555): the certificate path's source of publicly trusted certificates.
 //!
 //! - [`challenges`]: HTTP-01 tokens in flight, answered by the port-80 listener;
+//! - [`http`]: the client for the CA: system roots plus `acme.ca_root`, and the CA's
+//!   `Retry-After` kept with the errors it came with;
 //! - [`account`]: one account per (directory, email), created once and kept in the store;
 //! - [`order`]: one issuance: order, challenges (HTTP-01 or TLS-ALPN-01), CSR with a
 //!   fresh P-256 key, certificate chain;
@@ -9,6 +11,7 @@
 
 pub mod account;
 pub mod challenges;
+pub mod http;
 pub mod manager;
 pub mod order;
 
@@ -20,18 +23,27 @@ use crate::store::{LockError, StoreError};
 /// so the log shows its type, detail and subproblems.
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
-    #[error("ACME request failed: {0}")]
-    Ca(#[source] instant_acme::Error),
+    /// `retry_after`: when the CA's error response said to come back (see [`http`]).
+    #[error("ACME request failed: {source}")]
+    Ca {
+        #[source]
+        source: instant_acme::Error,
+        retry_after: Option<std::time::SystemTime>,
+    },
     #[error("store: {0}")]
     Store(#[from] StoreError),
     #[error("lock: {0}")]
     Lock(#[from] LockError),
-    #[error("cannot read {path}: {source}", path = .path.display())]
+    #[error("cannot read acme.ca_root {path}: {source}", path = .path.display())]
     CaRoot {
         path: std::path::PathBuf,
         #[source]
-        source: instant_acme::Error,
+        source: rustls::pki_types::pem::Error,
     },
+    #[error("acme.ca_root {path} holds no PEM certificate", path = .path.display())]
+    CaRootEmpty { path: std::path::PathBuf },
+    #[error("cannot set up TLS for the ACME directory: {0}")]
+    TlsClient(#[source] rustls::Error),
     #[error("stored ACME account is unreadable: {0}")]
     Account(#[source] serde_json::Error),
     #[error("challenge {kind} is not offered for {name}")]
@@ -51,16 +63,43 @@ pub enum AcmeError {
 }
 
 impl From<instant_acme::Error> for AcmeError {
-    fn from(e: instant_acme::Error) -> Self {
-        AcmeError::Ca(e)
+    /// Converted right where the request failed, so the `Retry-After` noted for this
+    /// task (by [`http::scoped`]) is the one of the failing response.
+    fn from(source: instant_acme::Error) -> Self {
+        AcmeError::Ca {
+            source,
+            retry_after: http::last_retry_after(),
+        }
     }
 }
 
 impl AcmeError {
-    /// When the CA asked us to come back, if it said.
-    pub fn retry_at(&self) -> Option<std::time::Instant> {
+    /// When the CA asked us to come back, if it said: the `Retry-After` of its error
+    /// response, or of the order it was still processing when polling gave up.
+    pub fn retry_at(&self) -> Option<std::time::SystemTime> {
         match self {
-            AcmeError::Ca(instant_acme::Error::Timeout(at)) => *at,
+            AcmeError::Ca {
+                retry_after: Some(at),
+                ..
+            } => Some(*at),
+            AcmeError::Ca {
+                source: instant_acme::Error::Timeout(Some(at)),
+                ..
+            } => {
+                let wait = at.saturating_duration_since(std::time::Instant::now());
+                Some(std::time::SystemTime::now() + wait.min(http::MAX_RETRY_AFTER))
+            }
+            _ => None,
+        }
+    }
+
+    /// The type of the CA's problem document, if the CA sent one.
+    pub fn problem_type(&self) -> Option<&str> {
+        match self {
+            AcmeError::Ca {
+                source: instant_acme::Error::Api(problem),
+                ..
+            } => problem.r#type.as_deref(),
             _ => None,
         }
     }
@@ -69,7 +108,10 @@ impl AcmeError {
 /// The CA's problem document written out for operators: type, detail, subproblems.
 pub fn describe(err: &AcmeError) -> String {
     match err {
-        AcmeError::Ca(instant_acme::Error::Api(problem)) => {
+        AcmeError::Ca {
+            source: instant_acme::Error::Api(problem),
+            ..
+        } => {
             let mut out = format!(
                 "{} ({})",
                 problem.detail.as_deref().unwrap_or("no detail"),

@@ -171,7 +171,10 @@ async fn why_invalid(order: &mut instant_acme::Order) -> AcmeError {
         {
             return AcmeError::Invalid {
                 name: authorization.identifier().to_string(),
-                problem: super::describe(&AcmeError::Ca(instant_acme::Error::Api(problem))),
+                problem: super::describe(&AcmeError::Ca {
+                    source: instant_acme::Error::Api(problem),
+                    retry_after: None,
+                }),
             };
         }
     }
