@@ -290,6 +290,55 @@ async fn a_forced_renewal_swaps_the_certificate_under_continuous_requests() {
     assert_eq!(pebble.orders(), 2);
 }
 
+/// A CA that requires External Account Binding: the configured key id and HMAC key
+/// get an account (and a certificate); a wrong key gets the CA's refusal, reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_account_binding_is_sent_when_the_ca_requires_it() {
+    install_provider();
+    // base64url of 32 bytes, as CAs hand out HMAC keys.
+    let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(PebbleConfig::new(http, https).with_eab("kid-1", key)).await;
+    let roots = pebble.issuing_roots().await;
+
+    let with_key = |kid: &str, key: &str| {
+        format!(
+            "{}eab_kid = \"{kid}\"\neab_hmac_key = \"{key}\"\n{}",
+            header(http, https, &pebble, "http-01"),
+            acme_site("\"eab.example.test\"", "eab")
+        )
+    };
+    let wrong = start_text(
+        tempfile::tempdir().unwrap(),
+        &with_key("kid-1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
+        quick(),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let error = loop {
+        if let Some(e) = wrong.certs.acme_last_error("eab.example.test") {
+            break e;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no error recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(error.contains("urn:ietf:params:acme:error"), "{error}");
+    assert_eq!(pebble.orders(), 0, "no account, no order");
+    wrong.stop().await;
+
+    let right = start_text(
+        tempfile::tempdir().unwrap(),
+        &with_key("kid-1", key),
+        quick(),
+    )
+    .await;
+    wait_for_certificate(&right, "eab.example.test", &roots, &pebble).await;
+    assert_eq!(
+        h2_get(&right, "eab.example.test", &roots).await,
+        (200, "eab".into())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn challenge_paths_answer_404_for_unknown_tokens_and_names() {
     let (pebble, p) = setup("http-01", &acme_site("\"c.example.test\"", "c")).await;

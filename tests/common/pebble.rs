@@ -57,6 +57,8 @@ pub struct PebbleConfig {
     /// always set first (so they can be overridden here); `PEBBLE_*` variables of the
     /// test process are not passed on.
     pub env: Vec<(String, String)>,
+    /// External Account Binding required, with this (key id, base64url HMAC key).
+    pub eab: Option<(String, String)>,
 }
 
 impl PebbleConfig {
@@ -66,7 +68,14 @@ impl PebbleConfig {
             tls_port,
             default_ipv4: Ipv4Addr::LOCALHOST,
             env: Vec::new(),
+            eab: None,
         }
+    }
+
+    /// Requires External Account Binding, accepting only `kid` with `hmac_key`.
+    pub fn with_eab(mut self, kid: &str, hmac_key: &str) -> PebbleConfig {
+        self.eab = Some((kid.to_string(), hmac_key.to_string()));
+        self
     }
 
     pub fn with_env(mut self, key: &str, value: &str) -> PebbleConfig {
@@ -457,7 +466,7 @@ impl Pebble {
             r#"{{"pebble":{{"listenAddress":"127.0.0.1:{acme}","managementListenAddress":"127.0.0.1:{mgmt}",
  "certificate":"{cert}","privateKey":"{key}",
  "httpPort":{http},"tlsPort":{tls},
- "ocspResponderURL":"","externalAccountBindingRequired":false}}}}
+ "ocspResponderURL":"",{eab}}}}}
 "#,
             acme = self.ports.acme,
             mgmt = self.ports.management,
@@ -465,6 +474,12 @@ impl Pebble {
             key = dir.join("key.pem").display(),
             http = self.config.http_port,
             tls = self.config.tls_port,
+            eab = match &self.config.eab {
+                Some((kid, key)) => format!(
+                    r#""externalAccountBindingRequired":true,"externalAccountMACKeys":{{"{kid}":"{key}"}}"#
+                ),
+                None => r#""externalAccountBindingRequired":false"#.to_string(),
+            },
         );
         std::fs::write(dir.join("pebble.json"), json).unwrap();
     }
