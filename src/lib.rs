@@ -33,8 +33,9 @@
 //! request path), [`certs`] (the certificate scheduler), [`acme`] (account, orders,
 //! challenges, renewal), [`store`] (persistence and locks), [`metrics`] (counters and
 //! gauges of both pipelines, in the Prometheus text format), [`admin`] (the
-//! `listen.admin` listener: `/healthz`, `/readyz`, `/metrics`), [`server`] (assembly,
-//! start-up order, graceful shutdown).
+//! `listen.admin` listener: `/healthz`, `/readyz`, `/metrics`), [`reload`] (SIGHUP and
+//! config file changes: validate, then swap routes, sites and certificates in place),
+//! [`server`] (assembly, start-up order, graceful shutdown).
 
 pub mod acme;
 pub mod admin;
@@ -43,6 +44,7 @@ pub mod config;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod store;

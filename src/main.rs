@@ -1,5 +1,6 @@
 //! The `portico` command: parse the CLI, start logging, load the config, build, run until
-//! SIGTERM or SIGINT. Everything else lives in the library.
+//! SIGTERM or SIGINT; SIGHUP asks for a config reload. Everything else lives in the
+//! library.
 //!
 //! Exit codes: 0 success, 64 bad config (EX_USAGE), 1 any other failure.
 
@@ -87,6 +88,7 @@ fn main() -> ExitCode {
             }
             _ => {
                 let server = Server::bind(config).await?;
+                tokio::spawn(reload_on_sighup(server.reloader()));
                 server.run(shutdown_signal()).await?;
                 Ok(())
             }
@@ -98,6 +100,19 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+async fn reload_on_sighup(reloader: portico::reload::Reloader) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP; config file changes are still picked up");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!(file = %reloader.path().display(), "SIGHUP: reloading the config");
+        // The reloader logs the outcome, and the error with file, line and key.
+        let _ = reloader.reload_now().await;
     }
 }
 

@@ -145,6 +145,16 @@ impl CertResolver {
         true
     }
 
+    /// Stops serving a site's certificate while the site stays configured (its `tls`
+    /// source changed): its names fail the handshake until [`CertResolver::install`].
+    pub fn forget(&self, site: &SiteId) {
+        let mut table = self.lock();
+        if table.certs.remove(site).is_some() {
+            self.metrics.retain_certificates(|id| id != site);
+            self.publish(&table);
+        }
+    }
+
     /// Serves `key` to TLS-ALPN-01 validation of `name` until removed.
     pub fn set_alpn_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
         self.alpn_challenges.rcu(|map| {
