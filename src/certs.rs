@@ -205,9 +205,8 @@ impl CertManager {
                     self.load_stored(site).await.map(|served| {
                         if !served && before.is_some() {
                             // What the previous source gave must not pass for the new
-                            // one's: with nothing served the scheduler obtains one, as
-                            // after a restart.
-                            self.resolver.forget(&id);
+                            // one's: it serves only until the scheduler has a new one.
+                            self.resolver.retire(&id);
                         }
                     })
                 }

@@ -429,3 +429,101 @@ async fn a_configmap_update_through_the_data_symlink_is_picked_up_without_a_sign
     assert_eq!(p.metrics.config_reloads(false), 1);
     assert_eq!(p.metrics.config_reloads(true), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_that_changes_its_tls_source_keeps_serving_until_the_new_one_delivers() {
+    use portico::config::HostPattern;
+    use portico::tls::internal::LocalCa;
+    use std::time::SystemTime;
+
+    install_provider();
+    // The operator's own CA for `tls = "files"`.
+    let operator = LocalCa::generate(SystemTime::now()).unwrap();
+    let issued = operator
+        .issue(
+            &[HostPattern::Exact("a.internal".into())],
+            SystemTime::now(),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (crt, key) = (dir.path().join("crt.pem"), dir.path().join("key.pem"));
+    std::fs::write(&crt, &issued.chain_pem).unwrap();
+    std::fs::write(&key, &issued.key_pem).unwrap();
+    let a = |tls: &str| {
+        format!(
+            "[[site]]\nhosts = [\"a.internal\"]\n{tls}\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"a\" }}\n\n"
+        )
+    };
+    let files = a(&format!(
+        "tls = \"files\"\ncert = \"{}\"\nkey = \"{}\"",
+        crt.display(),
+        key.display()
+    ));
+    // x.internal makes portico create its local CA at start, so clients can trust both.
+    let x = responding("x.internal", "x");
+    let p = edge::start_in(dir, &format!("{files}{x}")).await;
+    let (operator_root, local_root) = (operator.root_pem().as_bytes().to_vec(), p.root_pem());
+
+    // Fresh connections to a.internal, trusting either CA, all through the changes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let client = {
+        let (stop, ok) = (stop.clone(), ok.clone());
+        let (addr, roots) = (p.https, [operator_root.clone(), local_root.clone()]);
+        tokio::spawn(async move {
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let config = client_config(&[&roots[0], &roots[1]], &[b"h2"]);
+                let result = match tls_connect(addr, "a.internal", config).await {
+                    Ok(tls) => try_get_h2(&mut edge::h2_over(tls).await, "a.internal", "/").await,
+                    Err(e) => Err(format!("handshake: {e}")),
+                };
+                match result {
+                    Ok((200, body)) if body == "a" => {
+                        ok.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => failures.push(format!("{other:?}")),
+                }
+            }
+            failures
+        })
+    };
+    // Whether a.internal's certificate is one `root` signed.
+    let signed_by = |root: Vec<u8>| {
+        let addr = p.https;
+        async move {
+            tls_connect(addr, "a.internal", client_config(&[&root], &[b"h2"]))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    signed_by(operator_root.clone()).await.unwrap();
+
+    // files → internal: nothing stored for the site yet, so the scheduler issues one;
+    // the operator's certificate serves until then.
+    rewrite(&p, &format!("{}{x}", a("tls = \"internal\"")));
+    let outcome = p.reloader.reload_now().await.unwrap();
+    assert_eq!(outcome.changed, ["a.internal"]);
+    eventually("a.internal served by the local CA", || {
+        signed_by(local_root.clone())
+    })
+    .await;
+
+    // internal → files: the files are read during the reload itself.
+    rewrite(&p, &format!("{files}{x}"));
+    p.reloader.reload_now().await.unwrap();
+    signed_by(operator_root.clone()).await.unwrap();
+
+    let before = ok.load(Ordering::SeqCst);
+    eventually("more requests", || async {
+        match ok.load(Ordering::SeqCst) >= before + 20 {
+            true => Ok(()),
+            false => Err("not yet".to_string()),
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let failures = client.await.unwrap();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+}
