@@ -4,8 +4,9 @@
 //!
 //! Order at start-up follows DESIGN: what the store already has is served first, then what
 //! is missing or due is obtained. After that [`CertManager::sync`] runs every couple of
-//! seconds: it only stats `files` certificates and compares dates of the others, so it
-//! touches the store only when something is due.
+//! seconds, and at once after a config reload ([`CertManager::reload`]): it only stats
+//! `files` certificates and compares dates of the others, so it touches the store only
+//! when something is due.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};

@@ -25,6 +25,10 @@
 //!
 //! admin (listen.admin): /healthz, /readyz, /metrics ◄── metrics: one atomic add per
 //!   request, handshake failure and ACME order; a gauge per installed certificate
+//!
+//! reload (SIGHUP, or the config file changed): validate the whole file, then swap
+//!   config ─► router + proxy table (pools of kept upstreams stay) ─► resolver sites,
+//!   and wake certs::CertManager for new sites; nothing is closed
 //! ```
 //!
 //! Modules in that order: [`config`] (TOML → validated model), [`listener`] (worker

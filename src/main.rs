@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use clap::{Parser, Subcommand};
 use portico::config::Config;
 use portico::server::{self, Server};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 #[derive(Parser)]
 #[command(
@@ -90,8 +91,11 @@ fn main() -> ExitCode {
                 Ok::<(), Box<dyn std::error::Error>>(())
             }
             _ => {
+                // Registered before binding: from here on SIGHUP (whose default action
+                // ends the process) only asks for a reload, even during start-up.
+                let hangups = signal(SignalKind::hangup());
                 let server = Server::bind(config).await?;
-                tokio::spawn(reload_on_sighup(server.reloader()));
+                tokio::spawn(reload_on_sighup(hangups, server.reloader()));
                 server.run(shutdown_signal()).await?;
                 Ok(())
             }
@@ -106,9 +110,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn reload_on_sighup(reloader: portico::reload::Reloader) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+async fn reload_on_sighup(hangups: std::io::Result<Signal>, reloader: portico::reload::Reloader) {
+    let Ok(mut hup) = hangups else {
         tracing::warn!("cannot handle SIGHUP; config file changes are still picked up");
         return;
     };
@@ -120,7 +123,6 @@ async fn reload_on_sighup(reloader: portico::reload::Reloader) {
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

@@ -19,6 +19,18 @@
 //!    them on open connections get 421; new sites are served from the store when it has
 //!    a certificate, and the scheduler is woken at once to obtain what is missing.
 //!
+//! What applies live, and when:
+//! - sites, hosts, routes, upstreams, `upstream_protocol`, `respond`: the next request
+//!   (the next handshake for certificates);
+//! - a site's `tls` (and `cert`/`key` paths): at once for `files` and for what the store
+//!   holds; else the scheduler obtains a certificate from the new source, and the old
+//!   one serves until then. A site whose hosts were edited counts as a new site (it is
+//!   known by its names); the certificate it replaced keeps serving the names it covers
+//!   until the new one is installed ([`crate::tls::resolver`]);
+//! - `limits` other than `max_connections`: new connections (timeouts, header size,
+//!   HTTP/2 streams), the next request (upstream timeouts), the next shutdown;
+//! - `acme`: the next order.
+//!
 //! What needs a restart: `listen.*` (the sockets are bound once), `storage` (the store
 //! and its locks are opened once) and `limits.max_connections` (the connection cap is
 //! sized once). A change there is logged as a warning naming the key; the running value

@@ -6,6 +6,9 @@
 //! missing; shutdown order: stop accepting, let in-flight requests finish up to
 //! `limits.shutdown_timeout`, return.
 //!
+//! Reload: [`Server::run`] watches the config file and [`Server::reloader`] reloads it on
+//! request (SIGHUP in `main`); [`crate::reload`] says what applies live.
+//!
 //! Readiness (`/readyz` on the optional admin listener): set in [`Server::run`] just
 //! before accepting, i.e. once every listener is bound, the config is loaded and the
 //! stored certificates are in the resolver; cleared when shutdown starts.

@@ -6,6 +6,11 @@
 //! handshake path only loads that snapshot: no lock, no await, and a swap can never hand
 //! a handshake half of an old certificate and half of a new one, because a site's chain
 //! and key travel together in one `Arc<CertifiedKey>`.
+//!
+//! Across config reloads a site is known by its names ([`SiteId`]): a site whose hosts
+//! were edited is a new site and needs a new certificate. Until it has one, the
+//! certificate it replaced keeps serving the names it covers (an "interim" certificate),
+//! so adding `www.` to a site never takes down the name it already had.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
