@@ -4,8 +4,9 @@
 //!
 //! Order at start-up follows DESIGN: what the store already has is served first, then what
 //! is missing or due is obtained. After that [`CertManager::sync`] runs every couple of
-//! seconds: it only stats `files` certificates and compares dates of the others, so it
-//! touches the store only when something is due.
+//! seconds, and at once after a config reload ([`CertManager::reload`]): it only stats
+//! `files` certificates and compares dates of the others, so it touches the store only
+//! when something is due.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -141,6 +142,8 @@ pub struct CertManager {
     ca: tokio::sync::OnceCell<Arc<LocalCa>>,
     /// Last seen stamps of `files` certificates.
     stamps: Mutex<HashMap<SiteId, Stamp>>,
+    /// Starts the next pass of [`CertManager::run`] now (a reload added sites).
+    wake: tokio::sync::Notify,
 }
 
 impl CertManager {
@@ -166,6 +169,7 @@ impl CertManager {
             resolver,
             ca: tokio::sync::OnceCell::new(),
             stamps: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
         }
     }
 
@@ -182,6 +186,42 @@ impl CertManager {
                 tracing::warn!(site = %site_id(site), error = %e, "could not load a certificate");
             }
         }
+    }
+
+    /// A reloaded config: declares its sites (removed ones stop being served), serves
+    /// what the store or the files hold for sites that are new or whose `tls` changed,
+    /// and wakes the scheduler so anything still missing is obtained now, not at its
+    /// next pass. Sites that stay as they were keep their certificate untouched.
+    pub async fn reload(&self, old: &Config, new: &Config) {
+        self.resolver.set_sites(&new.sites);
+        for site in &new.sites {
+            let id = site_id(site);
+            let before = old.sites.iter().find(|s| site_id(s) == id);
+            if before.is_some_and(|b| b.tls == site.tls) {
+                continue;
+            }
+            // A stamp of other files with the same times and sizes would hide the change.
+            self.stamps
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            let result = match &site.tls {
+                TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
+                TlsSource::Internal | TlsSource::Acme => {
+                    self.load_stored(site).await.map(|served| {
+                        if !served && before.is_some() {
+                            // What the previous source gave must not pass for the new
+                            // one's: it serves only until the scheduler has a new one.
+                            self.resolver.retire(&id);
+                        }
+                    })
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(site = %id, error = %e, "could not load a certificate");
+            }
+        }
+        self.wake.notify_one();
     }
 
     /// One pass over every site: reload changed files, obtain missing or due
@@ -221,6 +261,7 @@ impl CertManager {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                _ = self.wake.notified() => {}
                 _ = shutdown.changed() => return,
             }
             self.sync(&config.load(), SystemTime::now()).await;

@@ -25,6 +25,10 @@
 //!
 //! admin (listen.admin): /healthz, /readyz, /metrics ◄── metrics: one atomic add per
 //!   request, handshake failure and ACME order; a gauge per installed certificate
+//!
+//! reload (SIGHUP, or the config file changed): validate the whole file, then swap
+//!   config ─► router + proxy table (pools of kept upstreams stay) ─► resolver sites,
+//!   and wake certs::CertManager for new sites; nothing is closed
 //! ```
 //!
 //! Modules in that order: [`config`] (TOML → validated model), [`listener`] (worker
@@ -33,8 +37,9 @@
 //! request path), [`certs`] (the certificate scheduler), [`acme`] (account, orders,
 //! challenges, renewal), [`store`] (persistence and locks), [`metrics`] (counters and
 //! gauges of both pipelines, in the Prometheus text format), [`admin`] (the
-//! `listen.admin` listener: `/healthz`, `/readyz`, `/metrics`), [`server`] (assembly,
-//! start-up order, graceful shutdown).
+//! `listen.admin` listener: `/healthz`, `/readyz`, `/metrics`), [`reload`] (SIGHUP and
+//! config file changes: validate, then swap routes, sites and certificates in place),
+//! [`server`] (assembly, start-up order, graceful shutdown).
 
 pub mod acme;
 pub mod admin;
@@ -43,6 +48,7 @@ pub mod config;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod store;

@@ -1,5 +1,6 @@
 //! The `portico` command: parse the CLI, start logging, load the config, build, run until
-//! SIGTERM or SIGINT. Everything else lives in the library.
+//! SIGTERM or SIGINT; SIGHUP asks for a config reload. Everything else lives in the
+//! library.
 //!
 //! Exit codes: 0 success, 64 bad config (EX_USAGE), 1 any other failure.
 
@@ -10,6 +11,7 @@ use std::time::SystemTime;
 use clap::{Parser, Subcommand};
 use portico::config::Config;
 use portico::server::{self, Server};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 #[derive(Parser)]
 #[command(
@@ -50,6 +52,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Escape codes only for a terminal: collected logs (kubectl logs, journald,
+        // files) should read as plain `key=value` text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let path = match &cli.command {
         Command::Run { config } | Command::Check { config } | Command::Certs { config } => config,
@@ -86,7 +91,11 @@ fn main() -> ExitCode {
                 Ok::<(), Box<dyn std::error::Error>>(())
             }
             _ => {
+                // Registered before binding: from here on SIGHUP (whose default action
+                // ends the process) only asks for a reload, even during start-up.
+                let hangups = signal(SignalKind::hangup());
                 let server = Server::bind(config).await?;
+                tokio::spawn(reload_on_sighup(hangups, server.reloader()));
                 server.run(shutdown_signal()).await?;
                 Ok(())
             }
@@ -101,8 +110,19 @@ fn main() -> ExitCode {
     }
 }
 
+async fn reload_on_sighup(hangups: std::io::Result<Signal>, reloader: portico::reload::Reloader) {
+    let Ok(mut hup) = hangups else {
+        tracing::warn!("cannot handle SIGHUP; config file changes are still picked up");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!(file = %reloader.path().display(), "SIGHUP: reloading the config");
+        // The reloader logs the outcome, and the error with file, line and key.
+        let _ = reloader.reload_now().await;
+    }
+}
+
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

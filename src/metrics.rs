@@ -9,6 +9,7 @@
 //! | `portico_acme_orders_total` | counter | `site`, `result` (`valid`, `failed`) | finished ACME orders |
 //! | `portico_requests_total` | counter | `site`, `code` | responses by site and status code |
 //! | `portico_tls_handshake_failures_total` | counter | `reason` (`no_certificate`, `error`, `timeout`) | handshakes on :443 that did not complete |
+//! | `portico_config_reloads_total` | counter | `result` (`ok`, `error`) | config reloads (SIGHUP, file change); `error`: the file was refused and the running config kept |
 //!
 //! Labels: `site` is the site's id ([`crate::tls::resolver::site_id`]: its sorted names
 //! joined by `,`); requests that match no site (unknown or missing Host) count under
@@ -184,6 +185,8 @@ pub struct Metrics {
     unmatched: Arc<SiteCounters>,
     certificates: Mutex<BTreeMap<String, CertGauge>>,
     acme_orders: Mutex<BTreeMap<(String, OrderResult), u64>>,
+    /// Config reloads: `[ok, error]`.
+    config_reloads: [AtomicU64; 2],
 }
 
 impl Default for Metrics {
@@ -195,6 +198,7 @@ impl Default for Metrics {
             unmatched: Arc::new(SiteCounters::default()),
             certificates: Mutex::new(BTreeMap::new()),
             acme_orders: Mutex::new(BTreeMap::new()),
+            config_reloads: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -280,6 +284,16 @@ impl Metrics {
         *lock(&self.acme_orders)
             .entry((site.to_string(), result))
             .or_default() += 1;
+    }
+
+    /// Counts one config reload: applied (`ok`) or refused.
+    pub fn config_reload(&self, ok: bool) {
+        self.config_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Config reloads so far that were applied (`ok`) or refused.
+    pub fn config_reloads(&self, ok: bool) -> u64 {
+        self.config_reloads[usize::from(!ok)].load(Ordering::Relaxed)
     }
 
     /// Sets the not-after gauge of `site` (its id) for the certificate it now serves.
@@ -398,6 +412,21 @@ impl Metrics {
                 self.handshake_failures(reason),
             );
         }
+
+        family(
+            &mut out,
+            "portico_config_reloads_total",
+            "counter",
+            "Config reloads (SIGHUP or a file change) by result; error: the file was refused and the running config kept.",
+        );
+        for (result, ok) in [("ok", true), ("error", false)] {
+            sample_u(
+                &mut out,
+                "portico_config_reloads_total",
+                &[("result", result)],
+                self.config_reloads(ok),
+            );
+        }
         out
     }
 }
@@ -483,6 +512,7 @@ mod tests {
             ("portico_acme_orders_total", "counter"),
             ("portico_requests_total", "counter"),
             ("portico_tls_handshake_failures_total", "counter"),
+            ("portico_config_reloads_total", "counter"),
         ];
         for (name, kind) in families {
             let help = format!("# HELP {name} ");
@@ -512,6 +542,21 @@ mod tests {
         assert_eq!(samples(&text, "portico_ready"), ["portico_ready 0"]);
         m.set_ready(true);
         assert_eq!(samples(&m.render(), "portico_ready"), ["portico_ready 1"]);
+    }
+
+    #[test]
+    fn config_reloads_by_result_are_always_listed() {
+        let m = Metrics::new();
+        m.config_reload(true);
+        m.config_reload(false);
+        m.config_reload(false);
+        assert_eq!(
+            samples(&m.render(), "portico_config_reloads_total"),
+            [
+                "portico_config_reloads_total{result=\"ok\"} 1",
+                "portico_config_reloads_total{result=\"error\"} 2"
+            ]
+        );
     }
 
     #[test]

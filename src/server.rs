@@ -6,6 +6,9 @@
 //! missing; shutdown order: stop accepting, let in-flight requests finish up to
 //! `limits.shutdown_timeout`, return.
 //!
+//! Reload: [`Server::run`] watches the config file and [`Server::reloader`] reloads it on
+//! request (SIGHUP in `main`); [`crate::reload`] says what applies live.
+//!
 //! Readiness (`/readyz` on the optional admin listener): set in [`Server::run`] just
 //! before accepting, i.e. once every listener is bound, the config is loaded and the
 //! stored certificates are in the resolver; cleared when shutdown starts.
@@ -30,6 +33,7 @@ use crate::listener::workers::{self, Workers};
 use crate::listener::{Connections, ListenError, Phase};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::reload::Reloader;
 use crate::store::file::FileStore;
 use crate::store::{Locker, Store, StoreError};
 use crate::tls::{self, CertResolver, TlsError};
@@ -76,6 +80,7 @@ pub struct Server {
     proxy: Arc<Proxy>,
     challenges: Arc<Challenges>,
     certs: Arc<CertManager>,
+    reloader: Reloader,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
@@ -118,9 +123,18 @@ impl Server {
         ));
         certs.load_existing(&config).await;
         certs.sync(&config, SystemTime::now()).await;
+        let proxy = Arc::new(Proxy::with_metrics(&config, metrics.clone()));
+        let config = Arc::new(ArcSwap::from_pointee(config));
+        let reloader = Reloader::new(
+            config.clone(),
+            proxy.clone(),
+            certs.clone(),
+            metrics.clone(),
+        );
         Ok(Server {
-            proxy: Arc::new(Proxy::with_metrics(&config, metrics.clone())),
-            config: Arc::new(ArcSwap::from_pointee(config)),
+            proxy,
+            config,
+            reloader,
             https,
             http,
             admin,
@@ -167,6 +181,12 @@ impl Server {
         self.resolver.clone()
     }
 
+    /// Reloads the config file on request (SIGHUP, tests); [`Server::run`] also watches
+    /// the file with it.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
     /// Serves until `shutdown` resolves, then stops accepting and drains in-flight
     /// requests for up to `limits.shutdown_timeout`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
@@ -211,6 +231,7 @@ impl Server {
             .map_err(|source| ServerError::Workers { source })?;
         let accepting = [tokio::spawn(http.run(stop_rx.clone()))];
         let renewing = tokio::spawn(self.certs.clone().run(self.config.clone(), stop_rx.clone()));
+        let watching = tokio::spawn(self.reloader.clone().watch(stop_rx.clone()));
         tracing::info!(sites = config.sites.len(), admin = ?admin_addr, "portico is serving");
 
         shutdown.await;
@@ -224,7 +245,10 @@ impl Server {
             let _ = task.await;
         }
         let _ = renewing.await;
-        if tokio::time::timeout(config.limits.shutdown_timeout, connections.drained())
+        let _ = watching.await;
+        // The deadline in force now: a reload may have changed it.
+        let shutdown_timeout = self.config.load().limits.shutdown_timeout;
+        if tokio::time::timeout(shutdown_timeout, connections.drained())
             .await
             .is_err()
         {

@@ -286,3 +286,119 @@ async fn a_1_gib_upload_streams_through_with_flat_memory() {
         "peak RSS {after} KiB (before the upload: {before} KiB)"
     );
 }
+
+/// Collects a child's stderr as it is written, so a test can wait for a log line.
+fn collect_stderr(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::BufRead;
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    log
+}
+
+/// Polls `probe` every 100 ms until it returns true; fails after a generous guard.
+fn wait_for(what: &str, mut probe: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !probe() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn sighup_applies_a_changed_file_and_keeps_serving_through_a_broken_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, https) = (free_port(), free_port());
+    let config = |body: &str, extra: &str| {
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\npath = \"data\"\n[[site]]\nhosts = [\"app.internal\"]\n{extra}[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"{body}\" }}\n"
+        )
+    };
+    // Replaced atomically, as editors and deploy tools do.
+    let replace = |text: &str| {
+        std::fs::write(dir.path().join("next.toml"), text).unwrap();
+        std::fs::rename(
+            dir.path().join("next.toml"),
+            dir.path().join("portico.toml"),
+        )
+        .unwrap();
+    };
+    let path = write(dir.path(), &config("one", ""));
+    let mut child = portico()
+        .args(["run", "--config", path.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect_stderr(&mut child);
+    let root = dir.path().join("data/ca/root.pem");
+    let resolve = format!("app.internal:{https}:127.0.0.1");
+    let url = format!("https://app.internal:{https}/");
+    let get = || {
+        if !root.exists() {
+            return String::new();
+        }
+        curl(&[
+            "--resolve",
+            &resolve,
+            "--cacert",
+            root.to_str().unwrap(),
+            &url,
+        ])
+        .0
+    };
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    wait_for("portico serves", || get() == "one");
+
+    replace(&config("two", ""));
+    hup();
+    wait_for("the changed file applies", || get() == "two");
+    let text = log.lock().unwrap().clone();
+    let after_hup = text
+        .split_once("SIGHUP: reloading the config")
+        .unwrap_or_else(|| panic!("no SIGHUP line: {text}"))
+        .1;
+    assert!(
+        after_hup.contains("config reloaded") && after_hup.contains("changed=[\"app.internal\"]"),
+        "{text}"
+    );
+
+    // Line 8 of the broken file is `bogus = 1`, inside site[0].
+    let broken = config("three", "bogus = 1\n");
+    assert_eq!(broken.lines().nth(7), Some("bogus = 1"));
+    replace(&broken);
+    hup();
+    let expected = format!("{}:8: site[0].bogus", path.display());
+    wait_for("the refusal is logged with file:line: key", || {
+        log.lock().unwrap().contains(&expected)
+    });
+    assert!(
+        log.lock()
+            .unwrap()
+            .contains("config not reloaded; the running config keeps serving"),
+        "{}",
+        log.lock().unwrap()
+    );
+    assert_eq!(get(), "two", "the running config keeps serving");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -6,6 +6,11 @@
 //! handshake path only loads that snapshot: no lock, no await, and a swap can never hand
 //! a handshake half of an old certificate and half of a new one, because a site's chain
 //! and key travel together in one `Arc<CertifiedKey>`.
+//!
+//! Across config reloads a site is known by its names ([`SiteId`]): a site whose hosts
+//! were edited is a new site and needs a new certificate. Until it has one, the
+//! certificate it replaced keeps serving the names it covers (an "interim" certificate),
+//! so adding `www.` to a site never takes down the name it already had.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -80,6 +85,20 @@ struct Table {
     /// Configured sites in config order, with their hosts.
     sites: Vec<(SiteId, Arc<[HostPattern]>)>,
     certs: BTreeMap<SiteId, Arc<SiteCert>>,
+    /// For a site without a certificate of its own yet: certificates it inherited from
+    /// sites a reload replaced (its hosts were edited) or from its previous `tls`
+    /// source. They serve the names they cover until [`CertResolver::install`] gives the
+    /// site its own, so adding a name to a site does not take down the names it had.
+    /// Never reported by [`CertResolver::current`], so the scheduler still obtains one.
+    interim: BTreeMap<SiteId, Vec<Arc<SiteCert>>>,
+}
+
+/// Whether a certificate issued for `hosts` serves `host`.
+fn covers(hosts: &[HostPattern], host: &HostPattern) -> bool {
+    match host {
+        HostPattern::Exact(name) => hosts.iter().any(|h| h.matches(name)),
+        HostPattern::Wildcard(_) => hosts.contains(host),
+    }
 }
 
 /// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
@@ -112,15 +131,42 @@ impl CertResolver {
     }
 
     /// Declares the configured sites (at start and on reload). Certificates of removed
-    /// sites are dropped, so their names fail the handshake like unknown SNI.
+    /// sites are dropped, so names no site has any more fail the handshake like unknown
+    /// SNI; names that moved to a new site (its hosts were edited) keep their
+    /// certificate as an interim one until the new site has its own.
     pub fn set_sites(&self, sites: &[Site]) {
         let mut table = self.lock();
         table.sites = sites
             .iter()
             .map(|s| (site_id(s), Arc::from(s.hosts.clone())))
             .collect();
-        let Table { sites, certs } = &mut *table;
-        certs.retain(|id, _| sites.iter().any(|(s, _)| s == id));
+        let Table {
+            sites,
+            certs,
+            interim,
+        } = &mut *table;
+        let mut leaving: Vec<Arc<SiteCert>> =
+            std::mem::take(interim).into_values().flatten().collect();
+        certs.retain(|id, cert| {
+            let stays = sites.iter().any(|(s, _)| s == id);
+            if !stays {
+                leaving.push(cert.clone());
+            }
+            stays
+        });
+        for (id, hosts) in sites.iter() {
+            if certs.contains_key(id) {
+                continue;
+            }
+            let inherited: Vec<Arc<SiteCert>> = leaving
+                .iter()
+                .filter(|cert| hosts.iter().any(|h| covers(&cert.hosts, h)))
+                .cloned()
+                .collect();
+            if !inherited.is_empty() {
+                interim.insert(id.clone(), inherited);
+            }
+        }
         self.metrics
             .retain_certificates(|id| certs.contains_key(id));
         self.publish(&table);
@@ -141,8 +187,21 @@ impl CertResolver {
             not_after,
         });
         table.certs.insert(site.clone(), cert);
+        table.interim.remove(site);
         self.publish(&table);
         true
+    }
+
+    /// The site's certificate came from a `tls` source it no longer uses: it keeps
+    /// serving as an interim one, but [`CertResolver::current`] no longer reports it,
+    /// so the scheduler obtains one from the new source.
+    pub fn retire(&self, site: &SiteId) {
+        let mut table = self.lock();
+        if let Some(cert) = table.certs.remove(site) {
+            table.interim.insert(site.clone(), vec![cert]);
+            self.metrics.retain_certificates(|id| id != site);
+            self.publish(&table);
+        }
     }
 
     /// Serves `key` to TLS-ALPN-01 validation of `name` until removed.
@@ -183,10 +242,13 @@ impl CertResolver {
         let mut snap = Snapshot::default();
         // Config order decides ties, though validation already refuses a host in two sites.
         for (id, hosts) in &table.sites {
-            let Some(cert) = table.certs.get(id) else {
-                continue;
-            };
+            let own = table.certs.get(id);
+            let interim = table.interim.get(id).map_or(&[][..], Vec::as_slice);
             for host in hosts.iter() {
+                let Some(cert) = own.or_else(|| interim.iter().find(|c| covers(&c.hosts, host)))
+                else {
+                    continue;
+                };
                 match host {
                     HostPattern::Exact(n) => {
                         snap.exact.entry(n.clone()).or_insert_with(|| cert.clone());
@@ -200,7 +262,11 @@ impl CertResolver {
             }
         }
         if let [(only, _)] = table.sites.as_slice() {
-            snap.no_sni = table.certs.get(only).cloned();
+            snap.no_sni = table
+                .certs
+                .get(only)
+                .or_else(|| table.interim.get(only).and_then(|i| i.first()))
+                .cloned();
         }
         self.snapshot.store(Arc::new(snap));
     }
@@ -223,5 +289,108 @@ impl ResolvesServerCert for CertResolver {
             tracing::debug!(sni = ?name, "no certificate for this name; refusing the handshake");
         }
         found
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn sites(hosts: &[&[&str]]) -> Vec<Site> {
+        let mut text = String::new();
+        for site in hosts {
+            let list: Vec<String> = site.iter().map(|h| format!("\"{h}\"")).collect();
+            text.push_str(&format!(
+                "[[site]]\nhosts = [{}]\ntls = \"internal\"\nupstreams = [\"u:1\"]\n",
+                list.join(", ")
+            ));
+        }
+        Config::parse(std::path::Path::new("t.toml"), &text)
+            .unwrap()
+            .sites
+    }
+
+    /// A self-signed certificate for `names`.
+    fn key(names: &[&str]) -> Arc<CertifiedKey> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        crate::tls::load_pem(
+            "test",
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+        .unwrap()
+        .key
+    }
+
+    fn served(r: &CertResolver, name: &str) -> Option<Arc<CertifiedKey>> {
+        r.snapshot().lookup(Some(name)).map(|c| c.key.clone())
+    }
+
+    fn same(a: Option<Arc<CertifiedKey>>, b: &Arc<CertifiedKey>) -> bool {
+        a.is_some_and(|a| Arc::ptr_eq(&a, b))
+    }
+
+    #[test]
+    fn names_that_move_to_an_edited_site_keep_their_certificate_until_it_has_its_own() {
+        let r = CertResolver::new();
+        r.set_sites(&sites(&[&["a.test"], &["c.test"], &["*.w.test"]]));
+        let (a, c, w) = (key(&["a.test"]), key(&["c.test"]), key(&["*.w.test"]));
+        let never = SystemTime::UNIX_EPOCH;
+        assert!(r.install(&"a.test".into(), a.clone(), never));
+        assert!(r.install(&"c.test".into(), c.clone(), never));
+        assert!(r.install(&"*.w.test".into(), w.clone(), never));
+
+        // a.test gains a name, c.test goes, the wildcard becomes one exact name.
+        let after = sites(&[&["a.test", "www.a.test"], &["x.w.test"]]);
+        r.set_sites(&after);
+        let grown = site_id(&after[0]);
+        assert!(same(served(&r, "a.test"), &a));
+        assert!(served(&r, "www.a.test").is_none());
+        assert!(served(&r, "c.test").is_none());
+        assert!(same(served(&r, "x.w.test"), &w));
+        assert!(served(&r, "y.w.test").is_none());
+        assert!(
+            r.current(&grown).is_none(),
+            "the scheduler must still see the edited site as lacking a certificate"
+        );
+        // Another reload before the new certificate arrives keeps the interim one.
+        r.set_sites(&after);
+        assert!(same(served(&r, "a.test"), &a));
+
+        let own = key(&["a.test", "www.a.test"]);
+        assert!(r.install(&grown, own.clone(), never));
+        assert!(same(served(&r, "a.test"), &own));
+        assert!(same(served(&r, "www.a.test"), &own));
+        r.set_sites(&after);
+        assert!(same(served(&r, "a.test"), &own));
+    }
+
+    #[test]
+    fn a_retired_certificate_serves_until_the_new_source_delivers() {
+        let r = CertResolver::new();
+        r.set_sites(&sites(&[&["a.test"]]));
+        let id: SiteId = "a.test".into();
+        r.retire(&id);
+        assert!(served(&r, "a.test").is_none());
+        let old = key(&["a.test"]);
+        r.install(&id, old.clone(), SystemTime::UNIX_EPOCH);
+        r.retire(&id);
+        assert!(r.current(&id).is_none());
+        assert!(same(served(&r, "a.test"), &old));
+        assert!(
+            r.snapshot().lookup(None).is_some(),
+            "the only site answers clients without SNI"
+        );
+        let new = key(&["a.test"]);
+        r.install(&id, new.clone(), SystemTime::UNIX_EPOCH);
+        assert!(same(served(&r, "a.test"), &new));
+        // Removed for good: nothing serves the name.
+        r.set_sites(&sites(&[&["b.test"]]));
+        assert!(served(&r, "a.test").is_none());
     }
 }

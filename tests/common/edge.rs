@@ -27,6 +27,8 @@ pub struct Portico {
     pub resolver: Arc<portico::tls::CertResolver>,
     pub challenges: Arc<portico::acme::challenges::Challenges>,
     pub certs: Arc<portico::certs::CertManager>,
+    /// Reloads the config file as SIGHUP does.
+    pub reloader: portico::reload::Reloader,
     pub config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -58,7 +60,13 @@ pub async fn start_text(dir: tempfile::TempDir, text: &str, tuning: Tuning) -> P
     let text = text.replace("{dir}", &dir.path().display().to_string());
     let path = dir.path().join("portico.toml");
     std::fs::write(&path, &text).unwrap();
-    let config = Config::load(&path).unwrap();
+    start_file(dir, &path, tuning).await
+}
+
+/// Starts portico on the config file at `path` (a file or symlink the test made, usually
+/// under `dir`), with `tuning`.
+pub async fn start_file(dir: tempfile::TempDir, path: &Path, tuning: Tuning) -> Portico {
+    let config = Config::load(path).unwrap();
     let (store, locker) = portico::server::open_store(&config).unwrap();
     let server = Server::bind_with(config.clone(), store, locker, tuning)
         .await
@@ -72,6 +80,7 @@ pub async fn start_text(dir: tempfile::TempDir, text: &str, tuning: Tuning) -> P
         resolver: server.resolver(),
         challenges: server.challenges(),
         certs: server.certs(),
+        reloader: server.reloader(),
         config,
         dir,
         stop: Some(stop),
