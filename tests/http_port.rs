@@ -43,15 +43,23 @@ async fn everything_else_redirects_to_https_keeping_path_query_and_port() {
     let p = start(SITES).await;
     let port = p.https.port();
     assert_ne!(port, 443);
-    let (status, location, _) = plain_get(p.http, "a.internal", "/x/y?q=1&r=%20").await;
+    // The client typed a port: it reaches portico directly, so the https listener's.
+    let (status, location, _) = plain_get(p.http, "a.internal:8080", "/x/y?q=1&r=%20").await;
     assert_eq!(status, 308);
     assert_eq!(
         location.unwrap(),
         format!("https://a.internal:{port}/x/y?q=1&r=%20")
     );
-    let (status, location, _) = plain_get(p.http, "B.w.internal:80", "/").await;
+    let (status, location, _) = plain_get(p.http, "[::1]:8080", "/").await;
     assert_eq!(status, 308);
-    assert_eq!(location.unwrap(), format!("https://b.w.internal:{port}/"));
+    assert_eq!(location.unwrap(), format!("https://[::1]:{port}/"));
+    // The default port (a load balancer's 80 in front of a pod's 8080): the default
+    // https port, whatever the pod listens on.
+    for host in ["B.w.internal", "B.w.internal:80"] {
+        let (status, location, _) = plain_get(p.http, host, "/p").await;
+        assert_eq!(status, 308);
+        assert_eq!(location.unwrap(), "https://b.w.internal/p", "{host}");
+    }
 }
 
 /// Two portico instances on one data folder stand in for replicas behind a load

@@ -52,13 +52,12 @@ impl HttpListener {
     }
 
     async fn answer(&self, req: hyper::Request<Incoming>) -> Response<Body> {
-        let host = req
+        let raw_host = req
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().host())
-            .map(normalize_host)
-            .filter(|h| !h.is_empty());
+            .or_else(|| req.uri().host());
+        let host = raw_host.map(normalize_host).filter(|h| !h.is_empty());
         let Some(host) = host else {
             return text(StatusCode::BAD_REQUEST, "missing Host header\n");
         };
@@ -76,9 +75,13 @@ impl HttpListener {
                 _ => text(StatusCode::NOT_FOUND, "no such challenge\n"),
             };
         }
-        let port = match self.https_port {
-            443 => String::new(),
-            p => format!(":{p}"),
+        // A client that reached the default http port gets the default https port: behind
+        // a load balancer mapping 80 → 8080 and 443 → 8443 (portico in a pod), our own
+        // listener port means nothing to it. One that typed a port (a local
+        // `localhost:8080`) gets the https listener's port.
+        let port = match (explicit_port(raw_host.unwrap_or("")), self.https_port) {
+            (None | Some(80), _) | (_, 443) => String::new(),
+            (Some(_), p) => format!(":{p}"),
         };
         let host = if host.contains(':') {
             format!("[{host}]")
@@ -94,6 +97,16 @@ impl HttpListener {
             .body(full("redirecting to https\n"))
             .unwrap_or_else(|_| text(StatusCode::BAD_REQUEST, "bad request\n"))
     }
+}
+
+/// The port written in a Host header (`name:port`, `[v6]:port`), if any.
+fn explicit_port(host: &str) -> Option<u16> {
+    let after = match host.rfind(']') {
+        Some(i) => &host[i + 1..],
+        None if host.matches(':').count() == 1 => &host[host.find(':')?..],
+        None => return None,
+    };
+    after.strip_prefix(':')?.parse().ok()
 }
 
 fn full(body: &str) -> Body {
