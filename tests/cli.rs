@@ -174,7 +174,7 @@ fn run_serves_curl_over_h2_and_h1_then_exits_0_on_sigterm() {
     ]);
     assert_eq!(out, "hi1.1 200 ");
 
-    // Port 80 redirects, keeping the https port.
+    // Port 80 redirects; a client that typed the http port gets the https one.
     let (out, _) = curl(&[
         "-o",
         "/dev/null",
@@ -182,7 +182,7 @@ fn run_serves_curl_over_h2_and_h1_then_exits_0_on_sigterm() {
         "%{http_code} %{redirect_url}",
         &format!("http://127.0.0.1:{http}/p?q=1"),
         "-H",
-        "Host: app.internal",
+        &format!("Host: app.internal:{http}"),
     ]);
     assert_eq!(out, format!("308 https://app.internal:{https}/p?q=1"));
 
