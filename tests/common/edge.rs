@@ -59,7 +59,7 @@ pub async fn start_text(dir: tempfile::TempDir, text: &str, tuning: Tuning) -> P
     let path = dir.path().join("portico.toml");
     std::fs::write(&path, &text).unwrap();
     let config = Config::load(&path).unwrap();
-    let (store, locker) = portico::server::open_store(&config).unwrap();
+    let (store, locker) = portico::server::open_store(&config).await.unwrap();
     let server = Server::bind_with(config.clone(), store, locker, tuning)
         .await
         .unwrap();
