@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portico::store::{
-    self, FileStore, Kind, LOCAL_CA, LockError, Locker, MemoryStore, NameError, Object, Store,
-    StoreError, Version,
+    self, Change, FileStore, Kind, LOCAL_CA, LockError, Locker, MemoryStore, NameError, Object,
+    Store, StoreError, Version,
 };
+use tokio::sync::mpsc;
 
 /// A backend under test.
 pub struct Backend {
@@ -73,6 +74,10 @@ macro_rules! contract {
             hold_keeps_the_lease_and_release_frees_it,
             hold_reports_a_lost_lease,
             dropping_the_guard_stops_renewing,
+            objects_kubernetes_cannot_hold_are_refused,
+            watch_lists_then_follows_changes,
+            watch_of_an_empty_kind_sees_the_first_object,
+            several_watchers_see_the_same_changes,
         );
     };
     (@tests $backend:ident, $make:expr; $($test:ident),* $(,)?) => {
@@ -161,6 +166,28 @@ pub async fn increments_from(stores: &[Arc<dyn Store>]) {
             .unwrap();
         assert_eq!(counter_value(&end.object), TASKS * EACH);
     }
+}
+
+/// The next change a watch reports. The timeout is only a failure guard: the file
+/// backend polls every couple of seconds.
+pub async fn next_change(rx: &mut mpsc::Receiver<Change>) -> Change {
+    tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("a change is reported")
+        .expect("the watch is still open")
+}
+
+/// Names and versions of the first `n` changes, all of which must be upserts.
+pub async fn upserts(rx: &mut mpsc::Receiver<Change>, n: usize) -> Vec<(String, Version)> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        match next_change(rx).await {
+            Change::Upsert(name, stored) => seen.push((name, stored.version)),
+            other => panic!("expected an upsert, got {other:?}"),
+        }
+    }
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    seen
 }
 
 mod contract {
@@ -492,7 +519,12 @@ mod contract {
     }
 
     pub async fn longest_names_work(b: &Backend) {
-        let name = "a".repeat(store::MAX_NAME_LEN);
+        for kind in Kind::ALL {
+            let too_long = "a".repeat(store::max_name_len(kind) + 1);
+            let e = b.store.get(kind, &too_long).await.unwrap_err();
+            assert!(matches!(e, StoreError::InvalidName { .. }), "{e}");
+        }
+        let name = "a".repeat(store::max_name_len(Kind::Certificate));
         let v = b
             .store
             .put(Kind::Certificate, &name, &cert("x"), None)
@@ -677,6 +709,147 @@ mod contract {
             None
         );
         b.locker.renew(&thief).await.unwrap();
+    }
+
+    pub async fn objects_kubernetes_cannot_hold_are_refused(b: &Backend) {
+        let bad = [
+            Object::new().with_data("a/b", b"x".to_vec()),
+            Object::new().with_data("", b"x".to_vec()),
+            Object::new().with_annotation("example.com/owner", "team"),
+            Object::new().with_annotation("portico.dev/", "x"),
+        ];
+        for object in bad {
+            let e = b
+                .store
+                .put(Kind::Certificate, "c", &object, None)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, StoreError::InvalidObject { .. }), "{e}");
+        }
+        assert_eq!(b.store.get(Kind::Certificate, "c").await.unwrap(), None);
+    }
+
+    pub async fn watch_lists_then_follows_changes(b: &Backend) {
+        let v_a = b
+            .store
+            .put(Kind::Certificate, "a.test", &cert("a"), None)
+            .await
+            .unwrap();
+        let v_b = b
+            .store
+            .put(Kind::Certificate, "b.test", &cert("b"), None)
+            .await
+            .unwrap();
+        b.store
+            .put(Kind::Account, "not-a-cert", &cert("x"), None)
+            .await
+            .unwrap();
+        let mut rx = b.store.watch(Kind::Certificate);
+        assert_eq!(
+            upserts(&mut rx, 2).await,
+            [
+                ("a.test".to_owned(), v_a.clone()),
+                ("b.test".to_owned(), v_b)
+            ]
+        );
+
+        // Each step waits for its change, so nothing can be coalesced.
+        let v_c = b
+            .store
+            .put(Kind::Certificate, "c.test", &cert("c"), None)
+            .await
+            .unwrap();
+        match next_change(&mut rx).await {
+            Change::Upsert(name, stored) => {
+                assert_eq!(name, "c.test");
+                assert_eq!(stored.object, cert("c"));
+                assert_eq!(stored.version, v_c);
+            }
+            other => panic!("{other:?}"),
+        }
+        let v_a2 = b
+            .store
+            .put(Kind::Certificate, "a.test", &cert("a2"), Some(&v_a))
+            .await
+            .unwrap();
+        match next_change(&mut rx).await {
+            Change::Upsert(name, stored) => {
+                assert_eq!(name, "a.test");
+                assert_eq!(stored.object, cert("a2"));
+                assert_eq!(stored.version, v_a2);
+            }
+            other => panic!("{other:?}"),
+        }
+        b.store
+            .delete(Kind::Certificate, "b.test", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            next_change(&mut rx).await,
+            Change::Removed("b.test".to_owned())
+        );
+        // Other kinds never show up; the next change is this one.
+        b.store
+            .put(Kind::Account, "other", &cert("x"), None)
+            .await
+            .unwrap();
+        b.store
+            .delete(Kind::Certificate, "c.test", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            next_change(&mut rx).await,
+            Change::Removed("c.test".to_owned())
+        );
+    }
+
+    pub async fn watch_of_an_empty_kind_sees_the_first_object(b: &Backend) {
+        let mut rx = b.store.watch(Kind::Http01);
+        let v = b
+            .store
+            .put(Kind::Http01, "token", &Object::new(), None)
+            .await
+            .unwrap();
+        // Whether the watch's first listing saw it or not, it is reported once.
+        assert_eq!(upserts(&mut rx, 1).await, [("token".to_owned(), v)]);
+        b.store.delete(Kind::Http01, "token", None).await.unwrap();
+        assert_eq!(
+            next_change(&mut rx).await,
+            Change::Removed("token".to_owned())
+        );
+    }
+
+    pub async fn several_watchers_see_the_same_changes(b: &Backend) {
+        let v0 = b
+            .store
+            .put(Kind::Ca, LOCAL_CA, &cert("ca"), None)
+            .await
+            .unwrap();
+        let mut one = b.store.watch(Kind::Ca);
+        let mut two = b.store.watch(Kind::Ca);
+        let dropped = b.store.watch(Kind::Ca);
+        drop(dropped);
+        for rx in [&mut one, &mut two] {
+            assert_eq!(upserts(rx, 1).await, [(LOCAL_CA.to_owned(), v0.clone())]);
+        }
+        let v1 = b
+            .store
+            .put(Kind::Ca, "other-ca", &cert("other"), None)
+            .await
+            .unwrap();
+        for rx in [&mut one, &mut two] {
+            assert_eq!(upserts(rx, 1).await, [("other-ca".to_owned(), v1.clone())]);
+        }
+        // A reader that goes away does not stop the others.
+        drop(one);
+        b.store
+            .delete(Kind::Ca, "other-ca", Some(&v1))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_change(&mut two).await,
+            Change::Removed("other-ca".to_owned())
+        );
     }
 
     pub async fn dropping_the_guard_stops_renewing(b: &Backend) {
