@@ -182,7 +182,10 @@ impl fmt::Debug for Object {
 /// [`Store::put`]; compare-and-swap writes name the version they read.
 ///
 /// Backends never hand out the same version twice for one (kind, name), even across a
-/// delete and a re-create, so a stale version can never match by accident.
+/// delete and a re-create, so a stale version can never match by accident. The one
+/// exception: a replace that changes nothing may return the version it replaced
+/// (Kubernetes keeps the resourceVersion of such an update), which is still the
+/// current version.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct Version(String);
 
