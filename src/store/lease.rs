@@ -136,7 +136,7 @@ fn holder(lease: &KubeLease) -> &str {
 
 /// How a write ended, other than with an error.
 enum Written {
-    Done(KubeLease),
+    Done(Box<KubeLease>),
     /// Create: it exists. Replace: it changed since it was read.
     Conflict,
     /// Replace: it was deleted.
@@ -253,7 +253,7 @@ impl Leases {
             ("create", self.api.create(Resource::Leases, body).await)
         };
         match result {
-            Ok(value) => Ok(Written::Done(parse(name, action, value)?)),
+            Ok(value) => Ok(Written::Done(Box::new(parse(name, action, value)?))),
             Err(e) if e.status() == Some(409) => Ok(Written::Conflict),
             Err(e) if replace && e.status() == Some(404) => Ok(Written::Missing),
             Err(e) => Err(api_error(action, name, e)),
@@ -284,7 +284,7 @@ impl Leases {
             let spec = self.new_spec(&holder_id, ttl, 0);
             return match self.write(&name, None, spec).await? {
                 Written::Done(lease) => {
-                    self.wrote(&name, lease, Some(ttl));
+                    self.wrote(&name, *lease, Some(ttl));
                     Ok(Some(Lease::new(lock, holder_id, ttl)))
                 }
                 Written::Conflict | Written::Missing => Ok(None),
@@ -310,7 +310,7 @@ impl Leases {
                         "took over an expired lease"
                     );
                 }
-                self.wrote(&name, lease, Some(ttl));
+                self.wrote(&name, *lease, Some(ttl));
                 Ok(Some(Lease::new(lock, holder_id, ttl)))
             }
             Written::Conflict | Written::Missing => Ok(None),
@@ -338,7 +338,7 @@ impl Leases {
             };
             match self.write(&name, Some(current), spec).await? {
                 Written::Done(written) => {
-                    self.wrote(&name, written, Some(lease.ttl()));
+                    self.wrote(&name, *written, Some(lease.ttl()));
                     return Ok(());
                 }
                 Written::Missing => return Err(lost()),
@@ -380,7 +380,7 @@ impl Leases {
             };
             match self.write(&name, Some(current), spec).await? {
                 Written::Done(written) => {
-                    self.wrote(&name, written, None);
+                    self.wrote(&name, *written, None);
                     return Ok(());
                 }
                 Written::Missing => return Ok(()),
