@@ -192,6 +192,18 @@ fn kubectl_creates_and_reads_a_secret() {
         "{yaml}"
     );
 
+    // kubectl 1.32 asks /api and /apis for aggregated discovery first; answered in the
+    // legacy format, it falls back to reading each group version, as kubectl 1.20 always
+    // does.
+    let paths: Vec<String> = api.requests().into_iter().map(|r| r.1).collect();
+    let fetched = |p: &str| {
+        paths
+            .iter()
+            .any(|x| x == p || x.starts_with(&format!("{p}?")))
+    };
+    assert!(fetched("/api") && fetched("/apis"), "{paths:?}");
+    assert!(fetched("/api/v1"), "{paths:?}");
+
     // kubectl's typed client sent protobuf; the fake stored the same thing.
     let stored = api.get(Resource::Secrets, "portico", "x").unwrap();
     assert_eq!(stored["data"]["a"], "Yg==");

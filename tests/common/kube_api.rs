@@ -1493,6 +1493,7 @@ enum Route {
     Version,
     Discovery(Value),
     Namespace(Option<String>),
+    OpenApiV2,
     Collection(Resource, Option<String>),
     Object(Resource, String, String),
     NotFound,
@@ -1547,6 +1548,7 @@ fn route(path: &str, addr: SocketAddr) -> Route {
         ["apis", "coordination.k8s.io", "v1"] => {
             return Route::Discovery(resource_list(Resource::Leases));
         }
+        ["openapi", "v2"] => return Route::OpenApiV2,
         ["openapi", "v3"] => return Route::Discovery(openapi_root()),
         ["openapi", "v3", "api", "v1"] => return Route::Discovery(openapi_doc(Resource::Secrets)),
         ["openapi", "v3", "apis", "coordination.k8s.io", "v1"] => {
@@ -1757,6 +1759,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
     }
     match (route, method.as_str()) {
         (Route::Version, "GET") => Ok(json_response(200, version_json(), &[])),
+        // kubectl before 1.27 validates manifests against OpenAPI v2, fetched as protobuf
+        // (sent as octet-stream, as kube-openapi does: Go's mime parser refuses the
+        // media type kubectl asks for). An empty document has no schema for any kind, so
+        // kubectl skips its own validation and the server's (this fake's) applies.
+        (Route::OpenApiV2, "GET") => Ok(Response::builder()
+            .status(200)
+            .header("content-type", "application/octet-stream")
+            .body(ApiBody::Full(Some(Bytes::new())))
+            .unwrap()),
         (Route::Namespace(name), "GET") => {
             let mut state = shared.state();
             Ok(match name {
