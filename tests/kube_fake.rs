@@ -1060,3 +1060,145 @@ async fn patch_merges_and_checks_the_resource_version() {
     let (status, body) = send(&stale).await;
     assert_eq!((status, body["reason"].as_str()), (409, Some("Conflict")));
 }
+
+#[tokio::test]
+async fn rbac_refuses_what_the_rules_leave_out() {
+    let api = FakeApi::start().await;
+    api.add_token("t");
+    // DESIGN.md's Role for portico.
+    api.set_rbac(
+        "t",
+        "system:serviceaccount:ns:portico",
+        "ns",
+        &[
+            (
+                Resource::Secrets,
+                &["get", "list", "watch", "create", "update", "delete"],
+            ),
+            (Resource::Leases, &["get", "create", "update"]),
+        ],
+    );
+    let client = Client::new(&api, "t");
+    assert_eq!(
+        client
+            .call("POST", SECRETS, Some(&secret("a", "YQ==")))
+            .await
+            .0,
+        201
+    );
+    let (status, body) = client.call("GET", LEASES, None).await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        body,
+        r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"leases.coordination.k8s.io is forbidden: User \"system:serviceaccount:ns:portico\" cannot list resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"ns\"","reason":"Forbidden","details":{"group":"coordination.k8s.io","kind":"leases"},"code":403}"#
+    );
+    let (status, body) = client.call("DELETE", &format!("{LEASES}/l"), None).await;
+    assert_eq!(status, 403);
+    assert!(
+        body.contains(r#""message":"leases.coordination.k8s.io \"l\" is forbidden: User \"system:serviceaccount:ns:portico\" cannot delete resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"ns\"""#),
+        "{body}"
+    );
+    let (status, _) = client
+        .call("GET", "/api/v1/secrets?watch=true&timeoutSeconds=1", None)
+        .await;
+    assert_eq!(status, 403, "cluster-wide watch");
+    let (status, _) = client
+        .call("GET", "/api/v1/namespaces/other/secrets", None)
+        .await;
+    assert_eq!(status, 403, "another namespace");
+}
+
+#[tokio::test]
+async fn leases_are_created_by_put_and_paged_lists_continue() {
+    let (_api, client) = start();
+    let lease = json!({"metadata": {"name": "new", "resourceVersion": "12345"}, "spec": {"holderIdentity": ""}});
+    let (status, created) = client
+        .json("PUT", &format!("{LEASES}/new"), Some(&lease))
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["spec"]["holderIdentity"], "");
+    let (status, _) = client
+        .call(
+            "PUT",
+            &format!("{SECRETS}/new"),
+            Some(&secret("new", "YQ==")),
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    for name in ["a", "b", "c"] {
+        client
+            .json("POST", SECRETS, Some(&secret(name, "YQ==")))
+            .await;
+    }
+    let (_, page) = client
+        .json("GET", &format!("{SECRETS}?limit=2"), None)
+        .await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    assert_eq!(page["metadata"]["remainingItemCount"], 1);
+    let token = page["metadata"]["continue"].as_str().unwrap();
+    let (_, rest) = client
+        .json("GET", &format!("{SECRETS}?limit=2&continue={token}"), None)
+        .await;
+    assert_eq!(rest["items"][0]["metadata"]["name"], "c");
+    assert!(rest["metadata"].get("continue").is_none());
+
+    let generated = json!({"metadata": {"generateName": "portico-"}, "data": {}});
+    let (status, obj) = client.json("POST", SECRETS, Some(&generated)).await;
+    assert_eq!(status, 201);
+    let name = obj["metadata"]["name"].as_str().unwrap();
+    assert!(
+        name.starts_with("portico-") && name.len() == "portico-".len() + 5,
+        "{name}"
+    );
+}
+
+#[tokio::test]
+async fn watch_one_object_bookmarks_and_initial_events() {
+    let (api, client) = start();
+    client
+        .json("POST", SECRETS, Some(&secret("one", "YQ==")))
+        .await;
+    client
+        .json("POST", SECRETS, Some(&secret("two", "YQ==")))
+        .await;
+    let mut one = client
+        .watch(&format!(
+            "{SECRETS}?watch=true&fieldSelector=metadata.name%3Done&allowWatchBookmarks=true"
+        ))
+        .await;
+    assert_eq!(one.next().await["object"]["metadata"]["name"], "one");
+    client.call("DELETE", &format!("{SECRETS}/two"), None).await;
+    client.call("DELETE", &format!("{SECRETS}/one"), None).await;
+    let event = one.next().await;
+    assert_eq!(
+        (
+            event["type"].as_str(),
+            event["object"]["metadata"]["name"].as_str()
+        ),
+        (Some("DELETED"), Some("one"))
+    );
+    api.bookmark();
+    let event = one.next().await;
+    assert_eq!(event["type"], "BOOKMARK");
+    assert_eq!(rv_of(&event["object"]), api.resource_version());
+
+    client
+        .json("POST", SECRETS, Some(&secret("three", "YQ==")))
+        .await;
+    let mut streaming = client
+        .watch(&format!(
+            "{SECRETS}?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true"
+        ))
+        .await;
+    assert_eq!(
+        streaming.next().await["object"]["metadata"]["name"],
+        "three"
+    );
+    let end = streaming.next().await;
+    assert_eq!(end["type"], "BOOKMARK");
+    assert_eq!(
+        end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+}

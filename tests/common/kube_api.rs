@@ -11,92 +11,124 @@
 //!
 //! The server always runs on a std thread of its own with its own tokio runtime, whichever
 //! constructor is used: it serves as long as the [`FakeApi`] lives (drop = shutdown), from
-//! sync tests and async tests alike, outlives no runtime it was not given, and keeps
-//! answering while the test's own runtime is blocked (a test waiting on a child process).
-//! Every method is `&self`, synchronous and thread-safe.
+//! sync tests and async tests alike, does not die with a `#[tokio::test]` runtime, and
+//! keeps answering while the test's own runtime is blocked (a test waiting on a child
+//! process). Every method is `&self`, synchronous and thread-safe. Portico replicas run in
+//! other processes reach it through [`FakeApi::kubeconfig`] or
+//! [`FakeApi::service_account_dir`]; give each replica its own token so that
+//! [`FakeApi::cut_off`] and the request log can tell them apart.
 //!
-//! # Faithful to (kube-apiserver 1.32 source, `k8s.io/apiserver` registry and handlers)
+//! `FAKE_KUBE_DEBUG=1` prints every request's headers to stderr.
+//!
+//! # Faithful to (kube-apiserver 1.32: `k8s.io/apiserver` registry, handlers, watch cache)
 //!
 //! - One monotonic resourceVersion for the whole server (etcd's revision), a string of an
 //!   integer, set on every create, update and delete; `uid`, `creationTimestamp` and
-//!   `namespace` filled in on create; `creationTimestamp` and `uid` kept on update.
-//! - Create: 201; `resourceVersion` set in the body → 500 "resourceVersion should not be
-//!   set on objects to be created"; name taken → 409 AlreadyExists; `generateName`.
-//! - Update (PUT): body name ≠ URL name → 400 BadRequest (the real handler's
-//!   `checkName`, not 422); a stale resourceVersion → 409 Conflict. Secrets: no
-//!   resourceVersion → unconditional update; missing object → 404. Leases
-//!   (`AllowUnconditionalUpdate` false, `AllowCreateOnUpdate` true): no resourceVersion
-//!   → 422 "metadata.resourceVersion: Invalid value: 0x0: must be specified for an
-//!   update"; PUT to a missing lease creates it (201), as the real server does. A PUT that
-//!   changes nothing keeps the old resourceVersion and sends no watch event (etcd3
+//!   `namespace` filled in on create; `creationTimestamp` and `uid` kept on update; no
+//!   `generation` (Secrets and Leases have none).
+//! - Create: 201; a resourceVersion in the body → 500 "resourceVersion should not be set
+//!   on objects to be created" (no reason, as the real one); name taken → 409
+//!   AlreadyExists; `generateName` (5 random characters from the real alphabet).
+//! - Update (PUT): body name ≠ URL name → 400 BadRequest "the name of the object (a) does
+//!   not match the name on the URL (b)" (the handler's `checkName` runs before any
+//!   validation, so this is not a 422); a stale resourceVersion → 409 Conflict. Secrets
+//!   (`AllowUnconditionalUpdate`, no `AllowCreateOnUpdate`): no resourceVersion → an
+//!   unconditional update; a missing Secret → 404. Leases (the other way round): no
+//!   resourceVersion → 422 `leases.coordination.k8s.io "x" is invalid:
+//!   metadata.resourceVersion: Invalid value: 0x0: must be specified for an update`; PUT
+//!   to a missing Lease creates it (201) whatever resourceVersion the body carries. A PUT
+//!   that changes nothing keeps the old resourceVersion and sends no watch event (etcd3
 //!   `GuaranteedUpdate` skips identical bytes).
-//! - Delete: 200 with a `Status` of `Success` and details (`ReturnDeletedObject` is off
-//!   for both), `preconditions.resourceVersion` / `preconditions.uid` in DeleteOptions →
-//!   409 Conflict with the storage layer's "Precondition failed" text.
+//! - Delete: 200 with a `Success` Status carrying name, group, kind (the resource) and uid
+//!   (`ReturnDeletedObject` is off for both); `preconditions.resourceVersion` /
+//!   `preconditions.uid` in DeleteOptions → 409 Conflict with the storage layer's text
+//!   ("StorageError: invalid object, Code: 4, Key: /registry/secrets/ns/x, ...
+//!   Precondition failed: ResourceVersion in precondition: 5, ResourceVersion in object
+//!   meta: 7"). The DELETED watch event carries the deletion's resourceVersion.
 //! - PATCH with `application/merge-patch+json` or `application/strategic-merge-patch+json`
-//!   (identical for these two types: they have no merge-keyed lists one would patch);
-//!   other patch types → 415.
-//! - Status bodies as `k8s.io/apimachinery/pkg/api/errors` builds them (NotFound,
-//!   AlreadyExists, Conflict, Invalid with `causes`, BadRequest, Expired, InternalError,
-//!   ServiceUnavailable, TooManyRequests, Unauthorized), fields in Go's order.
-//! - Decoding like the real JSON serializer: unknown fields are dropped and reported in a
-//!   `Warning: 299` header (fieldValidation Warn, the default), or 400 with
-//!   `fieldValidation=Strict` (kubectl sends it); wrong JSON types, bad base64 in `data`,
-//!   and a MicroTime (`acquireTime`, `renewTime`) without exactly 6 fractional digits →
-//!   400 "... cannot be handled as a ...". MicroTimes are stored in UTC. `null` fields and
-//!   empty `omitempty` fields are dropped as Go's encoder would; `*string` fields such as
-//!   `holderIdentity` keep `""`.
-//! - Validation (422 Invalid, `Secret "x" is invalid: ...`): object names (lowercase RFC
-//!   1123 subdomain, ≤ 253), label keys and values, annotation keys, Secret data keys,
-//!   `kubernetes.io/tls` without `tls.crt` or `tls.key` (empty values pass), Secret `type`
-//!   immutable, `immutable: true` Secrets, `uid` immutable, Lease
-//!   `leaseDurationSeconds > 0` and `leaseTransitions >= 0`.
-//! - `stringData` merged into `data` on write, never returned; `type` defaults to Opaque.
+//!   (the same thing for these two types, which have no merge-keyed lists one patches);
+//!   a resourceVersion in the patch is a precondition.
+//! - Status bodies as `k8s.io/apimachinery/pkg/api/errors` builds them, fields in Go's
+//!   order: NotFound, AlreadyExists, Conflict, Invalid (with `causes`), BadRequest,
+//!   Forbidden, Unauthorized, Expired, InternalError, ServiceUnavailable, TooManyRequests
+//!   (with `Retry-After`), Timeout, MethodNotAllowed.
+//! - Decoding like the real serializer: unknown fields are dropped and named in a
+//!   `Warning: 299` header (fieldValidation Warn, the default) or refused with 400 under
+//!   `fieldValidation=Strict` (kubectl sends it); a wrong JSON type, bad base64 in `data`,
+//!   a MicroTime (`acquireTime`, `renewTime`) without exactly 6 fractional digits → 400
+//!   `Lease in version "v1" cannot be handled as a Lease: ...`. MicroTimes are stored in
+//!   UTC. `null`s and empty `omitempty` fields vanish as Go's encoder drops them;
+//!   `*string` fields such as `holderIdentity` keep `""`. Protobuf request bodies
+//!   (kubectl's typed commands send them) are read too.
+//! - Validation (422 `Secret "x" is invalid: ...`, several errors as `[a, b]`): object
+//!   names (lowercase RFC 1123 subdomain, ≤ 253), label keys and values, annotation keys,
+//!   Secret data keys, `kubernetes.io/tls` without the key `tls.crt` or `tls.key` (empty
+//!   values pass), Secret `type` immutable, `immutable: true` Secrets, `uid` immutable,
+//!   Lease `leaseDurationSeconds > 0`, `leaseTransitions >= 0`.
+//! - `stringData` merged into `data` on write and never returned; `type` defaults to
+//!   `Opaque`; a Lease always has `spec`.
 //! - List: `kind: SecretList`/`LeaseList`, list `metadata.resourceVersion` = the current
-//!   revision, items without `kind`/`apiVersion`; `limit` and `continue`.
+//!   revision, items without `kind`/`apiVersion`; `limit`, `continue`,
+//!   `remainingItemCount`; across namespaces at `/api/v1/secrets`.
 //! - Label selectors (`=`, `==`, `!=`, `in`, `notin`, `key`, `!key`, comma-joined) and field
 //!   selectors (`metadata.name`, `metadata.namespace`; Secrets also `type`) on list and
 //!   watch.
 //! - Watch: JSON lines `{"type":...,"object":...}`, chunked; `resourceVersion` ""/"0" →
 //!   synthetic ADDED for what exists, then live; `N` → every event after N from a bounded
-//!   history; N older than the history → HTTP 200 and one `ERROR` event with a 410
-//!   `Expired` Status "too old resource version: N (M)", M being the oldest revision one
-//!   may still resume from, then the end of the stream (the watch cache's behaviour). An
-//!   object that stops matching a label selector is seen as DELETED, one that starts
-//!   matching as ADDED (the cacher's filtering). `timeoutSeconds` ends the stream;
-//!   `allowWatchBookmarks` + [`FakeApi::bookmark`]; `sendInitialEvents=true` ends the
-//!   initial ADDED events with a BOOKMARK annotated `k8s.io/initial-events-end`.
-//! - Discovery: `/version`, `/api`, `/api/v1`, `/apis`, `/apis/coordination.k8s.io`,
-//!   `/apis/coordination.k8s.io/v1` in the legacy format with `Content-Type:
-//!   application/json`, which makes kubectl 1.32 fall back from aggregated discovery.
+//!   history; N older than the history → HTTP 200, one `ERROR` event carrying a 410
+//!   `Expired` Status "too old resource version: N (M)" (M: the oldest revision one may
+//!   still resume from), then the end of the stream, as the watch cache does. An object
+//!   that stops matching a label selector is seen as DELETED (its old state, the new
+//!   resourceVersion), one that starts matching as ADDED (the cacher's filtering).
+//!   `timeoutSeconds` ends the stream; BOOKMARKs with `allowWatchBookmarks`
+//!   ([`FakeApi::bookmark`]); `sendInitialEvents=true` ends the initial ADDED events with
+//!   a BOOKMARK annotated `k8s.io/initial-events-end`; the old single-object watch path.
+//! - Discovery in the legacy format with `Content-Type: application/json`, which makes
+//!   kubectl 1.32 fall back from aggregated discovery; namespaces readable (kubectl looks
+//!   one up after a NotFound); an OpenAPI v3 index saying PATCH takes `fieldValidation`
+//!   (kubectl then leaves validation to the server) and an empty OpenAPI v2 document
+//!   (kubectl 1.20 then skips its own validation).
+//! - Optional RBAC per token ([`FakeApi::set_rbac`]), refusals worded as the RBAC
+//!   authorizer words them.
 //!
 //! # Left out
 //!
-//! - No other resources, no namespaces objects (every namespace exists), no RBAC (a known
-//!   token may do everything), no anonymous user (a missing token is 401, like
-//!   `--anonymous-auth=false`), no protobuf, no Table output (kubectl prints its own
-//!   columns), no server-side apply, no JSON patch, no `deletecollection`, no
-//!   managedFields, no finalizers or graceful deletion, no `dryRun` side effects beyond
-//!   skipping the write.
-//! - `continue` tokens page through the current state, not a snapshot at the first page's
-//!   revision. A watch from a revision in the future simply waits for it (the real server
-//!   answers 504 after 3 s). Watches never time out unless asked to.
-//! - Go's exact wording for JSON type errors and time parse errors is approximated (the
-//!   prefix "X in version "v1" cannot be handled as a X:" and the status are exact).
-//!   The message of a Secret over 1 MiB is unverified.
+//! - No other resources, no Namespace objects one can create (every namespace exists),
+//!   no anonymous user (a missing token is 401, like `--anonymous-auth=false`), no
+//!   protobuf or Table answers (always JSON, which every client accepts; kubectl prints its
+//!   own columns), no server-side apply or JSON patch (415), no `deletecollection`, no
+//!   managedFields, no finalizers or graceful deletion, no admission.
+//! - `continue` pages through the current state, not a snapshot at the first page's
+//!   revision; list `resourceVersion`/`resourceVersionMatch` are ignored (always the
+//!   latest). A watch from a revision in the future waits for it (the real server answers
+//!   504 after 3 s). Watches end only when asked (`timeoutSeconds`, [`FakeApi::compact`],
+//!   [`FakeApi::close_watches`]), never on the server's own schedule, and never send
+//!   bookmarks unprompted.
+//! - Go's wording of JSON type errors and time parse errors is approximated after the
+//!   exact prefix; the text of the 1 MiB Secret size limit is unverified.
+//! - Faults are crude on purpose: a cut-off client sees its connection closed at once,
+//!   not a silent timeout.
 //!
-//! # Checked against the real kubectl (tests/kube_fake.rs)
+//! # Checked against the real kubectl (tests/kube_fake.rs; kubectl 1.32 and 1.20)
 //!
-//! Discovery fallback from aggregated discovery (kubectl 1.32) and legacy discovery;
-//! `create secret generic` then `get -o json` / `-o yaml` (base64 data, labels,
-//! resourceVersion); `replace -f` with a stale resourceVersion (Conflict message, non-zero
-//! exit) and with the current one; `create` of an existing name (AlreadyExists); `get` of
-//! a missing one (NotFound); `create -f` and `get` of a Lease; `get -l` with a label
-//! selector; `get --watch -o name` seeing an object created later; `create -f` with an
-//! invalid name and a `kubernetes.io/tls` Secret without `tls.key` (Invalid); a wrong
-//! token (Unauthorized); `delete`.
+//! - discovery (1.32 falls back from aggregated discovery to the legacy documents);
+//! - `create secret generic x --from-literal=a=b` (a protobuf body), `label`, then `get
+//!   -o json` / `-o yaml`: base64 data, labels, namespace, uid, resourceVersion;
+//! - `replace -f` with a stale resourceVersion: kubectl prints the Conflict message and
+//!   fails; with the current one it succeeds; `replace` of an unchanged Lease keeps the
+//!   revision;
+//! - `create` of an existing name (AlreadyExists), `get` of a missing one (`Error from
+//!   server (NotFound): secrets "nope" not found`), `delete`;
+//! - `create -f` of a Lease (MicroTimes, stored in UTC), `get leases -o json`, `get lease
+//!   NAME`; a MicroTime with 3 fractional digits refused;
+//! - `get secrets -l ...` with `=`, `!=`, `in`, `!key` and `--field-selector`;
+//! - `get secrets --watch -o name` sees an object created after it started;
+//! - `create -f` with an invalid name, a `kubernetes.io/tls` Secret without `tls.key`
+//!   (refused) and with both keys empty (accepted); `replace` changing a Secret's type;
+//! - a wrong token (`You must be logged in to the server`), a revoked one, and a rotated
+//!   `tokenFile`.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -327,6 +359,31 @@ impl FakeApi {
         self.state().tokens.remove(token);
     }
 
+    /// Gives `token` (user `user`) a Role in `namespace` with `rules` (resource, verbs:
+    /// "get", "list", "watch", "create", "update", "patch", "delete") and nothing else:
+    /// other verbs, namespaces and cluster-wide requests get 403 Forbidden as the RBAC
+    /// authorizer words it. Without a call, a token may do everything.
+    pub fn set_rbac(
+        &self,
+        token: &str,
+        user: &str,
+        namespace: &str,
+        rules: &[(Resource, &[&str])],
+    ) {
+        let rules = rules
+            .iter()
+            .flat_map(|(r, verbs)| verbs.iter().map(move |v| (*r, v.to_string())))
+            .collect();
+        self.state().rbac.insert(
+            token.to_string(),
+            Role {
+                user: user.to_string(),
+                namespace: namespace.to_string(),
+                rules,
+            },
+        );
+    }
+
     /// Added before every answer (before the request is processed, so a client that
     /// gives up first leaves no trace in the store).
     pub fn set_latency(&self, latency: Duration) {
@@ -354,8 +411,9 @@ impl FakeApi {
         });
     }
 
-    /// The next write request (create, update, patch, delete) is carried out, then its
-    /// connection is closed without an answer (HTTP/2: its stream is reset).
+    /// The next write request (create, update, patch, delete) is carried out, whatever
+    /// its outcome, then its connection is closed without an answer (HTTP/2: its stream
+    /// is reset).
     pub fn lose_next_write_response(&self) {
         self.state().lose_next_write = true;
     }
@@ -628,6 +686,13 @@ struct State {
     lose_next_write: bool,
     /// Namespaces as kubectl sees them; every namespace exists (made on first sight).
     namespaces: BTreeMap<String, Value>,
+    rbac: HashMap<String, Role>,
+}
+
+struct Role {
+    user: String,
+    namespace: String,
+    rules: HashSet<(Resource, String)>,
 }
 
 impl State {
@@ -668,7 +733,58 @@ impl State {
             fail: None,
             lose_next_write: false,
             namespaces: BTreeMap::new(),
+            rbac: HashMap::new(),
         }
+    }
+
+    /// The RBAC authorizer's refusal, if `token` has rules that do not allow this.
+    fn forbidden(
+        &self,
+        route: &Route,
+        method: &str,
+        query: &Query,
+        token: &Option<String>,
+    ) -> Option<Status> {
+        let role = self.rbac.get(token.as_deref()?)?;
+        let (resource, namespace, name) = match route {
+            Route::Collection(r, ns) => (*r, ns.as_deref(), None),
+            Route::Object(r, ns, name) => (*r, Some(ns.as_str()), Some(name.as_str())),
+            _ => return None,
+        };
+        let verb = match (method, name.is_some(), query.flag("watch")) {
+            ("GET", _, true) => "watch",
+            ("GET", true, false) => "get",
+            ("GET", false, false) => "list",
+            ("POST", ..) => "create",
+            ("PUT", ..) => "update",
+            ("PATCH", ..) => "patch",
+            ("DELETE", ..) => "delete",
+            _ => return None,
+        };
+        if namespace == Some(role.namespace.as_str())
+            && role.rules.contains(&(resource, verb.to_string()))
+        {
+            return None;
+        }
+        let subject = match name {
+            Some(n) => format!("{} {}", resource.qualified(), quote(n)),
+            None => resource.qualified().to_string(),
+        };
+        let scope = match namespace {
+            Some(ns) => format!("in the namespace {}", quote(ns)),
+            None => "at the cluster scope".to_string(),
+        };
+        let message = format!(
+            "{subject} is forbidden: User {} cannot {verb} resource {} in API group {} {scope}",
+            quote(&role.user),
+            quote(resource.plural()),
+            quote(resource.group()),
+        );
+        let mut details = Status::resource_details(resource, name.unwrap_or(""));
+        if name.is_none() {
+            details.name = None;
+        }
+        Some(Status::new(403, "Forbidden", &message).with_details(details))
     }
 
     fn next_rv(&mut self) -> u64 {
@@ -844,9 +960,15 @@ impl State {
         let old_rv = str_at(&old["metadata"], "resourceVersion").to_string();
         let new_rv: u64 = body_rv.parse().unwrap_or(0);
         if new_rv == 0 && !body_rv.is_empty() && body_rv != "0" {
-            return Err(Status::bad_request(format!(
-                "invalid resource version: {body_rv}"
-            )));
+            // The versioner's ParseUint error reaches the client as a bare 500.
+            return Err(Status::new(
+                500,
+                "",
+                &format!(
+                    "strconv.ParseUint: parsing {}: invalid syntax",
+                    quote(&body_rv)
+                ),
+            ));
         }
         if new_rv == 0 {
             if !resource.unconditional_update() {
@@ -866,7 +988,12 @@ impl State {
         }
         prepare(resource, &mut obj);
         let meta = meta_mut(&mut obj);
-        for field in ["creationTimestamp", "generation"] {
+        for field in [
+            "creationTimestamp",
+            "generation",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+        ] {
             match old["metadata"].get(field) {
                 Some(v) => meta.insert(field.into(), v.clone()),
                 None => meta.remove(field),
@@ -1720,6 +1847,12 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
         (&route, method.as_str()),
         (Route::Collection(..), "POST") | (Route::Object(..), "PUT" | "PATCH" | "DELETE")
     );
+    if let Some(forbidden) = shared
+        .state()
+        .forbidden(&route, method.as_str(), &query, &token)
+    {
+        return Ok(status_response(forbidden));
+    }
     if matches!(route, Route::Collection(..) | Route::Object(..)) {
         let mut state = shared.state();
         if let Some(fail) = state.fail.as_mut()
@@ -1871,15 +2004,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
             )
             .with_details(Details::default()),
         )),
-        (_, m) => Ok(status_response(Status::new(
-            405,
-            "MethodNotAllowed",
-            &format!(
-                "{} is not supported on resources of kind \"{}\"",
-                m.to_lowercase(),
-                path
-            ),
-        ))),
+        // go-restful's answer for a method no route takes.
+        _ => Ok(status_response(
+            Status::new(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
+            .with_details(Details::default()),
+        )),
     }
 }
 
