@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod edge;
+pub mod kube_api;
 pub mod pebble;
 
 use std::convert::Infallible;
