@@ -18,8 +18,9 @@
 //!   ▼                                              │   (account, order, challenges, CSR)
 //! proxy (headers, balance, per-worker pools)       ▼
 //!   └─► upstream                                store: Store + Locker traits
-//!                                                 FileStore | MemoryStore
-//! listener::http (:80)                              (certificates, account, tokens, locks)
+//!                                        FileStore | KubeStore | MemoryStore
+//! listener::http (:80)                              (certificates, account, tokens, locks,
+//!                                                    watch for other replicas' writes)
 //!   ├ /.well-known/acme-challenge/ ◄── acme::challenges (tokens in flight)
 //!   └ anything else: 308 to https
 //!

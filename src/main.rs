@@ -83,7 +83,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Certs { .. } => {
-                let (store, _) = server::open_store(&config)?;
+                let (store, _) = server::open_store(&config).await?;
                 let table = portico::certs::table(store.as_ref(), &config, SystemTime::now())
                     .await
                     .map_err(|e| e.to_string())?;

@@ -35,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
 use crate::store::file::FileStore;
+use crate::store::kube::KubeStore;
 use crate::store::{Locker, Store, StoreError};
 use crate::tls::{self, CertResolver, TlsError};
 
@@ -51,21 +52,27 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("storage.backend = \"kubernetes\" is not available in this build yet; use \"file\"")]
-    KubernetesUnavailable,
 }
 
 /// A store and the locker of the same backend.
 pub type Backend = (Arc<dyn Store>, Arc<dyn Locker>);
 
-/// Opens the store and the locker the config names.
-pub fn open_store(config: &Config) -> Result<Backend, ServerError> {
+/// Opens the store and the locker the config names. The Kubernetes backend only loads
+/// its credentials here; the first request goes out when the store is first used.
+pub async fn open_store(config: &Config) -> Result<Backend, ServerError> {
     match &config.storage {
         Storage::File { path } => {
             let store = Arc::new(FileStore::open(path)?);
             Ok((store.clone(), store))
         }
-        Storage::Kubernetes { .. } => Err(ServerError::KubernetesUnavailable),
+        Storage::Kubernetes { namespace } => {
+            let store = Arc::new(KubeStore::connect(namespace.clone()).await?);
+            tracing::info!(
+                namespace = store.namespace(),
+                "storing in Kubernetes Secrets and Leases"
+            );
+            Ok((store.clone(), store))
+        }
     }
 }
 
@@ -93,7 +100,7 @@ impl Server {
     /// Binds the listeners and loads certificates: stored ones first, then missing or
     /// due ones from the local CA, so a fresh `internal` site serves on the first request.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let (store, locker) = open_store(&config)?;
+        let (store, locker) = open_store(&config).await?;
         Server::bind_with(config, store, locker, Tuning::default()).await
     }
 

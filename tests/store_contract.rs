@@ -9,14 +9,19 @@
 //! Lock tests use short ttls and sleep *longer* than needed; they never assert that
 //! something was fast, only what happened, so a slow machine cannot make them fail.
 
+mod common;
+
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::kube_api::{FakeApi, Resource};
+
 use portico::store::{
-    self, FileStore, Kind, LOCAL_CA, LockError, Locker, MemoryStore, NameError, Object, Store,
-    StoreError, Version,
+    self, Change, FileStore, Kind, KubeStore, LOCAL_CA, LockError, Locker, MemoryStore, NameError,
+    Object, Store, StoreError, Version,
 };
+use tokio::sync::mpsc;
 
 /// A backend under test.
 pub struct Backend {
@@ -43,6 +48,31 @@ async fn file_backend() -> Backend {
         locker: file,
         keep: Box::new(dir),
     }
+}
+
+/// The namespace the Kubernetes tests store into (not the kubeconfig's default).
+const NAMESPACE: &str = "ingress";
+
+/// A Kubernetes backend on a fresh fake API server, with the server and the folder of
+/// its kubeconfig kept alive.
+async fn kube_backend() -> Backend {
+    let api = FakeApi::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kube = Arc::new(replica(&api, dir.path(), "portico").await);
+    Backend {
+        store: kube.clone(),
+        locker: kube,
+        keep: Box::new((api, dir)),
+    }
+}
+
+/// One replica: its own token and its own kubeconfig, whose context says `NAMESPACE`.
+async fn replica(api: &FakeApi, dir: &std::path::Path, token: &str) -> KubeStore {
+    api.add_token(token);
+    let kubeconfig = api.kubeconfig(dir, NAMESPACE, token);
+    let store = KubeStore::from_kubeconfig(&kubeconfig, None).await.unwrap();
+    assert_eq!(store.namespace(), NAMESPACE);
+    store
 }
 
 /// One `#[tokio::test]` per contract function, in a module named after the backend.
@@ -73,6 +103,10 @@ macro_rules! contract {
             hold_keeps_the_lease_and_release_frees_it,
             hold_reports_a_lost_lease,
             dropping_the_guard_stops_renewing,
+            objects_kubernetes_cannot_hold_are_refused,
+            watch_lists_then_follows_changes,
+            watch_of_an_empty_kind_sees_the_first_object,
+            several_watchers_see_the_same_changes,
         );
     };
     (@tests $backend:ident, $make:expr; $($test:ident),* $(,)?) => {
@@ -91,6 +125,7 @@ macro_rules! contract {
 
 contract!(memory, memory_backend());
 contract!(file, file_backend());
+contract!(kube, kube_backend());
 
 fn cert(text: &str) -> Object {
     Object::new()
@@ -161,6 +196,28 @@ pub async fn increments_from(stores: &[Arc<dyn Store>]) {
             .unwrap();
         assert_eq!(counter_value(&end.object), TASKS * EACH);
     }
+}
+
+/// The next change a watch reports. The timeout is only a failure guard: the file
+/// backend polls every couple of seconds.
+pub async fn next_change(rx: &mut mpsc::Receiver<Change>) -> Change {
+    tokio::time::timeout(Duration::from_secs(60), rx.recv())
+        .await
+        .expect("a change is reported")
+        .expect("the watch is still open")
+}
+
+/// Names and versions of the first `n` changes, all of which must be upserts.
+pub async fn upserts(rx: &mut mpsc::Receiver<Change>, n: usize) -> Vec<(String, Version)> {
+    let mut seen = Vec::new();
+    for _ in 0..n {
+        match next_change(rx).await {
+            Change::Upsert(name, stored) => seen.push((name, stored.version)),
+            other => panic!("expected an upsert, got {other:?}"),
+        }
+    }
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    seen
 }
 
 mod contract {
@@ -252,17 +309,27 @@ mod contract {
             .await
             .unwrap();
         assert_ne!(v1, v2);
-        // Writing the same content again is still a new version: it proves a write.
+        // Writing the same content again may keep the version (Kubernetes keeps the
+        // resourceVersion of an update that changes nothing), but never brings back an
+        // older one, and the version returned is the current one.
         let v3 = b
             .store
             .put(Kind::Certificate, "c", &cert("two"), Some(&v2))
             .await
             .unwrap();
-        assert_ne!(v2, v3);
         assert_ne!(v1, v3);
         let stored = b.store.get(Kind::Certificate, "c").await.unwrap().unwrap();
         assert_eq!(stored.object, cert("two"));
         assert_eq!(stored.version, v3);
+        let stale = b
+            .store
+            .put(Kind::Certificate, "c", &cert("three"), Some(&v1))
+            .await;
+        assert!(is_conflict(&stale), "{stale:?}");
+        b.store
+            .put(Kind::Certificate, "c", &cert("three"), Some(&v3))
+            .await
+            .unwrap();
     }
 
     pub async fn put_with_a_version_on_a_missing_object_conflicts(b: &Backend) {
@@ -492,7 +559,12 @@ mod contract {
     }
 
     pub async fn longest_names_work(b: &Backend) {
-        let name = "a".repeat(store::MAX_NAME_LEN);
+        for kind in Kind::ALL {
+            let too_long = "a".repeat(store::max_name_len(kind) + 1);
+            let e = b.store.get(kind, &too_long).await.unwrap_err();
+            assert!(matches!(e, StoreError::InvalidName { .. }), "{e}");
+        }
+        let name = "a".repeat(store::max_name_len(Kind::Certificate));
         let v = b
             .store
             .put(Kind::Certificate, &name, &cert("x"), None)
@@ -677,6 +749,147 @@ mod contract {
             None
         );
         b.locker.renew(&thief).await.unwrap();
+    }
+
+    pub async fn objects_kubernetes_cannot_hold_are_refused(b: &Backend) {
+        let bad = [
+            Object::new().with_data("a/b", b"x".to_vec()),
+            Object::new().with_data("", b"x".to_vec()),
+            Object::new().with_annotation("example.com/owner", "team"),
+            Object::new().with_annotation("portico.dev/", "x"),
+        ];
+        for object in bad {
+            let e = b
+                .store
+                .put(Kind::Certificate, "c", &object, None)
+                .await
+                .unwrap_err();
+            assert!(matches!(e, StoreError::InvalidObject { .. }), "{e}");
+        }
+        assert_eq!(b.store.get(Kind::Certificate, "c").await.unwrap(), None);
+    }
+
+    pub async fn watch_lists_then_follows_changes(b: &Backend) {
+        let v_a = b
+            .store
+            .put(Kind::Certificate, "a.test", &cert("a"), None)
+            .await
+            .unwrap();
+        let v_b = b
+            .store
+            .put(Kind::Certificate, "b.test", &cert("b"), None)
+            .await
+            .unwrap();
+        b.store
+            .put(Kind::Account, "not-a-cert", &cert("x"), None)
+            .await
+            .unwrap();
+        let mut rx = b.store.watch(Kind::Certificate);
+        assert_eq!(
+            upserts(&mut rx, 2).await,
+            [
+                ("a.test".to_owned(), v_a.clone()),
+                ("b.test".to_owned(), v_b)
+            ]
+        );
+
+        // Each step waits for its change, so nothing can be coalesced.
+        let v_c = b
+            .store
+            .put(Kind::Certificate, "c.test", &cert("c"), None)
+            .await
+            .unwrap();
+        match next_change(&mut rx).await {
+            Change::Upsert(name, stored) => {
+                assert_eq!(name, "c.test");
+                assert_eq!(stored.object, cert("c"));
+                assert_eq!(stored.version, v_c);
+            }
+            other => panic!("{other:?}"),
+        }
+        let v_a2 = b
+            .store
+            .put(Kind::Certificate, "a.test", &cert("a2"), Some(&v_a))
+            .await
+            .unwrap();
+        match next_change(&mut rx).await {
+            Change::Upsert(name, stored) => {
+                assert_eq!(name, "a.test");
+                assert_eq!(stored.object, cert("a2"));
+                assert_eq!(stored.version, v_a2);
+            }
+            other => panic!("{other:?}"),
+        }
+        b.store
+            .delete(Kind::Certificate, "b.test", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            next_change(&mut rx).await,
+            Change::Removed("b.test".to_owned())
+        );
+        // Other kinds never show up; the next change is this one.
+        b.store
+            .put(Kind::Account, "other", &cert("x"), None)
+            .await
+            .unwrap();
+        b.store
+            .delete(Kind::Certificate, "c.test", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            next_change(&mut rx).await,
+            Change::Removed("c.test".to_owned())
+        );
+    }
+
+    pub async fn watch_of_an_empty_kind_sees_the_first_object(b: &Backend) {
+        let mut rx = b.store.watch(Kind::Http01);
+        let v = b
+            .store
+            .put(Kind::Http01, "token", &Object::new(), None)
+            .await
+            .unwrap();
+        // Whether the watch's first listing saw it or not, it is reported once.
+        assert_eq!(upserts(&mut rx, 1).await, [("token".to_owned(), v)]);
+        b.store.delete(Kind::Http01, "token", None).await.unwrap();
+        assert_eq!(
+            next_change(&mut rx).await,
+            Change::Removed("token".to_owned())
+        );
+    }
+
+    pub async fn several_watchers_see_the_same_changes(b: &Backend) {
+        let v0 = b
+            .store
+            .put(Kind::Ca, LOCAL_CA, &cert("ca"), None)
+            .await
+            .unwrap();
+        let mut one = b.store.watch(Kind::Ca);
+        let mut two = b.store.watch(Kind::Ca);
+        let dropped = b.store.watch(Kind::Ca);
+        drop(dropped);
+        for rx in [&mut one, &mut two] {
+            assert_eq!(upserts(rx, 1).await, [(LOCAL_CA.to_owned(), v0.clone())]);
+        }
+        let v1 = b
+            .store
+            .put(Kind::Ca, "other-ca", &cert("other"), None)
+            .await
+            .unwrap();
+        for rx in [&mut one, &mut two] {
+            assert_eq!(upserts(rx, 1).await, [("other-ca".to_owned(), v1.clone())]);
+        }
+        // A reader that goes away does not stop the others.
+        drop(one);
+        b.store
+            .delete(Kind::Ca, "other-ca", Some(&v1))
+            .await
+            .unwrap();
+        assert_eq!(
+            next_change(&mut two).await,
+            Change::Removed("other-ca".to_owned())
+        );
     }
 
     pub async fn dropping_the_guard_stops_renewing(b: &Backend) {
@@ -1031,5 +1244,810 @@ mod file_only {
         assert!(text.contains("portico.dev/not-after"), "{text}");
         // The binary key is hex, not raw bytes.
         assert!(text.contains("0001"), "{text}");
+    }
+}
+
+/// What only the Kubernetes backend promises, checked through the fake API server.
+mod kube_only {
+    use super::*;
+    use serde_json::{Value, json};
+    use std::sync::Mutex;
+    use std::time::SystemTime;
+
+    struct Fixture {
+        api: FakeApi,
+        dir: tempfile::TempDir,
+    }
+
+    async fn fixture() -> Fixture {
+        Fixture {
+            api: FakeApi::start().await,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    impl Fixture {
+        async fn replica(&self, token: &str) -> KubeStore {
+            replica(&self.api, self.dir.path(), token).await
+        }
+
+        fn secret(&self, name: &str) -> Value {
+            self.api
+                .get(Resource::Secrets, NAMESPACE, name)
+                .unwrap_or_else(|| panic!("no Secret {name}"))
+        }
+
+        fn lease(&self, name: &str) -> Value {
+            self.api
+                .get(Resource::Leases, NAMESPACE, name)
+                .unwrap_or_else(|| panic!("no Lease {name}"))
+        }
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        common::kube_api::base64_encode(bytes)
+    }
+
+    fn is_api_error<T: std::fmt::Debug>(r: &Result<T, StoreError>) -> bool {
+        matches!(r, Err(StoreError::Kubernetes { .. }))
+    }
+
+    /// Log lines written while `f` runs on this thread (a current-thread runtime keeps
+    /// every task on it).
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn capture(&self) -> tracing::subscriber::DefaultGuard {
+            let logs = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || logs.clone())
+                .with_max_level(tracing::Level::DEBUG)
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    #[tokio::test]
+    async fn secrets_are_named_labelled_and_typed_per_design() {
+        let f = fixture().await;
+        let store = f.replica("portico").await;
+        let name = "example.com-0123456789abcdef";
+        store
+            .put(Kind::Certificate, name, &cert("CERT"), None)
+            .await
+            .unwrap();
+        store
+            .put(Kind::Account, "0123456789abcdef", &cert("acct"), None)
+            .await
+            .unwrap();
+        let token = Object::new()
+            .with_data("token", b"tok".to_vec())
+            .with_data("key-authorization", b"tok.thumb".to_vec())
+            .with_annotation("portico.dev/expires", "2030-01-01T00:00:00Z");
+        store
+            .put(Kind::Http01, "fedcba9876543210", &token, None)
+            .await
+            .unwrap();
+        store
+            .put(Kind::Ca, LOCAL_CA, &cert("ca"), None)
+            .await
+            .unwrap();
+
+        let names: Vec<String> = f
+            .api
+            .objects(Resource::Secrets, NAMESPACE)
+            .iter()
+            .map(|s| s["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "portico-acme-account-0123456789abcdef",
+                "portico-http01-fedcba9876543210",
+                "portico-local-ca",
+                "portico-tls-example.com-0123456789abcdef",
+            ]
+        );
+        for (secret, kind, ty) in [
+            (
+                "portico-tls-example.com-0123456789abcdef",
+                "certificate",
+                "kubernetes.io/tls",
+            ),
+            ("portico-acme-account-0123456789abcdef", "account", "Opaque"),
+            ("portico-http01-fedcba9876543210", "http01", "Opaque"),
+            ("portico-local-ca", "ca", "Opaque"),
+        ] {
+            let s = f.secret(secret);
+            assert_eq!(s["type"], ty, "{secret}");
+            assert_eq!(
+                s["metadata"]["labels"],
+                json!({"app.kubernetes.io/managed-by": "portico", "portico.dev/kind": kind}),
+                "{secret}"
+            );
+        }
+        let tls = f.secret("portico-tls-example.com-0123456789abcdef");
+        assert_eq!(tls["data"]["tls.crt"], b64(b"CERT"));
+        assert_eq!(tls["data"]["tls.key"], b64(b"\x00\x01binary key\xff"));
+        assert_eq!(
+            tls["metadata"]["annotations"]["portico.dev/not-after"],
+            "2030-01-01T00:00:00Z"
+        );
+        let http01 = f.secret("portico-http01-fedcba9876543210");
+        assert_eq!(http01["data"]["key-authorization"], b64(b"tok.thumb"));
+        assert_eq!(
+            http01["metadata"]["annotations"]["portico.dev/expires"],
+            "2030-01-01T00:00:00Z"
+        );
+        // The version is the resourceVersion.
+        let stored = store.get(Kind::Ca, LOCAL_CA).await.unwrap().unwrap();
+        assert_eq!(
+            stored.version.as_str(),
+            f.secret("portico-local-ca")["metadata"]["resourceVersion"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_object_without_a_certificate_round_trips() {
+        let f = fixture().await;
+        let store = f.replica("portico").await;
+        // What the ACME manager stores after a failed first order.
+        let status = Object::new()
+            .with_annotation("portico.dev/last-error", "rate limited")
+            .with_annotation("portico.dev/next-attempt", "2030-01-01T00:00:00Z");
+        let v = store
+            .put(Kind::Certificate, "new.test-0123", &status, None)
+            .await
+            .unwrap();
+        let secret = f.secret("portico-tls-new.test-0123");
+        assert_eq!(secret["type"], "kubernetes.io/tls");
+        assert_eq!(secret["data"], json!({"tls.crt": "", "tls.key": ""}));
+        let got = store
+            .get(Kind::Certificate, "new.test-0123")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.object, status);
+        // Then the certificate arrives.
+        store
+            .put(Kind::Certificate, "new.test-0123", &cert("CERT"), Some(&v))
+            .await
+            .unwrap();
+        let got = store
+            .get(Kind::Certificate, "new.test-0123")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.object, cert("CERT"));
+    }
+
+    #[tokio::test]
+    async fn a_stale_version_from_another_replica_conflicts_and_overwrites_nothing() {
+        let f = fixture().await;
+        let a = f.replica("replica-a").await;
+        let b = f.replica("replica-b").await;
+        let v1 = a
+            .put(Kind::Certificate, "c", &cert("one"), None)
+            .await
+            .unwrap();
+        let seen_by_b = b.get(Kind::Certificate, "c").await.unwrap().unwrap();
+        assert_eq!(seen_by_b.version, v1);
+        let v2 = a
+            .put(Kind::Certificate, "c", &cert("two"), Some(&v1))
+            .await
+            .unwrap();
+        let conflicts = f.api.counters().conflicts;
+        let r = b
+            .put(
+                Kind::Certificate,
+                "c",
+                &cert("three"),
+                Some(&seen_by_b.version),
+            )
+            .await;
+        assert!(is_conflict(&r), "{r:?}");
+        let r = b
+            .delete(Kind::Certificate, "c", Some(&seen_by_b.version))
+            .await;
+        assert!(is_conflict(&r), "{r:?}");
+        // The delete's precondition was the server's to check.
+        assert!(f.api.counters().conflicts > conflicts);
+        let now = b.get(Kind::Certificate, "c").await.unwrap().unwrap();
+        assert_eq!((now.object, now.version), (cert("two"), v2));
+        // A second create from B is AlreadyExists, i.e. a conflict too.
+        let r = b.put(Kind::Certificate, "c", &cert("four"), None).await;
+        assert!(is_conflict(&r), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_lost_write_response_is_an_error_and_rereading_sorts_it_out() {
+        let f = fixture().await;
+        let store = f.replica("portico").await;
+
+        // The create is applied, but the client never hears so.
+        f.api.lose_next_write_response();
+        let r = store.put(Kind::Account, "acct", &cert("one"), None).await;
+        assert!(is_api_error(&r), "{r:?}");
+        // Retrying the create says the object exists; the caller reads it.
+        let r = store.put(Kind::Account, "acct", &cert("one"), None).await;
+        assert!(is_conflict(&r), "{r:?}");
+        let v1 = store.get(Kind::Account, "acct").await.unwrap().unwrap();
+        assert_eq!(v1.object, cert("one"));
+
+        // Same for a replace: the retry with the old version conflicts.
+        f.api.lose_next_write_response();
+        let r = store
+            .put(Kind::Account, "acct", &cert("two"), Some(&v1.version))
+            .await;
+        assert!(is_api_error(&r), "{r:?}");
+        let r = store
+            .put(Kind::Account, "acct", &cert("two"), Some(&v1.version))
+            .await;
+        assert!(is_conflict(&r), "{r:?}");
+        let v2 = store.get(Kind::Account, "acct").await.unwrap().unwrap();
+        assert_eq!(v2.object, cert("two"));
+
+        // And a delete: it is gone, and deleting again is fine.
+        f.api.lose_next_write_response();
+        let r = store.delete(Kind::Account, "acct", Some(&v2.version)).await;
+        assert!(is_api_error(&r), "{r:?}");
+        store.delete(Kind::Account, "acct", None).await.unwrap();
+        assert_eq!(store.get(Kind::Account, "acct").await.unwrap(), None);
+    }
+
+    /// Current-thread runtime: the log capture only sees this thread.
+    #[tokio::test(flavor = "current_thread")]
+    async fn unreadable_secrets_with_our_labels_are_skipped_with_a_warning() {
+        let f = fixture().await;
+        let store = f.replica("portico").await;
+        store
+            .put(Kind::Certificate, "good", &cert("good"), None)
+            .await
+            .unwrap();
+        let labels =
+            json!({"app.kubernetes.io/managed-by": "portico", "portico.dev/kind": "certificate"});
+        // Our labels, someone else's name.
+        f.api.insert(
+            Resource::Secrets,
+            NAMESPACE,
+            json!({"metadata": {"name": "someone-else", "labels": labels},
+                   "type": "kubernetes.io/tls",
+                   "data": {"tls.crt": b64(b"SECRETDATA"), "tls.key": b64(b"SECRETDATA")}}),
+        );
+        // Our labels and prefix, the wrong type.
+        f.api.insert(
+            Resource::Secrets,
+            NAMESPACE,
+            json!({"metadata": {"name": "portico-tls-opaque", "labels": labels},
+                   "type": "Opaque",
+                   "data": {"tls.key": b64(b"SECRETDATA")}}),
+        );
+        // Not ours at all: no labels, so not even listed.
+        f.api.insert(
+            Resource::Secrets,
+            NAMESPACE,
+            json!({"metadata": {"name": "portico-tls-unlabelled"}, "type": "Opaque"}),
+        );
+
+        let logs = Logs::default();
+        let _guard = logs.capture();
+        let listed = store.list(Kind::Certificate).await.unwrap();
+        let names: Vec<_> = listed.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["good"]);
+        let mut rx = store.watch(Kind::Certificate);
+        assert_eq!(upserts(&mut rx, 1).await[0].0, "good");
+
+        let e = store.get(Kind::Certificate, "opaque").await.unwrap_err();
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+        assert!(!e.to_string().contains("SECRETDATA"), "{e}");
+
+        let text = logs.text();
+        assert!(text.contains("WARN"), "{text}");
+        assert!(text.contains("someone-else"), "{text}");
+        assert!(text.contains("portico-tls-opaque"), "{text}");
+        assert!(!text.contains("SECRETDATA"), "{text}");
+        assert!(!text.contains(&b64(b"SECRETDATA")), "{text}");
+    }
+
+    #[tokio::test]
+    async fn foreign_labels_and_annotations_are_hidden_and_kept() {
+        let f = fixture().await;
+        let store = f.replica("portico").await;
+        f.api.insert(
+            Resource::Secrets,
+            NAMESPACE,
+            json!({"metadata": {
+                       "name": "portico-acme-account-a",
+                       "labels": {"app.kubernetes.io/managed-by": "portico",
+                                  "portico.dev/kind": "account", "team": "edge"},
+                       "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}",
+                                       "portico.dev/directory": "https://acme.test/dir"}},
+                   "type": "Opaque",
+                   "data": {"account.json": b64(b"{}")}}),
+        );
+        let got = store.get(Kind::Account, "a").await.unwrap().unwrap();
+        let expected = Object::new()
+            .with_data("account.json", b"{}".to_vec())
+            .with_annotation("portico.dev/directory", "https://acme.test/dir");
+        assert_eq!(got.object, expected);
+
+        let next = Object::new().with_data("account.json", b"{\"n\":2}".to_vec());
+        store
+            .put(Kind::Account, "a", &next, Some(&got.version))
+            .await
+            .unwrap();
+        let secret = f.secret("portico-acme-account-a");
+        assert_eq!(secret["metadata"]["labels"]["team"], "edge");
+        assert_eq!(
+            secret["metadata"]["annotations"],
+            json!({"kubectl.kubernetes.io/last-applied-configuration": "{}"})
+        );
+        assert_eq!(
+            store.get(Kind::Account, "a").await.unwrap().unwrap().object,
+            next
+        );
+    }
+
+    #[tokio::test]
+    async fn server_errors_and_an_api_that_is_down_are_errors_not_panics() {
+        let f = fixture().await;
+        let store = f.replica("portico").await;
+        let v = store
+            .put(Kind::Certificate, "c", &cert("one"), None)
+            .await
+            .unwrap();
+        for status in [500, 503, 429] {
+            f.api.fail_next(1, status);
+            let e = store.get(Kind::Certificate, "c").await.unwrap_err();
+            assert!(matches!(e, StoreError::Kubernetes { .. }), "{e}");
+            assert!(e.to_string().contains(&status.to_string()), "{e}");
+        }
+        f.api.fail_next_writes(1, 500);
+        let r = store
+            .put(Kind::Certificate, "c", &cert("x"), Some(&v))
+            .await;
+        assert!(is_api_error(&r), "{r:?}");
+        f.api.fail_next(1, 503);
+        let r = store.list(Kind::Certificate).await;
+        assert!(is_api_error(&r), "{r:?}");
+        f.api.fail_next(1, 500);
+        let e = store
+            .try_acquire("l", Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, LockError::Kubernetes { .. }), "{e}");
+
+        f.api.set_down(true);
+        assert!(is_api_error(&store.get(Kind::Certificate, "c").await));
+        assert!(is_api_error(&store.list(Kind::Certificate).await));
+        assert!(is_api_error(
+            &store.put(Kind::Certificate, "d", &cert("x"), None).await
+        ));
+        assert!(is_api_error(
+            &store.delete(Kind::Certificate, "c", None).await
+        ));
+        let e = store
+            .try_acquire("l", Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, LockError::Kubernetes { .. }), "{e}");
+        f.api.set_down(false);
+
+        let got = store.get(Kind::Certificate, "c").await.unwrap().unwrap();
+        assert_eq!((got.object, got.version), (cert("one"), v));
+        assert!(
+            store
+                .try_acquire("l", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    /// Collects changes until `done` says the set is complete.
+    async fn changes_until(
+        rx: &mut mpsc::Receiver<Change>,
+        done: impl Fn(&[Change]) -> bool,
+    ) -> Vec<Change> {
+        let mut seen = Vec::new();
+        while !done(&seen) {
+            seen.push(next_change(rx).await);
+        }
+        seen
+    }
+
+    fn upserted(changes: &[Change], name: &str) -> bool {
+        changes
+            .iter()
+            .any(|c| matches!(c, Change::Upsert(n, _) if n == name))
+    }
+
+    fn removed(changes: &[Change], name: &str) -> bool {
+        changes.contains(&Change::Removed(name.to_owned()))
+    }
+
+    fn list_requests(api: &FakeApi) -> usize {
+        api.requests()
+            .iter()
+            .filter(|(method, path, _)| {
+                method == "GET" && path.contains("/secrets?") && !path.contains("watch=")
+            })
+            .count()
+    }
+
+    #[tokio::test]
+    async fn watch_lists_again_after_410_gone_and_reports_what_changed() {
+        let f = fixture().await;
+        let store = f.replica("portico").await;
+        let writer = f.replica("writer").await;
+        let v_a = writer
+            .put(Kind::Certificate, "a", &cert("a"), None)
+            .await
+            .unwrap();
+        let mut rx = store.watch(Kind::Certificate);
+        assert_eq!(upserts(&mut rx, 1).await, [("a".to_owned(), v_a.clone())]);
+        let lists = list_requests(&f.api);
+
+        // A write the watch does not see (another kind) moves the server's revision
+        // past the watch's; then the history goes: the watch's resume meets 410 and
+        // has to list again.
+        writer
+            .put(Kind::Account, "unwatched", &cert("x"), None)
+            .await
+            .unwrap();
+        f.api.compact();
+        writer
+            .put(Kind::Certificate, "b", &cert("b"), None)
+            .await
+            .unwrap();
+        writer
+            .delete(Kind::Certificate, "a", Some(&v_a))
+            .await
+            .unwrap();
+        let seen = changes_until(&mut rx, |c| upserted(c, "b") && removed(c, "a")).await;
+        assert!(!upserted(&seen, "a"), "{seen:?}");
+        assert!(list_requests(&f.api) > lists);
+
+        // And it keeps watching afterwards.
+        writer
+            .put(Kind::Certificate, "c", &cert("c"), None)
+            .await
+            .unwrap();
+        changes_until(&mut rx, |c| upserted(c, "c")).await;
+    }
+
+    #[tokio::test]
+    async fn watch_reconnects_after_the_api_was_down_or_cut_off() {
+        let f = fixture().await;
+        let store = f.replica("watcher").await;
+        let writer = f.replica("writer").await;
+        let mut rx = store.watch(Kind::Certificate);
+        writer
+            .put(Kind::Certificate, "before", &cert("x"), None)
+            .await
+            .unwrap();
+        changes_until(&mut rx, |c| upserted(c, "before")).await;
+
+        f.api.set_down(true);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        f.api.set_down(false);
+        writer
+            .put(Kind::Certificate, "after-down", &cert("x"), None)
+            .await
+            .unwrap();
+        changes_until(&mut rx, |c| upserted(c, "after-down")).await;
+
+        // A partition of this replica alone: the others go on writing meanwhile.
+        f.api.cut_off("watcher", true);
+        writer
+            .put(Kind::Certificate, "during-cut", &cert("x"), None)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        f.api.cut_off("watcher", false);
+        changes_until(&mut rx, |c| upserted(c, "during-cut")).await;
+    }
+
+    #[tokio::test]
+    async fn a_dropped_watch_stops_watching() {
+        let f = fixture().await;
+        let store = f.replica("watcher").await;
+        let mut rx = store.watch(Kind::Http01);
+        store
+            .put(Kind::Http01, "t", &Object::new(), None)
+            .await
+            .unwrap();
+        upserts(&mut rx, 1).await;
+        assert_eq!(f.api.open_watches(Some("watcher")), 1);
+        drop(rx);
+        // The stream closes once the task notices; wait for that, with a guard.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while f.api.open_watches(Some("watcher")) != 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the watch stream is closed");
+    }
+
+    #[tokio::test]
+    async fn a_rotated_token_file_keeps_working() {
+        let f = fixture().await;
+        let token_file = f.dir.path().join("token");
+        std::fs::write(&token_file, "old-token").unwrap();
+        f.api.add_token("old-token");
+        let kubeconfig = f
+            .api
+            .kubeconfig_with_token_file(f.dir.path(), NAMESPACE, &token_file);
+        let store = KubeStore::from_kubeconfig(&kubeconfig, None).await.unwrap();
+        let writer = f.replica("writer").await;
+        store
+            .put(Kind::Certificate, "c", &cert("one"), None)
+            .await
+            .unwrap();
+        let mut rx = store.watch(Kind::Certificate);
+        upserts(&mut rx, 1).await;
+
+        // A bound service-account token rotates: new file content, old token revoked.
+        std::fs::write(&token_file, "new-token").unwrap();
+        f.api.add_token("new-token");
+        f.api.revoke_token("old-token");
+        let got = store.get(Kind::Certificate, "c").await.unwrap().unwrap();
+        store
+            .put(Kind::Certificate, "c", &cert("two"), Some(&got.version))
+            .await
+            .unwrap();
+        assert_eq!(store.list(Kind::Certificate).await.unwrap().len(), 1);
+        assert!(
+            store
+                .try_acquire("l", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let tokens: Vec<_> = f
+            .api
+            .requests()
+            .into_iter()
+            .filter_map(|(_, _, token)| token)
+            .collect();
+        assert!(tokens.iter().any(|t| t == "new-token"), "{tokens:?}");
+
+        // The watch resumes with the new token too.
+        f.api.close_watches();
+        writer
+            .put(Kind::Certificate, "d", &cert("d"), None)
+            .await
+            .unwrap();
+        changes_until(&mut rx, |c| upserted(c, "d")).await;
+    }
+
+    #[tokio::test]
+    async fn leases_are_named_and_filled_in_like_client_go() {
+        let f = fixture().await;
+        let store = f.replica("portico").await;
+        let lease = store
+            .try_acquire("acme-0123456789abcdef", Duration::from_millis(14_500))
+            .await
+            .unwrap()
+            .unwrap();
+        let record = f.lease("portico-acme-0123456789abcdef");
+        let spec = &record["spec"];
+        assert_eq!(spec["holderIdentity"], lease.holder());
+        assert_eq!(spec["leaseDurationSeconds"], 15);
+        assert_eq!(spec["leaseTransitions"], 0);
+        assert_eq!(spec["acquireTime"], spec["renewTime"]);
+        assert_eq!(
+            record["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+            "portico"
+        );
+        let micro = |v: &Value| {
+            let t = v.as_str().unwrap();
+            // 2024-01-02T03:04:05.123456Z
+            t.len() == 27 && t.ends_with('Z') && t.as_bytes()[19] == b'.'
+        };
+        assert!(micro(&spec["renewTime"]), "{spec}");
+
+        // Every renew writes a new renewTime, so the record visibly changes.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        store.renew(&lease).await.unwrap();
+        let renewed = f.lease("portico-acme-0123456789abcdef");
+        assert_ne!(renewed["spec"]["renewTime"], spec["renewTime"]);
+        assert_eq!(renewed["spec"]["acquireTime"], spec["acquireTime"]);
+        assert_ne!(
+            renewed["metadata"]["resourceVersion"],
+            record["metadata"]["resourceVersion"]
+        );
+
+        // Release: no holder, one second, so anyone may take it at once.
+        store.release(lease).await.unwrap();
+        let released = f.lease("portico-acme-0123456789abcdef");
+        assert_eq!(released["spec"]["holderIdentity"], "");
+        assert_eq!(released["spec"]["leaseDurationSeconds"], 1);
+        let other = f.replica("other").await;
+        let taken = other
+            .try_acquire("acme-0123456789abcdef", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .expect("a released lease is free at once, even for a fresh observer");
+        let record = f.lease("portico-acme-0123456789abcdef");
+        assert_eq!(record["spec"]["holderIdentity"], taken.holder());
+        assert_eq!(record["spec"]["leaseTransitions"], 1);
+    }
+
+    #[tokio::test]
+    async fn a_fresh_observer_waits_a_full_lease_duration() {
+        let f = fixture().await;
+        let dead = f.replica("dead").await;
+        let ttl = Duration::from_secs(2);
+        dead.try_acquire("l", ttl).await.unwrap().unwrap();
+        // The holder dies; its renewTime is long past by the time the other replica
+        // starts.
+        tokio::time::sleep(ttl * 2).await;
+        let fresh = f.replica("fresh").await;
+        assert_eq!(
+            fresh.try_acquire("l", ttl).await.unwrap(),
+            None,
+            "first sight of a held lease: it counts as alive"
+        );
+        tokio::time::sleep(ttl + ttl / 2).await;
+        assert!(
+            fresh.try_acquire("l", ttl).await.unwrap().is_some(),
+            "unchanged for a full lease duration since first sight: expired"
+        );
+    }
+
+    /// A clock `offset` away from the real one, in either direction.
+    fn skewed(ahead: bool, offset: Duration) -> Arc<dyn Fn() -> SystemTime + Send + Sync> {
+        Arc::new(move || {
+            if ahead {
+                SystemTime::now() + offset
+            } else {
+                SystemTime::now() - offset
+            }
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_with_a_clock_hours_off_keeps_and_loses_its_lease_by_renewals_only() {
+        let f = fixture().await;
+        let ttl = Duration::from_secs(3);
+        let hours = Duration::from_secs(5 * 3600);
+        let observer = f.replica("observer").await;
+        for ahead in [false, true] {
+            let lock = if ahead { "ahead" } else { "behind" };
+            let holder = Arc::new(f.replica(lock).await.with_clock(skewed(ahead, hours)));
+            let lease = holder.try_acquire(lock, ttl).await.unwrap().unwrap();
+            let renew = f.lease(&format!("portico-{lock}"))["spec"]["renewTime"].clone();
+            let year_now = time_year(SystemTime::now());
+            assert_ne!(renew.as_str().unwrap()[..13], year_now[..13], "{renew}");
+
+            // Renewing: never taken, although renewTime is hours off.
+            let guard = store::hold(holder.clone(), lease);
+            for _ in 0..4 {
+                assert_eq!(observer.try_acquire(lock, ttl).await.unwrap(), None);
+                tokio::time::sleep(ttl / 2).await;
+            }
+            assert!(!guard.is_lost());
+            // Stopped: taken once unchanged for a full duration, not before and not
+            // never (a renewTime in the future does not keep it).
+            drop(guard);
+            tokio::time::sleep(ttl / 2).await;
+            assert_eq!(observer.try_acquire(lock, ttl).await.unwrap(), None);
+            tokio::time::sleep(ttl + ttl / 2).await;
+            assert!(observer.try_acquire(lock, ttl).await.unwrap().is_some());
+        }
+    }
+
+    /// `YYYY-MM-DDTHH` of a time, as MicroTime writes it.
+    fn time_year(t: SystemTime) -> String {
+        let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
+        let t = time::OffsetDateTime::from_unix_timestamp(secs as i64).unwrap();
+        format!(
+            "{:04}-{:02}-{:02}T{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour()
+        )
+    }
+
+    /// DESIGN's Role is all portico needs: every store and lock operation, and watch,
+    /// under exactly those verbs; another namespace is out of reach.
+    #[tokio::test]
+    async fn designs_role_is_enough_and_nothing_more_is_used() {
+        let f = fixture().await;
+        f.api.set_rbac(
+            "portico",
+            "system:serviceaccount:ingress:portico",
+            NAMESPACE,
+            &[
+                (
+                    Resource::Secrets,
+                    &["get", "list", "watch", "create", "update", "delete"],
+                ),
+                (Resource::Leases, &["get", "create", "update"]),
+            ],
+        );
+        let store = f.replica("portico").await;
+        let mut rx = store.watch(Kind::Certificate);
+        let v1 = store
+            .put(Kind::Certificate, "c", &cert("one"), None)
+            .await
+            .unwrap();
+        upserts(&mut rx, 1).await;
+        let v2 = store
+            .put(Kind::Certificate, "c", &cert("two"), Some(&v1))
+            .await
+            .unwrap();
+        store.list(Kind::Certificate).await.unwrap();
+        store
+            .delete(Kind::Certificate, "c", Some(&v2))
+            .await
+            .unwrap();
+        let lease = store
+            .try_acquire("l", Duration::from_secs(60))
+            .await
+            .unwrap()
+            .unwrap();
+        store.renew(&lease).await.unwrap();
+        store.release(lease).await.unwrap();
+        assert!(
+            store
+                .try_acquire("l", Duration::from_secs(60))
+                .await
+                .unwrap()
+                .is_some()
+        );
+
+        let elsewhere = KubeStore::from_kubeconfig(
+            &f.api.kubeconfig(f.dir.path(), "kube-system", "portico"),
+            None,
+        )
+        .await
+        .unwrap();
+        let e = elsewhere.get(Kind::Certificate, "c").await.unwrap_err();
+        assert!(e.to_string().contains("403"), "{e}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_racing_for_a_lease_have_one_winner() {
+        let f = fixture().await;
+        let mut replicas = Vec::new();
+        for i in 0..4 {
+            replicas.push(Arc::new(f.replica(&format!("r{i}")).await));
+        }
+        let tasks: Vec<_> = replicas
+            .iter()
+            .map(|r| {
+                let r = r.clone();
+                tokio::spawn(async move {
+                    r.try_acquire("race", Duration::from_secs(60))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut winners = 0;
+        for task in tasks {
+            winners += usize::from(task.await.unwrap().is_some());
+        }
+        assert_eq!(winners, 1);
     }
 }

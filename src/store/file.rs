@@ -31,6 +31,10 @@
 //! second one finds the lock fresh. Their timestamps are wall-clock milliseconds: every
 //! holder runs on this machine, so they share a clock.
 //!
+//! A watch ([`Store::watch`]) lists its kind's folder every [`WATCH_POLL`] and reports
+//! the versions that changed: several processes may share the folder, and a listing
+//! sees their writes as well as this one's, at the cost of a small delay.
+//!
 //! Needs a local Unix file system (`flock` on NFS is not reliable between two open files
 //! of one process).
 
@@ -42,10 +46,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
 
 use super::{
-    BoxFuture, Kind, LOCAL_CA, Lease, LockError, Locker, Object, ROOT_PEM, Store, StoreError,
-    Stored, Version, check, check_lock, conflict, new_holder_id, random_u64, validate_name,
+    BoxFuture, Change, Kind, LOCAL_CA, Lease, LockError, Locker, Object, ROOT_PEM, Store,
+    StoreError, Stored, Version, WATCH_BUFFER, check, check_lock, check_object, conflict, diff,
+    new_holder_id, random_u64, validate_name,
 };
 
 const FORMAT: u32 = 1;
@@ -55,6 +61,8 @@ const TMP_PREFIX: &str = ".tmp-";
 const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
 const PUBLIC_MODE: u32 = 0o644;
+/// How often a watch lists its folder.
+pub const WATCH_POLL: Duration = Duration::from_secs(2);
 /// Temporary files older than this are a crash's leftovers and removed by `open`; no
 /// write takes anywhere near as long.
 const STALE_TMP: Duration = Duration::from_secs(600);
@@ -281,6 +289,7 @@ impl Store for FileStore {
     ) -> BoxFuture<'a, Result<Version, StoreError>> {
         Box::pin(async move {
             check(kind, name)?;
+            check_object(kind, name, object)?;
             let (this, name) = (self.clone(), name.to_owned());
             let (object, expected) = (object.clone(), expected.cloned());
             blocking(&self.root, move || {
@@ -311,6 +320,48 @@ impl Store for FileStore {
             let this = self.clone();
             blocking(&self.root, move || this.list_blocking(kind)).await
         })
+    }
+
+    fn watch(&self, kind: Kind) -> mpsc::Receiver<Change> {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tx.closed() => {}
+                _ = this.poll(kind, &tx) => {}
+            }
+        });
+        rx
+    }
+}
+
+impl FileStore {
+    /// The loop behind [`Store::watch`]; returns when the receiver is gone.
+    async fn poll(&self, kind: Kind, tx: &mpsc::Sender<Change>) {
+        let mut known = BTreeMap::new();
+        // A corrupt file fails every listing until someone fixes it: say so once, not
+        // every couple of seconds.
+        let mut last_error = None;
+        loop {
+            match self.list(kind).await {
+                Ok(objects) => {
+                    last_error = None;
+                    for change in diff(&mut known, objects) {
+                        if tx.send(change).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let text = e.to_string();
+                    if last_error.as_ref() != Some(&text) {
+                        tracing::warn!(%kind, error = %text, "watch: cannot list the data folder; retrying");
+                        last_error = Some(text);
+                    }
+                }
+            }
+            tokio::time::sleep(WATCH_POLL).await;
+        }
     }
 }
 

@@ -3,16 +3,20 @@
 //! by the same contract suite: compare-and-swap versions that never repeat, conflicts,
 //! and lock expiry measured with tokio's clock (so a test that pauses time with tokio's
 //! `test-util` feature controls expiry too).
+//!
+//! A watch is told of every write under the store's mutex, so it sees every version in
+//! order; a small task per watch forwards into the bounded channel the trait hands out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{
-    BoxFuture, Kind, Lease, LockError, Locker, Object, Store, StoreError, Stored, Version, check,
-    check_lock, conflict, new_holder_id,
+    BoxFuture, Change, Kind, Lease, LockError, Locker, Object, Store, StoreError, Stored, Version,
+    WATCH_BUFFER, check, check_lock, check_object, conflict, new_holder_id,
 };
 
 /// A [`Store`] and [`Locker`] that keeps everything in the process.
@@ -29,6 +33,15 @@ struct Inner {
     /// object never gets back a version it had before its delete.
     last_version: u64,
     locks: HashMap<String, Held>,
+    /// Open watches; a closed one (its reader gone) is dropped at the next write.
+    watchers: Vec<(Kind, mpsc::UnboundedSender<Change>)>,
+}
+
+impl Inner {
+    fn notify(&mut self, kind: Kind, change: &Change) {
+        self.watchers
+            .retain(|(k, tx)| *k != kind || tx.send(change.clone()).is_ok());
+    }
 }
 
 #[derive(Debug)]
@@ -72,6 +85,7 @@ impl Store for MemoryStore {
     ) -> BoxFuture<'a, Result<Version, StoreError>> {
         Box::pin(async move {
             check(kind, name)?;
+            check_object(kind, name, object)?;
             let mut inner = self.lock();
             let current = inner.objects.get(&kind).and_then(|m| m.get(name));
             if current.map(|s| &s.version) != expected {
@@ -87,7 +101,8 @@ impl Store for MemoryStore {
                 .objects
                 .entry(kind)
                 .or_default()
-                .insert(name.to_owned(), stored);
+                .insert(name.to_owned(), stored.clone());
+            inner.notify(kind, &Change::Upsert(name.to_owned(), stored));
             Ok(version)
         })
     }
@@ -109,6 +124,7 @@ impl Store for MemoryStore {
                 (Some(s), Some(v)) if &s.version != v => Err(conflict(kind, name)),
                 (Some(_), _) => {
                     objects.remove(name);
+                    inner.notify(kind, &Change::Removed(name.to_owned()));
                     Ok(())
                 }
             }
@@ -124,6 +140,28 @@ impl Store for MemoryStore {
                 .map(|m| m.iter().map(|(n, s)| (n.clone(), s.clone())).collect())
                 .unwrap_or_default())
         })
+    }
+
+    fn watch(&self, kind: Kind) -> mpsc::Receiver<Change> {
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let (changes_tx, mut changes) = mpsc::unbounded_channel();
+        {
+            // The snapshot and the registration happen under one lock: no write falls
+            // between them.
+            let mut inner = self.lock();
+            for (name, stored) in inner.objects.get(&kind).into_iter().flatten() {
+                let _ = changes_tx.send(Change::Upsert(name.clone(), stored.clone()));
+            }
+            inner.watchers.push((kind, changes_tx));
+        }
+        tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                if tx.send(change).await.is_err() {
+                    return;
+                }
+            }
+        });
+        rx
     }
 }
 

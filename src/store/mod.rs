@@ -20,16 +20,30 @@
 //! compare-and-swap on an opaque [`Version`]: nobody ever overwrites what another replica
 //! wrote without having read it first.
 //!
-//! Backends: [`FileStore`] (the local binary's data folder), [`MemoryStore`] (tests of
-//! other modules). Every backend runs the one contract suite in `tests/store_contract.rs`;
-//! a new backend is added there with one macro line.
+//! [`Store::watch`] streams a kind's objects and then their changes, so that every
+//! replica hot-swaps certificates that another one issued.
 //!
-//! Names of objects and locks are checked by [`validate_name`] and
-//! [`validate_lock_name`] in every backend: lowercase DNS-subdomain characters only, so a
-//! name can never climb out of the file backend's folder and is always a valid Kubernetes
-//! object name.
+//! Backends: [`FileStore`] (the local binary's data folder), [`KubeStore`] (Secrets and
+//! Leases of a cluster ingress), [`MemoryStore`] (tests of other modules). Every backend
+//! runs the one contract suite in `tests/store_contract.rs`; a new backend is added there
+//! with one macro line.
+//!
+//! What one backend refuses, all refuse, so that code tested on one runs on all:
+//!
+//! - names of objects and locks ([`validate_name`], [`validate_lock_name`]): lowercase
+//!   DNS-subdomain characters only, so a name can never climb out of the file backend's
+//!   folder, and short enough ([`max_name_len`], [`MAX_LOCK_NAME_LEN`]) that the
+//!   Kubernetes backend's prefixed name (`portico-tls-<name>`, `portico-<lock>`) is still
+//!   a valid object name of at most 253 characters;
+//! - objects ([`validate_object`]): data keys are Secret data keys (`[-._a-zA-Z0-9]`),
+//!   and annotation keys are portico's own (`portico.dev/...`) or cert-manager's
+//!   (`cert-manager.io/...`): the Kubernetes backend keeps every other annotation of a
+//!   Secret (kubectl's, a GitOps tool's) out of the object and untouched, so such a key
+//!   would not come back.
 
 pub mod file;
+pub mod kube;
+mod lease;
 pub mod memory;
 
 use std::collections::BTreeMap;
@@ -42,21 +56,37 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use file::FileStore;
+pub use kube::KubeStore;
 pub use memory::MemoryStore;
 
 /// A boxed, sendable future: what the object-safe async traits of this module return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// The longest object name: a DNS subdomain, which is also Kubernetes' limit.
-pub const MAX_NAME_LEN: usize = 253;
+/// The longest Kubernetes object name (a DNS subdomain).
+const KUBE_NAME_MAX: usize = 253;
 
-/// The longest lock name. Shorter than [`MAX_NAME_LEN`] so that the file backend's
-/// `<name>.lock` still fits in the 255 bytes a file name may have.
-pub const MAX_LOCK_NAME_LEN: usize = 250;
+/// The longest object name of a kind: what still makes a Kubernetes object name after
+/// the kube backend's prefix for that kind (`portico-tls-` for certificates, the longest
+/// is `portico-acme-account-`).
+pub const fn max_name_len(kind: Kind) -> usize {
+    KUBE_NAME_MAX - kube::secret_prefix(kind).len()
+}
+
+/// The longest lock name: a Lease `portico-<name>` is still a valid object name (and
+/// the file backend's `<name>.lock` fits in the 255 bytes a file name may have).
+pub const MAX_LOCK_NAME_LEN: usize = KUBE_NAME_MAX - kube::LEASE_PREFIX.len();
+
+/// Annotation keys an [`Object`] may carry: portico's own, and cert-manager's, which
+/// tools that know cert-manager's Secrets read.
+pub const ANNOTATION_PREFIXES: [&str; 2] = ["portico.dev/", "cert-manager.io/"];
+
+/// How many [`Change`]s a [`Store::watch`] channel buffers before the backend waits for
+/// the reader.
+pub const WATCH_BUFFER: usize = 64;
 
 /// The name of the local CA object ([`Kind::Ca`]), with data keys `tls.crt` and `tls.key`.
 pub const LOCAL_CA: &str = "local-ca";
@@ -152,7 +182,10 @@ impl fmt::Debug for Object {
 /// [`Store::put`]; compare-and-swap writes name the version they read.
 ///
 /// Backends never hand out the same version twice for one (kind, name), even across a
-/// delete and a re-create, so a stale version can never match by accident.
+/// delete and a re-create, so a stale version can never match by accident. The one
+/// exception: a replace that changes nothing may return the version it replaced
+/// (Kubernetes keeps the resourceVersion of such an update), which is still the
+/// current version.
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct Version(String);
 
@@ -195,12 +228,12 @@ pub enum NameError {
     Reserved,
 }
 
-/// Checks an object name: `[a-z0-9.-]`, at most [`MAX_NAME_LEN`] characters, starting
+/// Checks an object name: `[a-z0-9.-]`, at most [`max_name_len`] characters, starting
 /// and ending with a letter or digit (so never `.`, `..` or a hidden file). One name is
 /// reserved in every backend, so that code tested on one backend runs on all: `root.pem`
 /// of [`Kind::Ca`], where the file backend publishes the local CA's certificate.
 pub fn validate_name(kind: Kind, name: &str) -> Result<(), NameError> {
-    check_name(name, MAX_NAME_LEN)?;
+    check_name(name, max_name_len(kind))?;
     if kind == Kind::Ca && name == ROOT_PEM {
         return Err(NameError::Reserved);
     }
@@ -210,6 +243,54 @@ pub fn validate_name(kind: Kind, name: &str) -> Result<(), NameError> {
 /// Checks a lock name: as [`validate_name`], at most [`MAX_LOCK_NAME_LEN`] characters.
 pub fn validate_lock_name(name: &str) -> Result<(), NameError> {
     check_name(name, MAX_LOCK_NAME_LEN)
+}
+
+/// Checks that every backend can store an object as it is: data keys are Kubernetes
+/// Secret data keys (`[-._a-zA-Z0-9]`, at most 253), annotation keys start with one of
+/// [`ANNOTATION_PREFIXES`] followed by a Kubernetes name segment. The reason names the
+/// offending key, never a value.
+pub fn validate_object(object: &Object) -> Result<(), String> {
+    for key in object.data.keys() {
+        let valid = !key.is_empty()
+            && key.len() <= KUBE_NAME_MAX
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if !valid {
+            return Err(format!(
+                "data key {key:?} is not a Secret data key ([-._a-zA-Z0-9], at most 253)"
+            ));
+        }
+    }
+    for key in object.annotations.keys() {
+        let segment = ANNOTATION_PREFIXES
+            .iter()
+            .find_map(|prefix| key.strip_prefix(prefix));
+        let valid = segment.is_some_and(|s| {
+            let alnum = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+            s.len() <= 63
+                && alnum(s.as_bytes().first())
+                && alnum(s.as_bytes().last())
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        });
+        if !valid {
+            return Err(format!(
+                "annotation key {key:?} is not under {} followed by a name of at most 63 characters",
+                ANNOTATION_PREFIXES.join(" or ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An object check as every backend reports it.
+pub(crate) fn check_object(kind: Kind, name: &str, object: &Object) -> Result<(), StoreError> {
+    validate_object(object).map_err(|reason| StoreError::InvalidObject {
+        kind,
+        name: name.to_owned(),
+        reason,
+    })
 }
 
 /// A name check as every backend reports it.
@@ -284,6 +365,22 @@ pub enum StoreError {
         name: String,
         reason: String,
     },
+    /// The object has a key no backend may store ([`validate_object`]).
+    #[error("{kind} {name:?} cannot be stored: {reason}")]
+    InvalidObject {
+        kind: Kind,
+        name: String,
+        reason: String,
+    },
+    /// The Kubernetes API could not be reached or answered with an error: the request
+    /// may or may not have been applied (re-read before deciding).
+    #[error("Kubernetes API, {action}: {source}")]
+    Kubernetes {
+        /// What was attempted, e.g. `replace Secret portico-tls-example.com-0123`.
+        action: String,
+        #[source]
+        source: kube::KubeError,
+    },
 }
 
 /// Why a [`Locker`] operation failed.
@@ -305,6 +402,24 @@ pub enum LockError {
         #[source]
         source: std::io::Error,
     },
+    /// The Kubernetes API could not be reached or answered with an error. Not a loss by
+    /// itself: [`hold`] counts the lease lost only when no renew succeeds in time.
+    #[error("Kubernetes API, {action}: {source}")]
+    Kubernetes {
+        /// What was attempted, e.g. `renew Lease portico-acme-0123`.
+        action: String,
+        #[source]
+        source: kube::KubeError,
+    },
+}
+
+/// One change seen by [`Store::watch`].
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Change {
+    /// The object was created or replaced (or is there when the watch starts).
+    Upsert(String, Stored),
+    /// The object was deleted (or can no longer be read as an object of this kind).
+    Removed(String),
 }
 
 /// Persistence of objects, by kind and name, with compare-and-swap writes.
@@ -339,6 +454,18 @@ pub trait Store: Send + Sync {
 
     /// Every object of one kind, sorted by name.
     fn list<'a>(&'a self, kind: Kind) -> BoxFuture<'a, Result<Vec<(String, Stored)>, StoreError>>;
+
+    /// Every object of one kind as [`Change::Upsert`], then every change as it happens,
+    /// including changes by other processes (Kubernetes: other replicas; file: other
+    /// processes on the same folder, seen by polling every couple of seconds).
+    ///
+    /// The backend keeps the watch alive across errors (it logs them, retries with
+    /// back-off, and reports what changed meanwhile), so the channel never ends while the
+    /// receiver lives; dropping the receiver stops the watch. Changes may be coalesced
+    /// (two quick replaces can arrive as one `Upsert` of the latter), never reordered,
+    /// and a version already reported is not reported again. Must be called inside a
+    /// tokio runtime.
+    fn watch(&self, kind: Kind) -> mpsc::Receiver<Change>;
 }
 
 /// Named mutual exclusion between processes, with a time to live.
@@ -394,6 +521,31 @@ impl Lease {
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
+}
+
+/// Brings `known` (name → what a watch reported last) up to `current` (a full listing)
+/// and returns the changes that takes: an `Upsert` for every new or changed version, a
+/// `Removed` for every name that is gone.
+pub(crate) fn diff(
+    known: &mut BTreeMap<String, Stored>,
+    current: Vec<(String, Stored)>,
+) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let current: BTreeMap<String, Stored> = current.into_iter().collect();
+    known.retain(|name, _| {
+        let keep = current.contains_key(name);
+        if !keep {
+            changes.push(Change::Removed(name.clone()));
+        }
+        keep
+    });
+    for (name, stored) in current {
+        if known.get(&name).map(|k| &k.version) != Some(&stored.version) {
+            changes.push(Change::Upsert(name.clone(), stored.clone()));
+            known.insert(name, stored);
+        }
+    }
+    changes
 }
 
 /// A fresh holder identity: the process id and 64 random bits, unique per acquisition.
@@ -559,23 +711,61 @@ mod tests {
         let ok = |n: &str| validate_name(Kind::Certificate, n);
         assert_eq!(ok("portico-tls-example.com-0123"), Ok(()));
         assert_eq!(ok("a"), Ok(()));
-        assert_eq!(ok(&"a".repeat(253)), Ok(()));
+        // "portico-tls-" + name is at most 253 characters: a Kubernetes object name.
+        assert_eq!(ok(&"a".repeat(241)), Ok(()));
         assert_eq!(ok(""), Err(NameError::Empty));
         assert_eq!(ok("root.pem"), Ok(()));
         assert_eq!(
             validate_name(Kind::Ca, "root.pem"),
             Err(NameError::Reserved)
         );
-        assert_eq!(ok(&"a".repeat(254)), Err(NameError::TooLong { max: 253 }));
+        assert_eq!(ok(&"a".repeat(242)), Err(NameError::TooLong { max: 241 }));
+        for kind in Kind::ALL {
+            assert_eq!(max_name_len(kind) + kube::secret_prefix(kind).len(), 253);
+        }
         assert_eq!(
-            validate_lock_name(&"a".repeat(251)),
-            Err(NameError::TooLong { max: 250 })
+            max_name_len(Kind::Account),
+            253 - "portico-acme-account-".len()
+        );
+        assert_eq!(
+            validate_lock_name(&"a".repeat(246)),
+            Err(NameError::TooLong { max: 245 })
         );
         for bad in ["A", "a/b", "a b", "a_b", "a\0", "é"] {
             assert_eq!(ok(bad), Err(NameError::InvalidChar), "{bad:?}");
         }
         for bad in [".", "..", ".a", "a.", "-a", "a-"] {
             assert_eq!(ok(bad), Err(NameError::InvalidEdge), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn objects_every_backend_can_store() {
+        let ok = Object::new()
+            .with_data("tls.crt", b"x".to_vec())
+            .with_data("account.json", b"{}".to_vec())
+            .with_data("key-authorization", b"".to_vec())
+            .with_data("Under_score", b"".to_vec())
+            .with_annotation("portico.dev/not-after", "2030-01-01T00:00:00Z")
+            .with_annotation("cert-manager.io/alt-names", "a,b");
+        assert_eq!(validate_object(&ok), Ok(()));
+        for key in ["", "a/b", "a b", "é", &"k".repeat(254)] {
+            let bad = Object::new().with_data(key, b"SECRET".to_vec());
+            let reason = validate_object(&bad).unwrap_err();
+            assert!(reason.contains("data key"), "{reason}");
+            assert!(!reason.contains("SECRET"), "{reason}");
+        }
+        for key in [
+            "other.io/x",
+            "portico.dev/",
+            "portico.dev/-x",
+            "portico.dev/a/b",
+            "note",
+            &format!("portico.dev/{}", "a".repeat(64)),
+        ] {
+            let bad = Object::new().with_annotation(key, "v");
+            let reason = validate_object(&bad).unwrap_err();
+            assert!(reason.contains("annotation key"), "{key}: {reason}");
         }
     }
 

@@ -67,7 +67,7 @@ pub async fn start_text(dir: tempfile::TempDir, text: &str, tuning: Tuning) -> P
 /// under `dir`), with `tuning`.
 pub async fn start_file(dir: tempfile::TempDir, path: &Path, tuning: Tuning) -> Portico {
     let config = Config::load(path).unwrap();
-    let (store, locker) = portico::server::open_store(&config).unwrap();
+    let (store, locker) = portico::server::open_store(&config).await.unwrap();
     let server = Server::bind_with(config.clone(), store, locker, tuning)
         .await
         .unwrap();

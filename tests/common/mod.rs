@@ -8,6 +8,7 @@
 
 pub mod ari;
 pub mod edge;
+pub mod kube_api;
 pub mod pebble;
 
 use std::convert::Infallible;
