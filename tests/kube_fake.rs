@@ -1236,3 +1236,49 @@ async fn watch_one_object_bookmarks_and_initial_events() {
         "true"
     );
 }
+
+#[tokio::test]
+async fn bodies_are_decoded_as_the_real_serializer_does() {
+    use common::kube_api::{base64_decode, base64_encode};
+    for bytes in [&b""[..], b"a", b"ab", b"abc", b"\x00\xff\xfe\x80"] {
+        assert_eq!(base64_decode(&base64_encode(bytes)).unwrap(), bytes);
+    }
+    assert!(base64_decode("YQ=x").is_err() && base64_decode("Y!==").is_err());
+
+    let (_api, client) = start();
+    let (status, body) = client
+        .json("POST", SECRETS, Some(&secret("b", "not base64!")))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["reason"], "BadRequest");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at input byte"),
+        "{body}"
+    );
+    let lease = json!({"metadata": {"name": "l"}, "spec": {"leaseDurationSeconds": "15"}});
+    let (status, body) = client.json("POST", LEASES, Some(&lease)).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"].as_str().unwrap().starts_with("Lease in version \"v1\" cannot be handled as a Lease: json: cannot unmarshal string into Go struct field LeaseSpec.spec.leaseDurationSeconds of type int32"),
+        "{body}"
+    );
+    let strict = json!({"metadata": {"name": "l"}, "spec": {"holder": "x"}});
+    let (status, body) = client
+        .json(
+            "POST",
+            &format!("{LEASES}?fieldValidation=Strict"),
+            Some(&strict),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("strict decoding error: unknown field \"spec.holder\""),
+        "{body}"
+    );
+}
