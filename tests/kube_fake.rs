@@ -204,6 +204,9 @@ fn kubectl_creates_and_reads_a_secret() {
     assert!(fetched("/api") && fetched("/apis"), "{paths:?}");
     assert!(fetched("/api/v1"), "{paths:?}");
 
+    // kubectl (Go) takes HTTP/2 when offered, as from a real API server.
+    assert!(api.counters().http2_connections > 0);
+
     // kubectl's typed client sent protobuf; the fake stored the same thing.
     let stored = api.get(Resource::Secrets, "portico", "x").unwrap();
     assert_eq!(stored["data"]["a"], "Yg==");
@@ -489,7 +492,7 @@ struct Client {
     token: String,
 }
 
-type Send = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 impl Client {
     fn new(api: &FakeApi, token: &str) -> Client {
@@ -512,7 +515,7 @@ impl Client {
         }
     }
 
-    async fn connect(&self) -> std::io::Result<Send> {
+    async fn connect(&self) -> std::io::Result<Sender> {
         let tcp = tokio::net::TcpStream::connect(self.addr).await?;
         let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
@@ -529,10 +532,8 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<
-        hyper::Response<hyper::body::Incoming>,
-        Box<dyn std::error::Error + Sync + std::marker::Send>,
-    > {
+    ) -> Result<hyper::Response<hyper::body::Incoming>, Box<dyn std::error::Error + Sync + Send>>
+    {
         let mut send = self.connect().await?;
         let req = hyper::Request::builder()
             .method(method)
@@ -552,7 +553,7 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<(u16, String), Box<dyn std::error::Error + Sync + std::marker::Send>> {
+    ) -> Result<(u16, String), Box<dyn std::error::Error + Sync + Send>> {
         let resp = tokio::time::timeout(TIMEOUT, self.try_send(method, path, body))
             .await
             .map_err(|_| "timed out")??;
@@ -953,6 +954,39 @@ async fn watch_from_before_compaction_gets_410_expired() {
     assert!(matches!(short.next_raw().await, Next::End));
 }
 
+#[test]
+fn the_fake_can_be_shared_between_threads_and_tasks() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<FakeApi>();
+}
+
+#[tokio::test]
+async fn writes_from_the_test_look_like_another_writer() {
+    let (api, client) = start();
+    let (_, created) = client
+        .json("POST", SECRETS, Some(&secret("s", "YQ==")))
+        .await;
+    let mut w = client
+        .watch(&format!(
+            "{SECRETS}?watch=true&resourceVersion={}",
+            rv_of(&created)
+        ))
+        .await;
+    let mut changed = created.clone();
+    changed["data"]["k"] = json!("Yg==");
+    let updated = api
+        .update(Resource::Secrets, "ns", changed.clone())
+        .unwrap();
+    assert_eq!(w.next().await["type"], "MODIFIED");
+    // The same stale write again is a Conflict, as for any client.
+    let refused = api.update(Resource::Secrets, "ns", changed).unwrap_err();
+    assert!(refused.contains(r#""reason":"Conflict""#), "{refused}");
+    assert!(api.delete(Resource::Secrets, "ns", "s"));
+    assert_eq!(w.next().await["type"], "DELETED");
+    assert!(!api.delete(Resource::Secrets, "ns", "s"));
+    assert_eq!(rv_of(&updated) + 1, api.resource_version());
+}
+
 #[tokio::test]
 async fn a_lost_write_response_still_writes() {
     let (api, client) = start();
@@ -1200,5 +1234,51 @@ async fn watch_one_object_bookmarks_and_initial_events() {
     assert_eq!(
         end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
         "true"
+    );
+}
+
+#[tokio::test]
+async fn bodies_are_decoded_as_the_real_serializer_does() {
+    use common::kube_api::{base64_decode, base64_encode};
+    for bytes in [&b""[..], b"a", b"ab", b"abc", b"\x00\xff\xfe\x80"] {
+        assert_eq!(base64_decode(&base64_encode(bytes)).unwrap(), bytes);
+    }
+    assert!(base64_decode("YQ=x").is_err() && base64_decode("Y!==").is_err());
+
+    let (_api, client) = start();
+    let (status, body) = client
+        .json("POST", SECRETS, Some(&secret("b", "not base64!")))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["reason"], "BadRequest");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data at input byte"),
+        "{body}"
+    );
+    let lease = json!({"metadata": {"name": "l"}, "spec": {"leaseDurationSeconds": "15"}});
+    let (status, body) = client.json("POST", LEASES, Some(&lease)).await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"].as_str().unwrap().starts_with("Lease in version \"v1\" cannot be handled as a Lease: json: cannot unmarshal string into Go struct field LeaseSpec.spec.leaseDurationSeconds of type int32"),
+        "{body}"
+    );
+    let strict = json!({"metadata": {"name": "l"}, "spec": {"holder": "x"}});
+    let (status, body) = client
+        .json(
+            "POST",
+            &format!("{LEASES}?fieldValidation=Strict"),
+            Some(&strict),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("strict decoding error: unknown field \"spec.holder\""),
+        "{body}"
     );
 }

@@ -134,7 +134,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -265,6 +265,9 @@ pub struct Counters {
     pub conflicts: usize,
     /// Watch streams opened.
     pub watches: usize,
+    /// TLS connections established, and how many of them chose HTTP/2 by ALPN.
+    pub connections: usize,
+    pub http2_connections: usize,
 }
 
 /// One request as the server saw it: method, path and query (as sent), bearer token.
@@ -274,7 +277,6 @@ pub struct FakeApi {
     shared: Arc<Shared>,
     addr: SocketAddr,
     ca_pem: String,
-    kubeconfigs: AtomicUsize,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -329,7 +331,6 @@ impl FakeApi {
             shared,
             addr,
             ca_pem,
-            kubeconfigs: AtomicUsize::new(0),
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -505,6 +506,33 @@ impl FakeApi {
         }
     }
 
+    /// Stores `object` as a PUT would (its resourceVersion, if any, is checked), without
+    /// a request: another writer, as far as clients can tell. Returns the Status of a
+    /// refusal as `Err`.
+    pub fn update(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        object: Value,
+    ) -> Result<Value, String> {
+        let name = object["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let body = serde_json::to_vec(&object).unwrap();
+        self.state()
+            .update(resource, namespace, &name, &body, &Query::default())
+            .map(|(o, _)| with_type(resource, &o))
+            .map_err(|s| s.to_json())
+    }
+
+    /// Deletes an object without a request; false if there was none.
+    pub fn delete(&self, resource: Resource, namespace: &str, name: &str) -> bool {
+        self.state()
+            .delete(resource, namespace, name, b"", &Query::default())
+            .is_ok()
+    }
+
     /// The current resourceVersion (etcd revision) of the whole server.
     pub fn resource_version(&self) -> u64 {
         self.state().rv
@@ -559,12 +587,13 @@ impl FakeApi {
     }
 
     fn write_kubeconfig(&self, dir: &Path, namespace: &str, user_line: &str) -> PathBuf {
-        let n = self.kubeconfigs.fetch_add(1, Ordering::SeqCst) + 1;
-        let path = dir.join(if n == 1 {
-            "kubeconfig".to_string()
-        } else {
-            format!("kubeconfig-{n}")
-        });
+        let path = (1..)
+            .map(|n| match n {
+                1 => dir.join("kubeconfig"),
+                n => dir.join(format!("kubeconfig-{n}")),
+            })
+            .find(|p| !p.exists())
+            .unwrap();
         let text = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\n    certificate-authority-data: {}\nusers:\n- name: fake\n  user:\n    {user_line}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {}\ncurrent-context: fake\n",
             quote(&self.url()),
@@ -1530,6 +1559,11 @@ async fn accept_loop(
                     return;
                 };
                 let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                {
+                    let mut state = shared.state();
+                    state.counters.connections += 1;
+                    state.counters.http2_connections += usize::from(h2);
+                }
                 let io = TokioIo::new(tls);
                 let serving = shared.clone();
                 let service = hyper::service::service_fn(move |req| {
