@@ -452,6 +452,13 @@ impl KubeStore {
         self
     }
 
+    /// Writes `pod` (instead of `POD_NAME` / the host name) before the random part of
+    /// holder identities: several replicas in one test process tell themselves apart.
+    pub fn with_pod_name(mut self, pod: impl Into<String>) -> Self {
+        self.leases = self.leases.with_pod(pod.into());
+        self
+    }
+
     /// The namespace of every object and lock.
     pub fn namespace(&self) -> &str {
         &self.api.namespace
