@@ -473,7 +473,7 @@ async fn admin_status(addr: SocketAddr, path: &str) -> Option<u16> {
 /// its issuance Lease, and records the failed attempt on the certificate Secret. Only
 /// the addresses change: loopback ports the OS picks, and an ACME directory on a local
 /// port that refuses connections. Removing any verb the start-up path uses from the Role
-/// makes this fail.
+/// makes this fail. `portico certs` then reads the same store with the same rights.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() {
     common::edge::install_provider();
@@ -508,14 +508,14 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portico.toml");
     std::fs::write(&path, config_text()).unwrap();
-    let mut config = Config::load(&path).unwrap();
+    let mut adapted = Config::load(&path).unwrap();
     let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    config.listen.http = loopback;
-    config.listen.https = loopback;
-    config.listen.admin = Some(loopback);
+    adapted.listen.http = loopback;
+    adapted.listen.https = loopback;
+    adapted.listen.admin = Some(loopback);
     let refused = common::refused_addr().await;
-    config.acme.directory = format!("https://{refused}/directory");
-    let Storage::Kubernetes { namespace: wanted } = config.storage.clone() else {
+    adapted.acme.directory = format!("https://{refused}/directory");
+    let Storage::Kubernetes { namespace: wanted } = adapted.storage.clone() else {
         panic!("the ConfigMap's config stores in Kubernetes");
     };
     let kubeconfig = api.kubeconfig(dir.path(), namespace, "portico");
@@ -525,7 +525,7 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
             .unwrap(),
     );
     let server = portico::server::Server::bind_with(
-        config,
+        adapted,
         store.clone(),
         store,
         portico::acme::manager::Tuning::default(),
@@ -587,6 +587,25 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
             .any(|(method, path, _)| method == "GET" && path.starts_with(&secrets)),
         "{requests:?}"
     );
+
+    // The README's `kubectl exec deploy/portico -- portico certs --config ...`: the same
+    // binary, config file and rights, signed in through a kubeconfig instead.
+    let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["certs", "--config", path.to_str().unwrap()])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = config().sites[0].names().join(",");
+    assert!(table.contains(&names), "{table}");
+    assert!(table.contains("last error: "), "{table}");
 
     let _ = stop.send(());
     running.await.unwrap().unwrap();
