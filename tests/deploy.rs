@@ -1,5 +1,6 @@
 //! The cluster-ingress manifests (`config/kubernetes/`, as `kubectl apply -k` builds
-//! them) agree with the code, the Dockerfile and DESIGN.md: the ConfigMap is a config
+//! them) are valid Kubernetes objects and agree with the code, the Dockerfile and
+//! DESIGN.md: the ConfigMap is a config
 //! portico accepts, the pod's ports and probes are the ones that config serves, the
 //! config folder is mounted the way reloads need, the Role grants exactly DESIGN's
 //! rights, which are enough for a replica to turn ready, and the pod runs as the image's
@@ -122,6 +123,50 @@ fn labels(v: &Value) -> Vec<(String, String)> {
         .iter()
         .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
         .collect()
+}
+
+/// `value` read as the Kubernetes type `T` and written back: a field the API does not
+/// know (a typo, a field of a newer version) is dropped on the way, and shows.
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(value: &Value) -> Value {
+    let typed: T =
+        serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{}: {e}", value["kind"]));
+    serde_json::to_value(typed).unwrap()
+}
+
+#[test]
+fn every_object_is_valid_for_the_kubernetes_api() {
+    use k8s_openapi::api::{apps, core, policy, rbac};
+    let mut kinds = Vec::new();
+    for object in manifests() {
+        let kind = object["kind"].as_str().unwrap();
+        let back = match kind {
+            "Namespace" => round_trip::<core::v1::Namespace>(object),
+            "ServiceAccount" => round_trip::<core::v1::ServiceAccount>(object),
+            "ConfigMap" => round_trip::<core::v1::ConfigMap>(object),
+            "Service" => round_trip::<core::v1::Service>(object),
+            "Role" => round_trip::<rbac::v1::Role>(object),
+            "RoleBinding" => round_trip::<rbac::v1::RoleBinding>(object),
+            "Deployment" => round_trip::<apps::v1::Deployment>(object),
+            "PodDisruptionBudget" => round_trip::<policy::v1::PodDisruptionBudget>(object),
+            other => panic!("unexpected kind {other}"),
+        };
+        assert_eq!(&back, object, "{kind}: fields the API does not know");
+        kinds.push(kind);
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "Deployment",
+            "Namespace",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
 }
 
 #[test]
