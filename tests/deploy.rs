@@ -1,10 +1,9 @@
 //! The cluster-ingress manifests (`config/kubernetes/`, as `kubectl apply -k` builds
 //! them) are valid Kubernetes objects and agree with the code, the Dockerfile and
-//! DESIGN.md: the ConfigMap is a config
-//! portico accepts, the pod's ports and probes are the ones that config serves, the
-//! config folder is mounted the way reloads need, the Role grants exactly DESIGN's
-//! rights, which are enough for a replica to turn ready, and the pod runs as the image's
-//! user with nothing more than it needs.
+//! DESIGN.md: the ConfigMap is a config portico accepts, the pod's ports and probes are
+//! the ones that config serves, the config folder is mounted the way reloads need, the
+//! Role grants exactly DESIGN's rights, which are enough for a replica to turn ready,
+//! and the pod runs as the image's user with nothing more than it needs.
 //!
 //! Facts about the Dockerfile alone live in `tests/packaging.rs`.
 
@@ -109,7 +108,7 @@ fn container_port(name: &str) -> u16 {
         .unwrap() as u16
 }
 
-/// A probe's or Service's port, named or numbered, as a container port number.
+/// A probe's port, named or numbered, as a container port number.
 fn resolve_port(port: &Value) -> u16 {
     match port {
         Value::String(name) => container_port(name),
