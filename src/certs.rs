@@ -20,7 +20,7 @@ use crate::acme::challenges::Challenges;
 use crate::acme::manager::{ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT, Tuning};
 use crate::config::{Config, Site, TlsSource};
 use crate::metrics::Metrics;
-use crate::store::{Kind, Locker, Object, Store, StoreError};
+use crate::store::{Change, Kind, Locker, Object, Store, StoreError};
 use crate::tls::files::{self, Stamp};
 use crate::tls::internal::LocalCa;
 use crate::tls::{CertResolver, Loaded, SiteId, TlsError, load_pem, resolver::site_id};
@@ -129,6 +129,15 @@ fn data<'a>(
             name: name.to_string(),
             key,
         })
+}
+
+/// Aborts a task when dropped, so it ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How often token objects left behind by crashed orders are looked for.
@@ -257,6 +266,8 @@ impl CertManager {
         config: Arc<arc_swap::ArcSwap<Config>>,
         mut shutdown: tokio::sync::watch::Receiver<crate::listener::Phase>,
     ) {
+        let follower = tokio::spawn(self.clone().follow_store(config.clone()));
+        let _stop_following = AbortOnDrop(follower);
         let mut last_collected: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
@@ -275,6 +286,44 @@ impl CertManager {
                     ),
                     Err(e) => tracing::warn!(error = %e, "cannot collect expired challenge tokens"),
                 }
+            }
+        }
+    }
+
+    /// Serves what other processes sharing the store issue: every certificate object
+    /// written (Kubernetes: the Secret watch; file: the folder scan) is installed for the
+    /// configured site it belongs to when it lives longer than the one served. A deleted
+    /// object changes nothing: what is served stays until it is replaced.
+    async fn follow_store(self: Arc<Self>, config: Arc<arc_swap::ArcSwap<Config>>) {
+        let mut changes = self.store.watch(Kind::Certificate);
+        while let Some(change) = changes.recv().await {
+            let Change::Upsert(name, stored) = change else {
+                continue;
+            };
+            let config = config.load();
+            let Some(site) = config.sites.iter().find(|site| {
+                matches!(site.tls, TlsSource::Acme | TlsSource::Internal)
+                    && cert_object_name(site) == name
+            }) else {
+                continue;
+            };
+            let loaded = match stored_certificate(&name, &stored.object) {
+                Ok(Some(loaded)) => loaded,
+                // ACME status only, no certificate yet.
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(object = %name, error = %e, "ignoring an unusable stored certificate");
+                    continue;
+                }
+            };
+            let id = site_id(site);
+            if self
+                .resolver
+                .current(&id)
+                .is_none_or(|c| c.not_after < loaded.not_after)
+            {
+                self.resolver.install(&id, loaded.key, loaded.not_after);
+                tracing::info!(site = %id, object = %name, "serving a certificate from the store");
             }
         }
     }

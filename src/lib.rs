@@ -16,12 +16,12 @@
 //!   ▼                                              │ tls::files (PEM on disk)
 //! router (host → site, longest path prefix)        │ acme::manager → acme::order
 //!   ▼                                              │   (account, order, challenges, CSR)
-//! proxy (headers, balance, per-worker pools)       ▼
+//! proxy (headers, balance, per-worker pools)       ▼  ▲ watch: other replicas' certificates
 //!   └─► upstream                                store: Store + Locker traits
-//!                                        FileStore | KubeStore | MemoryStore
-//! listener::http (:80)                              (certificates, account, tokens, locks,
-//!                                                    watch for other replicas' writes)
-//!   ├ /.well-known/acme-challenge/ ◄── acme::challenges (tokens in flight)
+//!                                        FileStore | KubeStore (Secrets, Leases) | MemoryStore
+//! listener::http (:80)                              (certificates, account, tokens, locks)
+//!   ├ /.well-known/acme-challenge/ ◄── acme::challenges: tokens in flight, memory
+//!   │                                     first, then the store (another replica's)
 //!   └ anything else: 308 to https
 //!
 //! admin (listen.admin): /healthz, /readyz, /metrics ◄── metrics: one atomic add per

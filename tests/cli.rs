@@ -402,3 +402,105 @@ fn sighup_applies_a_changed_file_and_keeps_serving_through_a_broken_one() {
         .unwrap();
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+/// The binary on the Kubernetes backend, credentials from `KUBECONFIG` (the fake API
+/// server): `run` keeps the local CA and the site's certificate in Secrets, `certs`
+/// reads them back, and `check` never talks to the cluster.
+#[test]
+fn the_kubernetes_backend_takes_kubeconfig_and_certs_reads_the_secrets() {
+    use common::kube_api::{FakeApi, Resource};
+    let api = FakeApi::start_in_thread();
+    api.add_token("s3cret-operator-token");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = api.kubeconfig(dir.path(), "edge", "s3cret-operator-token");
+    let (http, https) = (free_port(), free_port());
+    let path = write(
+        dir.path(),
+        &format!(
+            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\nbackend = \"kubernetes\"\nnamespace = \"edge\"\n[[site]]\nhosts = [\"app.internal\"]\ntls = \"internal\"\nupstreams = [\"127.0.0.1:9\"]\n"
+        ),
+    );
+    let config = path.to_str().unwrap();
+
+    let before = api.counters().requests;
+    let out = portico()
+        .args(["check", "--config", config])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        api.counters().requests,
+        before,
+        "check contacted the cluster"
+    );
+
+    let mut child = portico()
+        .args(["run", "--config", config])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("POD_NAME", "portico-test-0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let names = loop {
+        let names: Vec<String> = api
+            .objects(Resource::Secrets, "edge")
+            .iter()
+            .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_string))
+            .collect();
+        if names
+            .iter()
+            .any(|n| n.starts_with("portico-tls-app.internal-"))
+        {
+            break names;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no certificate Secret: {names:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(names.contains(&"portico-local-ca".to_string()), "{names:?}");
+    let tls = api
+        .objects(Resource::Secrets, "edge")
+        .into_iter()
+        .find(|s| {
+            s["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("portico-tls-")
+        })
+        .unwrap();
+    assert_eq!(tls["type"], "kubernetes.io/tls");
+    assert_eq!(tls["metadata"]["labels"]["portico.dev/kind"], "certificate");
+
+    let out = portico()
+        .args(["certs", "--config", config])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(table.contains("app.internal"), "{table}");
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut log = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains("s3cret"), "the token is never logged:\n{log}");
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
+}

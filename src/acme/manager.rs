@@ -52,6 +52,9 @@ const BUSY_RETRY: Duration = Duration::from_secs(2);
 /// RFC 8555's problem type for "slow down".
 const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
 
+/// When the store or lock failed: retry at this pace until it answers again.
+const STORE_RETRY: Duration = Duration::from_secs(5);
+
 pub const ANNOTATION_LAST_ERROR: &str = "portico.dev/last-error";
 pub const ANNOTATION_NEXT_ATTEMPT: &str = "portico.dev/next-attempt";
 
@@ -448,6 +451,16 @@ impl AcmeManager {
                     }
                     (None, None)
                 }
+                // The store or the lock is unreachable (the Kubernetes API is down): not
+                // the CA's doing and no reason for the long back-off; nothing can be
+                // recorded in the store either. Try again soon.
+                Some(Err(e)) if store_unavailable(e) => {
+                    let text = describe(e);
+                    state.last_error = Some(text.clone());
+                    state.not_before = Some(Instant::now() + STORE_RETRY);
+                    tracing::warn!(site = %id, error = %text, retry_in = ?STORE_RETRY, "store unavailable; the current certificate (if any) keeps serving");
+                    return;
+                }
                 Some(Err(e)) => {
                     self.metrics.acme_order(&id, OrderResult::Failed);
                     let step =
@@ -522,6 +535,17 @@ fn backoff_wait(step: Duration, retry_at: Option<SystemTime>, now: SystemTime) -
         .unwrap_or(Duration::ZERO)
         .min(super::http::MAX_RETRY_AFTER);
     step.max(asked)
+}
+
+/// The store or lock backend did not answer (I/O, the Kubernetes API): transient, and
+/// nothing the CA did.
+fn store_unavailable(e: &AcmeError) -> bool {
+    use crate::store::LockError;
+    matches!(
+        e,
+        AcmeError::Store(StoreError::Io { .. } | StoreError::Kubernetes { .. })
+            | AcmeError::Lock(LockError::Io { .. } | LockError::Kubernetes { .. })
+    )
 }
 
 /// The renewal rule: a third of the lifetime left, or the CA's ARI window has opened.

@@ -1,5 +1,5 @@
 //! The Kubernetes backend: the bottom of the certificate path for a cluster ingress.
-//! Objects are Secrets and locks are Leases (see [`super::lease`]) in one namespace,
+//! Objects are Secrets and locks are Leases (see `store::lease`) in one namespace,
 //! shared by every replica, as DESIGN's "Store and lock" table lays out:
 //!
 //! | [`Kind`] | Secret | type |
@@ -19,7 +19,7 @@
 //! Decisions:
 //!
 //! - **Foreign metadata.** Only the labels above and annotations under
-//!   [`ANNOTATION_PREFIXES`](super::ANNOTATION_PREFIXES) are portico's. Every other label
+//!   [`ANNOTATION_PREFIXES`] are portico's. Every other label
 //!   and annotation (kubectl's `last-applied-configuration`, a GitOps tool's, a
 //!   replicator's), owner references and finalizers stay out of the [`Object`] and are
 //!   kept as they are when portico replaces the Secret: the replace starts from the
@@ -449,6 +449,13 @@ impl KubeStore {
     /// depends on these times.
     pub fn with_clock(mut self, clock: Arc<dyn Fn() -> SystemTime + Send + Sync>) -> Self {
         self.leases = self.leases.with_clock(Clock::from(clock));
+        self
+    }
+
+    /// Writes `pod` (instead of `POD_NAME` / the host name) before the random part of
+    /// holder identities: several replicas in one test process tell themselves apart.
+    pub fn with_pod_name(mut self, pod: impl Into<String>) -> Self {
+        self.leases = self.leases.with_pod(pod.into());
         self
     }
 

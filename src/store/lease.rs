@@ -165,6 +165,10 @@ impl Leases {
         Leases { clock, ..self }
     }
 
+    pub(crate) fn with_pod(self, pod: String) -> Leases {
+        Leases { pod, ..self }
+    }
+
     fn cache(&self) -> MutexGuard<'_, HashMap<String, Observed>> {
         // Every update is one insert: a panic elsewhere cannot leave it half-done.
         self.observed.lock().unwrap_or_else(|p| p.into_inner())

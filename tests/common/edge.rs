@@ -68,6 +68,18 @@ pub async fn start_text(dir: tempfile::TempDir, text: &str, tuning: Tuning) -> P
 pub async fn start_file(dir: tempfile::TempDir, path: &Path, tuning: Tuning) -> Portico {
     let config = Config::load(path).unwrap();
     let (store, locker) = portico::server::open_store(&config).await.unwrap();
+    start_with(dir, config, store, locker, tuning).await
+}
+
+/// Starts portico on `config` with the given store and locker (several replicas of one
+/// test process, each with its own Kubernetes client).
+pub async fn start_with(
+    dir: tempfile::TempDir,
+    config: Config,
+    store: Arc<dyn portico::store::Store>,
+    locker: Arc<dyn portico::store::Locker>,
+    tuning: Tuning,
+) -> Portico {
     let server = Server::bind_with(config.clone(), store, locker, tuning)
         .await
         .unwrap();
