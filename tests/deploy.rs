@@ -513,8 +513,9 @@ async fn admin_status(addr: SocketAddr, path: &str) -> Option<u16> {
 
 /// A replica started from the ConfigMap's config with the Kubernetes backend, against
 /// the fake API server that allows only the shipped Role (anything else is 403): it
-/// looks for its stored certificate, turns ready on the probed paths, takes and releases
-/// its issuance Lease, and records the failed attempt on the certificate Secret. Only
+/// looks for its stored certificate, turns ready on the probed paths, watches the
+/// certificate Secrets, takes and releases its issuance Lease, and records the failed
+/// attempt on the certificate Secret. Only
 /// the addresses change: loopback ports the OS picks, and an ACME directory on a local
 /// port that refuses connections. Removing any verb the start-up path uses from the Role
 /// makes this fail. `portico certs` then reads the same store with the same rights.
@@ -607,8 +608,11 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
     loop {
         let health = admin_status(admin, "/healthz").await;
         let ready = admin_status(admin, "/readyz").await;
+        // Following what other replicas issue: list, then watch, the certificate Secrets.
+        let watching = api.open_watches(Some("portico")) >= 1;
         if health == Some(200)
             && ready == Some(200)
+            && watching
             && released_issuance_lease()
             && recorded_the_failure()
         {
@@ -616,7 +620,7 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
         }
         assert!(
             Instant::now() < deadline,
-            "healthz {health:?}, readyz {ready:?}, leases {:?}, secrets {:?}",
+            "healthz {health:?}, readyz {ready:?}, watching {watching}, leases {:?}, secrets {:?}",
             api.objects(Resource::Leases, namespace),
             api.objects(Resource::Secrets, namespace)
         );
