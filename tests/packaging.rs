@@ -74,7 +74,34 @@ fn the_image_runs_the_binary_as_a_non_root_user_with_the_documented_command() {
             .to_string()
     };
     assert_eq!(line("USER "), "USER 65532:65532");
-    assert_eq!(line("EXPOSE "), "EXPOSE 80 443");
+    // The runtime stage: distroless/cc carries the CA certificates the ACME client
+    // verifies its directory with (and glibc), nothing else.
+    assert_eq!(line("FROM "), "FROM gcr.io/distroless/cc-debian12:nonroot");
+    // The header's `docker run` publishes ports the image exposes, on 80 and 443.
+    let expose = line("EXPOSE ");
+    let exposed: Vec<&str> = expose["EXPOSE ".len()..].split_whitespace().collect();
+    let published: Vec<(&str, &str)> = docker
+        .lines()
+        .take_while(|l| l.starts_with('#'))
+        .flat_map(|l| l.split(" -p ").skip(1))
+        .map(|p| {
+            p.split_whitespace()
+                .next()
+                .unwrap()
+                .split_once(':')
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        published.iter().map(|(host, _)| *host).collect::<Vec<_>>(),
+        ["80", "443"]
+    );
+    for (_, port) in &published {
+        assert!(
+            exposed.contains(port),
+            "{port} is not in EXPOSE {exposed:?}"
+        );
+    }
     assert_eq!(
         line("ENTRYPOINT "),
         "ENTRYPOINT [\"/usr/local/bin/portico\"]"

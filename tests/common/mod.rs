@@ -1,12 +1,14 @@
 //! Test harness. This module: the proxy layer alone served over plain TCP, backends
 //! written with hyper, and small HTTP/1.1 and HTTP/2 clients. [`edge`]: the whole server
 //! over TLS. [`pebble`]: a real ACME CA; [`ari`]: a front for it that offers ACME Renewal
-//! Information. Everything binds 127.0.0.1:0.
+//! Information. [`deploy`]: the Kubernetes manifests as kubectl builds them. Everything
+//! binds 127.0.0.1:0.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
 pub mod ari;
+pub mod deploy;
 pub mod edge;
 pub mod kube_api;
 pub mod pebble;

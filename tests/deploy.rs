@@ -1,0 +1,660 @@
+//! The cluster-ingress manifests (`config/kubernetes/`, as `kubectl apply -k` builds
+//! them) are valid Kubernetes objects and agree with the code, the Dockerfile and
+//! DESIGN.md: the ConfigMap is a config portico accepts, the pod's ports and probes are
+//! the ones that config serves, the config folder is mounted the way reloads need, the
+//! Role grants exactly DESIGN's rights, which are enough for a replica to turn ready,
+//! and the pod runs as the image's user with nothing more than it needs.
+//!
+//! Facts about the Dockerfile alone live in `tests/packaging.rs`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::deploy::{manifests, object, role_rules};
+use common::kube_api::{FakeApi, Resource};
+use portico::config::{Config, Storage, TlsSource};
+use serde_json::Value;
+
+/// DESIGN.md, "Reload and running in a cluster": in portico's own namespace, secrets
+/// get, list, watch, create, update, delete; leases get, create, update.
+const DESIGN_RULES: [(&str, &str, &[&str]); 2] = [
+    (
+        "",
+        "secrets",
+        &["get", "list", "watch", "create", "update", "delete"],
+    ),
+    (
+        "coordination.k8s.io",
+        "leases",
+        &["get", "create", "update"],
+    ),
+];
+
+fn repo(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// The arguments of the last Dockerfile instruction `name` (`USER`, `EXPOSE`, ...).
+fn dockerfile(name: &str) -> String {
+    let prefix = format!("{name} ");
+    repo("Dockerfile")
+        .lines()
+        .rfind(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {name} in the Dockerfile"))[prefix.len()..]
+        .to_string()
+}
+
+fn deployment() -> &'static Value {
+    object("Deployment")
+}
+
+fn pod_spec() -> &'static Value {
+    &deployment()["spec"]["template"]["spec"]
+}
+
+fn container() -> &'static Value {
+    let containers = pod_spec()["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1, "one container: portico");
+    &containers[0]
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
+}
+
+/// The container's `--config` argument.
+fn config_path() -> &'static str {
+    let args = strings(&container()["args"]);
+    assert_eq!(args.len(), 3, "{args:?}");
+    assert_eq!(args[..2], ["run", "--config"], "{args:?}");
+    args[2]
+}
+
+/// The portico.toml of the ConfigMap the pod mounts.
+fn config_text() -> &'static str {
+    let name = Path::new(config_path())
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    object("ConfigMap")["data"][name]
+        .as_str()
+        .unwrap_or_else(|| panic!("the ConfigMap has no key {name}"))
+}
+
+fn config() -> Config {
+    Config::parse(Path::new(config_path()), config_text()).unwrap()
+}
+
+/// The container port called `name`.
+fn container_port(name: &str) -> u16 {
+    container()["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .unwrap_or_else(|| panic!("no container port {name}"))["containerPort"]
+        .as_u64()
+        .unwrap() as u16
+}
+
+/// A probe's port, named or numbered, as a container port number.
+fn resolve_port(port: &Value) -> u16 {
+    match port {
+        Value::String(name) => container_port(name),
+        n => n.as_u64().unwrap() as u16,
+    }
+}
+
+fn labels(v: &Value) -> Vec<(String, String)> {
+    v.as_object()
+        .unwrap_or_else(|| panic!("no labels: {v}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// `value` read as the Kubernetes type `T` and written back: a field the API does not
+/// know (a typo, a field of a newer version) is dropped on the way, and shows.
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(value: &Value) -> Value {
+    let typed: T =
+        serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{}: {e}", value["kind"]));
+    serde_json::to_value(typed).unwrap()
+}
+
+#[test]
+fn every_object_is_valid_for_the_kubernetes_api() {
+    use k8s_openapi::api::{apps, core, policy, rbac};
+    let mut kinds = Vec::new();
+    for object in manifests() {
+        let kind = object["kind"].as_str().unwrap();
+        let back = match kind {
+            "Namespace" => round_trip::<core::v1::Namespace>(object),
+            "ServiceAccount" => round_trip::<core::v1::ServiceAccount>(object),
+            "ConfigMap" => round_trip::<core::v1::ConfigMap>(object),
+            "Service" => round_trip::<core::v1::Service>(object),
+            "Role" => round_trip::<rbac::v1::Role>(object),
+            "RoleBinding" => round_trip::<rbac::v1::RoleBinding>(object),
+            "Deployment" => round_trip::<apps::v1::Deployment>(object),
+            "PodDisruptionBudget" => round_trip::<policy::v1::PodDisruptionBudget>(object),
+            other => panic!("unexpected kind {other}"),
+        };
+        assert_eq!(&back, object, "{kind}: fields the API does not know");
+        kinds.push(kind);
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "Deployment",
+            "Namespace",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+}
+
+#[test]
+fn the_configmap_is_the_checked_portico_toml_with_the_staging_ca() {
+    // What `portico check --config config/kubernetes/portico.toml` validates is what
+    // reaches the pods.
+    assert_eq!(config_text(), repo("config/kubernetes/portico.toml"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portico.toml");
+    std::fs::write(&path, config_text()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("acme from https://acme-staging-v02.api.letsencrypt.org/directory"),
+        "{stdout}"
+    );
+    // The production line the comment offers is the real one.
+    assert!(
+        config_text().contains(&format!(
+            "# directory = \"{}\"",
+            portico::config::LETS_ENCRYPT
+        )),
+        "{}",
+        config_text()
+    );
+
+    let config = config();
+    // The pod's own namespace: the one the Role is in.
+    assert_eq!(config.storage, Storage::Kubernetes { namespace: None });
+    assert!(
+        config.sites.iter().any(|s| s.tls == TlsSource::Acme),
+        "an example ACME site"
+    );
+    // Nothing read from or written to disk but the mounted config: the root filesystem
+    // is read-only and the image's WORKDIR goes unused.
+    assert!(config.acme.ca_root.is_none());
+    assert!(
+        config
+            .sites
+            .iter()
+            .all(|s| !matches!(s.tls, TlsSource::Files { .. }))
+    );
+    assert_eq!(
+        container()["securityContext"]["readOnlyRootFilesystem"],
+        true
+    );
+}
+
+#[test]
+fn pod_ports_are_the_listen_ports_and_the_service_maps_80_and_443_to_them() {
+    let listen = config().listen;
+    let admin = listen.admin.expect("listen.admin: the kubelet probes it");
+    for (name, addr) in [
+        ("http", listen.http),
+        ("https", listen.https),
+        ("admin", admin),
+    ] {
+        // 0.0.0.0: the Service and the kubelet come from outside the pod.
+        assert!(addr.ip().is_unspecified(), "listen.{name} = {addr}");
+        assert_eq!(container_port(name), addr.port(), "{name}");
+    }
+    let pod_ports: BTreeSet<u16> = container()["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap() as u16)
+        .collect();
+    let exposed: BTreeSet<u16> = dockerfile("EXPOSE")
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pod_ports, exposed, "the Dockerfile's EXPOSE");
+    // Unprivileged: no capability needed to bind them.
+    assert!(pod_ports.iter().all(|p| *p >= 1024), "{pod_ports:?}");
+
+    let service = object("Service");
+    assert_eq!(service["spec"]["type"], "LoadBalancer");
+    assert_eq!(service["spec"]["externalTrafficPolicy"], "Local");
+    let mapped: Vec<(u64, &str)> = service["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["port"].as_u64().unwrap(),
+                p["targetPort"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    // By name, so a changed container port cannot leave the Service behind; the admin
+    // port stays inside the cluster.
+    assert_eq!(mapped, [(80, "http"), (443, "https")]);
+
+    let annotations = &deployment()["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], admin.port().to_string());
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+}
+
+#[test]
+fn probes_ask_the_admin_listener_for_health_and_readiness() {
+    let admin = config().listen.admin.unwrap().port();
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
+        let get = &container()[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe}");
+        assert_eq!(resolve_port(&get["port"]), admin, "{probe}");
+    }
+}
+
+#[test]
+fn the_config_folder_is_mounted_whole_where_the_args_point() {
+    // Kubernetes would take the image's ENTRYPOINT (tests/packaging.rs: the binary) and
+    // these arguments, the same as the image's own CMD.
+    assert!(container().get("command").is_none());
+    let cmd = dockerfile("CMD");
+    let cmd: Vec<&str> = cmd
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .split(", ")
+        .map(|a| a.trim_matches('"'))
+        .collect();
+    assert_eq!(strings(&container()["args"]), cmd);
+
+    let path = Path::new(config_path());
+    let mounts: Vec<&Value> = container()["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| path.starts_with(m["mountPath"].as_str().unwrap()))
+        .collect();
+    assert_eq!(mounts.len(), 1, "one mount holds {}", path.display());
+    let mount = mounts[0];
+    // The folder itself: kubelet swaps its `..data` symlink on a ConfigMap update, which
+    // a subPath mount (a bind of one file) never shows.
+    assert_eq!(
+        Path::new(mount["mountPath"].as_str().unwrap()),
+        path.parent().unwrap()
+    );
+    assert!(mount.get("subPath").is_none() && mount.get("subPathExpr").is_none());
+    let volume = pod_spec()["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(
+        volume["configMap"]["name"],
+        object("ConfigMap")["metadata"]["name"]
+    );
+    assert!(
+        volume["configMap"].get("items").is_none(),
+        "every key under its own name"
+    );
+
+    // The Lease holder identity (DESIGN: POD_NAME, else HOSTNAME).
+    let env = container()["env"].as_array().unwrap();
+    let pod_name = env.iter().find(|e| e["name"] == "POD_NAME").unwrap();
+    assert_eq!(
+        pod_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+}
+
+#[test]
+fn the_role_is_designs_and_bound_to_the_pods_service_account() {
+    let namespace = object("Namespace")["metadata"]["name"].as_str().unwrap();
+    for o in manifests() {
+        if o["kind"] != "Namespace" {
+            assert_eq!(o["metadata"]["namespace"], namespace, "{}", o["kind"]);
+        }
+        assert!(
+            !["ClusterRole", "ClusterRoleBinding"].contains(&o["kind"].as_str().unwrap()),
+            "nothing cluster-wide"
+        );
+    }
+    let role = object("Role");
+    let rules: Vec<(&str, &str, Vec<&str>)> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let groups = strings(&r["apiGroups"]);
+            let resources = strings(&r["resources"]);
+            assert_eq!((groups.len(), resources.len()), (1, 1), "{r}");
+            assert!(
+                r.get("resourceNames").is_none(),
+                "portico names its objects as it goes"
+            );
+            (groups[0], resources[0], strings(&r["verbs"]))
+        })
+        .collect();
+    let design: Vec<(&str, &str, Vec<&str>)> = DESIGN_RULES
+        .iter()
+        .map(|(g, r, v)| (*g, *r, v.to_vec()))
+        .collect();
+    assert_eq!(rules, design);
+    let design: Vec<(String, Vec<String>)> = DESIGN_RULES
+        .iter()
+        .map(|(_, r, v)| (r.to_string(), v.iter().map(|s| s.to_string()).collect()))
+        .collect();
+    assert_eq!(role_rules(), design);
+
+    let account = pod_spec()["serviceAccountName"].as_str().unwrap();
+    let service_account = object("ServiceAccount");
+    assert_eq!(service_account["metadata"]["name"], account);
+    // The Kubernetes backend signs in with the mounted token.
+    assert_ne!(service_account["automountServiceAccountToken"], false);
+    assert_ne!(pod_spec()["automountServiceAccountToken"], false);
+    let binding = object("RoleBinding");
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(binding["roleRef"]["apiGroup"], "rbac.authorization.k8s.io");
+    let subjects = binding["subjects"].as_array().unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0]["kind"], "ServiceAccount");
+    assert_eq!(subjects[0]["name"], account);
+    assert_eq!(subjects[0]["namespace"], namespace);
+}
+
+#[test]
+fn the_pod_runs_as_the_images_user_with_no_privilege() {
+    let pod = &pod_spec()["securityContext"];
+    let own = &container()["securityContext"];
+    // The container's setting wins over the pod's, as in Kubernetes.
+    let effective = |key: &str| -> &Value {
+        own.get(key)
+            .or_else(|| pod.get(key))
+            .unwrap_or_else(|| panic!("securityContext.{key} is not set"))
+    };
+    let user = dockerfile("USER");
+    let (uid, gid) = user.split_once(':').unwrap();
+    assert_eq!(effective("runAsUser").to_string(), uid);
+    assert_eq!(effective("runAsGroup").to_string(), gid);
+    assert_eq!(effective("runAsNonRoot"), true);
+    assert_eq!(effective("seccompProfile")["type"], "RuntimeDefault");
+    assert_eq!(own["allowPrivilegeEscalation"], false);
+    assert_eq!(own["readOnlyRootFilesystem"], true);
+    // DESIGN: 8080/8443 need no capability at all (so no NET_BIND_SERVICE either).
+    assert_eq!(strings(&own["capabilities"]["drop"]), ["ALL"]);
+    assert!(own["capabilities"].get("add").is_none());
+    assert!(own.get("privileged").is_none_or(|p| p == false));
+    assert!(pod_spec().get("hostNetwork").is_none_or(|h| h == false));
+    let ports = container()["ports"].as_array().unwrap();
+    assert!(ports.iter().all(|p| p.get("hostPort").is_none()));
+
+    // The namespace enforces the "restricted" Pod Security Standard, which the above
+    // meets; its volume types include configMap.
+    let namespace = object("Namespace");
+    assert_eq!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    for volume in pod_spec()["volumes"].as_array().unwrap() {
+        assert!(volume.get("configMap").is_some(), "{volume}");
+    }
+}
+
+#[test]
+fn selectors_match_the_pod_labels() {
+    let template = labels(&deployment()["spec"]["template"]["metadata"]["labels"]);
+    let selects = |selector: &Value, what: &str| {
+        let wanted = labels(selector);
+        assert!(!wanted.is_empty(), "{what}");
+        for pair in &wanted {
+            assert!(template.contains(pair), "{what}: {pair:?} not on the pods");
+        }
+    };
+    selects(
+        &deployment()["spec"]["selector"]["matchLabels"],
+        "Deployment",
+    );
+    selects(&object("Service")["spec"]["selector"], "Service");
+    let pdb = object("PodDisruptionBudget");
+    selects(
+        &pdb["spec"]["selector"]["matchLabels"],
+        "PodDisruptionBudget",
+    );
+    for spread in pod_spec()["topologySpreadConstraints"].as_array().unwrap() {
+        selects(&spread["labelSelector"]["matchLabels"], "topology spread");
+    }
+    let spread = &pod_spec()["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+
+    // A drain can always evict one replica and still keep one serving.
+    let replicas = deployment()["spec"]["replicas"].as_u64().unwrap();
+    let min_available = pdb["spec"]["minAvailable"].as_u64().unwrap();
+    assert!(replicas >= 2 && (1..replicas).contains(&min_available));
+
+    for o in manifests() {
+        assert_eq!(
+            o["metadata"]["labels"]["app.kubernetes.io/name"], "portico",
+            "{}",
+            o["kind"]
+        );
+    }
+}
+
+#[test]
+fn the_grace_period_covers_the_prestop_pause_and_the_drain() {
+    let grace = pod_spec()["terminationGracePeriodSeconds"]
+        .as_u64()
+        .unwrap();
+    let pause = container()["lifecycle"]["preStop"]["sleep"]["seconds"]
+        .as_u64()
+        .unwrap();
+    let drain = config().limits.shutdown_timeout;
+    assert!(
+        Duration::from_secs(grace) > Duration::from_secs(pause) + drain,
+        "terminationGracePeriodSeconds {grace} <= preStop {pause} s + shutdown_timeout {drain:?}"
+    );
+    // The image the kustomization names is this version.
+    let image = container()["image"].as_str().unwrap();
+    let tag = image.rsplit_once(':').map(|(_, t)| t);
+    assert_eq!(tag, Some(env!("CARGO_PKG_VERSION")), "{image}");
+}
+
+/// GET on the admin listener; the status code, or None while it does not answer.
+async fn admin_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Empty<bytes::Bytes>,
+    >(hyper_util::rt::TokioIo::new(tcp))
+    .await
+    .ok()?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", "portico")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    Some(send.send_request(req).await.ok()?.status().as_u16())
+}
+
+/// A replica started from the ConfigMap's config with the Kubernetes backend, against
+/// the fake API server that allows only the shipped Role (anything else is 403): it
+/// looks for its stored certificate, turns ready on the probed paths, watches the
+/// certificate Secrets, takes and releases its issuance Lease, and records the failed
+/// attempt on the certificate Secret. Only
+/// the addresses change: loopback ports the OS picks, and an ACME directory on a local
+/// port that refuses connections. Removing any verb the start-up path uses from the Role
+/// makes this fail. `portico certs` then reads the same store with the same rights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() {
+    common::edge::install_provider();
+    let namespace = object("Namespace")["metadata"]["name"].as_str().unwrap();
+    let api = FakeApi::start().await;
+    api.add_token("portico");
+    let owned = role_rules();
+    let verbs: Vec<Vec<&str>> = owned
+        .iter()
+        .map(|(_, verbs)| verbs.iter().map(String::as_str).collect())
+        .collect();
+    let rules: Vec<(Resource, &[&str])> = owned
+        .iter()
+        .zip(&verbs)
+        .map(|((resource, _), verbs)| {
+            let resource = match resource.as_str() {
+                "secrets" => Resource::Secrets,
+                "leases" => Resource::Leases,
+                other => panic!("the fake API server serves no {other}"),
+            };
+            (resource, &verbs[..])
+        })
+        .collect();
+    let account = pod_spec()["serviceAccountName"].as_str().unwrap();
+    api.set_rbac(
+        "portico",
+        &format!("system:serviceaccount:{namespace}:{account}"),
+        namespace,
+        &rules,
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portico.toml");
+    std::fs::write(&path, config_text()).unwrap();
+    let mut adapted = Config::load(&path).unwrap();
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    adapted.listen.http = loopback;
+    adapted.listen.https = loopback;
+    adapted.listen.admin = Some(loopback);
+    let refused = common::refused_addr().await;
+    adapted.acme.directory = format!("https://{refused}/directory");
+    let Storage::Kubernetes { namespace: wanted } = adapted.storage.clone() else {
+        panic!("the ConfigMap's config stores in Kubernetes");
+    };
+    let kubeconfig = api.kubeconfig(dir.path(), namespace, "portico");
+    let store = Arc::new(
+        portico::store::kube::KubeStore::from_kubeconfig(&kubeconfig, wanted)
+            .await
+            .unwrap(),
+    );
+    let server = portico::server::Server::bind_with(
+        adapted,
+        store.clone(),
+        store,
+        portico::acme::manager::Tuning::default(),
+    )
+    .await
+    .unwrap();
+    let admin = server.admin_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let released_issuance_lease = || {
+        api.objects(Resource::Leases, namespace)
+            .iter()
+            .any(|lease| {
+                let name = lease["metadata"]["name"].as_str().unwrap_or("");
+                let holder = &lease["spec"]["holderIdentity"];
+                name.starts_with("portico-acme-")
+                    && !name.starts_with("portico-acme-account-")
+                    && holder == ""
+            })
+    };
+    // The failed attempt's status (for `portico certs`) is kept on the site's
+    // certificate Secret, read first and then created.
+    let recorded_the_failure = || {
+        api.objects(Resource::Secrets, namespace)
+            .iter()
+            .any(|secret| {
+                let name = secret["metadata"]["name"].as_str().unwrap_or("");
+                name.starts_with("portico-tls-")
+            })
+    };
+    loop {
+        let health = admin_status(admin, "/healthz").await;
+        let ready = admin_status(admin, "/readyz").await;
+        // Following what other replicas issue: list, then watch, the certificate Secrets.
+        let watching = api.open_watches(Some("portico")) >= 1;
+        if health == Some(200)
+            && ready == Some(200)
+            && watching
+            && released_issuance_lease()
+            && recorded_the_failure()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "healthz {health:?}, readyz {ready:?}, watching {watching}, leases {:?}, secrets {:?}",
+            api.objects(Resource::Leases, namespace),
+            api.objects(Resource::Secrets, namespace)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Before turning ready it looked for the stored certificate, in its namespace.
+    let requests = api.requests();
+    let secrets = format!("/api/v1/namespaces/{namespace}/secrets/");
+    assert!(
+        requests
+            .iter()
+            .any(|(method, path, _)| method == "GET" && path.starts_with(&secrets)),
+        "{requests:?}"
+    );
+
+    // The README's `kubectl exec deploy/portico -- portico certs --config ...`: the same
+    // binary, config file and rights, signed in through a kubeconfig instead.
+    let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+        .args(["certs", "--config", path.to_str().unwrap()])
+        .env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = config().sites[0].names().join(",");
+    assert!(table.contains(&names), "{table}");
+    assert!(table.contains("last error: "), "{table}");
+
+    let _ = stop.send(());
+    running.await.unwrap().unwrap();
+}
