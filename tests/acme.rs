@@ -115,11 +115,29 @@ async fn http_01_issues_one_certificate_for_every_host_of_the_site() {
         sans.iter().any(|n| n.contains("www.a.example.test")),
         "{sans:?}"
     );
-    // The chain and key are in the store, the key file private.
-    let certs = std::fs::read_dir(p.data().join("certificate"))
+    // The chain and key reach the store (just after the swap), the file private.
+    let store = portico::store::FileStore::open(p.data()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let stored = loop {
+        let all = store.list(Kind::Certificate).await.unwrap();
+        if let Some((name, stored)) = all
+            .into_iter()
+            .find(|(_, s)| s.object.get("tls.crt").is_some())
+        {
+            break (name, stored);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(stored.1.object.get("tls.key").is_some());
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::read_dir(p.data().join("certificate"))
         .unwrap()
-        .count();
-    assert!(certs >= 1);
+        .map(|e| e.unwrap().path())
+        .find(|path| path.to_string_lossy().contains(&stored.0))
+        .expect("the object's file");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", file.display());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
