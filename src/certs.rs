@@ -101,15 +101,41 @@ pub fn cert_object(site: &Site, chain_pem: &str, key_pem: &str, not_after: Syste
     );
     annotations.insert("cert-manager.io/alt-names".to_string(), names.join(","));
     annotations.insert("portico.dev/not-after".to_string(), rfc3339(not_after));
+    annotations.insert(
+        ANNOTATION_SOURCE.to_string(),
+        source_name(&site.tls).to_string(),
+    );
     Object { data, annotations }
 }
 
-/// The certificate in a store object: `None` when it holds none yet (only ACME status
-/// annotations), an error when it is incomplete or does not parse.
-pub fn stored_certificate(name: &str, object: &Object) -> Result<Option<Loaded>, CertError> {
-    if object.get("tls.crt").is_none() {
+/// Which source wrote a stored certificate: `acme` or `internal`. ACME and the local CA
+/// store a site's certificate under the same name, so a site switched from one to the
+/// other must not keep serving what the other issued.
+pub const ANNOTATION_SOURCE: &str = "portico.dev/source";
+
+fn source_name(tls: &TlsSource) -> &'static str {
+    match tls {
+        TlsSource::Acme => "acme",
+        TlsSource::Internal => "internal",
+        TlsSource::Files { .. } => "files",
+    }
+}
+
+/// The certificate in `site`'s store object: `None` when it holds none yet (only ACME
+/// status annotations) or one from another source than the site's; an error when it is
+/// incomplete or does not parse. Objects written before the source was recorded count
+/// as the site's.
+pub fn stored_certificate(site: &Site, object: &Object) -> Result<Option<Loaded>, CertError> {
+    if object.get("tls.crt").is_none()
+        || object
+            .annotations
+            .get(ANNOTATION_SOURCE)
+            .is_some_and(|source| source != source_name(&site.tls))
+    {
         return Ok(None);
     }
+    let name = cert_object_name(site);
+    let name = name.as_str();
     let chain = data(object, Kind::Certificate, name, "tls.crt")?;
     let key = data(object, Kind::Certificate, name, "tls.key")?;
     Ok(Some(load_pem(&format!("certificate/{name}"), chain, key)?))
@@ -307,7 +333,7 @@ impl CertManager {
             }) else {
                 continue;
             };
-            let loaded = match stored_certificate(&name, &stored.object) {
+            let loaded = match stored_certificate(site, &stored.object) {
                 Ok(Some(loaded)) => loaded,
                 // ACME status only, no certificate yet.
                 Ok(None) => continue,
@@ -354,7 +380,7 @@ impl CertManager {
         let Some(stored) = self.store.get(Kind::Certificate, &name).await? else {
             return Ok(false);
         };
-        let Some(loaded) = stored_certificate(&name, &stored.object)? else {
+        let Some(loaded) = stored_certificate(site, &stored.object)? else {
             return Ok(false);
         };
         self.resolver
@@ -373,7 +399,7 @@ impl CertManager {
         // Another process sharing the store may have renewed it already.
         if let Some(loaded) = stored
             .as_ref()
-            .and_then(|s| stored_certificate(&name, &s.object).ok().flatten())
+            .and_then(|s| stored_certificate(site, &s.object).ok().flatten())
             && !loaded.due(now)
         {
             self.resolver.install(&id, loaded.key, loaded.not_after);

@@ -308,6 +308,35 @@ async fn a_forced_renewal_swaps_the_certificate_under_continuous_requests() {
     assert_eq!(pebble.orders(), 2);
 }
 
+/// A site switched by a reload from the local CA to ACME gets a certificate from the CA:
+/// the local CA's, stored under the same name and still valid, is not taken for one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_switched_from_internal_to_acme_gets_a_certificate_from_the_ca() {
+    install_provider();
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
+    let head = header(http, https, &pebble, "http-01");
+    let site = acme_site("\"switch.example.test\"", "s");
+    let internal = site.replace("tls = \"acme\"", "tls = \"internal\"");
+    let p = start_text(
+        tempfile::tempdir().unwrap(),
+        &format!("{head}{internal}"),
+        quick(),
+    )
+    .await;
+    let local_root = p.root_pem();
+    let first = wait_for_certificate(&p, "switch.example.test", &local_root, &pebble).await;
+
+    let path = p.dir.path().join("portico.toml");
+    let text = format!("{head}{site}").replace("{dir}", &p.dir.path().display().to_string());
+    std::fs::write(&path, text).unwrap();
+    p.reloader.reload_now().await.unwrap();
+    let roots = pebble.issuing_roots().await;
+    let leaf = wait_for_certificate(&p, "switch.example.test", &roots, &pebble).await;
+    assert_ne!(leaf, first);
+    assert_eq!(pebble.orders(), 1);
+}
+
 /// A CA that requires External Account Binding: the configured key id and HMAC key
 /// get an account (and a certificate); a wrong key gets the CA's refusal, reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -335,7 +335,7 @@ impl AcmeManager {
         let stored = self.store.get(Kind::Certificate, &name).await?;
         let stored_cert = stored
             .as_ref()
-            .and_then(|s| stored_certificate(&name, &s.object).ok().flatten());
+            .and_then(|s| stored_certificate(site, &s.object).ok().flatten());
         if let Some(loaded) = &stored_cert
             && !loaded.due(now)
             && self
@@ -410,7 +410,7 @@ impl AcmeManager {
                     let again = self.store.get(Kind::Certificate, &name).await?;
                     let theirs = again
                         .as_ref()
-                        .and_then(|s| stored_certificate(&name, &s.object).ok().flatten());
+                        .and_then(|s| stored_certificate(site, &s.object).ok().flatten());
                     if let Some(theirs) = theirs
                         && theirs.not_after >= loaded.not_after
                     {
