@@ -468,6 +468,7 @@ async fn a_holder_killed_mid_issuance_is_replaced_after_its_lease_expires() {
 
     // The CA validates through a survivor (any replica answers from the store).
     world.pebble.set_a(HOST, ip(survivors[0].n)).await;
+    assert_eq!(world.pebble.query_a(HOST).await, vec![ip(survivors[0].n)]);
     world.front().hold_new_orders(false);
 
     // Nobody may take over before the dead holder's record has sat unchanged for a
