@@ -692,6 +692,18 @@ async fn thirty_seconds_without_the_api_server_cost_no_request_and_delay_a_new_s
     assert_eq!(world.pebble.orders(), 1, "ordered without the lock");
     let during = answered();
     world.api.set_down(false);
+    // Each replica follows the certificate Secrets again (how it learns of what others
+    // issue), not only its own orders.
+    for n in ns {
+        let token = format!("token-replica-{n}");
+        eventually(
+            "a replica never watched the Secrets again",
+            Duration::from_millis(100),
+            || (world.api.open_watches(Some(&token)) > 0).then_some(()),
+            || token.clone(),
+        )
+        .await;
+    }
 
     let mut new_leaves = Vec::new();
     for (p, n) in replicas.iter().zip(ns) {
