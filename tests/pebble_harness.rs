@@ -103,6 +103,14 @@ async fn set_a_changes_what_challtestsrv_answers() {
         [Ipv4Addr::new(127, 0, 0, 3)]
     );
     assert_eq!(pebble.query_a("b.example.test").await, [local]);
+    // A second answer replaces the first (challtestsrv's `/add-a` alone would add it).
+    pebble
+        .set_a("a.example.test", Ipv4Addr::new(127, 0, 0, 4))
+        .await;
+    assert_eq!(
+        pebble.query_a("a.example.test").await,
+        [Ipv4Addr::new(127, 0, 0, 4)]
+    );
 
     pebble.clear_a("a.example.test").await;
     assert_eq!(pebble.query_a("a.example.test").await, [local]);

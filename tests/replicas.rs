@@ -3,22 +3,48 @@
 //! with its own token) and one Pebble. Pebble's DNS answer is a replica that does not hold
 //! the issuance Lease, so the CA's validation reaches a replica that must find the token
 //! in the shared store.
+//!
+//! Then what goes wrong in a cluster: the holder of the issuance Lease SIGKILLed before
+//! its order finishes (real processes: the `portico` binary), the API server gone for
+//! 30 s, replicas whose clocks are hours off, and another writer changing the
+//! certificate Secret between a replica's read and its write.
+//!
+//! Nothing here asserts how long anything takes: effects are waited for, with deadlines
+//! that only keep a broken build from hanging. Where a scenario needs an order to stay in
+//! flight, the CA sits behind an [`AriFront`] that holds new orders until the test lets
+//! them through, instead of racing the CA.
 
 mod common;
 
-use std::net::Ipv4Addr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+use common::ari::AriFront;
 use common::edge::{self, Portico, client_config, install_provider, start_with, tls_connect};
-use common::kube_api::{FakeApi, Resource};
+use common::kube_api::{FakeApi, Resource, base64_decode};
 use common::pebble::{Pebble, PebbleConfig, free_port};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
 use portico::acme::manager::Tuning;
+use portico::certs::short_hash;
 use portico::config::Config;
 use portico::store::KubeStore;
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde_json::{Value, json};
+use tokio::time::Instant;
 
 const NS: &str = "portico";
 const HOST: &str = "shared.example.test";
+/// DESIGN's lease duration: what the ACME manager's issuance Leases last unrenewed.
+const LEASE: Duration = Duration::from_secs(15);
+/// Bound on waiting for something that should happen; never a measure of speed.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 fn quick() -> Tuning {
     Tuning {
@@ -27,10 +53,37 @@ fn quick() -> Tuning {
     }
 }
 
+fn ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, n)
+}
+
+/// The issuance Lease of a one-host site (DESIGN: `portico-acme-<h(sorted names)>`).
+fn lease_name(host: &str) -> String {
+    format!("portico-acme-{}", short_hash(host))
+}
+
+/// The certificate Secret of a one-host site.
+fn secret_name(host: &str) -> String {
+    format!("portico-tls-{host}-{}", short_hash(host))
+}
+
+fn holder_of(lease: &Value) -> &str {
+    lease["spec"]["holderIdentity"].as_str().unwrap_or("")
+}
+
+/// The leaf (DER) of the chain in a certificate Secret, if it holds one.
+fn secret_leaf(secret: &Value) -> Option<Vec<u8>> {
+    let pem = base64_decode(secret["data"]["tls.crt"].as_str()?).ok()?;
+    let leaf = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
+    Some(leaf.to_vec())
+}
+
 /// The shared world: the API server, the CA, and the ports every replica uses.
 struct World {
     api: FakeApi,
     pebble: Pebble,
+    /// In front of Pebble, for tests that hold orders in flight.
+    front: Option<AriFront>,
     http: u16,
     https: u16,
     dir: tempfile::TempDir,
@@ -38,87 +91,260 @@ struct World {
 
 impl World {
     async fn start() -> World {
+        World::start_inner(false).await
+    }
+
+    /// [`World::start`] with the replicas ordering through an [`AriFront`].
+    async fn start_with_front() -> World {
+        World::start_inner(true).await
+    }
+
+    async fn start_inner(front: bool) -> World {
         install_provider();
         // One port pair for every replica address, as pods share the Service's ports.
         let (http, https) = (free_port(), free_port());
         let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
+        let front = match front {
+            true => Some(AriFront::start(&pebble).await),
+            false => None,
+        };
         World {
             api: FakeApi::start().await,
             pebble,
+            front,
             http,
             https,
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn config(&self, ip: Ipv4Addr, sites: &str) -> Config {
+    fn front(&self) -> &AriFront {
+        self.front.as_ref().expect("a world started with a front")
+    }
+
+    /// Writes the config file of the replica on `ip` (the file its reloads read).
+    fn write_config(&self, ip: Ipv4Addr, sites: &str) -> PathBuf {
+        let directory = match &self.front {
+            Some(front) => front.directory_url(),
+            None => self.pebble.directory_url(),
+        };
         let text = format!(
             "[listen]\nhttp = \"{ip}:{http}\"\nhttps = \"{ip}:{https}\"\nadmin = \"127.0.0.1:0\"\n\
              [storage]\nbackend = \"kubernetes\"\nnamespace = \"{NS}\"\n\
-             [acme]\nemail = \"ops@example.test\"\ndirectory = \"{dir}\"\nca_root = \"{root}\"\nchallenge = \"http-01\"\n{sites}",
+             [acme]\nemail = \"ops@example.test\"\ndirectory = \"{directory}\"\nca_root = \"{root}\"\nchallenge = \"http-01\"\n{sites}",
             http = self.http,
             https = self.https,
-            dir = self.pebble.directory_url(),
             root = self.pebble.ca_root_path().display(),
         );
         let path = self.dir.path().join(format!("portico-{ip}.toml"));
         std::fs::write(&path, &text).unwrap();
-        Config::load(&path).unwrap()
+        path
+    }
+
+    fn config(&self, ip: Ipv4Addr, sites: &str) -> Config {
+        Config::load(&self.write_config(ip, sites)).unwrap()
+    }
+
+    fn https_of(&self, n: u8) -> SocketAddr {
+        SocketAddr::from((ip(n), self.https))
     }
 
     /// Replica `n` on 127.0.0.`n`, with its own token and pod name.
     async fn replica(&self, n: u8, sites: &str) -> Portico {
-        let ip = Ipv4Addr::new(127, 0, 0, n);
+        self.replica_with(n, sites, |store| store).await
+    }
+
+    /// [`World::replica`] with its store adjusted by `adjust` (a skewed clock, say).
+    async fn replica_with(
+        &self,
+        n: u8,
+        sites: &str,
+        adjust: impl FnOnce(KubeStore) -> KubeStore,
+    ) -> Portico {
         let token = format!("token-replica-{n}");
         self.api.add_token(&token);
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = self.api.kubeconfig(dir.path(), NS, &token);
-        let store = Arc::new(
-            KubeStore::from_kubeconfig(&kubeconfig, Some(NS.into()))
-                .await
-                .unwrap()
-                .with_pod_name(format!("replica-{n}")),
-        );
-        start_with(dir, self.config(ip, sites), store.clone(), store, quick()).await
+        let store = KubeStore::from_kubeconfig(&kubeconfig, Some(NS.into()))
+            .await
+            .unwrap()
+            .with_pod_name(format!("replica-{n}"));
+        let store = Arc::new(adjust(store));
+        start_with(
+            dir,
+            self.config(ip(n), sites),
+            store.clone(),
+            store,
+            quick(),
+        )
+        .await
+    }
+
+    /// Replica `n` as a pod runs it: the `portico` binary in a process of its own, with
+    /// credentials from a kubeconfig and its pod name from `POD_NAME`.
+    fn spawn(&self, n: u8, sites: &str) -> Process {
+        let token = format!("token-replica-{n}");
+        self.api.add_token(&token);
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = self.api.kubeconfig(dir.path(), NS, &token);
+        let config = self.write_config(ip(n), sites);
+        let log = dir.path().join("portico.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_portico"))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(dir.path())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAME", format!("replica-{n}"))
+            // A test run inside a pod must not make the child pick the pod's own
+            // service account over the fake's kubeconfig.
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Process {
+            n,
+            child,
+            log,
+            _dir: dir,
+        }
+    }
+
+    fn lease(&self, host: &str) -> Option<Value> {
+        self.api.get(Resource::Leases, NS, &lease_name(host))
+    }
+
+    /// The issuance Lease's holder identity ("" when free or absent).
+    fn holder(&self, host: &str) -> String {
+        self.lease(host)
+            .map(|l| holder_of(&l).to_string())
+            .unwrap_or_default()
     }
 
     /// The issuance Lease's holder identity, once someone holds it.
     fn lease_holder(&self) -> Option<String> {
+        Some(self.holder(HOST)).filter(|h| !h.is_empty())
+    }
+
+    /// Every state the issuance Lease of `host` went through, oldest first.
+    fn lease_states(&self, host: &str) -> Vec<Value> {
+        let name = lease_name(host);
         self.api
-            .objects(Resource::Leases, NS)
+            .history(Resource::Leases, NS)
             .into_iter()
-            .filter(|l| {
-                l["metadata"]["name"]
-                    .as_str()
-                    .is_some_and(|n| n.starts_with("portico-acme-") && !n.contains("account"))
-            })
-            .find_map(|l| l["spec"]["holderIdentity"].as_str().map(str::to_string))
-            .filter(|h| !h.is_empty())
+            .map(|(_, lease)| lease)
+            .filter(|l| l["metadata"]["name"] == name.as_str())
+            .collect()
+    }
+
+    fn certificate_secret(&self, host: &str) -> Option<Value> {
+        self.api.get(Resource::Secrets, NS, &secret_name(host))
     }
 }
 
+/// A replica running as its own process; killed when dropped.
+struct Process {
+    n: u8,
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// SIGKILL: no release of the Lease, no cleanup of any kind.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        format!("--- replica-{} ---\n{text}", self.n)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn logs(processes: &[Process]) -> String {
+    processes.iter().map(Process::log).collect()
+}
+
 fn site(body: &str) -> String {
+    site_for(HOST, body)
+}
+
+fn site_for(host: &str, body: &str) -> String {
     format!(
-        "[[site]]\nhosts = [\"{HOST}\"]\ntls = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"{body}\" }}\n"
+        "[[site]]\nhosts = [\"{host}\"]\ntls = \"acme\"\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"{body}\" }}\n"
     )
+}
+
+/// The leaf `addr` serves for `host`, once it serves one that verifies against `roots`;
+/// panics with `context()` if none does within [`PATIENCE`].
+async fn served_leaf_at(
+    addr: SocketAddr,
+    host: &str,
+    roots: &[u8],
+    context: impl Fn() -> String,
+) -> Vec<u8> {
+    let config = client_config(&[roots], &[b"h2"]);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let connect = tls_connect(addr, host, config.clone());
+        if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), connect).await {
+            return edge::leaf(&tls);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} serves no certificate for {host}: {}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The leaf `p` serves for `HOST`, once it serves one that verifies against `roots`.
 async fn served_leaf(p: &Portico, roots: &[u8]) -> Vec<u8> {
-    let config = client_config(&[roots], &[b"h2"]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    served_leaf_at(p.https, HOST, roots, || {
+        format!("last error: {:?}", p.certs.acme_last_error(HOST))
+    })
+    .await
+}
+
+/// Waits until `probe` gives something, looking every `every`; panics with `what` and
+/// `context()` after [`PATIENCE`].
+async fn eventually<T>(
+    what: &str,
+    every: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + PATIENCE;
     loop {
-        if let Ok(tls) = tls_connect(p.https, HOST, config.clone()).await {
-            return edge::leaf(&tls);
+        if let Some(found) = probe() {
+            return found;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} serves no certificate for {HOST}; last error: {:?}",
-            p.https,
-            p.certs.acme_last_error(HOST)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(Instant::now() < deadline, "{what}\n{}", context());
+        tokio::time::sleep(every).await;
     }
+}
+
+/// A Lease's MicroTime as a point in time.
+fn micro_time(value: &Value) -> SystemTime {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a MicroTime: {value}"));
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{text}: {e}"));
+    SystemTime::from(at)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,4 +416,515 @@ async fn one_replica_orders_all_serve_and_restarts_order_nothing() {
         assert_eq!(served_leaf(p, &roots).await, leaf);
     }
     assert_eq!(world.pebble.orders(), 1, "a restart orders nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_killed_mid_issuance_is_replaced_after_its_lease_expires() {
+    let world = World::start_with_front().await;
+    // Orders wait at the CA's front until the holder is dead, so the kill is never too
+    // late: the holder cannot finish first, whatever the scheduling (the guard below
+    // would say so if it ever did).
+    world.front().hold_new_orders(true);
+    world.pebble.set_a(HOST, ip(2)).await;
+    let mut replicas: Vec<Process> = [2, 3, 4]
+        .into_iter()
+        .map(|n| world.spawn(n, &site(&format!("p{n}"))))
+        .collect();
+
+    // Kill the holder the moment the issuance Lease names it.
+    let deadline = Instant::now() + PATIENCE;
+    let dead = loop {
+        let holder = world.holder(HOST);
+        if !holder.is_empty() {
+            break holder;
+        }
+        for p in &mut replicas {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                panic!("replica-{} exited: {status}\n{}", p.n, p.log());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nobody took the Lease\n{}",
+            logs(&replicas)
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    let victim = replicas
+        .iter()
+        .position(|p| dead.starts_with(&format!("replica-{}-", p.n)))
+        .unwrap_or_else(|| panic!("holder {dead:?} is none of the replicas"));
+    let mut killed = replicas.remove(victim);
+    killed.kill();
+    let survivors = replicas;
+    assert!(
+        world
+            .certificate_secret(HOST)
+            .and_then(|s| secret_leaf(&s))
+            .is_none(),
+        "the holder stored a certificate before it was killed: the scenario did not happen\n{}",
+        killed.log()
+    );
+
+    // The CA validates through a survivor (any replica answers from the store).
+    world.pebble.set_a(HOST, ip(survivors[0].n)).await;
+    assert_eq!(world.pebble.query_a(HOST).await, vec![ip(survivors[0].n)]);
+    world.front().hold_new_orders(false);
+
+    // Nobody may take over before the dead holder's record has sat unchanged for a
+    // lease duration (DESIGN's client-go rule); then a survivor must.
+    let takeover = eventually(
+        "no survivor took the Lease over",
+        Duration::from_millis(20),
+        || {
+            world
+                .lease_states(HOST)
+                .into_iter()
+                .find(|l| !holder_of(l).is_empty() && holder_of(l) != dead)
+        },
+        || logs(&survivors),
+    )
+    .await;
+    let next = holder_of(&takeover);
+    assert!(
+        survivors
+            .iter()
+            .any(|p| next.starts_with(&format!("replica-{}-", p.n))),
+        "{next}"
+    );
+    assert!(
+        takeover["spec"]["leaseTransitions"].as_i64() >= Some(1),
+        "{takeover}"
+    );
+    // A lower bound, not a measure of speed: one clock (this machine's) wrote both
+    // times, and a survivor may only take over a lease duration after it first saw the
+    // dead holder's last record, which is after that record was written.
+    let last_of_dead = world
+        .lease_states(HOST)
+        .into_iter()
+        .rfind(|l| holder_of(l) == dead)
+        .expect("the dead holder's record");
+    let written = micro_time(&last_of_dead["spec"]["renewTime"]);
+    let taken = micro_time(&takeover["spec"]["acquireTime"]);
+    assert!(
+        taken >= written + LEASE,
+        "taken over at {taken:?}, the dead holder's record was written at {written:?}"
+    );
+
+    let roots = world.pebble.issuing_roots().await;
+    let mut leaves = Vec::new();
+    for p in &survivors {
+        leaves.push(served_leaf_at(world.https_of(p.n), HOST, &roots, || logs(&survivors)).await);
+    }
+    assert_eq!(
+        leaves[0], leaves[1],
+        "the survivors serve different certificates"
+    );
+    let stored = world
+        .certificate_secret(HOST)
+        .as_ref()
+        .and_then(secret_leaf);
+    assert_eq!(
+        stored.as_ref(),
+        Some(&leaves[0]),
+        "the Secret holds another"
+    );
+    // The dead holder may have got an order in before it died; nobody else ordered twice.
+    let orders = world.pebble.orders();
+    assert!((1..=2).contains(&orders), "{orders} orders");
+}
+
+/// What one replica answered while it was asked without pause.
+#[derive(Default)]
+struct Answers {
+    ok: AtomicUsize,
+    failures: Mutex<Vec<String>>,
+}
+
+impl Answers {
+    fn ok(&self) -> usize {
+        self.ok.load(Ordering::SeqCst)
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.failures.lock().unwrap().clone()
+    }
+}
+
+/// Asks `p` until `stop`: `GET /` for `host` on a new TLS connection each time (so every
+/// request needs a handshake, and so the resolver), expecting 200 and `body`, then the
+/// admin listener's `/readyz`, expecting 200.
+fn keep_asking(
+    p: &Portico,
+    host: &str,
+    body: &str,
+    roots: &[u8],
+    stop: Arc<AtomicBool>,
+) -> (Arc<Answers>, tokio::task::JoinHandle<()>) {
+    let answers = Arc::new(Answers::default());
+    let (https, admin) = (p.https, p.admin);
+    let config = client_config(&[roots], &[b"http/1.1"]);
+    let (host, body) = (host.to_string(), body.to_string());
+    let recording = answers.clone();
+    let task = tokio::spawn(async move {
+        while !stop.load(Ordering::SeqCst) {
+            let ask = async {
+                let got = get_over_tls(https, &host, config.clone()).await?;
+                if got != (200, body.clone()) {
+                    return Err(format!("{https}: {got:?}"));
+                }
+                match get_plain(admin, "/readyz").await? {
+                    200 => Ok(()),
+                    status => Err(format!("{admin}/readyz: {status}")),
+                }
+            };
+            let result = tokio::time::timeout(Duration::from_secs(10), ask)
+                .await
+                .unwrap_or_else(|_| Err(format!("{https}: no answer within 10 s")));
+            match result {
+                Ok(()) => _ = recording.ok.fetch_add(1, Ordering::SeqCst),
+                Err(e) => recording.failures.lock().unwrap().push(e),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (answers, task)
+}
+
+/// `GET /` for `host` over a new TLS connection (HTTP/1.1): status and body.
+async fn get_over_tls(
+    addr: SocketAddr,
+    host: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<(u16, String), String> {
+    let fail = |e: &dyn std::fmt::Display| format!("{addr} {host}: {e}");
+    let tls = tls_connect(addr, host, config)
+        .await
+        .map_err(|e| fail(&e))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| fail(&e))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/")
+        .header("host", host)
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.map_err(|e| fail(&e))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| fail(&e))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// The status of a plain HTTP/1.1 `GET path` to `addr`.
+async fn get_plain(addr: SocketAddr, path: &str) -> Result<u16, String> {
+    let fail = |e: &dyn std::fmt::Display| format!("{addr}{path}: {e}");
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| fail(&e))?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| fail(&e))?;
+    tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header("host", addr.to_string())
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.map_err(|e| fail(&e))?;
+    Ok(resp.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_seconds_without_the_api_server_cost_no_request_and_delay_a_new_site_only() {
+    const NEW: &str = "added.example.test";
+    const OUTAGE: Duration = Duration::from_secs(30);
+    let world = World::start().await;
+    world.pebble.set_a(HOST, ip(2)).await;
+    world.pebble.set_a(NEW, ip(3)).await;
+    let ns = [2u8, 3, 4];
+    let mut replicas = Vec::new();
+    for n in ns {
+        replicas.push(world.replica(n, &site(&format!("r{n}"))).await);
+    }
+    let roots = world.pebble.issuing_roots().await;
+    let leaf = served_leaf(&replicas[0], &roots).await;
+    for p in &replicas[1..] {
+        assert_eq!(served_leaf(p, &roots).await, leaf);
+    }
+    assert_eq!(world.pebble.orders(), 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let asking: Vec<_> = replicas
+        .iter()
+        .zip(ns)
+        .map(|(p, n)| keep_asking(p, HOST, &format!("r{n}"), &roots, stop.clone()))
+        .collect();
+    let answered = || asking.iter().map(|(a, _)| a.ok()).collect::<Vec<_>>();
+
+    world.api.set_down(true);
+    let down_at = Instant::now();
+    let before = answered();
+    // A site added while the API server is away: the reload applies at once, the
+    // issuance (which needs the lock) waits for the API.
+    for (p, n) in replicas.iter().zip(ns) {
+        let sites = format!(
+            "{}{}",
+            site(&format!("r{n}")),
+            site_for(NEW, &format!("new{n}"))
+        );
+        world.write_config(ip(n), &sites);
+        p.reloader.reload_now().await.unwrap();
+    }
+    for p in &replicas {
+        eventually(
+            "the new site's issuance never met the missing API server",
+            Duration::from_millis(100),
+            || p.certs.acme_last_error(NEW),
+            String::new,
+        )
+        .await;
+    }
+    tokio::time::sleep_until(down_at + OUTAGE).await;
+    assert_eq!(world.pebble.orders(), 1, "ordered without the lock");
+    let during = answered();
+    world.api.set_down(false);
+    // Each replica follows the certificate Secrets again (how it learns of what others
+    // issue), not only its own orders.
+    for n in ns {
+        let token = format!("token-replica-{n}");
+        eventually(
+            "a replica never watched the Secrets again",
+            Duration::from_millis(100),
+            || (world.api.open_watches(Some(&token)) > 0).then_some(()),
+            || token.clone(),
+        )
+        .await;
+    }
+
+    let mut new_leaves = Vec::new();
+    for (p, n) in replicas.iter().zip(ns) {
+        let context = || format!("last error: {:?}", p.certs.acme_last_error(NEW));
+        new_leaves.push(served_leaf_at(p.https, NEW, &roots, context).await);
+        let config = client_config(&[&roots], &[b"http/1.1"]);
+        assert_eq!(
+            get_over_tls(p.https, NEW, config).await,
+            Ok((200, format!("new{n}")))
+        );
+    }
+    assert!(
+        new_leaves.iter().all(|l| *l == new_leaves[0]),
+        "the replicas serve different certificates for {NEW}"
+    );
+
+    stop.store(true, Ordering::SeqCst);
+    for (i, ((answers, task), n)) in asking.into_iter().zip(ns).enumerate() {
+        task.await.unwrap();
+        assert_eq!(answers.failures(), Vec::<String>::new(), "replica-{n}");
+        assert!(
+            during[i] > before[i],
+            "replica-{n} was not asked during the outage"
+        );
+    }
+    assert_eq!(world.pebble.orders(), 2, "exactly one new order");
+    // The first site still has its one certificate.
+    assert_eq!(served_leaf(&replicas[1], &roots).await, leaf);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_clocks_hours_off_never_become_a_second_holder() {
+    let world = World::start_with_front().await;
+    // The holder's order waits at the CA's front for as long as the scenario needs.
+    world.front().hold_new_orders(true);
+    world.pebble.set_a(HOST, ip(3)).await;
+    let a = world.replica(2, &site("a")).await;
+    let holder = eventually(
+        "replica-2 took no Lease",
+        Duration::from_millis(5),
+        || world.lease_holder(),
+        String::new,
+    )
+    .await;
+    assert!(holder.starts_with("replica-2-"), "{holder}");
+    world
+        .front()
+        .wait_for(
+            "the holder's new order",
+            |front| !front.new_orders.is_empty(),
+            || format!("last error: {:?}", a.certs.acme_last_error(HOST)),
+        )
+        .await;
+
+    // What they write into a Lease would say "three hours from now" and "three hours
+    // ago"; a replica that judged expiry by `renewTime` against its own clock would take
+    // the Lease at its first look.
+    let hours = Duration::from_secs(3 * 3600);
+    let ahead: Arc<dyn Fn() -> SystemTime + Send + Sync> =
+        Arc::new(move || SystemTime::now() + hours);
+    let behind: Arc<dyn Fn() -> SystemTime + Send + Sync> =
+        Arc::new(move || SystemTime::now() - hours);
+    let b = world
+        .replica_with(3, &site("b"), |store| store.with_clock(ahead))
+        .await;
+    let c = world
+        .replica_with(4, &site("c"), |store| store.with_clock(behind))
+        .await;
+
+    // DESIGN's rule forbids any takeover within a lease duration of a replica's first
+    // look, whatever the clocks, so only looks after that prove anything: the order is
+    // held until each skewed replica has looked at the Lease again a lease duration
+    // after its first look. Until then the Lease must stay the first holder's.
+    let lease_path = format!(
+        "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{}",
+        lease_name(HOST)
+    );
+    let looks = |token: &str| {
+        world
+            .api
+            .requests()
+            .iter()
+            .filter(|(method, path, t)| {
+                method == "GET" && path.starts_with(&lease_path) && t.as_deref() == Some(token)
+            })
+            .count()
+    };
+    let skewed = ["token-replica-3", "token-replica-4"];
+    // Per skewed replica: when its first look was seen, and its count of looks a lease
+    // duration later.
+    let mut first_seen: [Option<Instant>; 2] = [None; 2];
+    let mut counted: [Option<usize>; 2] = [None; 2];
+    let deadline = Instant::now() + LEASE + PATIENCE;
+    loop {
+        assert_eq!(
+            world.holder(HOST),
+            holder,
+            "the Lease changed hands while its holder's order was in flight\n{:#?}",
+            world.lease_states(HOST)
+        );
+        let mut done = 0;
+        for i in 0..2 {
+            let n = looks(skewed[i]);
+            if n == 0 {
+                continue;
+            }
+            let first = *first_seen[i].get_or_insert_with(Instant::now);
+            if first.elapsed() > LEASE {
+                let at_expiry = *counted[i].get_or_insert(n);
+                if n > at_expiry {
+                    done += 1;
+                }
+            }
+        }
+        if done == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the skewed replicas stopped looking at the Lease"
+        );
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    world.front().hold_new_orders(false);
+
+    let roots = world.pebble.issuing_roots().await;
+    let leaf = served_leaf(&a, &roots).await;
+    for p in [&b, &c] {
+        assert_eq!(
+            served_leaf(p, &roots).await,
+            leaf,
+            "{} serves another",
+            p.https
+        );
+    }
+    assert_eq!(world.pebble.orders(), 1, "exactly one order");
+    // Over the whole run: the Lease went to another holder only after a release.
+    let states = world.lease_states(HOST);
+    for pair in states.windows(2) {
+        let (before, after) = (holder_of(&pair[0]), holder_of(&pair[1]));
+        assert!(
+            after == before || after.is_empty() || before.is_empty(),
+            "{before:?} → {after:?} without a release\n{states:#?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_write_on_a_stale_resource_version_is_retried_not_forced() {
+    let world = World::start().await;
+    world.pebble.set_a(HOST, ip(4)).await;
+    let secret = secret_name(HOST);
+    // The Secret exists before the order, as an earlier failed attempt leaves it, so the
+    // holder's certificate write is an update that names the version it read.
+    world.api.insert(
+        Resource::Secrets,
+        NS,
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": secret,
+                "labels": {
+                    "app.kubernetes.io/managed-by": "portico",
+                    "portico.dev/kind": "certificate",
+                },
+                "annotations": {"portico.dev/last-error": "an earlier attempt failed"},
+            },
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": "", "tls.key": ""},
+        }),
+    );
+    // Another writer (ops, a GitOps tool) annotates it between that read and that write.
+    world
+        .api
+        .touch_before_next_write(Resource::Secrets, NS, &secret, |s| {
+            s["metadata"]["annotations"]["example.com/owner"] = json!("ops");
+        });
+    let conflicts = world.api.counters().conflicts;
+    let mut replicas = Vec::new();
+    for n in [2, 3, 4] {
+        replicas.push(world.replica(n, &site(&format!("r{n}"))).await);
+    }
+
+    let roots = world.pebble.issuing_roots().await;
+    let leaf = served_leaf(&replicas[0], &roots).await;
+    for p in &replicas[1..] {
+        assert_eq!(
+            served_leaf(p, &roots).await,
+            leaf,
+            "{} serves another",
+            p.https
+        );
+    }
+    let stored = eventually(
+        "the Secret never got the certificate",
+        Duration::from_millis(20),
+        || {
+            world
+                .certificate_secret(HOST)
+                .filter(|s| secret_leaf(s).is_some())
+        },
+        || format!("{:#?}", world.certificate_secret(HOST)),
+    )
+    .await;
+    assert_eq!(
+        world.api.touched_write_status(),
+        Some(409),
+        "the write after the other writer's change did not meet a conflict"
+    );
+    assert!(world.api.counters().conflicts > conflicts);
+    assert_eq!(secret_leaf(&stored).as_ref(), Some(&leaf));
+    let annotations = &stored["metadata"]["annotations"];
+    assert_eq!(annotations["example.com/owner"], "ops", "{stored:#}");
+    assert!(
+        annotations["portico.dev/not-after"].is_string(),
+        "{stored:#}"
+    );
+    assert!(
+        annotations.get("portico.dev/last-error").is_none(),
+        "{stored:#}"
+    );
+    assert_eq!(world.pebble.orders(), 1, "exactly one order");
 }

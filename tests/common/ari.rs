@@ -25,6 +25,9 @@
 //!   mismatch"). So the front adds `replaces` to the order object in the newOrder answer
 //!   and in every later answer for that order (its URL and its finalize URL), as an ARI
 //!   CA does;
+//! - [`AriFront::hold_new_orders`]: while on, `newOrder` POSTs are recorded and then
+//!   wait at the front until it is turned off (an order a test can hold in flight, with
+//!   its lock held, as long as the scenario needs: no sleeps, no race with the CA);
 //! - [`AriFront::fail_new_orders`]: the next N `newOrder` POSTs get `429` with an
 //!   `urn:ietf:params:acme:error:rateLimited` problem and a `Retry-After`, and never reach
 //!   Pebble (they are still recorded).
@@ -67,6 +70,8 @@ struct Shared {
     state: Mutex<State>,
     /// Bumped whenever something is recorded, so tests wait for events, not time.
     events: watch::Sender<u64>,
+    /// True while newOrder POSTs wait at the front.
+    hold_new_orders: watch::Sender<bool>,
     pebble: SocketAddr,
     /// Trusts the throwaway CA of Pebble's own HTTPS.
     pebble_tls: Arc<rustls::ClientConfig>,
@@ -132,6 +137,7 @@ impl AriFront {
                 replacing: HashMap::new(),
             }),
             events: watch::channel(0).0,
+            hold_new_orders: watch::channel(false).0,
             pebble: pebble.acme_addr(),
             pebble_tls: Arc::new(pebble_tls),
         });
@@ -187,6 +193,12 @@ impl AriFront {
     /// The next `n` newOrder POSTs get 429 rateLimited with `Retry-After: retry_after`.
     pub fn fail_new_orders(&self, n: usize, retry_after: &str) {
         self.state().failures = (n, retry_after.to_string());
+    }
+
+    /// While `held`, newOrder POSTs (recorded first) wait at the front; turning it off
+    /// sends the waiting ones on to Pebble.
+    pub fn hold_new_orders(&self, held: bool) {
+        self.shared.hold_new_orders.send_replace(held);
     }
 
     /// certIDs asked at `/renewal-info/`, in order.
@@ -294,6 +306,8 @@ impl Shared {
                     .body(Full::new(Bytes::from(problem.to_string())))
                     .unwrap();
             }
+            let mut held = self.hold_new_orders.subscribe();
+            let _ = held.wait_for(|held| !held).await;
         }
 
         let is_directory = parts.method == Method::GET && path == "/dir";

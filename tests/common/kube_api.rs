@@ -419,6 +419,34 @@ impl FakeApi {
         self.state().lose_next_write = true;
     }
 
+    /// Another writer, at the worst moment: when the next update, patch or delete request
+    /// for the object `name` arrives (after authentication and injected faults), `touch`
+    /// is applied to the object as stored and the result saved as an update of its own
+    /// (a new resourceVersion and a MODIFIED event, as if another client's PUT had landed
+    /// first); then the request is carried out, so one that carries the resourceVersion
+    /// it read meets a 409 Conflict. Fires once; stays armed while the object does not
+    /// exist. [`FakeApi::touched_write_status`] says how the request fared.
+    pub fn touch_before_next_write(
+        &self,
+        resource: Resource,
+        namespace: &str,
+        name: &str,
+        touch: impl FnOnce(&mut Value) + Send + 'static,
+    ) {
+        let mut state = self.state();
+        state.touch = Some(Touch {
+            key: (resource, namespace.to_string(), name.to_string()),
+            touch: Box::new(touch),
+        });
+        state.touched_status = None;
+    }
+
+    /// The status code answered to the write that met the last
+    /// [`FakeApi::touch_before_next_write`], once there was one.
+    pub fn touched_write_status(&self) -> Option<u16> {
+        self.state().touched_status
+    }
+
     /// While on, every request with `token` is dropped without an answer (HTTP/1.1: the
     /// connection is closed; HTTP/2: the stream is reset), and its open watches are cut
     /// the same way when this is turned on.
@@ -531,6 +559,18 @@ impl FakeApi {
         self.state()
             .delete(resource, namespace, name, b"", &Query::default())
             .is_ok()
+    }
+
+    /// The changes to objects of `resource` in `namespace` that the watch history still
+    /// holds (see [`FakeApiOptions::history`]), oldest first: the event type (`ADDED`,
+    /// `MODIFIED`, `DELETED`) and the object after the change.
+    pub fn history(&self, resource: Resource, namespace: &str) -> Vec<(&'static str, Value)> {
+        self.state()
+            .history
+            .iter()
+            .filter(|e| e.resource == resource && e.namespace == namespace)
+            .map(|e| (e.kind.as_str(), e.object.clone()))
+            .collect()
     }
 
     /// The current resourceVersion (etcd revision) of the whole server.
@@ -713,9 +753,17 @@ struct State {
     counters: Counters,
     fail: Option<Fail>,
     lose_next_write: bool,
+    touch: Option<Touch>,
+    touched_status: Option<u16>,
     /// Namespaces as kubectl sees them; every namespace exists (made on first sight).
     namespaces: BTreeMap<String, Value>,
     rbac: HashMap<String, Role>,
+}
+
+/// See [`FakeApi::touch_before_next_write`].
+struct Touch {
+    key: Key,
+    touch: Box<dyn FnOnce(&mut Value) + Send>,
 }
 
 struct Role {
@@ -761,6 +809,8 @@ impl State {
             counters: Counters::default(),
             fail: None,
             lose_next_write: false,
+            touch: None,
+            touched_status: None,
             namespaces: BTreeMap::new(),
             rbac: HashMap::new(),
         }
@@ -814,6 +864,24 @@ impl State {
             details.name = None;
         }
         Some(Status::new(403, "Forbidden", &message).with_details(details))
+    }
+
+    /// Runs the armed touch if this write is to its object and the object exists;
+    /// returns whether it ran.
+    fn touch_before_write(&mut self, resource: Resource, namespace: &str, name: &str) -> bool {
+        let key = (resource, namespace.to_string(), name.to_string());
+        let armed = self.touch.as_ref().is_some_and(|t| t.key == key);
+        let Some(current) = self.objects.get(&key).filter(|_| armed) else {
+            return false;
+        };
+        let mut object = with_type(resource, current);
+        let touch = self.touch.take().expect("armed");
+        (touch.touch)(&mut object);
+        let body = serde_json::to_vec(&object).unwrap();
+        if let Err(status) = self.update(resource, namespace, name, &body, &Query::default()) {
+            panic!("the touch was refused: {}", status.to_json());
+        }
+        true
     }
 
     fn next_rv(&mut self) -> u64 {
@@ -1996,6 +2064,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
             let result = state.create(resource, &ns, &body, &query);
             lose_or(
                 &mut state,
+                false,
                 result.map(|o| (201, with_type(resource, &o).to_string(), warnings)),
             )
         }
@@ -2003,9 +2072,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
             let mut state = shared.state();
             state.counters.writes += 1;
             let warnings = unknown_field_warnings(resource, &body, &query);
+            let touched = state.touch_before_write(resource, &ns, &name);
             let result = state.update(resource, &ns, &name, &body, &query);
             lose_or(
                 &mut state,
+                touched,
                 result.map(|(o, created)| {
                     (
                         if created { 201 } else { 200 },
@@ -2018,17 +2089,24 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
         (Route::Object(resource, ns, name), "PATCH") => {
             let mut state = shared.state();
             state.counters.writes += 1;
+            let touched = state.touch_before_write(resource, &ns, &name);
             let result = state.patch(resource, &ns, &name, &content_type, &body, &query);
             lose_or(
                 &mut state,
+                touched,
                 result.map(|o| (200, with_type(resource, &o).to_string(), Vec::new())),
             )
         }
         (Route::Object(resource, ns, name), "DELETE") => {
             let mut state = shared.state();
             state.counters.writes += 1;
+            let touched = state.touch_before_write(resource, &ns, &name);
             let result = state.delete(resource, &ns, &name, &body, &query);
-            lose_or(&mut state, result.map(|s| (200, s.to_json(), Vec::new())))
+            lose_or(
+                &mut state,
+                touched,
+                result.map(|s| (200, s.to_json(), Vec::new())),
+            )
         }
         (Route::NotFound, _) => Ok(status_response(
             Status::new(
@@ -2050,8 +2128,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Answer {
     }
 }
 
-/// Applies `lose_next_write_response`: the write happened, the answer is dropped.
-fn lose_or(state: &mut State, result: Result<(u16, String, Vec<String>), Status>) -> Answer {
+/// Applies `lose_next_write_response`: the write happened, the answer is dropped. Notes
+/// the answer of a write that met a touch.
+fn lose_or(
+    state: &mut State,
+    touched: bool,
+    result: Result<(u16, String, Vec<String>), Status>,
+) -> Answer {
+    if touched {
+        state.touched_status = Some(match &result {
+            Ok((code, ..)) => *code,
+            Err(status) => status.http_code(),
+        });
+    }
     if std::mem::take(&mut state.lose_next_write) {
         return Err(dropped());
     }

@@ -299,6 +299,9 @@ impl Pebble {
 
     /// From now on pebble-challtestsrv answers A queries for `host` with `ip` (only).
     pub async fn set_a(&self, host: &str, ip: Ipv4Addr) {
+        // `/add-a` appends to the host's addresses, and Pebble's VA dials the first:
+        // a second call would otherwise change nothing.
+        self.clear_a(host).await;
         self.challtestsrv_post(
             "/add-a",
             format!("{{\"host\":\"{host}\",\"addresses\":[\"{ip}\"]}}"),
