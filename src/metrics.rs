@@ -677,21 +677,6 @@ mod tests {
         );
     }
 
-    /// A self-signed certificate for `names`, loaded as the resolver takes it.
-    fn loaded(names: &[&str]) -> crate::tls::Loaded {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        crate::tls::load_pem(
-            "test",
-            cert.pem().as_bytes(),
-            key.serialize_pem().as_bytes(),
-        )
-        .unwrap()
-    }
-
     #[test]
     fn the_resolver_keeps_the_gauge_in_step_with_the_sites() {
         use crate::config::Config;
@@ -710,7 +695,7 @@ mod tests {
             (&ab, &["b.internal", "a.internal"][..]),
             (&c, &["c.internal"][..]),
         ] {
-            let l = loaded(names);
+            let l = crate::tls::self_signed(names);
             assert!(resolver.install(id, l.key, l.not_after));
             assert_eq!(
                 metrics.certificate_not_after(id),
@@ -723,7 +708,7 @@ mod tests {
             "{text}"
         );
         // A site that is not configured gets no certificate, hence no gauge.
-        let l = loaded(&["x.internal"]);
+        let l = crate::tls::self_signed(&["x.internal"]);
         assert!(!resolver.install(&"x.internal".to_string(), l.key, l.not_after));
         assert_eq!(metrics.certificate_not_after("x.internal"), None);
         // A reload without site c drops its gauge; the other stays.

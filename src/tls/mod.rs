@@ -150,3 +150,21 @@ pub fn validity(what: &str, der: &[u8]) -> Result<(SystemTime, SystemTime), TlsE
     let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
     Ok((at(v.not_before.timestamp()), at(v.not_after.timestamp())))
 }
+
+/// A self-signed certificate for `names`, loaded as the resolver takes it (unit tests of
+/// the resolver and the metrics).
+#[cfg(test)]
+pub(crate) fn self_signed(names: &[&str]) -> Loaded {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    load_pem(
+        "test",
+        cert.pem().as_bytes(),
+        key.serialize_pem().as_bytes(),
+    )
+    .unwrap()
+}

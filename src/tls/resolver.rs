@@ -313,18 +313,7 @@ mod tests {
 
     /// A self-signed certificate for `names`.
     fn key(names: &[&str]) -> Arc<CertifiedKey> {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        crate::tls::load_pem(
-            "test",
-            cert.pem().as_bytes(),
-            key.serialize_pem().as_bytes(),
-        )
-        .unwrap()
-        .key
+        crate::tls::self_signed(names).key
     }
 
     fn served(r: &CertResolver, name: &str) -> Option<Arc<CertifiedKey>> {
