@@ -54,3 +54,4 @@ pub mod router;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod uri;

@@ -14,8 +14,9 @@
 //! - the host comes from the request URI's authority when there is one (HTTP/2
 //!   `:authority`, HTTP/1.1 absolute-form), else from the `Host` header, as RFC 9112
 //!   §3.2.2 says; a request with neither gets 400;
-//! - route paths are plain byte prefixes of the path as received (not percent-decoded,
-//!   not normalized), like nginx's `location /prefix` without regex;
+//! - route paths are plain byte prefixes of the normalised path ([`crate::uri::path`]: escapes of
+//!   unreserved characters decoded, `//` merged, dot segments removed), like nginx's
+//!   `location /prefix` without regex; a path with no safe normal form gets 400;
 //! - a Host that no site covers and a Host that the connection's certificate does not
 //!   cover both get 421, with bodies that say which.
 
@@ -24,7 +25,9 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use http::{StatusCode, header};
 
-use crate::config::{Config, HostPattern, RouteAction, Upstream, UpstreamProtocol, normalize_host};
+use crate::config::{Config, HostPattern, RouteAction, Upstream, UpstreamProtocol};
+use crate::uri::host::normalize as normalize_host;
+use crate::uri::path;
 
 /// Why a request has no route. Each maps to a status and a body without internals.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,12 +42,14 @@ pub enum RouteError {
     NotCovered,
     #[error("no route for this path")]
     NoRoute,
+    #[error("bad request path: {0}")]
+    BadPath(#[source] path::PathError),
 }
 
 impl RouteError {
     pub fn status(&self) -> StatusCode {
         match self {
-            RouteError::MissingHost => StatusCode::BAD_REQUEST,
+            RouteError::MissingHost | RouteError::BadPath(_) => StatusCode::BAD_REQUEST,
             RouteError::NoSite | RouteError::NotCovered => StatusCode::MISDIRECTED_REQUEST,
             RouteError::NoRoute => StatusCode::NOT_FOUND,
         }
@@ -141,8 +146,8 @@ impl<T> Router<T> {
     }
 
     /// Routes a request given its raw host (Host header or `:authority`, with any port),
-    /// its path, and the host patterns of the connection's certificate (`None` when the
-    /// connection has no TLS).
+    /// its path as received (normalised here for matching), and the host patterns of the
+    /// connection's certificate (`None` when the connection has no TLS).
     pub fn route(
         &self,
         raw_host: Option<&str>,
@@ -160,6 +165,7 @@ impl<T> Router<T> {
         {
             return Err(RouteError::NotCovered);
         }
+        let path = path::normalize(path).map_err(RouteError::BadPath)?;
         let route = self.sites[site]
             .routes
             .iter()
@@ -251,6 +257,30 @@ upstreams = ["exact:1"]
         assert_eq!(target(&r, "www.a.test", "/api/v2/z").unwrap(), "v2");
         assert_eq!(target(&r, "a.test", "/apix").unwrap(), "root:1");
         assert_eq!(target(&r, "a.test.", "/api").unwrap(), "root:1");
+    }
+
+    #[test]
+    fn routes_match_the_normalised_path() {
+        let r = router(SITES);
+        for path in [
+            "//api/v2/z",
+            "/./api/v2/",
+            "/x/../api/v2/",
+            "/%61pi/v2/",
+            "/api//v2/",
+        ] {
+            assert_eq!(target(&r, "a.test", path).unwrap(), "v2", "{path}");
+        }
+        assert_eq!(
+            target(&r, "a.test", "/../api/"),
+            Err(RouteError::BadPath(path::PathError::AboveRoot))
+        );
+        assert_eq!(
+            r.route(Some("a.test"), "/api%2Fv2/", None)
+                .unwrap_err()
+                .status(),
+            StatusCode::BAD_REQUEST
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //!   `acme` is an error because no public CA issues for it;
 //! - the optional `[limits]` table overrides the defaults of [`Limits`].
 
+mod cidr;
 mod locate;
 mod raw;
 
@@ -24,6 +25,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+pub use cidr::Cidr;
+use locate::Located;
 pub use raw::RawConfig;
 
 /// The Let's Encrypt production directory, the default `acme.directory`.
@@ -84,6 +87,17 @@ pub struct Listen {
     pub http: SocketAddr,
     pub https: SocketAddr,
     pub admin: Option<SocketAddr>,
+    /// Peers whose `X-Forwarded-For` chain (and PROXY header) is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Read a PROXY protocol v1/v2 header from trusted peers on http and https.
+    pub proxy_protocol: bool,
+}
+
+impl Listen {
+    /// Whether `ip` is one of `trusted_proxies`.
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|c| c.contains(ip))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +154,35 @@ pub struct Limits {
     pub max_header_bytes: usize,
     pub max_h2_streams: u32,
     pub max_connections: usize,
+}
+
+impl Limits {
+    /// The accepted range of each duration key (`limits.idle_timeout`). Bounded so no
+    /// deadline computed from a config value can overflow, and no value makes the
+    /// listener useless (a zero handshake timeout fails every handshake).
+    pub fn duration_range(key: &str) -> (Duration, Duration) {
+        let ms = Duration::from_millis;
+        let h = |n: u64| Duration::from_secs(n * 3600);
+        match key {
+            "limits.handshake_timeout" | "limits.upstream_connect_timeout" => {
+                (ms(100), Duration::from_secs(300))
+            }
+            "limits.header_read_timeout" => (ms(100), h(1)),
+            "limits.shutdown_timeout" => (Duration::ZERO, h(1)),
+            // idle_timeout, upstream_timeout
+            _ => (ms(100), h(24)),
+        }
+    }
+
+    /// The accepted range of each size key.
+    pub fn size_range(key: &str) -> (u64, u64) {
+        match key {
+            "limits.max_header_bytes" => (4096, 1 << 20),
+            "limits.max_h2_streams" => (1, 10_000),
+            // max_connections
+            _ => (1, 1_000_000),
+        }
+    }
 }
 
 impl Default for Limits {
@@ -247,19 +290,6 @@ impl fmt::Display for HostPattern {
     }
 }
 
-/// Lowercases a Host header or SNI value and drops a `:port` suffix (and IPv6 brackets).
-pub fn normalize_host(host: &str) -> String {
-    let host = host.trim().trim_end_matches('.');
-    let bare = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else if host.matches(':').count() == 1 {
-        host.split(':').next().unwrap_or(host)
-    } else {
-        host
-    };
-    bare.to_ascii_lowercase()
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     /// A plain prefix of the request path, starting with `/`.
@@ -309,19 +339,22 @@ impl Config {
 
     /// Validates `text` as if read from `path` (used by tests and the embedded default).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let located = Located::new(text);
         let raw: RawConfig = toml::from_str(text).map_err(|source| {
             let offset = source.span().map_or(0, |s| s.start);
-            let (line, key) = locate::at_offset(text, offset);
-            let message = source.message().trim().to_string();
             ConfigError::Syntax {
                 path: path.to_path_buf(),
-                line,
-                key,
-                message,
+                line: located.line(offset),
+                key: located.path_at(offset),
+                message: source.message().trim().to_string(),
                 source: Box::new(source),
             }
         })?;
-        Validator { path, text }.config(raw)
+        Validator {
+            path,
+            located: &located,
+        }
+        .config(raw)
     }
 
     /// The site whose hosts match `host` (already normalized). Exact names win over
@@ -392,7 +425,7 @@ impl Config {
 
 struct Validator<'a> {
     path: &'a Path,
-    text: &'a str,
+    located: &'a Located<'a>,
 }
 
 impl Validator<'_> {
@@ -400,7 +433,7 @@ impl Validator<'_> {
         let key = key.into();
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
-            line: locate::line_of(self.text, &key),
+            line: self.located.line_of(&key),
             key,
             message: message.into(),
         }
@@ -414,7 +447,25 @@ impl Validator<'_> {
                 Some(a) => Some(self.addr("listen.admin", Some(a), "")?),
                 None => None,
             },
+            trusted_proxies: raw
+                .listen
+                .trusted_proxies
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    Cidr::parse(c)
+                        .map_err(|why| self.err(format!("listen.trusted_proxies[{i}]"), why))
+                })
+                .collect::<Result<_, _>>()?,
+            proxy_protocol: raw.listen.proxy_protocol.unwrap_or(false),
         };
+        if listen.proxy_protocol && listen.trusted_proxies.is_empty() {
+            return Err(self.err(
+                "listen.proxy_protocol",
+                "a PROXY header is read only from trusted_proxies; list the load balancer's addresses there",
+            ));
+        }
         let storage = self.storage(raw.storage)?;
         let acme = self.acme(raw.acme)?;
         let limits = self.limits(raw.limits)?;
@@ -546,21 +597,42 @@ impl Validator<'_> {
 
     fn limits(&self, raw: raw::RawLimits) -> Result<Limits, ConfigError> {
         let d = Limits::default();
-        let dur = |key: &str, v: Option<String>, default: Duration| match v {
-            None => Ok(default),
-            Some(s) => parse_duration(&s).ok_or_else(|| {
+        let dur = |key: &str, v: Option<String>, default: Duration| {
+            let key = format!("limits.{key}");
+            let Some(text) = v else {
+                return Ok(default);
+            };
+            let value = parse_duration(&text).ok_or_else(|| {
                 self.err(
-                    format!("limits.{key}"),
+                    &key,
                     format!(
-                        "{s:?} is not a duration; write e.g. \"500ms\", \"10s\", \"5m\", \"1h\""
+                        "{text:?} is not a duration; write e.g. \"500ms\", \"10s\", \"5m\", \"1h\""
                     ),
                 )
-            }),
+            })?;
+            let (min, max) = Limits::duration_range(&key);
+            if value < min || value > max {
+                return Err(self.err(
+                    &key,
+                    format!(
+                        "{text:?} is out of range; use {} to {}",
+                        show_duration(min),
+                        show_duration(max)
+                    ),
+                ));
+            }
+            Ok(value)
         };
-        let positive = |key: &str, v: Option<u64>, default: u64| match v {
-            Some(0) => Err(self.err(format!("limits.{key}"), "must be greater than 0")),
-            Some(n) => Ok(n),
-            None => Ok(default),
+        let size = |key: &str, v: Option<u64>, default: u64| {
+            let key = format!("limits.{key}");
+            let Some(n) = v else {
+                return Ok(default);
+            };
+            let (min, max) = Limits::size_range(&key);
+            if n < min || n > max {
+                return Err(self.err(&key, format!("{n} is out of range; use {min} to {max}")));
+            }
+            Ok(n)
         };
         Ok(Limits {
             handshake_timeout: dur(
@@ -581,17 +653,18 @@ impl Validator<'_> {
             )?,
             upstream_timeout: dur("upstream_timeout", raw.upstream_timeout, d.upstream_timeout)?,
             shutdown_timeout: dur("shutdown_timeout", raw.shutdown_timeout, d.shutdown_timeout)?,
-            max_header_bytes: positive(
+            // The ranges keep every size well inside usize and u32.
+            max_header_bytes: size(
                 "max_header_bytes",
                 raw.max_header_bytes,
                 d.max_header_bytes as u64,
             )? as usize,
-            max_h2_streams: positive(
+            max_h2_streams: size(
                 "max_h2_streams",
                 raw.max_h2_streams.map(u64::from),
                 u64::from(d.max_h2_streams),
             )? as u32,
-            max_connections: positive(
+            max_connections: size(
                 "max_connections",
                 raw.max_connections.map(u64::from),
                 d.max_connections as u64,
@@ -690,9 +763,18 @@ impl Validator<'_> {
             let path = raw_route
                 .path
                 .ok_or_else(|| self.err(key("path"), "a route needs a path, such as \"/api/\""))?;
-            if !path.starts_with('/') {
-                return Err(self.err(key("path"), format!("{path:?} must start with /")));
-            }
+            // Requests are matched on their normalised path; a route written another
+            // way would never match, so it is written in normal form too.
+            let path = match crate::uri::path::normalize(&path) {
+                Ok(normal) if normal == path => path,
+                Ok(normal) => {
+                    return Err(self.err(
+                        key("path"),
+                        format!("{path:?}: write it as {normal:?} (requests are matched on their normalised path)"),
+                    ));
+                }
+                Err(why) => return Err(self.err(key("path"), format!("{path:?}: {why}"))),
+            };
             if routes.iter().any(|x: &Route| x.path == path) {
                 let what = if path == "/" {
                     "the site's upstreams already make a route at \"/\""
@@ -835,7 +917,8 @@ fn parse_upstream(raw: &str) -> Result<Upstream, String> {
     Ok(Upstream { authority })
 }
 
-/// `"500ms"`, `"10s"`, `"5m"`, `"1h"`.
+/// `"500ms"`, `"10s"`, `"5m"`, `"1h"`; `None` for anything else, including a number
+/// too large for a `Duration` (never a wrapped one).
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit())?;
@@ -844,9 +927,21 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     match unit {
         "ms" => Some(Duration::from_millis(n)),
         "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        "h" => Some(Duration::from_secs(n * 3600)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
         _ => None,
+    }
+}
+
+/// A range bound as the config would write it: `"100ms"`, `"30s"`, `"5m"`, `"24h"`.
+fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0 => "0s".to_string(),
+        ms if ms % 3_600_000 == 0 => format!("\"{}h\"", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("\"{}m\"", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("\"{}s\"", ms / 1000),
+        ms => format!("\"{ms}ms\""),
     }
 }
 
@@ -865,14 +960,6 @@ mod tests {
         assert!(!w.matches("example.com"));
         assert!(!w.matches("a.b.example.com"));
         assert!(!w.matches("aexample.com"));
-    }
-
-    #[test]
-    fn normalize_strips_port_and_case() {
-        assert_eq!(normalize_host("Example.COM:8443"), "example.com");
-        assert_eq!(normalize_host("[::1]:443"), "::1");
-        assert_eq!(normalize_host("::1"), "::1");
-        assert_eq!(normalize_host("a.example.com."), "a.example.com");
     }
 
     #[test]

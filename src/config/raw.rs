@@ -24,6 +24,8 @@ pub struct RawListen {
     pub http: Option<String>,
     pub https: Option<String>,
     pub admin: Option<String>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub proxy_protocol: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

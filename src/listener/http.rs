@@ -14,8 +14,9 @@ use tokio::sync::watch;
 
 use super::{Connections, Phase, serve_connection};
 use crate::acme::challenges::Challenges;
-use crate::config::{Config, normalize_host};
+use crate::config::Config;
 use crate::proxy::Body;
+use crate::uri::host;
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
@@ -52,61 +53,87 @@ impl HttpListener {
     }
 
     async fn answer(&self, req: hyper::Request<Incoming>) -> Response<Body> {
-        let raw_host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().host());
-        let host = raw_host.map(normalize_host).filter(|h| !h.is_empty());
-        let Some(host) = host else {
-            return text(StatusCode::BAD_REQUEST, "missing Host header\n");
-        };
-        let path = req.uri().path();
-        if let Some(token) = path.strip_prefix(CHALLENGE_PREFIX) {
-            // Only names we serve: the store is not an oracle for anyone's tokens.
-            if self.config.load().site_for(&host).is_none() {
-                return text(StatusCode::NOT_FOUND, "no such challenge\n");
-            }
-            return match self.challenges.find(token).await {
+        let config = self.config.load();
+        let decision = decide(
+            &req,
+            |host| config.site_for(host).is_some(),
+            self.https_port,
+        );
+        drop(config);
+        match decision {
+            Answer::Challenge { host, token } => match self.challenges.find(&token).await {
                 Some(key_auth) => {
                     tracing::info!(%host, "answered an HTTP-01 challenge");
                     text(StatusCode::OK, &key_auth)
                 }
-                _ => text(StatusCode::NOT_FOUND, "no such challenge\n"),
-            };
+                None => text(StatusCode::NOT_FOUND, "no such challenge\n"),
+            },
+            Answer::Redirect(location) => Response::builder()
+                .status(StatusCode::PERMANENT_REDIRECT)
+                .header(header::LOCATION, location)
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(full("redirecting to https\n"))
+                .unwrap_or_else(|_| text(StatusCode::BAD_REQUEST, "bad request\n")),
+            Answer::Refuse(status, message) => text(status, message),
         }
-        // A client that reached the default http port gets the default https port: behind
-        // a load balancer mapping 80 → 8080 and 443 → 8443 (portico in a pod), our own
-        // listener port means nothing to it. One that typed a port (a local
-        // `localhost:8080`) gets the https listener's port.
-        let port = match (explicit_port(raw_host.unwrap_or("")), self.https_port) {
-            (None | Some(80), _) | (_, 443) => String::new(),
-            (Some(_), p) => format!(":{p}"),
-        };
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host
-        };
-        let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let location = format!("https://{host}{port}{pq}");
-        Response::builder()
-            .status(StatusCode::PERMANENT_REDIRECT)
-            .header(header::LOCATION, location)
-            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .body(full("redirecting to https\n"))
-            .unwrap_or_else(|_| text(StatusCode::BAD_REQUEST, "bad request\n"))
     }
 }
 
-/// The port written in a Host header (`name:port`, `[v6]:port`), if any.
-fn explicit_port(host: &str) -> Option<u16> {
-    let after = match host.rfind(']') {
-        Some(i) => &host[i + 1..],
-        None if host.matches(':').count() == 1 => &host[host.find(':')?..],
-        None => return None,
+/// What port 80 does with a request, decided from its head alone.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Look the token up (memory, then the store) for a served host.
+    Challenge {
+        host: String,
+        token: String,
+    },
+    /// 308 to this `https://` URL.
+    Redirect(String),
+    Refuse(StatusCode, &'static str),
+}
+
+/// Decides the answer to a port-80 request. `served` says whether a (normalised) host
+/// is one of ours; `https_port` is the bound https listener's port.
+pub fn decide<B>(
+    req: &hyper::Request<B>,
+    served: impl Fn(&str) -> bool,
+    https_port: u16,
+) -> Answer {
+    if req.headers().get_all(header::HOST).iter().count() > 1 {
+        return Answer::Refuse(StatusCode::BAD_REQUEST, "more than one Host header\n");
+    }
+    let Some(raw_host) = crate::router::request_host(req) else {
+        return Answer::Refuse(StatusCode::BAD_REQUEST, "missing Host header\n");
     };
-    after.strip_prefix(':')?.parse().ok()
+    // Strictly: this host is written back into a Location header.
+    let Ok(authority) = host::parse(raw_host) else {
+        return Answer::Refuse(StatusCode::BAD_REQUEST, "malformed Host header\n");
+    };
+    let ours = served(&authority.host);
+    if let Some(token) = req.uri().path().strip_prefix(CHALLENGE_PREFIX) {
+        // Only names we serve: the store is not an oracle for anyone's tokens.
+        if !ours {
+            return Answer::Refuse(StatusCode::NOT_FOUND, "no such challenge\n");
+        }
+        return Answer::Challenge {
+            host: authority.host,
+            token: token.to_string(),
+        };
+    }
+    // Only to names we serve: portico is nobody's open redirector.
+    if !ours {
+        return Answer::Refuse(StatusCode::MISDIRECTED_REQUEST, "no site for this host\n");
+    }
+    // A client that reached the default http port gets the default https port: behind
+    // a load balancer mapping 80 → 8080 and 443 → 8443 (portico in a pod), our own
+    // listener port means nothing to it. One that typed a port (a local
+    // `localhost:8080`) gets the https listener's port.
+    let port = match (authority.port, https_port) {
+        (None | Some(80), _) | (_, 443) => String::new(),
+        (Some(_), p) => format!(":{p}"),
+    };
+    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    Answer::Redirect(format!("https://{}{port}{pq}", authority.url_host()))
 }
 
 fn full(body: &str) -> Body {
@@ -123,4 +150,79 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(host: &str, path: &str) -> Answer {
+        let req = hyper::Request::get(path)
+            .header("host", host)
+            .body(())
+            .unwrap();
+        decide(&req, |h| h == "a.test" || h == "::1", 8443)
+    }
+
+    #[test]
+    fn redirects_go_only_to_served_hosts_as_written() {
+        assert_eq!(
+            answer("A.test:8080", "/x?y=1"),
+            Answer::Redirect("https://a.test:8443/x?y=1".into())
+        );
+        assert_eq!(
+            answer("a.test", "/"),
+            Answer::Redirect("https://a.test/".into())
+        );
+        assert_eq!(
+            answer("[::1]:80", "/"),
+            Answer::Redirect("https://[::1]/".into())
+        );
+        assert!(matches!(
+            answer("other.test", "/"),
+            Answer::Refuse(StatusCode::MISDIRECTED_REQUEST, _)
+        ));
+        for evil in [
+            "a.test@evil.example",
+            "evil.example/a.test",
+            "a.test?x",
+            "a.test:80:1",
+        ] {
+            assert!(
+                matches!(
+                    answer(evil, "/"),
+                    Answer::Refuse(StatusCode::BAD_REQUEST, _)
+                ),
+                "{evil}"
+            );
+        }
+    }
+
+    #[test]
+    fn challenges_only_for_served_hosts() {
+        assert_eq!(
+            answer("a.test", "/.well-known/acme-challenge/tok"),
+            Answer::Challenge {
+                host: "a.test".into(),
+                token: "tok".into()
+            }
+        );
+        assert!(matches!(
+            answer("other.test", "/.well-known/acme-challenge/tok"),
+            Answer::Refuse(StatusCode::NOT_FOUND, _)
+        ));
+    }
+
+    #[test]
+    fn two_host_headers_are_refused() {
+        let req = hyper::Request::get("/")
+            .header("host", "a.test")
+            .header("host", "evil.example")
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            decide(&req, |_| true, 443),
+            Answer::Refuse(StatusCode::BAD_REQUEST, _)
+        ));
+    }
 }

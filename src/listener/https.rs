@@ -12,10 +12,11 @@ use tokio_rustls::TlsAcceptor;
 
 use super::workers::Workers;
 use super::{Connections, Phase, serve_connection};
-use crate::config::{Config, normalize_host};
+use crate::config::Config;
 use crate::metrics::{HandshakeFailure, Metrics};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::tls::CertResolver;
+use crate::uri::host::normalize as normalize_host;
 
 pub struct HttpsListener {
     /// Non-blocking; each worker accepts on a clone of it.

@@ -1,0 +1,157 @@
+//! Hosts as clients write them: the `Host` header, HTTP/2 `:authority`, SNI. Two
+//! readings:
+//!
+//! - [`normalize`], lenient, for lookups: lowercase, without `:port`, brackets or a
+//!   final dot. A host that is not a name simply matches no site.
+//! - [`parse`], strict, for anything that is written back to a client (the port-80
+//!   redirect's `Location`): only a host name, an IPv4 address or a bracketed IPv6
+//!   address, with an optional port. Userinfo (`localhost@evil.example`), a path, a
+//!   query, spaces or any other character are refused, so a Host can never steer a
+//!   redirect somewhere else.
+
+/// Why a Host cannot be used as an authority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("empty host")]
+    Empty,
+    #[error("the host has a character that is not part of a host name")]
+    BadCharacter,
+    #[error("the host is not a valid IPv6 literal")]
+    BadIpv6,
+    #[error("the port is not a number from 1 to 65535")]
+    BadPort,
+    #[error("the host name is too long")]
+    TooLong,
+}
+
+/// A host that passed [`parse`]: lowercased, without brackets or a final dot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authority {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl Authority {
+    /// The host as it goes into a URL: IPv6 in brackets.
+    pub fn url_host(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        }
+    }
+}
+
+/// Lowercases a Host header or SNI value and drops a `:port` suffix (and IPv6 brackets).
+pub fn normalize(host: &str) -> String {
+    let host = host.trim().trim_end_matches('.');
+    let bare = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else if host.matches(':').count() == 1 {
+        host.split(':').next().unwrap_or(host)
+    } else {
+        host
+    };
+    bare.to_ascii_lowercase()
+}
+
+/// Reads `raw` strictly as `host[:port]`.
+pub fn parse(raw: &str) -> Result<Authority, HostError> {
+    if raw.is_empty() {
+        return Err(HostError::Empty);
+    }
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']').ok_or(HostError::BadIpv6)?;
+        let ip: std::net::Ipv6Addr = inside.parse().map_err(|_| HostError::BadIpv6)?;
+        let port = match after {
+            "" => None,
+            p => Some(port(p.strip_prefix(':').ok_or(HostError::BadCharacter)?)?),
+        };
+        (ip.to_string(), port)
+    } else {
+        let (name, port) = match raw.split_once(':') {
+            Some((name, p)) => (name, Some(port(p)?)),
+            None => (raw, None),
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.is_empty() {
+            return Err(HostError::Empty);
+        }
+        if name.len() > 253 {
+            return Err(HostError::TooLong);
+        }
+        // Letters, digits, '-', '_' and dots between labels: no empty label.
+        let ok = name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+        if !ok {
+            return Err(HostError::BadCharacter);
+        }
+        (name.to_ascii_lowercase(), port)
+    };
+    Ok(Authority { host, port })
+}
+
+fn port(digits: &str) -> Result<u16, HostError> {
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HostError::BadPort);
+    }
+    match digits.parse::<u16>() {
+        Ok(0) | Err(_) => Err(HostError::BadPort),
+        Ok(p) => Ok(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_strips_port_and_case() {
+        assert_eq!(normalize("Example.COM:8443"), "example.com");
+        assert_eq!(normalize("[::1]:443"), "::1");
+        assert_eq!(normalize("::1"), "::1");
+        assert_eq!(normalize("a.example.com."), "a.example.com");
+    }
+
+    #[test]
+    fn names_addresses_and_ports_parse() {
+        let a = parse("Example.COM:8443").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("example.com", Some(8443)));
+        let a = parse("127.0.0.1").unwrap();
+        assert_eq!((a.host.as_str(), a.port), ("127.0.0.1", None));
+        let a = parse("[::1]:80").unwrap();
+        assert_eq!((a.url_host().as_str(), a.port), ("[::1]", Some(80)));
+        assert_eq!(parse("a.test.").unwrap().host, "a.test");
+        assert_eq!(parse("_acme.a-b.test").unwrap().host, "_acme.a-b.test");
+    }
+
+    #[test]
+    fn anything_that_could_steer_a_url_is_refused() {
+        for bad in [
+            "localhost@evil.example",
+            "evil.example/x",
+            "a.test?x",
+            "a.test#x",
+            "a b",
+            "a.test:80:80",
+            "a.test:",
+            "a.test:0",
+            "a.test:65536",
+            "a.test:+80",
+            "a..test",
+            ".a.test",
+            "[::1",
+            "[evil]",
+            "[::1]x",
+            "a.test\\x",
+            "ä.test",
+            "",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}
