@@ -33,6 +33,13 @@ pub struct RetryBody {
 /// Gets an unpolled body back after a failed attempt.
 pub struct Reclaim(Slot);
 
+/// The client's request body broke off or was malformed (a bad chunk size, data past
+/// a chunk, a reset stream). Kept apart from upstream failures: the client gets 400,
+/// and the upstream is not blamed.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
 /// The reclaimed body was polled again: a bug in the retry logic, reported as a body
 /// error rather than a panic.
 #[derive(Debug, thiserror::Error)]
@@ -96,7 +103,9 @@ impl Body for RetryBody {
             }
         }
         match self.polled.as_mut() {
-            Some(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Some(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map_err(|e| ClientBodyError(e).into()),
             None => Poll::Ready(None),
         }
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use super::body::ClientBodyError;
 use super::pool::ConnectError;
 
 /// Why a request could not be forwarded.
@@ -40,6 +41,14 @@ pub enum ProxyError {
     /// validation): 502 rather than a panic.
     #[error("route has no upstream")]
     NoUpstream,
+    /// The client's request body was malformed or cut off while it was being sent: 400,
+    /// the upstream request aborted. The client's fault, not the upstream's.
+    #[error("the client's request body failed while forwarding to {upstream}")]
+    ClientBody {
+        upstream: String,
+        #[source]
+        source: hyper_util::client::legacy::Error,
+    },
     /// The upstream switched protocols on a request that asked for no upgrade: 502.
     #[error("upstream {upstream} answered 101 to a request without Upgrade")]
     UnexpectedUpgrade { upstream: String },
@@ -58,9 +67,16 @@ impl ProxyError {
             } else {
                 ProxyError::Connect { upstream, source }
             }
+        } else if caused_by_client_body(&source) {
+            ProxyError::ClientBody { upstream, source }
         } else {
             ProxyError::Upstream { upstream, source }
         }
+    }
+
+    /// True for failures of the client, not of the upstream: logged at debug, not warn.
+    pub fn is_client(&self) -> bool {
+        matches!(self, ProxyError::ClientBody { .. })
     }
 
     /// True when the upstream was never reached: mark it unhealthy, try another.
@@ -76,6 +92,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
+            ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
             ProxyError::Connect { .. }
             | ProxyError::NoUpstream
             | ProxyError::Upstream { .. }
@@ -91,9 +108,21 @@ impl ProxyError {
             ProxyError::Timeout { .. } => "upstream timed out",
             ProxyError::Upstream { .. } => "upstream connection failed",
             ProxyError::NoUpstream => "no upstream for this route",
+            ProxyError::ClientBody { .. } => "malformed or incomplete request body",
             ProxyError::UnexpectedUpgrade { .. } => "upstream answered with an unexpected upgrade",
         }
     }
+}
+
+fn caused_by_client_body(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if e.is::<ClientBodyError>() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }
 
 /// The error and its causes on one line, for logs.

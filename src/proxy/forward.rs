@@ -73,10 +73,20 @@ impl Head {
     }
 }
 
+/// Who sent a request, as the forwarding headers will say it.
+#[derive(Debug, Clone, Copy)]
+pub struct Sender {
+    /// The peer is in `listen.trusted_proxies`: its forwarding headers are believed.
+    pub trusted: bool,
+    /// The client after trusted proxies ([`super::headers::client_address`]).
+    pub client: std::net::IpAddr,
+}
+
 /// Forwards `req` (routed to `balancer`) and returns the upstream's response.
 pub async fn forward(
     mut req: Request<Incoming>,
     conn: &ConnInfo,
+    sender: Sender,
     original_host: &str,
     balancer: Arc<Balancer>,
     upstream_timeout: Duration,
@@ -98,6 +108,8 @@ pub async fn forward(
     add_forwarded(
         &mut headers,
         conn.peer.ip(),
+        sender.trusted,
+        sender.client,
         conn.proto,
         original_host,
         client_version,
@@ -173,6 +185,10 @@ pub async fn forward(
             }
             Ok(Err(source)) => {
                 let err = ProxyError::from_client(endpoint.upstream.to_string(), source);
+                if err.is_client() {
+                    tracing::debug!(error = %chain(&err), "request body failed; upstream request aborted");
+                    return Err(err);
+                }
                 if !err.is_connect() {
                     tracing::warn!(error = %chain(&err), "upstream request failed");
                     return Err(err);

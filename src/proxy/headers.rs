@@ -1,15 +1,25 @@
 //! Header rewriting for one hop: what a proxy must drop (hop-by-hop headers, RFC 9110
 //! §7.6.1) in both directions, and what it adds to requests (`X-Forwarded-*`, `Via`).
 //!
+//! Forwarding headers are what upstreams base access rules and logs on, so a client
+//! cannot write them for portico:
+//! - from a peer outside `listen.trusted_proxies`, `X-Forwarded-For` is replaced by the
+//!   peer's address, `X-Real-IP` and `Forwarded` are dropped, and `X-Real-IP` is set to
+//!   the peer's address;
+//! - from a trusted peer (a load balancer, a CDN), the incoming `X-Forwarded-For` chain
+//!   is kept and the peer appended (nginx's `$proxy_add_x_forwarded_for`), `Forwarded`
+//!   is kept, and `X-Real-IP` is the client: the rightmost address of the chain that is
+//!   not itself trusted (nginx's `real_ip_recursive on`);
+//! - the peer is the address PROXY protocol gave, when the connection carried one.
+//!
 //! Decisions where DESIGN.md is silent:
-//! - `X-Forwarded-For` gets the peer IP appended to whatever the client sent (nginx's
-//!   `$proxy_add_x_forwarded_for`); `X-Forwarded-Proto` and `X-Forwarded-Host` are
-//!   replaced, because portico, the edge, knows them first hand;
+//! - `X-Forwarded-Proto` and `X-Forwarded-Host` are always replaced, because portico,
+//!   the edge, knows them first hand;
 //! - `Via` is appended (`1.1 portico`, `2 portico`, by the client's HTTP version) on
 //!   requests only, as Caddy does;
 //! - `TE` survives only as `TE: trailers` (gRPC needs it end to end).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -19,6 +29,10 @@ static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// Never forwarded: an `Upgrade: h2c` request's settings are for the hop it was sent on.
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// True when the `Connection` header lists `token` (case-insensitive, comma list, any
 /// number of `Connection` headers).
@@ -71,6 +85,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         &header::UPGRADE,
         &header::PROXY_AUTHORIZATION,
         &header::PROXY_AUTHENTICATE,
+        &HTTP2_SETTINGS,
     ] {
         headers.remove(name);
     }
@@ -79,18 +94,70 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Adds `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host` (both
-/// replaced) and `Via` (appended) to a request on its way upstream.
+/// The client as far as portico can tell: `peer` (the TCP peer, or the PROXY
+/// protocol source) when it is not trusted; else the rightmost address of the request's
+/// `X-Forwarded-For` that is not trusted, or the leftmost one when all are. An entry
+/// that is not an address ends the walk at the last address read.
+pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusts: impl Fn(IpAddr) -> bool) -> IpAddr {
+    let peer = peer.to_canonical();
+    if !trusts(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let values: Vec<&str> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    for entry in values.iter().rev().flat_map(|v| v.rsplit(',')) {
+        let Some(ip) = parse_forwarded_ip(entry.trim()) else {
+            break;
+        };
+        client = ip;
+        if !trusts(ip) {
+            break;
+        }
+    }
+    client
+}
+
+/// An `X-Forwarded-For` entry: an address, optionally with a port (`[v6]:port`,
+/// `v4:port`).
+fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
+    if let Ok(ip) = entry.parse::<IpAddr>() {
+        return Some(ip.to_canonical());
+    }
+    if let Ok(sa) = entry.parse::<SocketAddr>() {
+        return Some(sa.ip().to_canonical());
+    }
+    entry
+        .strip_prefix('[')
+        .and_then(|e| e.strip_suffix(']'))
+        .and_then(|e| e.parse::<IpAddr>().ok())
+}
+
+/// Sets the forwarding headers of a request on its way upstream (see the module doc):
+/// `X-Forwarded-For`, `X-Real-IP`, `Forwarded` by trust, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` replaced, `Via` appended. `client` is [`client_address`]'s answer.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     peer: IpAddr,
+    trusted: bool,
+    client: IpAddr,
     proto: &'static str,
     original_host: &str,
     version: Version,
 ) {
     let peer = peer.to_canonical().to_string();
-    let xff = join_with(headers, &X_FORWARDED_FOR, &peer);
-    headers.insert(X_FORWARDED_FOR.clone(), xff);
+    if trusted {
+        let xff = join_with(headers, &X_FORWARDED_FOR, &peer);
+        headers.insert(X_FORWARDED_FOR.clone(), xff);
+    } else {
+        headers.remove(&FORWARDED);
+        // One value: `insert` replaces every X-Forwarded-For the client sent.
+        headers.insert(X_FORWARDED_FOR.clone(), ip_value(&peer));
+    }
+    headers.insert(X_REAL_IP.clone(), ip_value(&client.to_string()));
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match HeaderValue::from_str(original_host) {
         Ok(v) => {
@@ -111,6 +178,11 @@ pub fn add_forwarded(
     };
     let via = join_with(headers, &header::VIA, via);
     headers.insert(header::VIA, via);
+}
+
+/// An address as a header value (always valid: digits, dots, colons, hex).
+fn ip_value(ip: &str) -> HeaderValue {
+    HeaderValue::from_str(ip).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// All values of `name` joined by `, ` with `last` appended, as one value.
@@ -177,6 +249,7 @@ mod tests {
             ("trailer", "x-sum"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
             ("proxy-authorization", "Basic c2VjcmV0"),
             ("proxy-authenticate", "Basic"),
             ("x-keep", "yes"),
@@ -196,22 +269,62 @@ mod tests {
         assert!(h.is_empty());
     }
 
+    fn trusted(ip: IpAddr) -> bool {
+        matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 10)
+    }
+
     #[test]
-    fn forwarded_headers_append_and_replace() {
+    fn a_trusted_peer_keeps_the_chain_and_names_the_client() {
         let mut h = map(&[
             ("x-forwarded-for", "1.2.3.4"),
-            ("x-forwarded-for", "5.6.7.8"),
+            ("x-forwarded-for", "5.6.7.8, 10.0.0.9"),
             ("x-forwarded-proto", "http"),
             ("x-forwarded-host", "evil.test"),
+            ("forwarded", "for=5.6.7.8"),
+            ("x-real-ip", "9.9.9.9"),
             ("via", "1.0 corp"),
         ]);
-        let v6: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        add_forwarded(&mut h, v6, "https", "A.test:8443", Version::HTTP_2);
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.1");
+        let peer: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        let client = client_address(&h, peer, trusted);
+        assert_eq!(client, "5.6.7.8".parse::<IpAddr>().unwrap());
+        add_forwarded(&mut h, peer, true, client, "https", "A.test:8443", Version::HTTP_2);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.9, 10.0.0.1");
+        assert_eq!(h["x-real-ip"], "5.6.7.8");
+        assert_eq!(h["forwarded"], "for=5.6.7.8");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "A.test:8443");
         assert_eq!(h["via"], "1.0 corp, 2 portico");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn an_untrusted_peer_cannot_write_forwarding_headers() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+            ("forwarded", "for=1.2.3.4"),
+            ("x-real-ip", "1.2.3.4"),
+        ]);
+        let peer: IpAddr = "192.0.2.1".parse().unwrap();
+        let client = client_address(&h, peer, trusted);
+        assert_eq!(client, peer);
+        add_forwarded(&mut h, peer, false, client, "https", "a.test", Version::HTTP_11);
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-real-ip"], "192.0.2.1");
+        assert!(h.get("forwarded").is_none());
+    }
+
+    #[test]
+    fn the_client_walk_stops_at_garbage_and_when_all_are_trusted() {
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let h = map(&[("x-forwarded-for", "6.6.6.6, bogus, 10.1.1.1")]);
+        assert_eq!(client_address(&h, peer, trusted), "10.1.1.1".parse::<IpAddr>().unwrap());
+        let h = map(&[("x-forwarded-for", "10.2.2.2, [2001:db8::1]:443")]);
+        assert_eq!(client_address(&h, peer, trusted), "2001:db8::1".parse::<IpAddr>().unwrap());
+        let h = map(&[("x-forwarded-for", "10.3.3.3, 10.2.2.2")]);
+        assert_eq!(client_address(&h, peer, trusted), "10.3.3.3".parse::<IpAddr>().unwrap());
+        assert_eq!(client_address(&HeaderMap::new(), peer, trusted), peer);
     }
 
     #[test]

@@ -45,7 +45,7 @@ use hyper::body::Incoming;
 pub use error::ProxyError;
 pub use pool::{COOL_DOWN, ConnectError};
 
-use crate::config::{Config, HostPattern};
+use crate::config::{Cidr, Config, HostPattern};
 use crate::metrics::{Metrics, SiteCounters};
 use crate::router::{Action, RouteError, Router, request_host};
 use crate::tls::resolver::site_id;
@@ -60,6 +60,8 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 /// What the listener knows about the client connection.
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
+    /// The client's address: the TCP peer, or the source address a trusted load
+    /// balancer's PROXY protocol header gave.
     pub peer: SocketAddr,
     /// `"https"` on the TLS listener; becomes `X-Forwarded-Proto`.
     pub proto: &'static str,
@@ -79,6 +81,8 @@ struct Table {
     counters: Vec<Arc<SiteCounters>>,
     /// Requests whose host names no site.
     unmatched: Arc<SiteCounters>,
+    /// `listen.trusted_proxies`: peers whose forwarding headers are believed.
+    trusted_proxies: Vec<Cidr>,
 }
 
 impl Table {
@@ -131,8 +135,12 @@ impl Proxy {
         let raw_host = request_host(&req).map(str::to_owned);
         // The table guard is dropped before any await: a guard held across a slow
         // upstream would pin the old table and its pools through reloads.
-        let (balancer, upstream_timeout, counters) = {
+        let (balancer, upstream_timeout, counters, sender) = {
             let table = self.table.load();
+            if let Err(refused) = framing(&req) {
+                table.counters_for(raw_host.as_deref()).count(refused.status);
+                return error_response(refused.status, refused.message);
+            }
             let matched = table.router.route(
                 raw_host.as_deref(),
                 req.uri().path(),
@@ -149,28 +157,82 @@ impl Proxy {
                         table.counters[m.site].count(*status);
                         return text(*status, Full::new(body.clone()).map_err(never).boxed());
                     }
-                    Action::Proxy(balancer) => (
-                        balancer.clone(),
-                        table.upstream_timeout,
-                        table.counters[m.site].clone(),
-                    ),
+                    Action::Proxy(balancer) => {
+                        let trusts = |ip| table.trusted_proxies.iter().any(|c: &Cidr| c.contains(ip));
+                        let peer = conn.peer.ip();
+                        let sender = forward::Sender {
+                            trusted: trusts(peer),
+                            client: headers::client_address(req.headers(), peer, trusts),
+                        };
+                        (
+                            balancer.clone(),
+                            table.upstream_timeout,
+                            table.counters[m.site].clone(),
+                            sender,
+                        )
+                    }
                 },
             }
         };
         // `route` succeeded, so there is a host.
         let original_host = raw_host.unwrap_or_default();
-        let response =
-            match forward::forward(req, conn, &original_host, balancer, upstream_timeout).await {
-                Ok(response) => response,
-                Err(err) => {
-                    tracing::debug!(status = err.status().as_u16(), "proxy error answered");
-                    error_response(err.status(), err.public_message())
-                }
-            };
+        let response = match forward::forward(
+            req,
+            conn,
+            sender,
+            &original_host,
+            balancer,
+            upstream_timeout,
+        )
+        .await
+        {
+            Ok(response) => response,
+            Err(err) => {
+                tracing::debug!(status = err.status().as_u16(), "proxy error answered");
+                error_response(err.status(), err.public_message())
+            }
+        };
         // Counted when the head is ready, as access logs do; a body cut short later
         // does not change the status the client got.
         counters.count(response.status());
         response
+    }
+}
+
+/// A request refused for its framing before routing.
+struct Refused {
+    status: StatusCode,
+    message: &'static str,
+}
+
+/// RFC 9112 framing rules hyper leaves to the application. hyper already refuses a
+/// `Transfer-Encoding` whose last coding is not `chunked`, and one on HTTP/1.0, and
+/// drops a `Content-Length` next to it; what is left:
+/// - more than one `Host` header: 400 (which one would the upstream believe?);
+/// - a transfer coding other than one `chunked` (`gzip, chunked`): 501. Decoding it is
+///   not portico's job, and passing it on after hyper de-chunked the body would change
+///   what the body means.
+fn framing<B>(req: &Request<B>) -> Result<(), Refused> {
+    let headers = req.headers();
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(Refused {
+            status: StatusCode::BAD_REQUEST,
+            message: "more than one Host header",
+        });
+    }
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|c| c.trim_ascii());
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(Refused {
+            status: StatusCode::NOT_IMPLEMENTED,
+            message: "transfer codings other than chunked are not supported",
+        }),
     }
 }
 
@@ -192,6 +254,7 @@ fn build(config: &Config, pools: &Pools, metrics: &Metrics) -> Table {
             .map(|site| metrics.site_counters(&site_id(site)))
             .collect(),
         unmatched: metrics.unmatched_counters(),
+        trusted_proxies: config.listen.trusted_proxies.clone(),
     }
 }
 

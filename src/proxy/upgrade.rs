@@ -15,7 +15,10 @@ use super::Body;
 use super::headers::{connection_has, strip_hop_by_hop};
 
 /// The `Upgrade` value of a request that asks for one (`Connection: upgrade` and an
-/// `Upgrade` header, HTTP/1.1 only).
+/// `Upgrade` header, HTTP/1.1 only). A request offering `h2c` is served as a plain
+/// request: an upgrade to cleartext HTTP/2 is between the client and the hop it talks
+/// to, and passed on it would let a client speak HTTP/2 to the upstream past the
+/// proxy's rules (h2c smuggling).
 pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != http::Version::HTTP_11 {
         return None;
@@ -24,7 +27,14 @@ pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     if !connection_has(headers, "upgrade") {
         return None;
     }
-    headers.get(header::UPGRADE).cloned()
+    let value = headers.get(header::UPGRADE)?;
+    let offers_h2c = value
+        .to_str()
+        .map_or(true, |v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")));
+    if offers_h2c {
+        return None;
+    }
+    Some(value.clone())
 }
 
 /// Puts the upgrade back on headers that were stripped of hop-by-hop fields.
