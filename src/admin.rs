@@ -19,7 +19,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -61,7 +60,7 @@ impl AdminListener {
                         async move { response }
                     }
                 };
-                serve_connection(TokioIo::new(tcp), false, &limits, shutdown, handler).await;
+                serve_connection(tcp, false, &limits, &this.metrics, shutdown, handler).await;
             });
         }
     }

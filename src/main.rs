@@ -47,10 +47,17 @@ const EX_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // h2 warns once per connection it ends for too many resets; under a rapid-reset
+    // attack that is thousands of lines. portico counts and logs those itself, once a
+    // second (`portico_connection_errors_total`), so h2's own are off unless RUST_LOG
+    // names h2.
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("h2")) {
+        filter = filter.add_directive("h2=error".parse().expect("a valid directive"));
+    }
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Escape codes only for a terminal: collected logs (kubectl logs, journald,
         // files) should read as plain `key=value` text.

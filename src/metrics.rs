@@ -9,6 +9,7 @@
 //! | `portico_acme_orders_total` | counter | `site`, `result` (`valid`, `failed`) | finished ACME orders |
 //! | `portico_requests_total` | counter | `site`, `code` | responses by site and status code |
 //! | `portico_tls_handshake_failures_total` | counter | `reason` (`no_certificate`, `error`, `timeout`) | handshakes on :443 that did not complete |
+//! | `portico_connection_errors_total` | counter | `reason` (`h2_too_many_resets`, `h2_protocol`, `h1_protocol`, `header_timeout`, `proxy_protocol`) | client connections ended for a protocol violation, a flood or a slow request head |
 //! | `portico_config_reloads_total` | counter | `result` (`ok`, `error`) | config reloads (SIGHUP, file change); `error`: the file was refused and the running config kept |
 //!
 //! Labels: `site` is the site's id ([`crate::tls::resolver::site_id`]: its sorted names
@@ -52,6 +53,42 @@ impl OrderResult {
         match self {
             OrderResult::Valid => "valid",
             OrderResult::Failed => "failed",
+        }
+    }
+}
+
+/// Why a client connection was ended by portico, for `portico_connection_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionError {
+    /// HTTP/2: GOAWAY `ENHANCE_YOUR_CALM` for too many reset streams (rapid reset).
+    H2TooManyResets,
+    /// HTTP/2: any other protocol violation (GOAWAY with an error code): floods of
+    /// CONTINUATION or SETTINGS, oversized header lists, bad frames.
+    H2Protocol,
+    /// HTTP/1.1: a request head hyper could not parse (answered 400, 414 or 431).
+    H1Protocol,
+    /// HTTP/1.1: no complete request head within `limits.header_read_timeout` (408).
+    HeaderTimeout,
+    /// A malformed PROXY protocol header from a trusted peer.
+    ProxyProtocol,
+}
+
+impl ConnectionError {
+    pub const ALL: [ConnectionError; 5] = [
+        ConnectionError::H2TooManyResets,
+        ConnectionError::H2Protocol,
+        ConnectionError::H1Protocol,
+        ConnectionError::HeaderTimeout,
+        ConnectionError::ProxyProtocol,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionError::H2TooManyResets => "h2_too_many_resets",
+            ConnectionError::H2Protocol => "h2_protocol",
+            ConnectionError::H1Protocol => "h1_protocol",
+            ConnectionError::HeaderTimeout => "header_timeout",
+            ConnectionError::ProxyProtocol => "proxy_protocol",
         }
     }
 }
@@ -179,6 +216,7 @@ struct CertGauge {
 pub struct Metrics {
     ready: AtomicBool,
     handshake_failures: [AtomicU64; 3],
+    connection_errors: [AtomicU64; 5],
     /// Site id → counters; the proxy fetches these when it builds a routing table.
     sites: Mutex<BTreeMap<String, Arc<SiteCounters>>>,
     /// Requests that matched no site (`site=""`).
@@ -194,6 +232,7 @@ impl Default for Metrics {
         Metrics {
             ready: AtomicBool::new(false),
             handshake_failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            connection_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             sites: Mutex::new(BTreeMap::new()),
             unmatched: Arc::new(SiteCounters::default()),
             certificates: Mutex::new(BTreeMap::new()),
@@ -277,6 +316,14 @@ impl Metrics {
 
     pub fn handshake_failures(&self, reason: HandshakeFailure) -> u64 {
         self.handshake_failures[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub fn connection_error(&self, reason: ConnectionError) {
+        self.connection_errors[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn connection_errors(&self, reason: ConnectionError) -> u64 {
+        self.connection_errors[reason as usize].load(Ordering::Relaxed)
     }
 
     /// Counts one finished ACME order of `site` (its id).
@@ -410,6 +457,21 @@ impl Metrics {
                 "portico_tls_handshake_failures_total",
                 &[("reason", reason.as_str())],
                 self.handshake_failures(reason),
+            );
+        }
+
+        family(
+            &mut out,
+            "portico_connection_errors_total",
+            "counter",
+            "Client connections portico ended for a protocol violation, a flood or a slow request head, by reason.",
+        );
+        for reason in ConnectionError::ALL {
+            sample_u(
+                &mut out,
+                "portico_connection_errors_total",
+                &[("reason", reason.as_str())],
+                self.connection_errors(reason),
             );
         }
 

@@ -29,9 +29,11 @@
 //!   until the new one is installed ([`crate::tls::resolver`]);
 //! - `limits` other than `max_connections`: new connections (timeouts, header size,
 //!   HTTP/2 streams), the next request (upstream timeouts), the next shutdown;
-//! - `acme`: the next order.
+//! - `acme`: the next order;
+//! - `listen.trusted_proxies` and `listen.proxy_protocol`: the next connection and request.
 //!
-//! What needs a restart: `listen.*` (the sockets are bound once), `storage` (the store
+//! What needs a restart: `listen.http`, `listen.https`, `listen.admin` (the sockets are
+//! bound once), `storage` (the store
 //! and its locks are opened once) and `limits.max_connections` (the connection cap is
 //! sized once). A change there is logged as a warning naming the key; the running value
 //! is kept and the rest of the file is applied.
@@ -292,7 +294,11 @@ fn plan(old: &Config, mut new: Config) -> (Config, ReloadOutcome) {
         "limits.max_connections",
         new.limits.max_connections != old.limits.max_connections,
     );
-    new.listen = old.listen.clone();
+    // Sockets are bound once; who is trusted (`trusted_proxies`, `proxy_protocol`)
+    // applies to the next connection and request.
+    new.listen.http = old.listen.http;
+    new.listen.https = old.listen.https;
+    new.listen.admin = old.listen.admin;
     new.storage = old.storage.clone();
     new.limits.max_connections = old.limits.max_connections;
 

@@ -222,6 +222,7 @@ impl Server {
             challenges: self.challenges.clone(),
             https_port,
             connections: connections.clone(),
+            metrics: self.metrics.clone(),
         };
         let admin_addr = self.admin.as_ref().and_then(|l| l.local_addr().ok());
         let admin = self.admin.map(|listener| AdminListener {

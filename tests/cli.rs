@@ -81,6 +81,50 @@ fn bad_configs_exit_64_naming_file_line_and_key() {
             ":2: listen.https",
             "not an address",
         ),
+        // A syntax error on the last line is that line, in the table it is written in
+        // (it was reported a line early and blamed on site[1].upstreams).
+        (
+            "[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n[[site]]\nhosts = [\"b.test\"]\nupstreams = [\"h:1\"]\nthis line is not toml\n",
+            ":7: site[1]",
+            "expected",
+        ),
+        // Limits out of range: they passed `check` and then overflowed (a panic on every
+        // connection), wrapped to 0 s, or failed every handshake.
+        (
+            "[limits]\nidle_timeout = \"5000000000000000h\"\n[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n",
+            ":2: limits.idle_timeout",
+            "out of range",
+        ),
+        (
+            "[limits]\nidle_timeout = \"1152921504606846976h\"\n[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n",
+            ":2: limits.idle_timeout",
+            "out of range; use \"100ms\" to \"24h\"",
+        ),
+        (
+            "[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n[limits]\nhandshake_timeout = \"0s\"\n",
+            ":5: limits.handshake_timeout",
+            "out of range; use \"100ms\" to \"5m\"",
+        ),
+        (
+            "[limits]\nmax_connections = 0\n[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n",
+            ":2: limits.max_connections",
+            "out of range",
+        ),
+        (
+            "[listen]\nproxy_protocol = true\n[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n",
+            ":2: listen.proxy_protocol",
+            "trusted_proxies",
+        ),
+        (
+            "[listen]\ntrusted_proxies = [\"10.0.0.1/8\"]\n[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n",
+            ":2: listen.trusted_proxies[0]",
+            "host bits",
+        ),
+        (
+            "[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n[[site.route]]\npath = \"/a/../b\"\nrespond = {}\n",
+            ":5: site[0].route[0].path",
+            "write it as \"/b\"",
+        ),
     ];
     for (text, location, message) in cases {
         let path = write(dir.path(), text);
@@ -503,4 +547,79 @@ fn the_kubernetes_backend_takes_kubeconfig_and_certs_reads_the_secrets() {
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(!log.contains("s3cret"), "the token is never logged:\n{log}");
     assert!(!log.contains("PRIVATE KEY"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rapid_reset_flood_is_logged_once_a_second_with_a_count() {
+    common::edge::install_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let (http, https) = (free_port(), free_port());
+    let path = write(
+        dir.path(),
+        &format!(
+            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\npath = \"data\"\n[[site]]\nhosts = [\"flood.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"hi\" }}\n"
+        ),
+    );
+    let mut child = portico()
+        .args(["run", "--config", path.to_str().unwrap()])
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = collect_stderr(&mut child);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
+    let root_path = dir.path().join("data/ca/root.pem");
+    wait_for("the local CA root", || root_path.exists());
+    let root = std::fs::read(&root_path).unwrap();
+    const ATTACKS: usize = 40;
+    let started = Instant::now();
+    let mut ended = 0;
+    for _ in 0..ATTACKS {
+        if common::attack::rapid_reset(addr, "flood.internal", &root).await == Some(0xb) {
+            ended += 1;
+        }
+    }
+    let elapsed = started.elapsed();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(ended, ATTACKS);
+    let log = log.lock().unwrap().clone();
+    // h2's own line per connection stays off.
+    assert!(!log.contains("reached limit"), "{log}");
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ended for protocol errors"))
+        .collect();
+    assert!(!lines.is_empty(), "{log}");
+    // One line per second at most (plus the first), each with a count.
+    assert!(
+        lines.len() as u64 <= elapsed.as_secs() + 1,
+        "{} lines in {elapsed:?}:\n{}",
+        lines.len(),
+        lines.join("\n")
+    );
+    let counted: usize = lines
+        .iter()
+        .filter_map(|l| {
+            l.split("count=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert!((1..=ATTACKS).contains(&counted), "{}", lines.join("\n"));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("reason=\"h2_too_many_resets\"")
+                || l.contains("reason=h2_too_many_resets")),
+        "{}",
+        lines.join("\n")
+    );
 }

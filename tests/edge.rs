@@ -181,9 +181,10 @@ async fn slow_headers_and_idle_connections_are_closed_but_busy_ones_are_not() {
     assert!(got.starts_with("HTTP/1.1 200 OK"), "{got}");
     assert!(got.contains("backend: up"), "{got}");
 
-    // A TLS connection that never sends a request.
+    // A TLS connection that never sends a request is told so (408) and closed.
     let mut tls = tls_connect(p.https, "a.internal", config).await.unwrap();
-    assert!(read_to_close(&mut tls).await.is_empty());
+    let got = String::from_utf8_lossy(&read_to_close(&mut tls).await).into_owned();
+    assert!(got.starts_with("HTTP/1.1 408 Request Timeout"), "{got}");
 }
 
 #[tokio::test]

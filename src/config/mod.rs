@@ -861,11 +861,10 @@ fn parse_host(raw: &str) -> Result<HostPattern, String> {
     if name.is_empty() {
         return Err("empty host".into());
     }
-    if name.contains(':') && !name.starts_with('[') && name.parse::<IpAddr>().is_ok() {
-        return Ok(HostPattern::Exact(name));
-    }
-    if name.parse::<IpAddr>().is_ok() {
-        return Ok(HostPattern::Exact(name));
+    // Addresses in their canonical form (`::1`, not `0:0::1`): that is how a client's
+    // Host and the address it connected to are compared.
+    if let Ok(ip) = name.parse::<IpAddr>() {
+        return Ok(HostPattern::Exact(ip.to_string()));
     }
     if name.contains(':') || name.contains('/') {
         return Err(format!(
@@ -917,18 +916,22 @@ fn parse_upstream(raw: &str) -> Result<Upstream, String> {
     Ok(Upstream { authority })
 }
 
-/// `"500ms"`, `"10s"`, `"5m"`, `"1h"`; `None` for anything else, including a number
-/// too large for a `Duration` (never a wrapped one).
+/// `"500ms"`, `"10s"`, `"5m"`, `"1h"`; `None` for anything else. A number too large
+/// for a `Duration` saturates (and then fails any range check); it never wraps.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n.parse().ok()?;
+    let (digits, unit) = s.split_at(split);
+    if digits.is_empty() {
+        return None;
+    }
+    // All digits, so the only way to fail is to be too large.
+    let n: u64 = digits.parse().unwrap_or(u64::MAX);
     match unit {
         "ms" => Some(Duration::from_millis(n)),
         "s" => Some(Duration::from_secs(n)),
-        "m" => n.checked_mul(60).map(Duration::from_secs),
-        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        "m" => Some(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Some(Duration::from_secs(n.saturating_mul(3600))),
         _ => None,
     }
 }

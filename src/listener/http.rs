@@ -8,13 +8,14 @@ use bytes::Bytes;
 use http::{Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use super::proxy_protocol::{self, Prefixed};
 use super::{Connections, Phase, serve_connection};
 use crate::acme::challenges::Challenges;
 use crate::config::Config;
+use crate::metrics::{ConnectionError, Metrics};
 use crate::proxy::Body;
 use crate::uri::host;
 
@@ -27,19 +28,39 @@ pub struct HttpListener {
     /// The port of the bound https listener, for redirects.
     pub https_port: u16,
     pub connections: Connections,
+    /// Counts connections ended for protocol errors.
+    pub metrics: Arc<Metrics>,
 }
 
 impl HttpListener {
     pub async fn run(self, mut shutdown: watch::Receiver<Phase>) {
         let this = Arc::new(self);
-        while let Some((tcp, _, permit)) =
+        while let Some((mut tcp, peer, permit)) =
             super::accept(&this.listener, &this.connections, &mut shutdown).await
         {
             let this = this.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let limits = this.config.load().limits.clone();
+                let config = this.config.load_full();
+                let limits = config.limits.clone();
+                // Only the bytes after a PROXY header matter here: port 80 answers
+                // challenges and redirects, neither of which depends on the client.
+                let prefix = if config.listen.proxy_protocol && config.listen.trusts(peer.ip()) {
+                    let read = proxy_protocol::read(&mut tcp);
+                    match tokio::time::timeout(limits.header_read_timeout, read).await {
+                        Ok(Ok((_, rest))) => rest,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "PROXY header refused");
+                            super::protocol_error(&this.metrics, ConnectionError::ProxyProtocol);
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                } else {
+                    Vec::new()
+                };
+                drop(config);
                 let handler = {
                     let this = this.clone();
                     move |req| {
@@ -47,7 +68,8 @@ impl HttpListener {
                         async move { this.answer(req).await }
                     }
                 };
-                serve_connection(TokioIo::new(tcp), false, &limits, shutdown, handler).await;
+                let io = Prefixed::new(tcp, prefix);
+                serve_connection(io, false, &limits, &this.metrics, shutdown, handler).await;
             });
         }
     }

@@ -1,19 +1,29 @@
-//! The :443 listener: accept, TLS handshake (bounded by `limits.handshake_timeout`),
-//! then HTTP/2 or HTTP/1.1 by ALPN, each request handed to the proxy with what the
-//! handshake decided (peer, and the hosts the served certificate covers).
+//! The :443 listener: accept, a PROXY header from trusted load balancers (when
+//! `listen.proxy_protocol` is on), the TLS handshake (both bounded by
+//! `limits.handshake_timeout`), then HTTP/2 or HTTP/1.1 by ALPN, each request handed to
+//! the proxy with what the handshake decided (the client's address, and the hosts the
+//! served certificate covers).
+//!
+//! The ClientHello is read before a rustls config is chosen ([`LazyConfigAcceptor`]):
+//! a client that sends no SNI (clients never do for an IP address) is served the
+//! certificate of the site whose hosts include the address it connected to; the
+//! resolver alone cannot see that address.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use rustls::server::Acceptor;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
+use tokio_rustls::server::TlsStream;
 
+use super::proxy_protocol::{self, Prefixed};
 use super::workers::Workers;
 use super::{Connections, Phase, serve_connection};
-use crate::config::Config;
-use crate::metrics::{HandshakeFailure, Metrics};
+use crate::config::{Config, HostPattern};
+use crate::metrics::{ConnectionError, HandshakeFailure, Metrics};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::tls::CertResolver;
 use crate::uri::host::normalize as normalize_host;
@@ -55,44 +65,33 @@ impl HttpsListener {
     }
 
     async fn accept(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<Phase>) {
-        let acceptor = TlsAcceptor::from(self.tls.clone());
-        let this = self;
         while let Some((tcp, peer, permit)) =
-            super::accept(&listener, &this.connections, &mut shutdown).await
+            super::accept(&listener, &self.connections, &mut shutdown).await
         {
-            let this = this.clone();
-            let acceptor = acceptor.clone();
+            let this = self.clone();
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let limits = this.config.load().limits.clone();
-                let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        this.metrics.handshake_failed(HandshakeFailure::of(&e));
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        this.metrics.handshake_failed(HandshakeFailure::Timeout);
-                        return;
-                    }
-                };
+                let config = this.config.load_full();
+                let limits = config.limits.clone();
+                let handshake = this.handshake(tcp, peer, &config);
+                let (tls, peer, cert_hosts) =
+                    match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+                        Ok(Some(done)) => done,
+                        Ok(None) => return,
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            this.metrics.handshake_failed(HandshakeFailure::Timeout);
+                            return;
+                        }
+                    };
+                drop(config);
                 let (_, session) = tls.get_ref();
                 if session.alpn_protocol() == Some(crate::tls::resolver::ACME_TLS_ALPN) {
                     // TLS-ALPN-01 validation ends with the handshake (RFC 8737).
                     return;
                 }
                 let h2 = session.alpn_protocol() == Some(b"h2");
-                let sni = session.server_name().map(normalize_host);
-                let cert_hosts = this
-                    .resolver
-                    .snapshot()
-                    .lookup(sni.as_deref())
-                    .map(|c| c.hosts.clone());
                 let conn = Arc::new(ConnInfo {
                     peer,
                     proto: "https",
@@ -106,8 +105,67 @@ impl HttpsListener {
                     let conn = conn.clone();
                     async move { proxy.serve(req, &conn).await }
                 };
-                serve_connection(TokioIo::new(tls), h2, &limits, shutdown, handler).await;
+                serve_connection(tls, h2, &limits, &this.metrics, shutdown, handler).await;
             });
+        }
+    }
+
+    /// The PROXY header (from trusted peers, when on), then the TLS handshake. Returns
+    /// the stream, the client's address and the hosts of the certificate served; `None`
+    /// when the connection failed (counted and logged here).
+    async fn handshake(
+        &self,
+        mut tcp: TcpStream,
+        peer: SocketAddr,
+        config: &Config,
+    ) -> Option<(
+        TlsStream<Prefixed<TcpStream>>,
+        SocketAddr,
+        Option<Arc<[HostPattern]>>,
+    )> {
+        let local = tcp.local_addr().ok();
+        let (client, prefix) = if config.listen.proxy_protocol && config.listen.trusts(peer.ip()) {
+            match proxy_protocol::read(&mut tcp).await {
+                Ok((source, rest)) => (source.unwrap_or(peer), rest),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "PROXY header refused");
+                    super::protocol_error(&self.metrics, ConnectionError::ProxyProtocol);
+                    return None;
+                }
+            }
+        } else {
+            (peer, Vec::new())
+        };
+        let acceptor = LazyConfigAcceptor::new(Acceptor::default(), Prefixed::new(tcp, prefix));
+        let start = match acceptor.await {
+            Ok(start) => start,
+            Err(e) => {
+                tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
+                self.metrics.handshake_failed(HandshakeFailure::of(&e));
+                return None;
+            }
+        };
+        let snapshot = self.resolver.snapshot();
+        let sni = start.client_hello().server_name().map(normalize_host);
+        // Clients send no SNI for an IP address: the site is the one that has the
+        // address the client connected to (DESIGN), else the only site.
+        let (tls_config, served) = match (&sni, local) {
+            (None, Some(local)) => match snapshot.lookup_by_address(local.ip()) {
+                Some(cert) => (
+                    crate::tls::fixed_config(&self.tls, cert.key.clone()),
+                    Some(cert.clone()),
+                ),
+                None => (self.tls.clone(), None),
+            },
+            _ => (self.tls.clone(), snapshot.lookup(sni.as_deref()).cloned()),
+        };
+        match start.into_stream(tls_config).await {
+            Ok(tls) => Some((tls, client, served.map(|c| c.hosts.clone()))),
+            Err(e) => {
+                tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
+                self.metrics.handshake_failed(HandshakeFailure::of(&e));
+                None
+            }
         }
     }
 }

@@ -7,14 +7,16 @@
 //! `header_read_timeout` on HTTP/1.1) and idleness (`limits.idle_timeout`, counted from
 //! the last response finished while nothing is in flight, for both protocols).
 
+mod head_deadline;
 pub mod http;
 pub mod https;
+pub mod proxy_protocol;
 pub mod workers;
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,11 +24,13 @@ use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::rt::{Read, Write};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::config::Limits;
+use crate::metrics::{ConnectionError, Metrics};
 use crate::proxy::{Body, BoxError};
 
 /// Why a listener could not start.
@@ -123,13 +127,18 @@ pub(crate) async fn accept(
     }
 }
 
-/// Requests in flight and the time the last one finished, for the idle timeout.
+/// Requests in flight and the time the last one finished, for the idle timeout and
+/// the request-head deadline.
 #[derive(Debug)]
 struct Activity {
     start: Instant,
     in_flight: AtomicUsize,
+    /// Requests begun so far.
+    begun: AtomicUsize,
     /// Milliseconds since `start` when the connection last became idle.
     idle_since: AtomicU64,
+    /// The request-head deadline passed and the client got 408.
+    head_timed_out: AtomicBool,
 }
 
 impl Activity {
@@ -137,12 +146,15 @@ impl Activity {
         Arc::new(Activity {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            begun: AtomicUsize::new(0),
             idle_since: AtomicU64::new(0),
+            head_timed_out: AtomicBool::new(false),
         })
     }
 
     fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.begun.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
     }
 
@@ -193,15 +205,17 @@ impl HttpBody for Tracked {
     }
 }
 
-/// Serves one connection with `handler` until it closes, idles out, or shutdown drains it.
+/// Serves one connection with `handler` until it closes, idles out, or shutdown drains
+/// it. Protocol errors that end it are counted in `metrics`.
 pub(crate) async fn serve_connection<I, H, F>(
     io: I,
     h2: bool,
     limits: &Limits,
+    metrics: &Metrics,
     mut shutdown: watch::Receiver<Phase>,
     handler: H,
 ) where
-    I: Read + Write + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
@@ -222,7 +236,7 @@ pub(crate) async fn serve_connection<I, H, F>(
             }
         })
     };
-    if h2 {
+    let result = if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -230,16 +244,77 @@ pub(crate) async fn serve_connection<I, H, F>(
             .max_header_list_size(limits.max_header_bytes.min(u32::MAX as usize) as u32)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20));
-        let conn = builder.serve_connection(io, service);
-        drive(conn, &activity, limits, &mut shutdown).await;
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        drive(conn, &activity, limits, &mut shutdown).await
     } else {
+        let io = head_deadline::HeadDeadline::new(io, activity.clone(), limits.header_read_timeout);
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
+            // `HeadDeadline` keeps that time, and answers 408.
+            .header_read_timeout(None)
             .max_buf_size(limits.max_header_bytes.max(8192));
-        let conn = builder.serve_connection(io, service).with_upgrades();
-        drive(conn, &activity, limits, &mut shutdown).await;
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        drive(conn, &activity, limits, &mut shutdown).await
+    };
+    if activity.head_timed_out.load(Ordering::Acquire) {
+        protocol_error(metrics, ConnectionError::HeaderTimeout);
+    } else if let Err(e) = result {
+        match classify(&e) {
+            Some(reason) => protocol_error(metrics, reason),
+            None => tracing::debug!(error = %e, "connection ended with an error"),
+        }
+    }
+}
+
+/// The protocol violation a connection error stands for, if it is one (not a client
+/// going away, a reset, or an I/O error).
+fn classify(e: &hyper::Error) -> Option<ConnectionError> {
+    if e.is_parse() || e.is_parse_too_large() {
+        return Some(ConnectionError::H1Protocol);
+    }
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if let Some(h2) = c.downcast_ref::<h2::Error>() {
+            // A GOAWAY portico sent: the client broke a rule or flooded.
+            if h2.is_go_away() && h2.is_library() {
+                return match h2.reason() {
+                    Some(h2::Reason::ENHANCE_YOUR_CALM) => Some(ConnectionError::H2TooManyResets),
+                    Some(h2::Reason::NO_ERROR) | None => None,
+                    Some(_) => Some(ConnectionError::H2Protocol),
+                };
+            }
+            return None;
+        }
+        cause = c.source();
+    }
+    None
+}
+
+/// Counts a connection ended for a client's protocol error, and logs it at most once a
+/// second with the number since the last line: an attacker opening thousands of bad
+/// connections must not flood the log (the metric has every one).
+pub(crate) fn protocol_error(metrics: &Metrics, reason: ConnectionError) {
+    metrics.connection_error(reason);
+    static NEXT_SECOND: AtomicU64 = AtomicU64::new(0);
+    static SINCE_LAST_LINE: AtomicU64 = AtomicU64::new(0);
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    SINCE_LAST_LINE.fetch_add(1, Ordering::AcqRel);
+    let now = EPOCH.get_or_init(Instant::now).elapsed().as_secs();
+    let next = NEXT_SECOND.load(Ordering::Acquire);
+    if now >= next
+        && NEXT_SECOND
+            .compare_exchange(next, now + 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    {
+        let count = SINCE_LAST_LINE.swap(0, Ordering::AcqRel);
+        tracing::warn!(
+            reason = reason.as_str(),
+            count,
+            "client connections ended for protocol errors (one line a second at most; portico_connection_errors_total counts each)"
+        );
     }
 }
 
@@ -275,12 +350,13 @@ where
     }
 }
 
+/// Runs a connection to its end; its error, if it ended with one.
 async fn drive<C: Graceful>(
     conn: C,
     activity: &Activity,
     limits: &Limits,
     shutdown: &mut watch::Receiver<Phase>,
-) {
+) -> Result<(), hyper::Error> {
     let mut conn = std::pin::pin!(conn);
     let mut closing = false;
     match *shutdown.borrow_and_update() {
@@ -289,7 +365,7 @@ async fn drive<C: Graceful>(
             closing = true;
             conn.as_mut().start_graceful_shutdown();
         }
-        Phase::Closed => return,
+        Phase::Closed => return Ok(()),
     }
     loop {
         // Re-armed after every wake-up: requests move the deadline.
@@ -301,12 +377,7 @@ async fn drive<C: Graceful>(
             }
         };
         tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "connection ended with an error");
-                }
-                return;
-            }
+            result = conn.as_mut() => return result,
             changed = shutdown.changed() => {
                 // A dropped sender means the server is gone: same as the deadline.
                 let phase = if changed.is_ok() { *shutdown.borrow_and_update() } else { Phase::Closed };
@@ -316,7 +387,7 @@ async fn drive<C: Graceful>(
                         closing = true;
                         conn.as_mut().start_graceful_shutdown();
                     },
-                    Phase::Closed => return,
+                    Phase::Closed => return Ok(()),
                 }
             }
             _ = idle => {

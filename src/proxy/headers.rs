@@ -98,7 +98,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// protocol source) when it is not trusted; else the rightmost address of the request's
 /// `X-Forwarded-For` that is not trusted, or the leftmost one when all are. An entry
 /// that is not an address ends the walk at the last address read.
-pub fn client_address(headers: &HeaderMap, peer: IpAddr, trusts: impl Fn(IpAddr) -> bool) -> IpAddr {
+pub fn client_address(
+    headers: &HeaderMap,
+    peer: IpAddr,
+    trusts: impl Fn(IpAddr) -> bool,
+) -> IpAddr {
     let peer = peer.to_canonical();
     if !trusts(peer) {
         return peer;
@@ -287,7 +291,15 @@ mod tests {
         let peer: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         let client = client_address(&h, peer, trusted);
         assert_eq!(client, "5.6.7.8".parse::<IpAddr>().unwrap());
-        add_forwarded(&mut h, peer, true, client, "https", "A.test:8443", Version::HTTP_2);
+        add_forwarded(
+            &mut h,
+            peer,
+            true,
+            client,
+            "https",
+            "A.test:8443",
+            Version::HTTP_2,
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.9, 10.0.0.1");
         assert_eq!(h["x-real-ip"], "5.6.7.8");
         assert_eq!(h["forwarded"], "for=5.6.7.8");
@@ -308,7 +320,15 @@ mod tests {
         let peer: IpAddr = "192.0.2.1".parse().unwrap();
         let client = client_address(&h, peer, trusted);
         assert_eq!(client, peer);
-        add_forwarded(&mut h, peer, false, client, "https", "a.test", Version::HTTP_11);
+        add_forwarded(
+            &mut h,
+            peer,
+            false,
+            client,
+            "https",
+            "a.test",
+            Version::HTTP_11,
+        );
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-real-ip"], "192.0.2.1");
@@ -319,11 +339,20 @@ mod tests {
     fn the_client_walk_stops_at_garbage_and_when_all_are_trusted() {
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let h = map(&[("x-forwarded-for", "6.6.6.6, bogus, 10.1.1.1")]);
-        assert_eq!(client_address(&h, peer, trusted), "10.1.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_address(&h, peer, trusted),
+            "10.1.1.1".parse::<IpAddr>().unwrap()
+        );
         let h = map(&[("x-forwarded-for", "10.2.2.2, [2001:db8::1]:443")]);
-        assert_eq!(client_address(&h, peer, trusted), "2001:db8::1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_address(&h, peer, trusted),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
         let h = map(&[("x-forwarded-for", "10.3.3.3, 10.2.2.2")]);
-        assert_eq!(client_address(&h, peer, trusted), "10.3.3.3".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_address(&h, peer, trusted),
+            "10.3.3.3".parse::<IpAddr>().unwrap()
+        );
         assert_eq!(client_address(&HeaderMap::new(), peer, trusted), peer);
     }
 

@@ -138,7 +138,9 @@ impl Proxy {
         let (balancer, upstream_timeout, counters, sender) = {
             let table = self.table.load();
             if let Err(refused) = framing(&req) {
-                table.counters_for(raw_host.as_deref()).count(refused.status);
+                table
+                    .counters_for(raw_host.as_deref())
+                    .count(refused.status);
                 return error_response(refused.status, refused.message);
             }
             let matched = table.router.route(
@@ -158,7 +160,8 @@ impl Proxy {
                         return text(*status, Full::new(body.clone()).map_err(never).boxed());
                     }
                     Action::Proxy(balancer) => {
-                        let trusts = |ip| table.trusted_proxies.iter().any(|c: &Cidr| c.contains(ip));
+                        let trusts =
+                            |ip| table.trusted_proxies.iter().any(|c: &Cidr| c.contains(ip));
                         let peer = conn.peer.ip();
                         let sender = forward::Sender {
                             trusted: trusts(peer),

@@ -28,9 +28,9 @@ pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
         return None;
     }
     let value = headers.get(header::UPGRADE)?;
-    let offers_h2c = value
-        .to_str()
-        .map_or(true, |v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c")));
+    let offers_h2c = value.to_str().map_or(true, |v| {
+        v.split(',').any(|p| p.trim().eq_ignore_ascii_case("h2c"))
+    });
     if offers_h2c {
         return None;
     }

@@ -83,6 +83,28 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, T
     Ok(Arc::new(config))
 }
 
+/// `shared` with one certificate for every handshake: for a client without SNI whose
+/// site was chosen by the address it connected to. Everything else (ALPN, tickets,
+/// session cache) stays shared; TLS-ALPN-01 validators, which always send SNI, get
+/// nothing from it.
+pub fn fixed_config(shared: &Arc<ServerConfig>, key: Arc<CertifiedKey>) -> Arc<ServerConfig> {
+    let mut config = ServerConfig::clone(shared);
+    config.cert_resolver = Arc::new(Fixed(key));
+    Arc::new(config)
+}
+
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for Fixed {
+    fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validator = hello
+            .alpn()
+            .is_some_and(|mut offered| offered.any(|p| p == resolver::ACME_TLS_ALPN));
+        (!validator).then(|| self.0.clone())
+    }
+}
+
 /// A certificate chain and key ready to serve, with the leaf's validity.
 pub struct Loaded {
     pub key: Arc<CertifiedKey>,

@@ -67,6 +67,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// For a client that sent no SNI on a connection to `local`: the site whose hosts
+    /// include that address, else the only site (DESIGN); none means a handshake alert.
+    pub fn lookup_by_address(&self, local: std::net::IpAddr) -> Option<&Arc<SiteCert>> {
+        self.exact
+            .get(&local.to_canonical().to_string())
+            .or(self.no_sni.as_ref())
+    }
+
     /// Exact names first, then a wildcard covering exactly one more label.
     pub fn lookup(&self, name: Option<&str>) -> Option<&Arc<SiteCert>> {
         let Some(name) = name else {

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 pub mod ari;
+pub mod attack;
 pub mod deploy;
 pub mod edge;
 pub mod kube_api;
