@@ -55,3 +55,8 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod uri;
+
+/// Entry points for `cargo fuzz` (built with `--cfg fuzzing`), not part of the API.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;

@@ -5,7 +5,7 @@ mod common;
 
 use common::edge::*;
 
-const SITES: &str = "[[site]]\nhosts = [\"a.internal\", \"*.w.internal\"]\ntls = \"internal\"\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"a\" }\n";
+const SITES: &str = "[[site]]\nhosts = [\"a.internal\", \"*.w.internal\", \"::1\"]\ntls = \"internal\"\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"a\" }\n";
 
 #[tokio::test]
 async fn challenge_tokens_are_answered_for_configured_names_only() {

@@ -139,11 +139,14 @@ struct Activity {
     idle_since: AtomicU64,
     /// The request-head deadline passed and the client got 408.
     head_timed_out: AtomicBool,
+    /// HTTP/1.1: a request-head deadline ([`head_deadline`]) guards this connection.
+    head_deadline: bool,
 }
 
 impl Activity {
-    fn new() -> Arc<Self> {
+    fn new(head_deadline: bool) -> Arc<Self> {
         Arc::new(Activity {
+            head_deadline,
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
             begun: AtomicUsize::new(0),
@@ -159,8 +162,13 @@ impl Activity {
     }
 
     /// When the connection would time out if nothing happens, or None while busy.
+    /// An HTTP/1.1 connection that has not sent its first request is timed by its
+    /// request-head deadline (and its 408) instead.
     fn deadline(&self, idle: Duration) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        if self.head_deadline && self.begun.load(Ordering::Acquire) == 0 {
             return None;
         }
         let since = Duration::from_millis(self.idle_since.load(Ordering::Acquire));
@@ -219,7 +227,7 @@ pub(crate) async fn serve_connection<I, H, F>(
     H: Fn(hyper::Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = hyper::Response<Body>> + Send + 'static,
 {
-    let activity = Activity::new();
+    let activity = Activity::new(!h2);
     let service = {
         let activity = activity.clone();
         hyper::service::service_fn(move |req| {

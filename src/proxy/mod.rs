@@ -27,7 +27,7 @@ mod balance;
 mod body;
 mod error;
 mod forward;
-mod headers;
+pub(crate) mod headers;
 mod pool;
 mod upgrade;
 
