@@ -154,7 +154,13 @@ pub fn decide<B>(
         (None | Some(80), _) | (_, 443) => String::new(),
         (Some(_), p) => format!(":{p}"),
     };
-    let pq = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    // Asterisk-form (`OPTIONS *`) and authority-form targets have no path to keep.
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .filter(|pq| pq.starts_with('/'))
+        .unwrap_or("/");
     Answer::Redirect(format!("https://{}{port}{pq}", authority.url_host()))
 }
 
@@ -233,6 +239,15 @@ mod tests {
             answer("other.test", "/.well-known/acme-challenge/tok"),
             Answer::Refuse(StatusCode::NOT_FOUND, _)
         ));
+    }
+
+    #[test]
+    fn a_target_without_a_path_redirects_to_the_root() {
+        // Found by fuzz/port80: `OPTIONS *` made `Location: https://a.test*`.
+        assert_eq!(
+            answer("a.test", "*"),
+            Answer::Redirect("https://a.test/".into())
+        );
     }
 
     #[test]

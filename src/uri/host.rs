@@ -52,6 +52,13 @@ pub fn normalize(host: &str) -> String {
     } else {
         host
     };
+    // An IPv6 address has many spellings (`0001:db8::1`, `1:DB8:0::1`); sites list the
+    // canonical one. Found by fuzz/host.
+    if bare.contains(':')
+        && let Ok(ip) = bare.parse::<std::net::Ipv6Addr>()
+    {
+        return ip.to_string();
+    }
     bare.to_ascii_lowercase()
 }
 
@@ -115,6 +122,8 @@ mod tests {
         assert_eq!(normalize("[::1]:443"), "::1");
         assert_eq!(normalize("::1"), "::1");
         assert_eq!(normalize("a.example.com."), "a.example.com");
+        assert_eq!(normalize("[0001:DB8:0::1]:443"), "1:db8::1");
+        assert_eq!(parse("[0001:DB8:0::1]:443").unwrap().host, "1:db8::1");
     }
 
     #[test]
