@@ -44,7 +44,7 @@ impl Authority {
 
 /// Lowercases a Host header or SNI value and drops a `:port` suffix (and IPv6 brackets).
 pub fn normalize(host: &str) -> String {
-    let host = host.trim().trim_end_matches('.');
+    let host = host.trim();
     let bare = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
     } else if host.matches(':').count() == 1 {
@@ -52,6 +52,8 @@ pub fn normalize(host: &str) -> String {
     } else {
         host
     };
+    // After the port is gone: `a.test.:443` is `a.test` (found by fuzz/host).
+    let bare = bare.trim_end_matches('.');
     // An IPv6 address has many spellings (`0001:db8::1`, `1:DB8:0::1`); sites list the
     // canonical one. Found by fuzz/host.
     if bare.contains(':')
@@ -123,6 +125,7 @@ mod tests {
         assert_eq!(normalize("::1"), "::1");
         assert_eq!(normalize("a.example.com."), "a.example.com");
         assert_eq!(normalize("[0001:DB8:0::1]:443"), "1:db8::1");
+        assert_eq!(normalize("E.:1"), "e");
         assert_eq!(parse("[0001:DB8:0::1]:443").unwrap().host, "1:db8::1");
     }
 
