@@ -16,16 +16,15 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::body::Body;
 use crate::config::Config;
-use crate::listener::{Phase, serve_connection};
+use crate::listener::serve_connection;
 use crate::metrics::Metrics;
-use crate::proxy::Body;
+use crate::shutdown::Phase;
 
 /// Admin connections open at once; more wait to be accepted.
 pub const MAX_CONNECTIONS: usize = 64;
@@ -89,12 +88,9 @@ pub fn answer<B>(req: &Request<B>, metrics: &Metrics) -> Response<Body> {
     }
 }
 
+/// An answer that no cache may keep: probes and metrics are about now.
 fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
-    let body = Full::new(Bytes::from(body))
-        .map_err(|never| match never {})
-        .boxed();
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
+    let mut response = crate::body::text(status, body);
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -110,6 +106,7 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> Respons
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     async fn call(method: Method, path: &str, metrics: &Metrics) -> (StatusCode, String) {
         let req = Request::builder()

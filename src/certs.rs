@@ -12,149 +12,33 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-
 use crate::acme::AcmeManager;
 use crate::acme::challenges::Challenges;
-use crate::acme::manager::{ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT, Tuning};
+use crate::acme::manager::Tuning;
 use crate::config::{Config, Site, TlsSource};
 use crate::metrics::Metrics;
-use crate::store::{Change, Kind, Locker, Object, Store, StoreError};
+use crate::objects::{
+    ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT, ObjectError, cert_object, cert_object_name,
+    data, rfc3339, stored_certificate,
+};
+use crate::report::Chain;
+use crate::store::{Change, Kind, LOCAL_CA, Locker, Object, Store, StoreError};
 use crate::tls::files::{self, Stamp};
 use crate::tls::internal::LocalCa;
-use crate::tls::{CertResolver, Loaded, SiteId, TlsError, load_pem, resolver::site_id};
-
-/// The store name of the local CA object.
-pub const LOCAL_CA: &str = "local-ca";
+use crate::tls::{CertResolver, SiteId, TlsError, load_pem, resolver::site_id};
 
 /// Why a site has no fresh certificate. Logged with the site; the old certificate, if
 /// any, keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("stored object {kind}/{name} lacks {key}")]
-    Incomplete {
-        kind: &'static str,
-        name: String,
-        key: &'static str,
-    },
-}
-
-/// `h(x)` of DESIGN: the first 16 hex digits of SHA-256.
-pub fn short_hash(x: &str) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, x.as_bytes());
-    digest.as_ref()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The store name of a site's certificate: `<first-name>-<h(sorted names)>` (the
-/// Kubernetes backend prefixes `portico-tls-`).
-pub fn cert_object_name(site: &Site) -> String {
-    let first: String = site
-        .hosts
-        .first()
-        .map(|h| h.to_string())
-        .unwrap_or_default()
-        .to_ascii_lowercase()
-        .replace('*', "wildcard")
-        .chars()
-        .map(|c| match c {
-            'a'..='z' | '0'..='9' | '.' | '-' => c,
-            _ => '-',
-        })
-        .collect();
-    let hash = short_hash(&site.names().join(","));
-    // "portico-tls-" + first + "-" + 16 hex digits must stay within 253 characters.
-    let room = 253 - "portico-tls-".len() - 1 - hash.len();
-    let first = first.get(..first.len().min(room)).unwrap_or("");
-    format!("{}-{hash}", first.trim_matches(['.', '-']))
-}
-
-/// RFC 3339 in whole seconds, as annotations and `portico certs` show times.
-pub fn rfc3339(t: SystemTime) -> String {
-    OffsetDateTime::from(t)
-        .replace_nanosecond(0)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-        .format(&Rfc3339)
-        .unwrap_or_default()
-}
-
-/// The store object for a certificate, with the annotations DESIGN lists.
-pub fn cert_object(site: &Site, chain_pem: &str, key_pem: &str, not_after: SystemTime) -> Object {
-    let names = site.names();
-    let mut data = BTreeMap::new();
-    data.insert("tls.crt".to_string(), chain_pem.as_bytes().to_vec());
-    data.insert("tls.key".to_string(), key_pem.as_bytes().to_vec());
-    let mut annotations = BTreeMap::new();
-    annotations.insert(
-        "cert-manager.io/common-name".to_string(),
-        site.hosts
-            .first()
-            .map(|h| h.to_string())
-            .unwrap_or_default(),
-    );
-    annotations.insert("cert-manager.io/alt-names".to_string(), names.join(","));
-    annotations.insert("portico.dev/not-after".to_string(), rfc3339(not_after));
-    annotations.insert(
-        ANNOTATION_SOURCE.to_string(),
-        source_name(&site.tls).to_string(),
-    );
-    Object { data, annotations }
-}
-
-/// Which source wrote a stored certificate: `acme` or `internal`. ACME and the local CA
-/// store a site's certificate under the same name, so a site switched from one to the
-/// other must not keep serving what the other issued.
-pub const ANNOTATION_SOURCE: &str = "portico.dev/source";
-
-fn source_name(tls: &TlsSource) -> &'static str {
-    match tls {
-        TlsSource::Acme => "acme",
-        TlsSource::Internal => "internal",
-        TlsSource::Files { .. } => "files",
-    }
-}
-
-/// The certificate in `site`'s store object: `None` when it holds none yet (only ACME
-/// status annotations) or one from another source than the site's; an error when it is
-/// incomplete or does not parse. Objects written before the source was recorded count
-/// as the site's.
-pub fn stored_certificate(site: &Site, object: &Object) -> Result<Option<Loaded>, CertError> {
-    if object.get("tls.crt").is_none()
-        || object
-            .annotations
-            .get(ANNOTATION_SOURCE)
-            .is_some_and(|source| source != source_name(&site.tls))
-    {
-        return Ok(None);
-    }
-    let name = cert_object_name(site);
-    let name = name.as_str();
-    let chain = data(object, Kind::Certificate, name, "tls.crt")?;
-    let key = data(object, Kind::Certificate, name, "tls.key")?;
-    Ok(Some(load_pem(&format!("certificate/{name}"), chain, key)?))
-}
-
-fn data<'a>(
-    obj: &'a Object,
-    kind: Kind,
-    name: &str,
-    key: &'static str,
-) -> Result<&'a [u8], CertError> {
-    obj.data
-        .get(key)
-        .map(Vec::as_slice)
-        .ok_or_else(|| CertError::Incomplete {
-            kind: kind.as_str(),
-            name: name.to_string(),
-            key,
-        })
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    #[error("the local CA was neither readable nor creatable in the store after 3 tries")]
+    LocalCa,
 }
 
 /// Aborts a task when dropped, so it ends with its owner.
@@ -218,7 +102,7 @@ impl CertManager {
                 TlsSource::Internal | TlsSource::Acme => self.load_stored(site).await.map(|_| ()),
             };
             if let Err(e) = result {
-                tracing::warn!(site = %site_id(site), error = %e, "could not load a certificate");
+                tracing::warn!(site = %site_id(site), error = %Chain(&e), "could not load a certificate");
             }
         }
     }
@@ -253,7 +137,7 @@ impl CertManager {
                 }
             };
             if let Err(e) = result {
-                tracing::warn!(site = %id, error = %e, "could not load a certificate");
+                tracing::warn!(site = %id, error = %Chain(&e), "could not load a certificate");
             }
         }
         self.wake.notify_one();
@@ -274,7 +158,7 @@ impl CertManager {
                 }
             };
             if let Err(e) = result {
-                tracing::warn!(site = %site_id(site), error = %e, "certificate not renewed; the current one keeps serving");
+                tracing::warn!(site = %site_id(site), error = %Chain(&e), "certificate not renewed; the current one keeps serving");
             }
         }
     }
@@ -290,7 +174,7 @@ impl CertManager {
     pub async fn run(
         self: Arc<Self>,
         config: Arc<arc_swap::ArcSwap<Config>>,
-        mut shutdown: tokio::sync::watch::Receiver<crate::listener::Phase>,
+        mut shutdown: tokio::sync::watch::Receiver<crate::shutdown::Phase>,
     ) {
         let follower = tokio::spawn(self.clone().follow_store(config.clone()));
         let _stop_following = AbortOnDrop(follower);
@@ -310,7 +194,9 @@ impl CertManager {
                         removed = n,
                         "removed expired challenge tokens from the store"
                     ),
-                    Err(e) => tracing::warn!(error = %e, "cannot collect expired challenge tokens"),
+                    Err(e) => {
+                        tracing::warn!(error = %Chain(&e), "cannot collect expired challenge tokens")
+                    }
                 }
             }
         }
@@ -338,7 +224,7 @@ impl CertManager {
                 // ACME status only, no certificate yet.
                 Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(object = %name, error = %e, "ignoring an unusable stored certificate");
+                    tracing::warn!(object = %name, error = %Chain(&e), "ignoring an unusable stored certificate");
                     continue;
                 }
             };
@@ -465,11 +351,7 @@ impl CertManager {
                         Err(e) => return Err(e.into()),
                     }
                 }
-                Err(CertError::Incomplete {
-                    kind: Kind::Ca.as_str(),
-                    name: LOCAL_CA.to_string(),
-                    key: "tls.crt",
-                })
+                Err(CertError::LocalCa)
             })
             .await
             .cloned()
@@ -552,15 +434,4 @@ pub async fn table(
         }
     }
     Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn short_hash_is_sha256_prefix() {
-        // sha256("") = e3b0c44298fc1c14...
-        assert_eq!(short_hash(""), "e3b0c44298fc1c14");
-    }
 }

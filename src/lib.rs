@@ -44,17 +44,22 @@
 
 pub mod acme;
 pub mod admin;
+pub mod body;
 pub mod certs;
 pub mod config;
 pub mod listener;
 pub mod metrics;
+pub mod objects;
 pub mod proxy;
 pub mod reload;
+pub mod report;
 pub mod router;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod tls;
 pub mod uri;
+pub mod workers;
 
 /// Entry points for `cargo fuzz` (built with `--cfg fuzzing`), not part of the API.
 #[cfg(fuzzing)]

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
 use portico::config::Config;
+use portico::report::Chain;
 use portico::server::{self, Server};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
@@ -69,7 +70,7 @@ fn main() -> ExitCode {
     let config = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", Chain(&e));
             return ExitCode::from(EX_CONFIG);
         }
     };
@@ -91,9 +92,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Certs { .. } => {
                 let (store, _) = server::open_store(&config).await?;
-                let table = portico::certs::table(store.as_ref(), &config, SystemTime::now())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let table =
+                    portico::certs::table(store.as_ref(), &config, SystemTime::now()).await?;
                 print!("{table}");
                 Ok::<(), Box<dyn std::error::Error>>(())
             }
@@ -111,7 +111,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", Chain(&*e));
             ExitCode::FAILURE
         }
     }

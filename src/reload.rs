@@ -59,9 +59,10 @@ use tokio::sync::{Mutex, watch};
 
 use crate::certs::CertManager;
 use crate::config::{Config, ConfigError};
-use crate::listener::Phase;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::report::Chain;
+use crate::shutdown::Phase;
 use crate::tls::{SiteId, resolver::site_id};
 
 /// How often the config file is looked at.
@@ -245,7 +246,7 @@ impl Inner {
             Ok(config) => config,
             Err(e) => {
                 self.metrics.config_reload(false);
-                tracing::error!(error = %e, "config not reloaded; the running config keeps serving");
+                tracing::error!(error = %Chain(&e), "config not reloaded; the running config keeps serving");
                 return Err(e);
             }
         };

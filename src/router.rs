@@ -42,7 +42,7 @@ pub enum RouteError {
     NotCovered,
     #[error("no route for this path")]
     NoRoute,
-    #[error("bad request path: {0}")]
+    #[error("bad request path")]
     BadPath(#[source] path::PathError),
 }
 

@@ -29,25 +29,26 @@ use crate::certs::CertManager;
 use crate::config::{Config, Storage};
 use crate::listener::http::HttpListener;
 use crate::listener::https::HttpsListener;
-use crate::listener::workers::{self, Workers};
-use crate::listener::{Connections, ListenError, Phase};
+use crate::listener::{Connections, ListenError};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
+use crate::shutdown::Phase;
 use crate::store::file::FileStore;
 use crate::store::kube::KubeStore;
 use crate::store::{Locker, Store, StoreError};
 use crate::tls::{self, CertResolver, TlsError};
+use crate::workers::{self, Workers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error(transparent)]
     Listen(#[from] ListenError),
-    #[error("cannot open the store: {0}")]
+    #[error("cannot open the store")]
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
-    #[error("cannot start the worker threads: {source}")]
+    #[error("cannot start the worker threads")]
     Workers {
         #[source]
         source: std::io::Error,

@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use common::ari::{self, AriFront};
 use common::edge::{self, Portico, client_config, install_provider, start_text, tls_connect};
 use common::pebble::{Pebble, PebbleConfig, free_port};
-use portico::acme::manager::{ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT, Tuning};
+use portico::acme::manager::Tuning;
+use portico::objects::{ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT};
 use portico::store::{Kind, Store};
 
 fn quick() -> Tuning {
@@ -451,7 +452,7 @@ async fn wait_for_new_leaf(
 /// The store annotations of the (first) site's certificate object.
 async fn annotations(p: &Portico) -> std::collections::BTreeMap<String, String> {
     let store = portico::store::FileStore::open(p.data()).unwrap();
-    let name = portico::certs::cert_object_name(&p.config.sites[0]);
+    let name = portico::objects::cert_object_name(&p.config.sites[0]);
     store
         .get(Kind::Certificate, &name)
         .await

@@ -46,6 +46,24 @@ async fn read_all<S: AsyncReadExt + Unpin>(s: &mut S) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Waits (up to 10 s) until the metrics show `series value`: a connection's error is
+/// counted when its task ends, which may be just after the client saw it close.
+async fn wait_for_metric(p: &edge::Portico, series: &str, value: u64) {
+    let line = format!("{series} {value}\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = p.metrics.render();
+        if metrics.contains(&line) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line:?} in\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn status_of(answer: &str) -> u16 {
     answer
         .split(' ')
@@ -294,11 +312,12 @@ async fn proxy_protocol_from_a_trusted_balancer_gives_the_client_address() {
             .await
             .is_err()
     );
-    let metrics = p.metrics.render();
-    assert!(
-        metrics.contains("portico_connection_errors_total{reason=\"proxy_protocol\"} 1"),
-        "{metrics}"
-    );
+    wait_for_metric(
+        &p,
+        "portico_connection_errors_total{reason=\"proxy_protocol\"}",
+        1,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -448,11 +467,12 @@ async fn a_slow_or_silent_request_head_gets_408() {
     .unwrap();
     let answer = read_all(&mut tls).await;
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
-    let metrics = p.metrics.render();
-    assert!(
-        metrics.contains("portico_connection_errors_total{reason=\"header_timeout\"} 2"),
-        "{metrics}"
-    );
+    wait_for_metric(
+        &p,
+        "portico_connection_errors_total{reason=\"header_timeout\"}",
+        2,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -495,11 +515,12 @@ async fn a_rapid_reset_flood_is_ended_and_counted() {
             Some(0xb)
         );
     }
-    let metrics = p.metrics.render();
-    assert!(
-        metrics.contains("portico_connection_errors_total{reason=\"h2_too_many_resets\"} 3"),
-        "{metrics}"
-    );
+    wait_for_metric(
+        &p,
+        "portico_connection_errors_total{reason=\"h2_too_many_resets\"}",
+        3,
+    )
+    .await;
     // The site still answers.
     let mut send = edge::h2(p.https, "a.internal", &root).await;
     assert_eq!(edge::get_h2(&mut send, "a.internal", "/").await.0, 200);

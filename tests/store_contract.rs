@@ -1289,7 +1289,7 @@ mod kube_only {
     }
 
     fn is_api_error<T: std::fmt::Debug>(r: &Result<T, StoreError>) -> bool {
-        matches!(r, Err(StoreError::Kubernetes { .. }))
+        matches!(r, Err(StoreError::Unavailable { .. }))
     }
 
     /// Log lines written while `f` runs on this thread (a current-thread runtime keeps
@@ -1555,7 +1555,7 @@ mod kube_only {
 
         let e = store.get(Kind::Certificate, "opaque").await.unwrap_err();
         assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
-        assert!(!e.to_string().contains("SECRETDATA"), "{e}");
+        assert!(!portico::report::chain(&e).contains("SECRETDATA"), "{e}");
 
         let text = logs.text();
         assert!(text.contains("WARN"), "{text}");
@@ -1615,8 +1615,11 @@ mod kube_only {
         for status in [500, 503, 429] {
             f.api.fail_next(1, status);
             let e = store.get(Kind::Certificate, "c").await.unwrap_err();
-            assert!(matches!(e, StoreError::Kubernetes { .. }), "{e}");
-            assert!(e.to_string().contains(&status.to_string()), "{e}");
+            assert!(matches!(e, StoreError::Unavailable { .. }), "{e}");
+            assert!(
+                portico::report::chain(&e).contains(&status.to_string()),
+                "{e}"
+            );
         }
         f.api.fail_next_writes(1, 500);
         let r = store
@@ -1631,7 +1634,7 @@ mod kube_only {
             .try_acquire("l", Duration::from_secs(60))
             .await
             .unwrap_err();
-        assert!(matches!(e, LockError::Kubernetes { .. }), "{e}");
+        assert!(matches!(e, LockError::Unavailable { .. }), "{e}");
 
         f.api.set_down(true);
         assert!(is_api_error(&store.get(Kind::Certificate, "c").await));
@@ -1646,7 +1649,7 @@ mod kube_only {
             .try_acquire("l", Duration::from_secs(60))
             .await
             .unwrap_err();
-        assert!(matches!(e, LockError::Kubernetes { .. }), "{e}");
+        assert!(matches!(e, LockError::Unavailable { .. }), "{e}");
         f.api.set_down(false);
 
         let got = store.get(Kind::Certificate, "c").await.unwrap().unwrap();
@@ -2023,7 +2026,7 @@ mod kube_only {
         .await
         .unwrap();
         let e = elsewhere.get(Kind::Certificate, "c").await.unwrap_err();
-        assert!(e.to_string().contains("403"), "{e}");
+        assert!(portico::report::chain(&e).contains("403"), "{e}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

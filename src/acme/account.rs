@@ -8,8 +8,8 @@ use std::time::Duration;
 use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
 
 use super::AcmeError;
-use crate::certs::short_hash;
 use crate::config::Acme;
+use crate::objects::short_hash;
 use crate::store::{Kind, Locker, Object, Store, StoreError, hold};
 
 /// How long the registration lock lives without renewal.

@@ -12,14 +12,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::certs::{rfc3339, short_hash};
+use crate::objects::{ANNOTATION_EXPIRES, rfc3339, short_hash};
+use crate::report::Chain;
 use crate::store::{Kind, Object, Store, StoreError};
 
 /// How long a token object may stay in the store before it counts as garbage: far longer
 /// than any order, far shorter than the CA's authorization lifetime.
 pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
-
-const ANNOTATION_EXPIRES: &str = "portico.dev/expires";
 
 /// The store name of an HTTP-01 token: `h(token)`.
 pub fn token_object_name(token: &str) -> String {
@@ -91,7 +90,7 @@ impl Challenges {
                 .delete(Kind::Http01, &token_object_name(token), None)
                 .await
         {
-            tracing::warn!(error = %e, "could not delete a challenge token from the store; it expires on its own");
+            tracing::warn!(error = %Chain(&e), "could not delete a challenge token from the store; it expires on its own");
         }
     }
 
@@ -115,7 +114,7 @@ impl Challenges {
         let stored = match store.get(Kind::Http01, &token_object_name(token)).await {
             Ok(stored) => stored?,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot look up a challenge token in the store");
+                tracing::warn!(error = %Chain(&e), "cannot look up a challenge token in the store");
                 return None;
             }
         };

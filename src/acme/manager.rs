@@ -32,9 +32,13 @@ use tokio::sync::Semaphore;
 use super::challenges::Challenges;
 use super::order::{self, Responders};
 use super::{AcmeError, account, describe};
-use crate::certs::{cert_object, cert_object_name, rfc3339, short_hash, stored_certificate};
 use crate::config::{Acme, Site};
 use crate::metrics::{Metrics, OrderResult};
+use crate::objects::{
+    ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT, cert_object, cert_object_name, rfc3339,
+    short_hash, stored_certificate,
+};
+use crate::report::Chain;
 use crate::store::{Kind, Locker, Object, Store, StoreError, hold};
 use crate::tls::resolver::site_id;
 use crate::tls::{CertResolver, SiteId, load_pem};
@@ -54,9 +58,6 @@ const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
 
 /// When the store or lock failed: retry at this pace until it answers again.
 const STORE_RETRY: Duration = Duration::from_secs(5);
-
-pub const ANNOTATION_LAST_ERROR: &str = "portico.dev/last-error";
-pub const ANNOTATION_NEXT_ATTEMPT: &str = "portico.dev/next-attempt";
 
 /// Timing knobs; tests shorten them.
 #[derive(Debug, Clone)]
@@ -318,7 +319,7 @@ impl AcmeManager {
             _ = lost.wait_for(|lost| *lost) => Err(AcmeError::LockLost),
         };
         if let Err(e) = guard.release().await {
-            tracing::debug!(error = %e, "releasing the issuance lock");
+            tracing::debug!(error = %Chain(&e), "releasing the issuance lock");
         }
         result
     }
@@ -476,7 +477,7 @@ impl AcmeManager {
             }
         };
         if let Err(e) = self.record_status(site, error.as_deref(), next).await {
-            tracing::debug!(site = %id, error = %e, "could not record the ACME status");
+            tracing::debug!(site = %id, error = %Chain(&e), "could not record the ACME status");
         }
     }
 
@@ -543,8 +544,8 @@ fn store_unavailable(e: &AcmeError) -> bool {
     use crate::store::LockError;
     matches!(
         e,
-        AcmeError::Store(StoreError::Io { .. } | StoreError::Kubernetes { .. })
-            | AcmeError::Lock(LockError::Io { .. } | LockError::Kubernetes { .. })
+        AcmeError::Store(StoreError::Io { .. } | StoreError::Unavailable { .. })
+            | AcmeError::Lock(LockError::Io { .. } | LockError::Unavailable { .. })
     )
 }
 

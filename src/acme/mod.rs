@@ -24,17 +24,17 @@ use crate::store::{LockError, StoreError};
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
     /// `retry_after`: when the CA's error response said to come back (see [`http`]).
-    #[error("ACME request failed: {source}")]
+    #[error("ACME request failed")]
     Ca {
         #[source]
         source: instant_acme::Error,
         retry_after: Option<std::time::SystemTime>,
     },
-    #[error("store: {0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("lock: {0}")]
+    #[error(transparent)]
     Lock(#[from] LockError),
-    #[error("cannot read acme.ca_root {path}: {source}", path = .path.display())]
+    #[error("cannot read acme.ca_root {path}", path = .path.display())]
     CaRoot {
         path: std::path::PathBuf,
         #[source]
@@ -42,9 +42,9 @@ pub enum AcmeError {
     },
     #[error("acme.ca_root {path} holds no PEM certificate", path = .path.display())]
     CaRootEmpty { path: std::path::PathBuf },
-    #[error("cannot set up TLS for the ACME directory: {0}")]
+    #[error("cannot set up TLS for the ACME directory")]
     TlsClient(#[source] rustls::Error),
-    #[error("stored ACME account is unreadable: {0}")]
+    #[error("stored ACME account is unreadable")]
     Account(#[source] serde_json::Error),
     #[error("challenge {kind} is not offered for {name}")]
     NoChallenge { kind: &'static str, name: String },
@@ -52,9 +52,9 @@ pub enum AcmeError {
     Invalid { name: String, problem: String },
     #[error("the CA gave an order status of {0:?}")]
     OrderStatus(instant_acme::OrderStatus),
-    #[error("cannot make a key or CSR: {0}")]
+    #[error("cannot make a key or CSR")]
     Key(#[source] rcgen::Error),
-    #[error("the issued certificate is unusable: {0}")]
+    #[error("the issued certificate is unusable")]
     Certificate(#[source] crate::tls::TlsError),
     #[error("acme.eab_hmac_key is not base64url")]
     EabKey,
@@ -122,18 +122,7 @@ pub fn describe(err: &AcmeError) -> String {
             }
             out
         }
-        other => {
-            // Transport errors hide the useful part (refused, DNS, TLS) in their sources.
-            let mut out = other.to_string();
-            let mut source = std::error::Error::source(other);
-            while let Some(e) = source {
-                let text = e.to_string();
-                if !out.contains(&text) {
-                    out.push_str(&format!(": {text}"));
-                }
-                source = e.source();
-            }
-            out
-        }
+        // Transport errors hide the useful part (refused, DNS, TLS) in their sources.
+        other => crate::report::chain(other),
     }
 }

@@ -35,7 +35,7 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// Why a config file was refused. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read the config file: {source}", path = .path.display())]
+    #[error("{path}: cannot read the config file", path = .path.display())]
     Read {
         path: PathBuf,
         #[source]

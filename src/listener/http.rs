@@ -4,19 +4,19 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::{Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::proxy_protocol::{self, Prefixed};
-use super::{Connections, Phase, serve_connection};
+use super::{Connections, serve_connection};
 use crate::acme::challenges::Challenges;
+use crate::body::{Body, full, text};
 use crate::config::Config;
 use crate::metrics::{ConnectionError, Metrics};
-use crate::proxy::Body;
+use crate::report::Chain;
+use crate::shutdown::Phase;
 use crate::uri::host;
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -51,7 +51,7 @@ impl HttpListener {
                     match tokio::time::timeout(limits.header_read_timeout, read).await {
                         Ok(Ok((_, rest))) => rest,
                         Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "PROXY header refused");
+                            tracing::debug!(%peer, error = %Chain(&e), "PROXY header refused");
                             super::protocol_error(&this.metrics, ConnectionError::ProxyProtocol);
                             return;
                         }
@@ -86,7 +86,7 @@ impl HttpListener {
             Answer::Challenge { host, token } => match self.challenges.find(&token).await {
                 Some(key_auth) => {
                     tracing::info!(%host, "answered an HTTP-01 challenge");
-                    text(StatusCode::OK, &key_auth)
+                    text(StatusCode::OK, key_auth.to_string())
                 }
                 None => text(StatusCode::NOT_FOUND, "no such challenge\n"),
             },
@@ -162,22 +162,6 @@ pub fn decide<B>(
         .filter(|pq| pq.starts_with('/'))
         .unwrap_or("/");
     Answer::Redirect(format!("https://{}{port}{pq}", authority.url_host()))
-}
-
-fn full(body: &str) -> Body {
-    Full::new(Bytes::copy_from_slice(body.as_bytes()))
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-fn text(status: StatusCode, body: &str) -> Response<Body> {
-    let mut response = Response::new(full(body));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }
 
 #[cfg(test)]

@@ -20,13 +20,15 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::proxy_protocol::{self, Prefixed};
-use super::workers::Workers;
-use super::{Connections, Phase, serve_connection};
+use super::{Connections, serve_connection};
 use crate::config::{Config, HostPattern};
 use crate::metrics::{ConnectionError, HandshakeFailure, Metrics};
 use crate::proxy::{ConnInfo, Proxy};
+use crate::report::Chain;
+use crate::shutdown::Phase;
 use crate::tls::CertResolver;
 use crate::uri::host::normalize as normalize_host;
+use crate::workers::Workers;
 
 pub struct HttpsListener {
     /// Non-blocking; each worker accepts on a clone of it.
@@ -55,7 +57,7 @@ impl HttpsListener {
                     Box::pin(async move {
                         match TcpListener::from_std(listener) {
                             Ok(listener) => this.accept(listener, shutdown).await,
-                            Err(e) => tracing::error!(error = %e, "a worker cannot accept"),
+                            Err(e) => tracing::error!(error = %Chain(&e), "a worker cannot accept"),
                         }
                     })
                 }),
@@ -128,7 +130,7 @@ impl HttpsListener {
             match proxy_protocol::read(&mut tcp).await {
                 Ok((source, rest)) => (source.unwrap_or(peer), rest),
                 Err(e) => {
-                    tracing::debug!(%peer, error = %e, "PROXY header refused");
+                    tracing::debug!(%peer, error = %Chain(&e), "PROXY header refused");
                     super::protocol_error(&self.metrics, ConnectionError::ProxyProtocol);
                     return None;
                 }
@@ -140,7 +142,7 @@ impl HttpsListener {
         let start = match acceptor.await {
             Ok(start) => start,
             Err(e) => {
-                tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
+                tracing::debug!(peer = %client, error = %Chain(&e), "TLS handshake failed");
                 self.metrics.handshake_failed(HandshakeFailure::of(&e));
                 return None;
             }
@@ -162,7 +164,7 @@ impl HttpsListener {
         match start.into_stream(tls_config).await {
             Ok(tls) => Some((tls, client, served.map(|c| c.hosts.clone()))),
             Err(e) => {
-                tracing::debug!(peer = %client, error = %e, "TLS handshake failed");
+                tracing::debug!(peer = %client, error = %Chain(&e), "TLS handshake failed");
                 self.metrics.handshake_failed(HandshakeFailure::of(&e));
                 None
             }

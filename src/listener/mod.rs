@@ -11,7 +11,6 @@ mod head_deadline;
 pub mod http;
 pub mod https;
 pub mod proxy_protocol;
-pub mod workers;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -29,28 +28,21 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
+use crate::body::{Body, BoxError};
 use crate::config::Limits;
 use crate::metrics::{ConnectionError, Metrics};
-use crate::proxy::{Body, BoxError};
+use crate::report::Chain;
+use crate::shutdown::Phase;
 
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Bind {
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Where shutdown is; it only moves forward. Accept loops stop at `Draining`;
-/// connections finish their requests then, and are dropped at `Closed` (the deadline).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Serving,
-    Draining,
-    Closed,
 }
 
 /// Bounds open connections and, on shutdown, tells when the last one is gone: every
@@ -111,7 +103,7 @@ pub(crate) async fn accept(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(error = %Chain(&e), "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -272,7 +264,7 @@ pub(crate) async fn serve_connection<I, H, F>(
     } else if let Err(e) = result {
         match classify(&e) {
             Some(reason) => protocol_error(metrics, reason),
-            None => tracing::debug!(error = %e, "connection ended with an error"),
+            None => tracing::debug!(error = %Chain(&e), "connection ended with an error"),
         }
     }
 }

@@ -125,18 +125,6 @@ fn caused_by_client_body(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The error and its causes on one line, for logs.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,7 +155,7 @@ mod tests {
         assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
         assert_eq!(err.public_message(), "upstream unreachable");
         // The log line names the upstream and the OS error; the client's body does not.
-        let logged = chain(&err);
+        let logged = crate::report::chain(&err);
         assert!(logged.contains(&addr.to_string()), "{logged}");
         assert!(logged.to_lowercase().contains("refused"), "{logged}");
     }

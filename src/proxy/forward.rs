@@ -26,10 +26,11 @@ use hyper::body::Incoming;
 
 use super::balance::Balancer;
 use super::body::RetryBody;
-use super::error::{ProxyError, chain};
+use super::error::ProxyError;
 use super::headers::{add_forwarded, join_cookies, strip_hop_by_hop};
 use super::{Body, ConnInfo, upgrade};
 use crate::config::UpstreamProtocol;
+use crate::report::Chain;
 
 /// The request head as it goes upstream, kept so a retry can rebuild the request.
 struct Head {
@@ -180,17 +181,17 @@ pub async fn forward(
                     upstream: endpoint.upstream.to_string(),
                     after: upstream_timeout,
                 };
-                tracing::warn!(error = %err, "upstream timeout");
+                tracing::warn!(error = %Chain(&err), "upstream timeout");
                 return Err(err);
             }
             Ok(Err(source)) => {
                 let err = ProxyError::from_client(endpoint.upstream.to_string(), source);
                 if err.is_client() {
-                    tracing::debug!(error = %chain(&err), "request body failed; upstream request aborted");
+                    tracing::debug!(error = %Chain(&err), "request body failed; upstream request aborted");
                     return Err(err);
                 }
                 if !err.is_connect() {
-                    tracing::warn!(error = %chain(&err), "upstream request failed");
+                    tracing::warn!(error = %Chain(&err), "upstream request failed");
                     return Err(err);
                 }
                 endpoint.mark_failed();
@@ -202,13 +203,13 @@ pub async fn forward(
                 // Nothing was sent, so the body is still whole unless hyper polled it.
                 match (retry, reclaim.and_then(|r| r.take())) {
                     (Some(next), Some(unsent)) => {
-                        tracing::warn!(error = %chain(&err), "upstream connect failed; trying the next upstream");
+                        tracing::warn!(error = %Chain(&err), "upstream connect failed; trying the next upstream");
                         index = next;
                         body = unsent;
                         retried = true;
                     }
                     _ => {
-                        tracing::warn!(error = %chain(&err), "upstream connect failed");
+                        tracing::warn!(error = %Chain(&err), "upstream connect failed");
                         return Err(err);
                     }
                 }
@@ -222,7 +223,7 @@ pub async fn forward(
             Some(client) => Ok(upgrade::join(client, response, name)),
             None => {
                 let err = ProxyError::UnexpectedUpgrade { upstream: name };
-                tracing::warn!(error = %err, "upstream protocol error");
+                tracing::warn!(error = %Chain(&err), "upstream protocol error");
                 Err(err)
             }
         };

@@ -36,26 +36,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 
 pub use error::ProxyError;
 pub use pool::{COOL_DOWN, ConnectError};
 
+use crate::body::{Body, text};
 use crate::config::{Cidr, Config, HostPattern};
 use crate::metrics::{Metrics, SiteCounters};
+use crate::report::Chain;
 use crate::router::{Action, RouteError, Router, request_host};
 use crate::tls::resolver::site_id;
 use balance::Balancer;
 use pool::Pools;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Response bodies: upstream bodies streamed through, or small fixed ones.
-pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 
 /// What the listener knows about the client connection.
 #[derive(Debug, Clone)]
@@ -157,7 +152,7 @@ impl Proxy {
                 Ok(m) => match &m.route.action {
                     Action::Respond { status, body } => {
                         table.counters[m.site].count(*status);
-                        return text(*status, Full::new(body.clone()).map_err(never).boxed());
+                        return text(*status, body.clone());
                     }
                     Action::Proxy(balancer) => {
                         let trusts =
@@ -262,34 +257,13 @@ fn build(config: &Config, pools: &Pools, metrics: &Metrics) -> Table {
 }
 
 fn route_error(err: &RouteError) -> Response<Body> {
-    tracing::debug!(error = %err, "request not routed");
+    tracing::debug!(error = %Chain(err), "request not routed");
     error_response(err.status(), &err.to_string())
 }
 
 /// A short text/plain answer that says which failure it was.
 fn error_response(status: StatusCode, message: &str) -> Response<Body> {
-    let body = Full::new(Bytes::from(format!("{message}\n")))
-        .map_err(never)
-        .boxed();
-    text(status, body)
-}
-
-fn text(status: StatusCode, body: Body) -> Response<Body> {
-    let mut response = Response::new(body);
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-pub(crate) fn empty() -> Body {
-    Empty::new().map_err(never).boxed()
-}
-
-fn never(never: std::convert::Infallible) -> BoxError {
-    match never {}
+    text(status, format!("{message}\n"))
 }
 
 #[cfg(test)]

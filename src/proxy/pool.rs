@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 
 use super::body::RetryBody;
 use crate::config::{Upstream, UpstreamProtocol};
-use crate::listener::workers;
+use crate::workers;
 
 /// How long an upstream that failed to connect is skipped.
 pub const COOL_DOWN: Duration = Duration::from_secs(10);

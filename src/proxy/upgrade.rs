@@ -11,8 +11,9 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::Body;
 use super::headers::{connection_has, strip_hop_by_hop};
+use crate::body::Body;
+use crate::report::Chain;
 
 /// The `Upgrade` value of a request that asks for one (`Connection: upgrade` and an
 /// `Upgrade` header, HTTP/1.1 only). A request offering `h2c` is served as a plain
@@ -59,7 +60,7 @@ pub fn join(client: OnUpgrade, mut upstream: Response<Incoming>, name: String) -
         let (client_io, upstream_io) = match tokio::try_join!(client, upstream_io) {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::debug!(upstream = %name, error = %e, "upgrade did not complete");
+                tracing::debug!(upstream = %name, error = %Chain(&e), "upgrade did not complete");
                 return;
             }
         };
@@ -70,11 +71,11 @@ pub fn join(client: OnUpgrade, mut upstream: Response<Incoming>, name: String) -
                 tracing::debug!(upstream = %name, bytes_up = up, bytes_down = down, "upgraded connection closed");
             }
             Err(e) => {
-                tracing::debug!(upstream = %name, error = %e, "upgraded connection ended with an error");
+                tracing::debug!(upstream = %name, error = %Chain(&e), "upgraded connection ended with an error");
             }
         }
     });
-    let mut response = Response::new(super::empty());
+    let mut response = Response::new(crate::body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     *response.headers_mut() = headers;
     response

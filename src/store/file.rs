@@ -38,6 +38,7 @@
 //! Needs a local Unix file system (`flock` on NFS is not reliable between two open files
 //! of one process).
 
+use crate::report::Chain;
 use std::collections::BTreeMap;
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
@@ -353,7 +354,7 @@ impl FileStore {
                     }
                 }
                 Err(e) => {
-                    let text = e.to_string();
+                    let text = Chain(&e).to_string();
                     if last_error.as_ref() != Some(&text) {
                         tracing::warn!(%kind, error = %text, "watch: cannot list the data folder; retrying");
                         last_error = Some(text);
@@ -501,7 +502,7 @@ fn remove_stale_tmp(dir: &Path) {
                     tracing::info!(path = %entry.path().display(), "removed a crashed write's temporary file")
                 }
                 Err(e) => {
-                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale temporary file")
+                    tracing::warn!(path = %entry.path().display(), error = %Chain(&e), "cannot remove a stale temporary file")
                 }
             }
         }

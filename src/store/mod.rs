@@ -43,7 +43,6 @@
 
 pub mod file;
 pub mod kube;
-mod lease;
 pub mod memory;
 
 use std::collections::BTreeMap;
@@ -56,6 +55,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::report::Chain;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -66,19 +66,26 @@ pub use memory::MemoryStore;
 /// A boxed, sendable future: what the object-safe async traits of this module return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A backend's own error, kept as the cause of [`StoreError::Unavailable`] and
+/// [`LockError::Unavailable`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// The longest Kubernetes object name (a DNS subdomain).
 const KUBE_NAME_MAX: usize = 253;
 
 /// The longest object name of a kind: what still makes a Kubernetes object name after
-/// the kube backend's prefix for that kind (`portico-tls-` for certificates, the longest
-/// is `portico-acme-account-`).
+/// the kind's Secret prefix (`portico-tls-` for certificates, the longest is
+/// `portico-acme-account-`). Every backend accepts the same names.
 pub const fn max_name_len(kind: Kind) -> usize {
-    KUBE_NAME_MAX - kube::secret_prefix(kind).len()
+    KUBE_NAME_MAX - kind.secret_prefix().len()
 }
+
+/// What the Kubernetes backend puts before a lock's name to make its Lease's name.
+pub(crate) const LEASE_PREFIX: &str = "portico-";
 
 /// The longest lock name: a Lease `portico-<name>` is still a valid object name (and
 /// the file backend's `<name>.lock` fits in the 255 bytes a file name may have).
-pub const MAX_LOCK_NAME_LEN: usize = KUBE_NAME_MAX - kube::LEASE_PREFIX.len();
+pub const MAX_LOCK_NAME_LEN: usize = KUBE_NAME_MAX - LEASE_PREFIX.len();
 
 /// Annotation keys an [`Object`] may carry: portico's own, and cert-manager's, which
 /// tools that know cert-manager's Secrets read.
@@ -104,6 +111,18 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// The prefix of this kind's Secret names in the Kubernetes backend
+    /// (docs/kubernetes.md). Here, with the name limits it decides, because every
+    /// backend must accept the same names.
+    pub(crate) const fn secret_prefix(self) -> &'static str {
+        match self {
+            Kind::Account => "portico-acme-account-",
+            Kind::Certificate => "portico-tls-",
+            Kind::Http01 => "portico-http01-",
+            Kind::Ca => "portico-",
+        }
+    }
+
     /// Every kind, in a stable order.
     pub const ALL: [Kind; 4] = [Kind::Account, Kind::Certificate, Kind::Http01, Kind::Ca];
 
@@ -351,7 +370,7 @@ pub enum StoreError {
     /// version (replace, delete). Re-read and decide again; never retry blindly.
     #[error("conflict on {kind} {name:?}: it was created, changed or deleted by someone else")]
     Conflict { kind: Kind, name: String },
-    #[error("{path}: {source}", path = .path.display())]
+    #[error("{path}", path = .path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -372,14 +391,16 @@ pub enum StoreError {
         name: String,
         reason: String,
     },
-    /// The Kubernetes API could not be reached or answered with an error: the request
-    /// may or may not have been applied (re-read before deciding).
-    #[error("Kubernetes API, {action}: {source}")]
-    Kubernetes {
+    /// The backend's service (the Kubernetes API) could not be reached or answered
+    /// with an error: the request may or may not have been applied (re-read before
+    /// deciding).
+    #[error("{action} failed")]
+    Unavailable {
         /// What was attempted, e.g. `replace Secret portico-tls-example.com-0123`.
         action: String,
+        /// The backend's own error.
         #[source]
-        source: kube::KubeError,
+        source: BoxError,
     },
 }
 
@@ -396,20 +417,22 @@ pub enum LockError {
     /// released): whatever the lease protected must stop.
     #[error("lock {name:?} was lost to another holder")]
     Lost { name: String },
-    #[error("{path}: {source}", path = .path.display())]
+    #[error("{path}", path = .path.display())]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    /// The Kubernetes API could not be reached or answered with an error. Not a loss by
-    /// itself: [`hold`] counts the lease lost only when no renew succeeds in time.
-    #[error("Kubernetes API, {action}: {source}")]
-    Kubernetes {
+    /// The backend's service (the Kubernetes API) could not be reached or answered
+    /// with an error. Not a loss by itself: [`hold`] counts the lease lost only when no
+    /// renew succeeds in time.
+    #[error("{action} failed")]
+    Unavailable {
         /// What was attempted, e.g. `renew Lease portico-acme-0123`.
         action: String,
+        /// The backend's own error.
         #[source]
-        source: kube::KubeError,
+        source: BoxError,
     },
 }
 
@@ -631,7 +654,9 @@ async fn renew_loop(
                 lost.send_replace(true);
                 return;
             }
-            Ok(Err(e)) => tracing::warn!(lock = lease.name, error = %e, "cannot renew lease"),
+            Ok(Err(e)) => {
+                tracing::warn!(lock = lease.name, error = %Chain(&e), "cannot renew lease")
+            }
             Err(_) => tracing::warn!(lock = lease.name, "renewing the lease timed out"),
         }
         if last_renewed.elapsed() >= deadline {
@@ -721,7 +746,7 @@ mod tests {
         );
         assert_eq!(ok(&"a".repeat(242)), Err(NameError::TooLong { max: 241 }));
         for kind in Kind::ALL {
-            assert_eq!(max_name_len(kind) + kube::secret_prefix(kind).len(), 253);
+            assert_eq!(max_name_len(kind) + kind.secret_prefix().len(), 253);
         }
         assert_eq!(
             max_name_len(Kind::Account),

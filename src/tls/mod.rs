@@ -26,13 +26,13 @@ pub use resolver::{CertResolver, SiteCert, SiteId};
 pub enum TlsError {
     #[error("{what}: no PEM certificate found")]
     NoCertificate { what: String },
-    #[error("{what}: cannot parse PEM: {source}")]
+    #[error("{what}: cannot parse PEM")]
     Pem {
         what: String,
         #[source]
         source: rustls::pki_types::pem::Error,
     },
-    #[error("{what}: the private key does not fit the certificate or is not supported: {source}")]
+    #[error("{what}: the private key does not fit the certificate or is not supported")]
     Key {
         what: String,
         #[source]
@@ -40,18 +40,18 @@ pub enum TlsError {
     },
     #[error("{what}: cannot parse the certificate: {reason}")]
     X509 { what: String, reason: String },
-    #[error("cannot read {path}: {source}", path = .path.display())]
+    #[error("cannot read {path}", path = .path.display())]
     Read {
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot issue a certificate: {source}")]
+    #[error("cannot issue a certificate")]
     Issue {
         #[source]
         source: rcgen::Error,
     },
-    #[error("rustls configuration: {source}")]
+    #[error("rustls configuration")]
     Config {
         #[source]
         source: rustls::Error,

@@ -1,5 +1,6 @@
 //! Thread-per-core serving: one single-threaded tokio runtime per core, each serving the
-//! connections handed to it, the way nginx runs one event loop per worker process.
+//! connections handed to it, the way nginx runs one event loop per worker process. The
+//! listeners accept on them; the proxy keeps one upstream pool per worker.
 //!
 //! Why not tokio's work-stealing runtime: on a proxy every request wakes several tasks
 //! (client connection, stream, upstream connection); spread over a work-stealing pool
@@ -19,7 +20,7 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, watch};
 
-use super::Phase;
+use crate::shutdown::Phase;
 
 /// Work for a worker: built on the worker's thread, so it can register sockets there.
 pub type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;

@@ -42,10 +42,8 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::kube::{
-    ApiClient, KubeError, LABEL_MANAGED_BY, LEASE_PREFIX, MANAGED_BY, Resource, resource_version,
-};
-use super::{Lease, LockError, check_lock, random_u64};
+use super::api::{ApiClient, KubeError, LABEL_MANAGED_BY, MANAGED_BY, Resource, resource_version};
+use crate::store::{LEASE_PREFIX, Lease, LockError, check_lock, random_u64};
 
 /// Where the times written into Leases come from.
 #[derive(Clone)]
@@ -411,9 +409,9 @@ impl Leases {
 }
 
 fn api_error(action: &str, name: &str, source: KubeError) -> LockError {
-    LockError::Kubernetes {
+    LockError::Unavailable {
         action: format!("{action} Lease {name}"),
-        source,
+        source: Box::new(source),
     }
 }
 

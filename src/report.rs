@@ -1,0 +1,45 @@
+//! How an error is written where people read it: the log and the command line.
+//!
+//! portico's errors follow hyper's rule: an error's `Display` says only its own
+//! message, and the error that caused it is reached through `source()`. [`Chain`] is
+//! the one place that walks that chain, joining the messages with `": "`, so no text is
+//! written twice and no cause is lost. A leaf: every module logs through it.
+
+use std::error::Error;
+use std::fmt;
+
+/// Writes an error and each of its causes: `cannot open the store: get Secret x failed:
+/// 503 Service Unavailable`.
+pub struct Chain<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
+}
+
+/// [`Chain`] as a string.
+pub fn chain(err: &(dyn Error + 'static)) -> String {
+    Chain(err).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn every_cause_once() {
+        let e = Outer(std::io::Error::other("inner"));
+        assert_eq!(chain(&e), "outer: inner");
+    }
+}
