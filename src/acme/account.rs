@@ -120,27 +120,20 @@ async fn load(store: &dyn Store, acme: &Acme, name: &str) -> Result<Option<Accou
     Ok(Some(builder(acme)?.from_credentials(credentials).await?))
 }
 
-/// External Account Binding keys come base64url-encoded, padded or not.
+/// External Account Binding keys come base64url-encoded, padded or not; some CAs
+/// hand out the standard alphabet.
 fn base64url_decode(input: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in input.trim().trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    use base64::{Engine, alphabet};
+    const ANY_PADDING: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&alphabet::URL_SAFE, ANY_PADDING);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&alphabet::STANDARD, ANY_PADDING);
+    let input = input.trim();
+    URL_SAFE
+        .decode(input)
+        .or_else(|_| STANDARD.decode(input))
+        .ok()
 }
 
 #[cfg(test)]

@@ -47,13 +47,9 @@ pub mod memory;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crate::report::Chain;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -64,7 +60,7 @@ pub use kube::KubeStore;
 pub use memory::MemoryStore;
 
 /// A boxed, sendable future: what the object-safe async traits of this module return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures_util::future::BoxFuture;
 
 /// A backend's own error, kept as the cause of [`StoreError::Unavailable`] and
 /// [`LockError::Unavailable`].
@@ -576,20 +572,14 @@ pub(crate) fn new_holder_id() -> String {
     format!("{}-{:016x}", std::process::id(), random_u64())
 }
 
-/// 64 bits that differ between calls and between processes. Not for cryptography: it
-/// only has to keep holders and temporary files apart. std's `RandomState` is seeded
-/// from the OS once per thread and stepped for every new instance; the counter, the
-/// clock and the pid keep two values apart even if that ever repeats.
+/// 64 random bits, for holder ids, versions and temporary file names: from the
+/// system's generator through aws-lc, the binary's one crypto library.
 pub(crate) fn random_u64() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u32(std::process::id());
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    h.write_u128(nanos);
-    h.finish()
+    let mut bytes = [0u8; 8];
+    // The system generator does not fail on Linux; if it ever did, a zero only makes a
+    // name less unique, never a secret weaker (nothing secret is made from this).
+    let _ = aws_lc_rs::rand::fill(&mut bytes);
+    u64::from_le_bytes(bytes)
 }
 
 /// Keeps a lease alive in the background: a task renews it every ttl/3 and reports
