@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use common::ari::{self, AriFront};
+use common::ca_front::CaFront;
 use common::edge::{self, Portico, client_config, install_provider, start_text, tls_connect};
 use common::pebble::{Pebble, PebbleConfig, free_port};
 use portico::acme::manager::{ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT, Tuning};
@@ -407,13 +407,13 @@ async fn challenge_paths_answer_404_for_unknown_tokens_and_names() {
     assert_eq!((status, body.as_str()), (200, "tok.key"));
 }
 
-/// Pebble behind an [`AriFront`], and portico using the front as its directory; `prepare`
+/// Pebble behind an [`CaFront`], and portico using the front as its directory; `prepare`
 /// runs on the front before portico starts.
-async fn setup_ari(sites: &str, prepare: impl FnOnce(&AriFront)) -> (Pebble, AriFront, Portico) {
+async fn setup_front(sites: &str, prepare: impl FnOnce(&CaFront)) -> (Pebble, CaFront, Portico) {
     install_provider();
     let (http, https) = (free_port(), free_port());
     let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
-    let front = AriFront::start(&pebble).await;
+    let front = CaFront::start(&pebble).await;
     prepare(&front);
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
@@ -460,37 +460,52 @@ async fn annotations(p: &Portico) -> std::collections::BTreeMap<String, String> 
         .unwrap_or_default()
 }
 
+/// Pebble itself, no front: its directory offers `renewalInfo`.
+async fn setup_pebble(sites: &str) -> (Pebble, Portico) {
+    install_provider();
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{}{sites}", header(http, https, &pebble, "http-01"));
+    let p = start_text(dir, &text, quick()).await;
+    (pebble, p)
+}
+
+/// Waits until Pebble was asked for renewal information `n` times in all.
+async fn wait_for_ari_checks(pebble: &Pebble, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while pebble.ari_checks() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "fewer than {n} ARI checks\n{}",
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_ari_window_renews_with_replaces_and_serves_the_new_certificate() {
     let name = "ari.example.test";
-    let (pebble, front, p) = setup_ari(&acme_site("\"ari.example.test\"", "ari"), |_| {}).await;
+    let (pebble, p) = setup_pebble(&acme_site("\"ari.example.test\"", "ari")).await;
     let roots = pebble.issuing_roots().await;
     let first = wait_for_certificate(&p, name, &roots, &pebble).await;
-    let first_orders = front.new_orders();
-    assert_eq!(first_orders.len(), 1, "{first_orders:?}");
-    assert!(
-        first_orders[0].get("replaces").is_none(),
-        "a first certificate replaces nothing: {first_orders:?}"
+    assert_eq!(pebble.orders(), 1);
+    assert_eq!(
+        pebble.replacements(),
+        Vec::<String>::new(),
+        "a first certificate replaces nothing"
     );
+    // Pebble's own window (around two thirds of the five-year lifetime) is asked for, and
+    // orders nothing.
+    let checks = pebble.ari_checks();
+    wait_for_ari_checks(&pebble, checks + 2).await;
+    assert_eq!(pebble.orders(), 1);
 
     // The CA says: renew this certificate now (a window that opened an hour ago).
-    let old_id = ari::cert_id(&first);
     let now = SystemTime::now();
     let hour = Duration::from_secs(3600);
-    front.set_window(&old_id, now - hour, now + hour);
-    front
-        .wait_for(
-            "second newOrder",
-            |s| s.new_orders.len() >= 2,
-            || pebble.log(),
-        )
-        .await;
-    assert!(front.asked().contains(&old_id), "{:?}", front.asked());
-    assert_eq!(
-        front.new_orders()[1]["replaces"].as_str(),
-        Some(old_id.as_str()),
-        "the renewal order names the certificate it replaces"
-    );
+    pebble.set_renewal_window(&first, now - hour, now + hour).await;
 
     let renewed = wait_for_new_leaf(&p, name, &roots, &pebble, &first).await;
     assert_eq!(
@@ -498,50 +513,44 @@ async fn an_open_ari_window_renews_with_replaces_and_serves_the_new_certificate(
         (200, "ari".into()),
         "the new certificate serves"
     );
-    // Pebble 2.4 took the order with `replaces` as it was: no second try without it.
-    assert_eq!(
-        front.new_orders().len(),
-        2,
-        "{:?}\n{}",
-        front.new_orders(),
-        pebble.log()
-    );
-    assert_eq!(pebble.orders(), 2);
+    // Pebble took the order with `replaces` as the replacement of the first one, and
+    // marked the first as replaced once the new one was issued.
+    let replacements = pebble.replacements();
+    assert_eq!(replacements.len(), 1, "{}", pebble.log());
+    assert_eq!(pebble.orders(), 2, "{}", pebble.log());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !pebble.log().contains("has been marked as replaced in the DB") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Pebble never marked the first certificate replaced\n{}",
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
-    // The renewed certificate's own window (the default, a month ahead) is asked next,
-    // and does not renew it again.
-    let new_id = ari::cert_id(&renewed);
-    assert_ne!(new_id, old_id);
-    front
-        .wait_for(
-            "an ARI check of the new certificate",
-            |s| s.asked.contains(&new_id),
-            || pebble.log(),
-        )
-        .await;
+    // The renewed certificate has Pebble's own window again: asked for, and no third order.
+    assert_ne!(renewed, first);
+    let checks = pebble.ari_checks();
+    wait_for_ari_checks(&pebble, checks + 2).await;
     assert_eq!(pebble.orders(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ari_window_in_the_future_orders_nothing() {
     let name = "later.example.test";
-    let (pebble, front, p) = setup_ari(&acme_site("\"later.example.test\"", "later"), |_| {}).await;
+    let (pebble, p) = setup_pebble(&acme_site("\"later.example.test\"", "later")).await;
     let roots = pebble.issuing_roots().await;
     let first = wait_for_certificate(&p, name, &roots, &pebble).await;
-    let id = ari::cert_id(&first);
-    // Every certificate gets the front's default window, 30 days ahead. A site's checks
-    // never overlap (one task per site), so a second check of the same certificate comes
-    // only after the first answer was acted on, and a renewal would have made the next
-    // check name another certificate.
-    front
-        .wait_for(
-            "two ARI checks of the certificate",
-            |s| s.asked.iter().filter(|a| **a == id).count() >= 2,
-            || pebble.log(),
-        )
-        .await;
+    // A window that opens in a day: not yet, although the CA answers every check. A
+    // site's checks never overlap (one task per site), so a later check comes only after
+    // the earlier answer was acted on.
+    let now = SystemTime::now();
+    let day = Duration::from_secs(86_400);
+    pebble.set_renewal_window(&first, now + day, now + 2 * day).await;
+    let checks = pebble.ari_checks();
+    wait_for_ari_checks(&pebble, checks + 3).await;
     assert_eq!(pebble.orders(), 1);
-    assert_eq!(front.new_orders().len(), 1);
+    assert_eq!(pebble.replacements(), Vec::<String>::new());
     assert_eq!(
         wait_for_certificate(&p, name, &roots, &pebble).await,
         first,
@@ -553,7 +562,7 @@ async fn an_ari_window_in_the_future_orders_nothing() {
 async fn a_rate_limited_order_waits_for_the_retry_after_of_the_ca() {
     let name = "limited.example.test";
     let before = SystemTime::now();
-    let (pebble, front, p) = setup_ari(&acme_site("\"limited.example.test\"", "l"), |front| {
+    let (pebble, front, p) = setup_front(&acme_site("\"limited.example.test\"", "l"), |front| {
         front.fail_new_orders(1, "7200")
     })
     .await;

@@ -1,6 +1,7 @@
-//! A real ACME CA for the tests: Pebble 2.4 and pebble-challtestsrv (Debian `pebble`),
-//! started as child processes on ports the OS picks, following TESTING.md ("A real ACME
-//! CA: Pebble 2.4").
+//! A real ACME CA for the tests: Pebble and pebble-challtestsrv (v2.10, built from Go
+//! modules by `scripts/peers`), started as child processes on ports the OS picks. This
+//! Pebble offers ACME Renewal Information (`renewalInfo`), and its management API can
+//! set the window it gives for a certificate ([`Pebble::set_renewal_window`]).
 //!
 //! ```ignore
 //! let pebble = Pebble::start(PebbleConfig::new(portico.http.port(), portico.https.port())).await;
@@ -345,6 +346,47 @@ impl Pebble {
         Err(format!("no DNS answer for {host} from {}", self.dns_addr()))
     }
 
+    /// Through Pebble's management API (`/set-renewal-info/`): from now on Pebble's
+    /// `renewalInfo` for the certificate `leaf` (DER) suggests the window `start..end`
+    /// instead of its own (a window around two thirds of the lifetime).
+    pub async fn set_renewal_window(&self, leaf: &[u8], start: SystemTime, end: SystemTime) {
+        let rfc3339 = |t: SystemTime| {
+            time::OffsetDateTime::from(t)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            super::b64::base64_encode(leaf)
+        );
+        let window = serde_json::json!({"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}});
+        let body = serde_json::json!({"Certificate": pem, "ARIResponse": window.to_string()});
+        let url = format!("https://127.0.0.1:{}/set-renewal-info/", self.ports.management);
+        let answer = self
+            .fetch("POST", &url, Some(("application/json", body.to_string().into_bytes())))
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{url}: {:?}", answer.body);
+    }
+
+    /// How many times Pebble was asked for a `renewalInfo` so far (its log names the
+    /// handler, not the certificate).
+    pub fn ari_checks(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("GET /draft-ietf-acme-ari-03/renewalInfo/"))
+            .count()
+    }
+
+    /// Pebble's log lines that record an order as the replacement of another (ARI
+    /// `replaces`): "ARI: order X is a replacement of Y".
+    pub fn replacements(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("is a replacement of"))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Kills Pebble (pebble-challtestsrv keeps running): the directory is unreachable
     /// until [`Pebble::restart`]. Does nothing if already stopped.
     pub fn stop(&mut self) {
@@ -489,8 +531,8 @@ impl Pebble {
 
     fn spawn_challtestsrv(&mut self) {
         let log = self.open_log(&self.challtestsrv_log_path());
-        let child = Command::new("pebble-challtestsrv")
-            .arg("-dns01")
+        let child = Command::new(super::peer("pebble-challtestsrv"))
+            .arg("-dnsserver")
             .arg(format!("127.0.0.1:{}", self.ports.dns))
             .args([
                 "-http01",
@@ -498,6 +540,8 @@ impl Pebble {
                 "-https01",
                 "",
                 "-tlsalpn01",
+                "",
+                "-doh",
                 "",
                 "-defaultIPv6",
                 "",
@@ -512,16 +556,14 @@ impl Pebble {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
-                panic!(
-                    "pebble-challtestsrv: {e} (Debian package `pebble`; scripts/test installs it)"
-                )
+                panic!("pebble-challtestsrv: {e} (scripts/peers builds it)")
             });
         self.challtestsrv = Some(child);
     }
 
     fn spawn_pebble(&mut self) {
         let log = self.open_log(&self.log_path());
-        let mut command = Command::new("pebble");
+        let mut command = Command::new(super::peer("pebble"));
         command
             .arg("-config")
             .arg(self.dir.path().join("pebble.json"))
@@ -543,7 +585,7 @@ impl Pebble {
             command.env(key, value);
         }
         let child = command.spawn().unwrap_or_else(|e| {
-            panic!("pebble: {e} (Debian package `pebble`; scripts/test installs it)")
+            panic!("pebble: {e} (scripts/peers builds it)")
         });
         self.pebble = Some(child);
     }
