@@ -368,6 +368,26 @@ impl Pebble {
         assert_eq!(answer.status, StatusCode::OK, "{url}: {:?}", answer.body);
     }
 
+    /// The renewal window Pebble's `renewalInfo` gives for the certificate `leaf` (DER).
+    pub async fn renewal_window(&self, leaf: &[u8]) -> (SystemTime, SystemTime) {
+        let url = format!(
+            "https://localhost:{}/draft-ietf-acme-ari-03/renewalInfo/{}",
+            self.ports.acme,
+            cert_id(leaf)
+        );
+        let answer = self.fetch("GET", &url, None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{url}: {:?}", answer.body);
+        let info: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        let at = |key: &str| {
+            let text = info["suggestedWindow"][key].as_str().unwrap();
+            SystemTime::from(
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .unwrap(),
+            )
+        };
+        (at("start"), at("end"))
+    }
+
     /// How many times Pebble was asked for a `renewalInfo` so far (its log names the
     /// handler, not the certificate).
     pub fn ari_checks(&self) -> usize {
@@ -442,7 +462,9 @@ impl Pebble {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(if path.is_empty() { "/" } else { path })
-            .header("host", authority);
+            .header("host", authority)
+            // Pebble 2.10 refuses requests without one (RFC 8555 6.1: clients MUST send it).
+            .header("user-agent", "portico-tests");
         let body = match body {
             Some((content_type, bytes)) => {
                 req = req.header("content-type", content_type);
@@ -640,7 +662,11 @@ impl Pebble {
         match tokio::time::timeout(Duration::from_secs(2), self.try_fetch("GET", &url, None)).await
         {
             Ok(Ok(f)) if f.status == StatusCode::OK => Ok(()),
-            Ok(Ok(f)) => Err(format!("GET {url}: {}", f.status)),
+            Ok(Ok(f)) => Err(format!(
+                "GET {url}: {} {}",
+                f.status,
+                String::from_utf8_lossy(&f.body)
+            )),
             Ok(Err(e)) => Err(format!("GET {url}: {e}")),
             Err(_) => Err(format!("GET {url}: timed out")),
         }
@@ -730,4 +756,42 @@ fn dns_a_answers(msg: &[u8], id: u16) -> Option<Vec<Ipv4Addr>> {
         i += 10 + rdlen;
     }
     Some(found)
+}
+
+/// The ARI certificate identifier of a DER certificate (RFC 9773 4.1):
+/// base64url(AKI keyIdentifier) "." base64url(serial), the serial as its DER INTEGER
+/// content bytes (a leading zero byte kept), no padding.
+pub fn cert_id(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("a certificate");
+    let aki = cert
+        .extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .expect("an Authority Key Identifier");
+    format!(
+        "{}.{}",
+        base64url_encode(&aki),
+        base64url_encode(cert.raw_serial())
+    )
+}
+
+const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn base64url_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len() * 4 / 3 + 3);
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(BASE64URL[(n >> (18 - 6 * i)) as usize & 63] as char);
+        }
+    }
+    out
 }
