@@ -878,7 +878,7 @@ async fn replicas_with_clocks_hours_off_never_become_a_second_holder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_write_on_a_stale_resource_version_is_retried_not_forced() {
-    let world = World::start_with_front().await;
+    let world = World::start().await;
     world.pebble.set_a(HOST, ip(4)).await;
     let secret = secret_name(HOST);
     // The Secret exists before the order, as an earlier failed attempt leaves it, so the
@@ -897,28 +897,30 @@ async fn a_certificate_write_on_a_stale_resource_version_is_retried_not_forced()
         "type": "kubernetes.io/tls",
         "data": {"tls.crt": "", "tls.key": ""},
     }));
-    // The holder's order waits at the CA's front: it has read the Secret by then.
-    world.front().hold_new_orders(true);
+    // The holder's certificate write (a PUT naming the version it read) waits at the
+    // front to the API server...
+    let path = format!("/api/v1/namespaces/{}/secrets/{secret}", world.ns.name);
+    world.api.hold_next_update(&path);
     let conflicts = world.ns.conflicts();
     let mut replicas = Vec::new();
     for n in [2, 3, 4] {
         replicas.push(world.replica(n, &site(&format!("r{n}"))).await);
     }
-    world
-        .front()
-        .wait_for(
-            "the holder's new order",
-            |front| !front.new_orders.is_empty(),
-            || format!("last error: {:?}", replicas[0].certs.acme_last_error(HOST)),
-        )
-        .await;
-    // Another writer (ops, a GitOps tool) annotates it between that read and that write.
+    tokio::time::timeout(PATIENCE, world.api.update_held())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no certificate write: {:?}",
+                replicas[0].certs.acme_last_error(HOST)
+            )
+        });
+    // ...while another writer (ops, a GitOps tool) annotates the Secret.
     world.ns.patch(
         "secrets",
         &secret,
         json!({"metadata": {"annotations": {"example.com/owner": "ops"}}}),
     );
-    world.front().hold_new_orders(false);
+    world.api.release();
 
     let roots = world.pebble.issuing_roots().await;
     let leaf = served_leaf(&replicas[0], &roots).await;

@@ -7,7 +7,10 @@
 //! - lose the answer to the next write: the API server applies it, the client's
 //!   connection is cut before the answer reaches it ([`Front::lose_next_write_response`]);
 //! - answer the next requests with an error status itself, as a load balancer in front
-//!   of a sick API server does ([`Front::fail_next`]).
+//!   of a sick API server does ([`Front::fail_next`]);
+//! - hold the next update (PUT) of one object until the test lets it go, so that another
+//!   writer can change the object between a client's read and its write
+//!   ([`Front::hold_next_update`]).
 //!
 //! It serves the API server's own certificate, so kubeconfigs pointed at it verify it
 //! against the same CA. It also logs what went through it (method, path, token).
@@ -53,6 +56,12 @@ struct Shared {
     /// Bumped to cut every open connection.
     epoch: tokio::sync::watch::Sender<u64>,
     log: Mutex<Vec<Logged>>,
+    /// The path of the next PUT to hold, while armed.
+    hold: Mutex<Option<String>>,
+    /// True while a held PUT waits.
+    held: tokio::sync::watch::Sender<bool>,
+    /// Turned true to let the held PUT go.
+    release: tokio::sync::watch::Sender<bool>,
     open_watches: Mutex<Vec<Option<String>>>,
     upstream: Upstream,
     target: String,
@@ -99,6 +108,9 @@ impl Front {
             lose_write: AtomicUsize::new(0),
             epoch: tokio::sync::watch::channel(0).0,
             log: Mutex::new(Vec::new()),
+            hold: Mutex::new(None),
+            held: tokio::sync::watch::channel(false).0,
+            release: tokio::sync::watch::channel(false).0,
             open_watches: Mutex::new(Vec::new()),
             upstream: Client::builder(TokioExecutor::new()).build(connector),
             target: plane.url().to_string(),
@@ -180,6 +192,24 @@ impl Front {
         self.shared.lose_write.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// The next PUT to `path` (`/api/v1/namespaces/NS/secrets/NAME`) waits at the front
+    /// until [`Front::release`].
+    pub fn hold_next_update(&self, path: &str) {
+        self.shared.release.send_replace(false);
+        *self.shared.hold.lock().unwrap() = Some(path.to_string());
+    }
+
+    /// Waits until the PUT armed by [`Front::hold_next_update`] is held.
+    pub async fn update_held(&self) {
+        let mut held = self.shared.held.subscribe();
+        let _ = held.wait_for(|held| *held).await;
+    }
+
+    /// Lets the held PUT go on to the API server.
+    pub fn release(&self) {
+        self.shared.release.send_replace(true);
+    }
+
     /// Every request that went through, oldest first.
     pub fn requests(&self) -> Vec<Logged> {
         self.shared.log.lock().unwrap().clone()
@@ -252,6 +282,20 @@ impl Shared {
             tokio::time::sleep(Duration::from_millis(latency)).await;
         }
         let write = matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE");
+        let hold = method == "PUT" && {
+            let mut hold = self.hold.lock().unwrap();
+            let matched = hold.as_deref() == Some(path.split('?').next().unwrap_or(""));
+            if matched {
+                *hold = None;
+            }
+            matched
+        };
+        if hold {
+            let mut release = self.release.subscribe();
+            self.held.send_replace(true);
+            let _ = release.wait_for(|go| *go).await;
+            self.held.send_replace(false);
+        }
         {
             let mut fail = self.fail.lock().unwrap();
             if fail.0 > 0 && (write || !fail.2) {
