@@ -474,7 +474,10 @@ async fn setup_pebble(sites: &str) -> (Pebble, Portico, String) {
 
 /// Waits until Pebble was asked for renewal information `n` times in all.
 async fn wait_for_ari_checks(pebble: &Pebble, n: usize) {
-    wait_for_log(pebble, &format!("{n} ARI checks"), |_| pebble.ari_checks() >= n).await;
+    wait_for_log(pebble, &format!("{n} ARI checks"), |_| {
+        pebble.ari_checks() >= n
+    })
+    .await;
 }
 
 /// Waits until Pebble's log satisfies `done`.
@@ -522,7 +525,9 @@ async fn an_open_ari_window_renews_with_replaces_and_serves_the_new_certificate(
     // The CA says: renew this certificate now (a window that opened an hour ago).
     let now = SystemTime::now();
     let hour = Duration::from_secs(3600);
-    pebble.set_renewal_window(&first, now - hour, now + hour).await;
+    pebble
+        .set_renewal_window(&first, now - hour, now + hour)
+        .await;
     let checks = pebble.ari_checks();
     let dir = p.stop().await;
     let p = start_text(dir, &text, quick()).await;
@@ -546,11 +551,17 @@ async fn an_open_ari_window_renews_with_replaces_and_serves_the_new_certificate(
     let replacements = pebble.replacements();
     assert_eq!(replacements.len(), 1, "{}", pebble.log());
     assert!(
-        replacements[0].contains(&format!("order \"{}\" is a replacement of \"{}\"", ids[1], ids[0])),
+        replacements[0].contains(&format!(
+            "order \"{}\" is a replacement of \"{}\"",
+            ids[1], ids[0]
+        )),
         "{replacements:?}"
     );
     wait_for_log(&pebble, "replaced mark", |log| {
-        log.contains(&format!("Order {} has been marked as replaced in the DB", ids[1]))
+        log.contains(&format!(
+            "Order {} has been marked as replaced in the DB",
+            ids[1]
+        ))
     })
     .await;
     assert_ne!(renewed, first);
@@ -573,7 +584,10 @@ async fn the_window_pebble_gives_is_honoured() {
     let third = not_after - (not_after.duration_since(not_before).unwrap() / 3);
     let hour = Duration::from_secs(3600);
     assert!(start > SystemTime::now() + 24 * hour, "{start:?}");
-    assert!(start + hour < third && third < end, "{start:?} {third:?} {end:?}");
+    assert!(
+        start + hour < third && third < end,
+        "{start:?} {third:?} {end:?}"
+    );
     // portico asked for it too, and keeps the answer (Pebble says: again in six hours).
     wait_for_ari_checks(&pebble, 1).await;
 

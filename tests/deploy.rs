@@ -16,8 +16,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::deploy::{manifests, object, role_rules};
 use common::control_plane::control_plane;
+use common::deploy::{manifests, object, role_rules};
 use portico::config::{Config, Storage, TlsSource};
 use serde_json::Value;
 
@@ -521,7 +521,12 @@ fn the_api_server_accepts_the_manifests() {
     // go into: the Namespace has to be there for them to be judged.
     let _ = plane.kubectl_output(&["create", "namespace", namespace], b"");
     let out = plane.kubectl(
-        &["apply", "-k", common::deploy::folder().to_str().unwrap(), "--dry-run=server"],
+        &[
+            "apply",
+            "-k",
+            common::deploy::folder().to_str().unwrap(),
+            "--dry-run=server",
+        ],
         b"",
     );
     for o in manifests() {
@@ -602,27 +607,21 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let released_issuance_lease = || {
-        plane
-            .list(namespace, "leases")
-            .iter()
-            .any(|lease| {
-                let name = lease["metadata"]["name"].as_str().unwrap_or("");
-                let holder = &lease["spec"]["holderIdentity"];
-                name.starts_with("portico-acme-")
-                    && !name.starts_with("portico-acme-account-")
-                    && holder == ""
-            })
+        plane.list(namespace, "leases").iter().any(|lease| {
+            let name = lease["metadata"]["name"].as_str().unwrap_or("");
+            let holder = &lease["spec"]["holderIdentity"];
+            name.starts_with("portico-acme-")
+                && !name.starts_with("portico-acme-account-")
+                && holder == ""
+        })
     };
     // The failed attempt's status (for `portico certs`) is kept on the site's
     // certificate Secret, read first and then created.
     let recorded_the_failure = || {
-        plane
-            .list(namespace, "secrets")
-            .iter()
-            .any(|secret| {
-                let name = secret["metadata"]["name"].as_str().unwrap_or("");
-                name.starts_with("portico-tls-")
-            })
+        plane.list(namespace, "secrets").iter().any(|secret| {
+            let name = secret["metadata"]["name"].as_str().unwrap_or("");
+            name.starts_with("portico-tls-")
+        })
     };
     loop {
         let health = admin_status(admin, "/healthz").await;

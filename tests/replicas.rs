@@ -28,8 +28,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::api_front::Front;
-use common::ca_front::CaFront;
 use common::b64::base64_decode;
+use common::ca_front::CaFront;
 use common::control_plane::{Namespace, Recorder, control_plane};
 use common::edge::{self, Portico, client_config, install_provider, start_with, tls_connect};
 use common::pebble::{Pebble, PebbleConfig, free_port};

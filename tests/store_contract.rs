@@ -67,7 +67,12 @@ async fn kube_backend(test: &str) -> Backend {
 
 /// One replica: its own identity and its own kubeconfig, whose context names the test's
 /// namespace; straight to the API server, or through `server` (a front).
-async fn replica(ns: &Namespace, dir: &std::path::Path, who: &str, server: Option<&str>) -> KubeStore {
+async fn replica(
+    ns: &Namespace,
+    dir: &std::path::Path,
+    who: &str,
+    server: Option<&str>,
+) -> KubeStore {
     let kubeconfig = ns.kubeconfig_via(dir, who, server.unwrap_or(ns.plane().url()));
     let store = KubeStore::from_kubeconfig(&kubeconfig, None).await.unwrap();
     assert_eq!(store.namespace(), ns.name);
@@ -1807,9 +1812,8 @@ mod kube_only {
         let token_file = f.dir.path().join("token");
         let old = f.ns.service_account_token("rotating");
         std::fs::write(&token_file, &old).unwrap();
-        let kubeconfig = f
-            .ns
-            .kubeconfig_with_token_file(f.dir.path(), &front.url(), &token_file);
+        let kubeconfig =
+            f.ns.kubeconfig_with_token_file(f.dir.path(), &front.url(), &token_file);
         let store = KubeStore::from_kubeconfig(&kubeconfig, None).await.unwrap();
         let writer = f.replica("writer").await;
         store
@@ -1830,7 +1834,10 @@ mod kube_only {
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !refused(&old) {
-            assert!(std::time::Instant::now() < deadline, "the old token still works");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the old token still works"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         assert!(!refused(&new));
@@ -1853,7 +1860,7 @@ mod kube_only {
             .into_iter()
             .filter_map(|(_, _, token)| token)
             .collect();
-        assert!(tokens.iter().any(|t| *t == new), "the new token was never sent");
+        assert!(tokens.contains(&new), "the new token was never sent");
 
         // The watch resumes with the new token too.
         front.cut();
@@ -1952,7 +1959,8 @@ mod kube_only {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_holder_with_a_clock_hours_off_keeps_and_loses_its_lease_by_renewals_only() {
-        let f = fixture("a_holder_with_a_clock_hours_off_keeps_and_loses_its_lease_by_renewals_only");
+        let f =
+            fixture("a_holder_with_a_clock_hours_off_keeps_and_loses_its_lease_by_renewals_only");
         let ttl = Duration::from_secs(3);
         let hours = Duration::from_secs(5 * 3600);
         let observer = f.replica("observer").await;

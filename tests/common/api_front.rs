@@ -311,7 +311,11 @@ impl Shared {
         parts.uri = format!("{}{path}", self.target).parse().unwrap();
         parts.headers.remove(http::header::HOST);
         parts.version = http::Version::HTTP_11;
-        let answer = match self.upstream.request(Request::from_parts(parts, body)).await {
+        let answer = match self
+            .upstream
+            .request(Request::from_parts(parts, body))
+            .await
+        {
             Ok(answer) => answer,
             Err(e) => {
                 let mut resp = Response::new(status_body(502, &e.to_string()));

@@ -138,7 +138,10 @@ fn etcd_post(port: u16, path: &str, body: &Value) -> Value {
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
     let (head, json) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
     serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {json}"))
 }
 
@@ -291,7 +294,12 @@ impl ControlPlane {
             dir: dir.clone(),
             _watchdogs: Mutex::new(watchdogs),
         };
-        plane.write_kubeconfig(&plane.admin_kubeconfig, &plane.url, "default", &plane.tokens[0]);
+        plane.write_kubeconfig(
+            &plane.admin_kubeconfig,
+            &plane.url,
+            "default",
+            &plane.tokens[0],
+        );
         loop {
             let out = plane.kubectl_output(&["get", "--raw", "/readyz"], b"");
             if out.as_ref().is_ok_and(|o| o.trim() == "ok") {
@@ -382,7 +390,13 @@ impl ControlPlane {
         let n = self.namespaces.fetch_add(1, Ordering::SeqCst);
         let hint: String = hint
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
             .take(40)
             .collect();
         let name = format!("{}-{n}", hint.trim_matches('-'));
@@ -409,15 +423,31 @@ impl ControlPlane {
             "subjects": subjects,
         });
         self.kubectl(
-            &["apply", "-n", namespace, "-f", role.to_str().unwrap(), "-f", "-"],
+            &[
+                "apply",
+                "-n",
+                namespace,
+                "-f",
+                role.to_str().unwrap(),
+                "-f",
+                "-",
+            ],
             binding.to_string().as_bytes(),
         );
     }
 
     /// etcd's current revision (the API server's newest resourceVersion).
     pub fn revision(&self) -> u64 {
-        let answer = etcd_post(self.etcd_port, "/v3/kv/range", &json!({"key": base64_encode(b"/")}));
-        answer["header"]["revision"].as_str().unwrap().parse().unwrap()
+        let answer = etcd_post(
+            self.etcd_port,
+            "/v3/kv/range",
+            &json!({"key": base64_encode(b"/")}),
+        );
+        answer["header"]["revision"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
     }
 
     /// Compacts etcd's history up to now: a watch resumed from an older resourceVersion
@@ -519,7 +549,10 @@ impl Namespace {
         let mut ids = self.identities.lock().unwrap();
         let next = ids.len();
         let i = *ids.entry(who.to_string()).or_insert(next);
-        assert!(i < REPLICA_USERS, "more than {REPLICA_USERS} identities in one test");
+        assert!(
+            i < REPLICA_USERS,
+            "more than {REPLICA_USERS} identities in one test"
+        );
         format!("replica-{i}")
     }
 
@@ -549,7 +582,12 @@ impl Namespace {
     }
 
     /// A kubeconfig that reads its token from `token_file` (as a pod's does).
-    pub fn kubeconfig_with_token_file(&self, dir: &Path, server: &str, token_file: &Path) -> PathBuf {
+    pub fn kubeconfig_with_token_file(
+        &self,
+        dir: &Path,
+        server: &str,
+        token_file: &Path,
+    ) -> PathBuf {
         let path = new_file(dir, "kubeconfig");
         self.plane.write_kubeconfig(
             &path,
@@ -564,7 +602,8 @@ impl Namespace {
     /// TokenRequest API (a bound token, as the kubelet mounts).
     pub fn service_account_token(&self, name: &str) -> String {
         let ns = self.name.as_str();
-        self.plane.kubectl(&["create", "serviceaccount", "-n", ns, name], b"");
+        self.plane
+            .kubectl(&["create", "serviceaccount", "-n", ns, name], b"");
         let binding = format!("{name}-portico");
         let subject = format!("{ns}:{name}");
         if self
@@ -573,7 +612,16 @@ impl Namespace {
             .is_err()
         {
             self.plane.kubectl(
-                &["create", "rolebinding", "-n", ns, &binding, "--role=portico", "--serviceaccount", &subject],
+                &[
+                    "create",
+                    "rolebinding",
+                    "-n",
+                    ns,
+                    &binding,
+                    "--role=portico",
+                    "--serviceaccount",
+                    &subject,
+                ],
                 b"",
             );
         }
@@ -585,8 +633,10 @@ impl Namespace {
 
     /// Deletes the ServiceAccount `name`: its tokens stop working.
     pub fn delete_service_account(&self, name: &str) {
-        self.plane
-            .kubectl(&["delete", "serviceaccount", "-n", &self.name, name, "--wait"], b"");
+        self.plane.kubectl(
+            &["delete", "serviceaccount", "-n", &self.name, name, "--wait"],
+            b"",
+        );
     }
 
     /// The object `name` of `resource` (`secrets`, `leases`), as the admin reads it.
@@ -621,8 +671,17 @@ impl Namespace {
     pub fn patch(&self, resource: &str, name: &str, patch: Value) -> Value {
         let text = self.plane.kubectl(
             &[
-                "patch", resource, "-n", &self.name, name, "--type", "merge", "-p",
-                &patch.to_string(), "-o", "json",
+                "patch",
+                resource,
+                "-n",
+                &self.name,
+                name,
+                "--type",
+                "merge",
+                "-p",
+                &patch.to_string(),
+                "-o",
+                "json",
             ],
             b"",
         );
@@ -649,14 +708,24 @@ impl Namespace {
 
     /// Watches of `resource` that `who` has open now (started, not yet complete).
     pub fn open_watches(&self, who: &str, resource: &str) -> usize {
-        self.plane.open_watches(&self.name, &self.user(who), resource)
+        self.plane
+            .open_watches(&self.name, &self.user(who), resource)
     }
 
     /// Records every state of the `resource` objects here from now on, as a watch sees
     /// them (the admin's `kubectl get --watch`).
     pub fn record(&self, resource: &str) -> Recorder {
         let mut child = Command::new(peer("kubectl"))
-            .args(["get", resource, "-n", &self.name, "--watch", "--output-watch-events", "-o", "json"])
+            .args([
+                "get",
+                resource,
+                "-n",
+                &self.name,
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                "json",
+            ])
             .env("KUBECONFIG", &self.plane.admin_kubeconfig)
             .env("KUBECACHEDIR", self.plane.dir.join("kubectl-cache"))
             .env("HOME", &self.plane.dir)
@@ -669,7 +738,9 @@ impl Namespace {
         let states = Arc::new(Mutex::new(Vec::new()));
         let into = states.clone();
         std::thread::spawn(move || {
-            for event in serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter::<Value>() {
+            for event in
+                serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter::<Value>()
+            {
                 let Ok(event) = event else { break };
                 into.lock().unwrap().push(event["object"].clone());
             }
@@ -677,8 +748,16 @@ impl Namespace {
         // The watch is open once kubectl printed the objects there are (maybe none):
         // wait for its request in the audit log.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.plane.audit(&self.name).iter().any(|a| a.user == "admin" && a.verb == "watch" && a.resource == resource) {
-            assert!(Instant::now() < deadline, "kubectl get --watch never started");
+        while !self
+            .plane
+            .audit(&self.name)
+            .iter()
+            .any(|a| a.user == "admin" && a.verb == "watch" && a.resource == resource)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "kubectl get --watch never started"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Recorder { child, states }

@@ -9,8 +9,8 @@
 #![allow(dead_code)]
 
 pub mod api_front;
-pub mod ca_front;
 pub mod b64;
+pub mod ca_front;
 pub mod control_plane;
 pub mod deploy;
 pub mod edge;
@@ -20,8 +20,8 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -59,7 +59,11 @@ pub fn peers() -> &'static Path {
 /// The peer program `name` (`etcd`, `kube-apiserver`, `kubectl`, `pebble`, ...).
 pub fn peer(name: &str) -> PathBuf {
     let path = peers().join("bin").join(name);
-    assert!(path.exists(), "{} is missing: run scripts/peers", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/peers",
+        path.display()
+    );
     path
 }
 

@@ -359,11 +359,19 @@ impl Pebble {
             "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
             super::b64::base64_encode(leaf)
         );
-        let window = serde_json::json!({"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}});
+        let window =
+            serde_json::json!({"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}});
         let body = serde_json::json!({"Certificate": pem, "ARIResponse": window.to_string()});
-        let url = format!("https://127.0.0.1:{}/set-renewal-info/", self.ports.management);
+        let url = format!(
+            "https://127.0.0.1:{}/set-renewal-info/",
+            self.ports.management
+        );
         let answer = self
-            .fetch("POST", &url, Some(("application/json", body.to_string().into_bytes())))
+            .fetch(
+                "POST",
+                &url,
+                Some(("application/json", body.to_string().into_bytes())),
+            )
             .await;
         assert_eq!(answer.status, StatusCode::OK, "{url}: {:?}", answer.body);
     }
@@ -577,9 +585,7 @@ impl Pebble {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("pebble-challtestsrv: {e} (scripts/peers builds it)")
-            });
+            .unwrap_or_else(|e| panic!("pebble-challtestsrv: {e} (scripts/peers builds it)"));
         self.challtestsrv = Some(child);
     }
 
@@ -606,9 +612,9 @@ impl Pebble {
         for (key, value) in &self.config.env {
             command.env(key, value);
         }
-        let child = command.spawn().unwrap_or_else(|e| {
-            panic!("pebble: {e} (scripts/peers builds it)")
-        });
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("pebble: {e} (scripts/peers builds it)"));
         self.pebble = Some(child);
     }
 
