@@ -545,6 +545,39 @@ fn the_api_server_accepts_the_manifests() {
     }
 }
 
+/// The Gateway API standard CRDs that `scripts/peers` copies from the pinned module
+/// install on the real API server, and their kinds are then served.
+#[test]
+fn the_gateway_api_crds_install_on_the_api_server() {
+    let plane = control_plane();
+    let crds = common::peers().join("crds/gateway-api");
+    let out = plane.kubectl(
+        &["apply", "--server-side", "-f", crds.to_str().unwrap()],
+        b"",
+    );
+    for kind in [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "referencegrants",
+    ] {
+        assert!(
+            out.contains(&format!(
+                "customresourcedefinition.apiextensions.k8s.io/{kind}.gateway.networking.k8s.io"
+            )),
+            "{out}"
+        );
+    }
+    // Established: the API server serves the kind (an empty list, no error).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) =
+        plane.kubectl_output(&["get", "gateways.gateway.networking.k8s.io", "-A"], b"")
+    {
+        assert!(Instant::now() < deadline, "Gateways are not served: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A replica started from the ConfigMap's config with the Kubernetes backend, against
 /// the real API server after `kubectl apply -k config/kubernetes`, signed in as the
 /// Deployment's service account (a token from the TokenRequest API, as the kubelet
