@@ -407,7 +407,7 @@ async fn challenge_paths_answer_404_for_unknown_tokens_and_names() {
     assert_eq!((status, body.as_str()), (200, "tok.key"));
 }
 
-/// Pebble behind an [`CaFront`], and portico using the front as its directory; `prepare`
+/// Pebble behind a [`CaFront`], and portico using the front as its directory; `prepare`
 /// runs on the front before portico starts.
 async fn setup_front(sites: &str, prepare: impl FnOnce(&CaFront)) -> (Pebble, CaFront, Portico) {
     install_provider();

@@ -1,9 +1,9 @@
 //! Several replicas behind one load balancer: portico instances on 127.0.0.2, .3 and .4
 //! (same ports, as pods behind a Service), sharing one real Kubernetes API server (each
 //! replica its own identity, bound to nothing but the shipped Role, in a namespace of the
-//! test's own), reached through a front that can take it away, and one Pebble. Pebble's DNS answer is a replica that does not hold
-//! the issuance Lease, so the CA's validation reaches a replica that must find the token
-//! in the shared store.
+//! test's own), reached through a front that can take it away, and one Pebble. Pebble's
+//! DNS answer is a replica that does not hold the issuance Lease, so the CA's validation
+//! reaches a replica that must find the token in the shared store.
 //!
 //! Then what goes wrong in a cluster: the holder of the issuance Lease SIGKILLed before
 //! its order finishes (real processes: the `portico` binary), the API server gone for
@@ -14,8 +14,9 @@
 //!
 //! Nothing here asserts how long anything takes: effects are waited for, with deadlines
 //! that only keep a broken build from hanging. Where a scenario needs an order to stay in
-//! flight, the CA sits behind an [`CaFront`] that holds new orders until the test lets
-//! them through, instead of racing the CA.
+//! flight, the CA sits behind a [`CaFront`] that holds new orders until the test lets
+//! them through, instead of racing the CA; where it needs a write to meet another
+//! writer's change, the API front holds that write until the change is made.
 
 mod common;
 
