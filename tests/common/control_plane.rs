@@ -1,10 +1,10 @@
 //! A real Kubernetes control plane: etcd and kube-apiserver as `scripts/peers` builds
 //! them, started once per test binary on ports the OS picked (bound to :0 and let go; a
-//! start that loses a port to another program is tried again), with RBAC on, a CA made here,
-//! and static tokens: `admin` (system:masters) sets things up, and each replica signs in
-//! as a user of its own that is bound to nothing but the Role the manifests ship
-//! (`config/kubernetes/role.yaml`), in the namespace of its test. Every test takes a
-//! fresh [`Namespace`]; kube-rs (and the `portico` binary) reach the server through a
+//! start that loses a port to another program is tried again), with RBAC on, a CA made
+//! here, and static tokens: `admin` (system:masters) sets things up, and each replica
+//! signs in as a user of its own that is bound to nothing but the Role the manifests
+//! ship (`config/kubernetes/role.yaml`), in the namespace of its test. Every test takes
+//! a fresh [`Namespace`]; kube-rs (and the `portico` binary) reach the server through a
 //! kubeconfig file written here, exactly as in a cluster.
 //!
 //! What the tests observe, they observe on the real server: objects through `kubectl`
