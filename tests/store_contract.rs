@@ -1786,7 +1786,15 @@ mod kube_only {
             .await
             .unwrap();
         upserts(&mut rx, 1).await;
-        // The API server's audit log: the watch request started and not yet complete.
+        // The API server's audit log: the watch request started and not yet complete
+        // (the first change may come from the list, before the watch is opened).
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while f.ns.open_watches("watcher", "secrets") == 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the watch is open");
         assert_eq!(f.ns.open_watches("watcher", "secrets"), 1);
         drop(rx);
         // The stream closes once the task notices; wait for that, with a guard.
