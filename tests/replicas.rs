@@ -374,9 +374,11 @@ fn micro_time(value: &Value) -> SystemTime {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_orders_all_serve_and_restarts_order_nothing() {
-    let world = World::start().await;
+    let world = World::start_with_front().await;
     // Two replicas race for the Lease; the CA is sent to the third, which starts once
-    // the Lease is taken and so cannot hold it.
+    // the Lease is taken and so cannot hold it. The holder's order waits at the CA's
+    // front until that third replica listens.
+    world.front().hold_new_orders(true);
     world.pebble.set_a(HOST, Ipv4Addr::new(127, 0, 0, 2)).await;
     let b = world.replica(3, &site("b")).await;
     let c = world.replica(4, &site("c")).await;
@@ -393,6 +395,7 @@ async fn one_replica_orders_all_serve_and_restarts_order_nothing() {
     };
     let a = world.replica(2, &site("a")).await;
     assert!(!holder.starts_with("replica-2-"), "{holder}");
+    world.front().hold_new_orders(false);
 
     let roots = world.pebble.issuing_roots().await;
     let leaf = served_leaf(&a, &roots).await;
@@ -879,7 +882,9 @@ async fn replicas_with_clocks_hours_off_never_become_a_second_holder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_write_on_a_stale_resource_version_is_retried_not_forced() {
-    let world = World::start().await;
+    let world = World::start_with_front().await;
+    // No order before every replica listens: the CA validates through the last one.
+    world.front().hold_new_orders(true);
     world.pebble.set_a(HOST, ip(4)).await;
     let secret = secret_name(HOST);
     // The Secret exists before the order, as an earlier failed attempt leaves it, so the
@@ -907,6 +912,7 @@ async fn a_certificate_write_on_a_stale_resource_version_is_retried_not_forced()
     for n in [2, 3, 4] {
         replicas.push(world.replica(n, &site(&format!("r{n}"))).await);
     }
+    world.front().hold_new_orders(false);
     tokio::time::timeout(PATIENCE, world.api.update_held())
         .await
         .unwrap_or_else(|_| {
