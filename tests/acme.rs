@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
-use common::ari::{self, AriFront};
+use common::ca_front::CaFront;
 use common::edge::{self, Portico, client_config, install_provider, start_text, tls_connect};
 use common::pebble::{Pebble, PebbleConfig, free_port};
 use portico::acme::manager::Tuning;
@@ -408,13 +408,13 @@ async fn challenge_paths_answer_404_for_unknown_tokens_and_names() {
     assert_eq!((status, body.as_str()), (200, "tok.key"));
 }
 
-/// Pebble behind an [`AriFront`], and portico using the front as its directory; `prepare`
+/// Pebble behind a [`CaFront`], and portico using the front as its directory; `prepare`
 /// runs on the front before portico starts.
-async fn setup_ari(sites: &str, prepare: impl FnOnce(&AriFront)) -> (Pebble, AriFront, Portico) {
+async fn setup_front(sites: &str, prepare: impl FnOnce(&CaFront)) -> (Pebble, CaFront, Portico) {
     install_provider();
     let (http, https) = (free_port(), free_port());
     let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
-    let front = AriFront::start(&pebble).await;
+    let front = CaFront::start(&pebble).await;
     prepare(&front);
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
@@ -461,100 +461,172 @@ async fn annotations(p: &Portico) -> std::collections::BTreeMap<String, String> 
         .unwrap_or_default()
 }
 
+/// Pebble itself, no front: its directory offers `renewalInfo`. Returns the config text
+/// too, for a restart on the same data.
+async fn setup_pebble(sites: &str) -> (Pebble, Portico, String) {
+    install_provider();
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("{}{sites}", header(http, https, &pebble, "http-01"));
+    let p = start_text(dir, &text, quick()).await;
+    (pebble, p, text)
+}
+
+/// Waits until Pebble was asked for renewal information `n` times in all.
+async fn wait_for_ari_checks(pebble: &Pebble, n: usize) {
+    wait_for_log(pebble, &format!("{n} ARI checks"), |_| {
+        pebble.ari_checks() >= n
+    })
+    .await;
+}
+
+/// Waits until Pebble's log satisfies `done`.
+async fn wait_for_log(pebble: &Pebble, what: &str, done: impl Fn(&str) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done(&pebble.log()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {what}\n{}",
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The ids of the orders Pebble added, in order (its log: `Added order "ID" to the db`).
+fn pebble_order_ids(pebble: &Pebble) -> Vec<String> {
+    pebble
+        .log()
+        .lines()
+        .filter_map(|l| l.split("Added order \"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Pebble answers `renewalInfo` with a Retry-After of six hours, which portico honours,
+/// so a window changed after portico's first check is seen by a replica that starts: the
+/// test restarts portico on the same data, as a new pod would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_ari_window_renews_with_replaces_and_serves_the_new_certificate() {
     let name = "ari.example.test";
-    let (pebble, front, p) = setup_ari(&acme_site("\"ari.example.test\"", "ari"), |_| {}).await;
+    let (pebble, p, text) = setup_pebble(&acme_site("\"ari.example.test\"", "ari")).await;
     let roots = pebble.issuing_roots().await;
     let first = wait_for_certificate(&p, name, &roots, &pebble).await;
-    let first_orders = front.new_orders();
-    assert_eq!(first_orders.len(), 1, "{first_orders:?}");
-    assert!(
-        first_orders[0].get("replaces").is_none(),
-        "a first certificate replaces nothing: {first_orders:?}"
+    assert_eq!(pebble.orders(), 1);
+    assert_eq!(
+        pebble.replacements(),
+        Vec::<String>::new(),
+        "a first certificate replaces nothing"
     );
+    // Pebble's own window (around two thirds of the lifetime) is asked for first.
+    wait_for_ari_checks(&pebble, 1).await;
 
     // The CA says: renew this certificate now (a window that opened an hour ago).
-    let old_id = ari::cert_id(&first);
     let now = SystemTime::now();
     let hour = Duration::from_secs(3600);
-    front.set_window(&old_id, now - hour, now + hour);
-    front
-        .wait_for(
-            "second newOrder",
-            |s| s.new_orders.len() >= 2,
-            || pebble.log(),
-        )
+    pebble
+        .set_renewal_window(&first, now - hour, now + hour)
         .await;
-    assert!(front.asked().contains(&old_id), "{:?}", front.asked());
+    let checks = pebble.ari_checks();
+    let dir = p.stop().await;
+    let p = start_text(dir, &text, quick()).await;
     assert_eq!(
-        front.new_orders()[1]["replaces"].as_str(),
-        Some(old_id.as_str()),
-        "the renewal order names the certificate it replaces"
+        wait_for_certificate(&p, name, &roots, &pebble).await,
+        first,
+        "the stored certificate serves after the restart"
     );
 
     let renewed = wait_for_new_leaf(&p, name, &roots, &pebble, &first).await;
+    assert!(pebble.ari_checks() > checks);
     assert_eq!(
         h2_get(&p, name, &roots).await,
         (200, "ari".into()),
         "the new certificate serves"
     );
-    // Pebble 2.4 took the order with `replaces` as it was: no second try without it.
-    assert_eq!(
-        front.new_orders().len(),
-        2,
-        "{:?}\n{}",
-        front.new_orders(),
-        pebble.log()
+    // Pebble took the order with `replaces` as the replacement of the first order's
+    // certificate, and marked that one replaced once the new one was issued.
+    let ids = pebble_order_ids(&pebble);
+    assert_eq!(ids.len(), 2, "{}", pebble.log());
+    let replacements = pebble.replacements();
+    assert_eq!(replacements.len(), 1, "{}", pebble.log());
+    assert!(
+        replacements[0].contains(&format!(
+            "order \"{}\" is a replacement of \"{}\"",
+            ids[1], ids[0]
+        )),
+        "{replacements:?}"
     );
-    assert_eq!(pebble.orders(), 2);
-
-    // The renewed certificate's own window (the default, a month ahead) is asked next,
-    // and does not renew it again.
-    let new_id = ari::cert_id(&renewed);
-    assert_ne!(new_id, old_id);
-    front
-        .wait_for(
-            "an ARI check of the new certificate",
-            |s| s.asked.contains(&new_id),
-            || pebble.log(),
-        )
-        .await;
+    wait_for_log(&pebble, "replaced mark", |log| {
+        log.contains(&format!(
+            "Order {} has been marked as replaced in the DB",
+            ids[1]
+        ))
+    })
+    .await;
+    assert_ne!(renewed, first);
     assert_eq!(pebble.orders(), 2);
 }
 
+/// Pebble's own window for a 90-day certificate opens around two thirds of the
+/// lifetime: a scheduler pass at a time before it orders nothing, a pass inside it
+/// renews with `replaces`, earlier than the third-of-the-lifetime rule would.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_ari_window_in_the_future_orders_nothing() {
+async fn the_window_pebble_gives_is_honoured() {
     let name = "later.example.test";
-    let (pebble, front, p) = setup_ari(&acme_site("\"later.example.test\"", "later"), |_| {}).await;
+    let (pebble, p, _) = setup_pebble(&acme_site("\"later.example.test\"", "later")).await;
     let roots = pebble.issuing_roots().await;
     let first = wait_for_certificate(&p, name, &roots, &pebble).await;
-    let id = ari::cert_id(&first);
-    // Every certificate gets the front's default window, 30 days ahead. A site's checks
-    // never overlap (one task per site), so a second check of the same certificate comes
-    // only after the first answer was acted on, and a renewal would have made the next
-    // check name another certificate.
-    front
-        .wait_for(
-            "two ARI checks of the certificate",
-            |s| s.asked.iter().filter(|a| **a == id).count() >= 2,
-            || pebble.log(),
-        )
-        .await;
+    let (start, end) = pebble.renewal_window(&first).await;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&first).unwrap();
+    let not_before = SystemTime::from(leaf.validity().not_before.to_datetime());
+    let not_after = SystemTime::from(leaf.validity().not_after.to_datetime());
+    let third = not_after - (not_after.duration_since(not_before).unwrap() / 3);
+    let hour = Duration::from_secs(3600);
+    assert!(start > SystemTime::now() + 24 * hour, "{start:?}");
+    assert!(
+        start + hour < third && third < end,
+        "{start:?} {third:?} {end:?}"
+    );
+    // portico asked for it too, and keeps the answer (Pebble says: again in six hours).
+    wait_for_ari_checks(&pebble, 1).await;
+
+    // Days before the window: nothing, pass after pass.
+    for _ in 0..10 {
+        p.certs.sync(&p.config, start - 24 * hour).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(pebble.orders(), 1);
-    assert_eq!(front.new_orders().len(), 1);
     assert_eq!(
         wait_for_certificate(&p, name, &roots, &pebble).await,
         first,
         "the first certificate keeps serving"
     );
+
+    // An hour into the window, a day before a third of the lifetime is left: renewed,
+    // naming the certificate it replaces.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while pebble.orders() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no renewal inside the window\n{}",
+            pebble.log()
+        );
+        p.certs.sync(&p.config, start + hour).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let renewed = wait_for_new_leaf(&p, name, &roots, &pebble, &first).await;
+    assert_ne!(renewed, first);
+    assert_eq!(pebble.replacements().len(), 1, "{}", pebble.log());
+    assert_eq!(pebble.orders(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_order_waits_for_the_retry_after_of_the_ca() {
     let name = "limited.example.test";
     let before = SystemTime::now();
-    let (pebble, front, p) = setup_ari(&acme_site("\"limited.example.test\"", "l"), |front| {
+    let (pebble, front, p) = setup_front(&acme_site("\"limited.example.test\"", "l"), |front| {
         front.fail_new_orders(1, "7200")
     })
     .await;

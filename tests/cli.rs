@@ -447,37 +447,38 @@ fn sighup_applies_a_changed_file_and_keeps_serving_through_a_broken_one() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
-/// The binary on the Kubernetes backend, credentials from `KUBECONFIG` (the fake API
-/// server): `run` keeps the local CA and the site's certificate in Secrets, `certs`
-/// reads them back, and `check` never talks to the cluster.
+/// The binary on the Kubernetes backend, credentials from `KUBECONFIG` (the real API
+/// server, through a front that counts requests): `run` keeps the local CA and the
+/// site's certificate in Secrets, `certs` reads them back, and `check` never talks to the
+/// cluster.
 #[test]
 fn the_kubernetes_backend_takes_kubeconfig_and_certs_reads_the_secrets() {
-    use common::kube_api::{FakeApi, Resource};
-    let api = FakeApi::start_in_thread();
-    api.add_token("s3cret-operator-token");
+    use common::api_front::Front;
+    use common::control_plane::control_plane;
+    let ns = control_plane().namespace("cli-kubeconfig");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let api = runtime.block_on(Front::start(ns.plane()));
+    let token = ns.token("operator");
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = api.kubeconfig(dir.path(), "edge", "s3cret-operator-token");
+    let kubeconfig = ns.kubeconfig_via(dir.path(), "operator", &api.url());
     let (http, https) = (free_port(), free_port());
     let path = write(
         dir.path(),
         &format!(
-            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\nbackend = \"kubernetes\"\nnamespace = \"edge\"\n[[site]]\nhosts = [\"app.internal\"]\ntls = \"internal\"\nupstreams = [\"127.0.0.1:9\"]\n"
+            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\nbackend = \"kubernetes\"\nnamespace = \"{}\"\n[[site]]\nhosts = [\"app.internal\"]\ntls = \"internal\"\nupstreams = [\"127.0.0.1:9\"]\n",
+            ns.name
         ),
     );
     let config = path.to_str().unwrap();
 
-    let before = api.counters().requests;
+    let before = api.requests().len();
     let out = portico()
         .args(["check", "--config", config])
         .env("KUBECONFIG", &kubeconfig)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(
-        api.counters().requests,
-        before,
-        "check contacted the cluster"
-    );
+    assert_eq!(api.requests().len(), before, "check contacted the cluster");
 
     let mut child = portico()
         .args(["run", "--config", config])
@@ -490,11 +491,7 @@ fn the_kubernetes_backend_takes_kubeconfig_and_certs_reads_the_secrets() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let names = loop {
-        let names: Vec<String> = api
-            .objects(Resource::Secrets, "edge")
-            .iter()
-            .filter_map(|s| s["metadata"]["name"].as_str().map(str::to_string))
-            .collect();
+        let names = ns.names("secrets");
         if names
             .iter()
             .any(|n| n.starts_with("portico-tls-app.internal-"))
@@ -508,8 +505,8 @@ fn the_kubernetes_backend_takes_kubeconfig_and_certs_reads_the_secrets() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(names.contains(&"portico-local-ca".to_string()), "{names:?}");
-    let tls = api
-        .objects(Resource::Secrets, "edge")
+    let tls = ns
+        .list("secrets")
         .into_iter()
         .find(|s| {
             s["metadata"]["name"]
@@ -545,7 +542,7 @@ fn the_kubernetes_backend_takes_kubeconfig_and_certs_reads_the_secrets() {
         .read_to_string(&mut log)
         .unwrap();
     assert_eq!(status.code(), Some(0), "{log}");
-    assert!(!log.contains("s3cret"), "the token is never logged:\n{log}");
+    assert!(!log.contains(token), "the token is never logged:\n{log}");
     assert!(!log.contains("PRIVATE KEY"), "{log}");
 }
 

@@ -16,8 +16,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::control_plane::control_plane;
 use common::deploy::{manifests, object, role_rules};
-use common::kube_api::{FakeApi, Resource};
 use portico::config::{Config, Storage, TlsSource};
 use serde_json::Value;
 
@@ -511,44 +511,98 @@ async fn admin_status(addr: SocketAddr, path: &str) -> Option<u16> {
     Some(send.send_request(req).await.ok()?.status().as_u16())
 }
 
+/// `kubectl apply -k config/kubernetes --dry-run=server`: the real API server, with its
+/// own validation and admission, accepts every object as it would on a cluster.
+#[test]
+fn the_api_server_accepts_the_manifests() {
+    let plane = control_plane();
+    let namespace = object("Namespace")["metadata"]["name"].as_str().unwrap();
+    // A server-side dry run creates nothing, not even the Namespace the other objects
+    // go into: the Namespace has to be there for them to be judged.
+    let _ = plane.kubectl_output(&["create", "namespace", namespace], b"");
+    let out = plane.kubectl(
+        &[
+            "apply",
+            "-k",
+            common::deploy::folder().to_str().unwrap(),
+            "--dry-run=server",
+        ],
+        b"",
+    );
+    for o in manifests() {
+        let kind = o["kind"].as_str().unwrap().to_lowercase();
+        let name = o["metadata"]["name"].as_str().unwrap();
+        // `role.rbac.authorization.k8s.io/portico created (server dry run)`
+        let accepted = out.lines().any(|l| {
+            let Some((resource, rest)) = l.split_once('/') else {
+                return false;
+            };
+            (resource == kind || resource.starts_with(&format!("{kind}.")))
+                && rest.starts_with(&format!("{name} "))
+                && l.ends_with("(server dry run)")
+        });
+        assert!(accepted, "{kind}/{name} not accepted:\n{out}");
+    }
+}
+
+/// The Gateway API standard CRDs that `scripts/peers` copies from the pinned module
+/// install on the real API server, and their kinds are then served.
+#[test]
+fn the_gateway_api_crds_install_on_the_api_server() {
+    let plane = control_plane();
+    let crds = common::peers().join("crds/gateway-api");
+    let out = plane.kubectl(
+        &["apply", "--server-side", "-f", crds.to_str().unwrap()],
+        b"",
+    );
+    for kind in [
+        "gatewayclasses",
+        "gateways",
+        "httproutes",
+        "referencegrants",
+    ] {
+        assert!(
+            out.contains(&format!(
+                "customresourcedefinition.apiextensions.k8s.io/{kind}.gateway.networking.k8s.io"
+            )),
+            "{out}"
+        );
+    }
+    // Established: the API server serves the kind (an empty list, no error).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) =
+        plane.kubectl_output(&["get", "gateways.gateway.networking.k8s.io", "-A"], b"")
+    {
+        assert!(Instant::now() < deadline, "Gateways are not served: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// A replica started from the ConfigMap's config with the Kubernetes backend, against
-/// the fake API server that allows only the shipped Role (anything else is 403): it
-/// looks for its stored certificate, turns ready on the probed paths, watches the
-/// certificate Secrets, takes and releases its issuance Lease, and records the failed
-/// attempt on the certificate Secret. Only
-/// the addresses change: loopback ports the OS picks, and an ACME directory on a local
-/// port that refuses connections. Removing any verb the start-up path uses from the Role
-/// makes this fail. `portico certs` then reads the same store with the same rights.
+/// the real API server after `kubectl apply -k config/kubernetes`, signed in as the
+/// Deployment's service account (a token from the TokenRequest API, as the kubelet
+/// mounts it), so with exactly the rights of the shipped Role and RoleBinding: it looks
+/// for its stored certificate, turns ready on the probed paths, watches the certificate
+/// Secrets, takes and releases its issuance Lease, and records the failed attempt on the
+/// certificate Secret. Only the addresses change: loopback ports the OS picks, and an
+/// ACME directory on a local port that refuses connections. Removing any verb the
+/// start-up path uses from the Role makes this fail. `portico certs` then reads the same
+/// store with the same rights.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() {
     common::edge::install_provider();
+    let plane = control_plane();
     let namespace = object("Namespace")["metadata"]["name"].as_str().unwrap();
-    let api = FakeApi::start().await;
-    api.add_token("portico");
-    let owned = role_rules();
-    let verbs: Vec<Vec<&str>> = owned
-        .iter()
-        .map(|(_, verbs)| verbs.iter().map(String::as_str).collect())
-        .collect();
-    let rules: Vec<(Resource, &[&str])> = owned
-        .iter()
-        .zip(&verbs)
-        .map(|((resource, _), verbs)| {
-            let resource = match resource.as_str() {
-                "secrets" => Resource::Secrets,
-                "leases" => Resource::Leases,
-                other => panic!("the fake API server serves no {other}"),
-            };
-            (resource, &verbs[..])
-        })
-        .collect();
+    // The other test of this binary may create the Namespace at the same moment.
+    let folder = common::deploy::folder();
+    let apply = || plane.kubectl_output(&["apply", "-k", folder.to_str().unwrap()], b"");
+    if let Err(e) = apply() {
+        assert!(e.contains("AlreadyExists"), "{e}");
+        apply().unwrap();
+    }
     let account = pod_spec()["serviceAccountName"].as_str().unwrap();
-    api.set_rbac(
-        "portico",
-        &format!("system:serviceaccount:{namespace}:{account}"),
-        namespace,
-        &rules,
-    );
+    let token = plane.kubectl(&["create", "token", "-n", namespace, account], b"");
+    let user = format!("system:serviceaccount:{namespace}:{account}");
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portico.toml");
@@ -563,7 +617,8 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
     let Storage::Kubernetes { namespace: wanted } = adapted.storage.clone() else {
         panic!("the ConfigMap's config stores in Kubernetes");
     };
-    let kubeconfig = api.kubeconfig(dir.path(), namespace, "portico");
+    let kubeconfig = dir.path().join("kubeconfig");
+    plane.write_kubeconfig(&kubeconfig, plane.url(), namespace, token.trim());
     let store = Arc::new(
         portico::store::kube::KubeStore::from_kubeconfig(&kubeconfig, wanted)
             .await
@@ -585,31 +640,27 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let released_issuance_lease = || {
-        api.objects(Resource::Leases, namespace)
-            .iter()
-            .any(|lease| {
-                let name = lease["metadata"]["name"].as_str().unwrap_or("");
-                let holder = &lease["spec"]["holderIdentity"];
-                name.starts_with("portico-acme-")
-                    && !name.starts_with("portico-acme-account-")
-                    && holder == ""
-            })
+        plane.list(namespace, "leases").iter().any(|lease| {
+            let name = lease["metadata"]["name"].as_str().unwrap_or("");
+            let holder = &lease["spec"]["holderIdentity"];
+            name.starts_with("portico-acme-")
+                && !name.starts_with("portico-acme-account-")
+                && holder == ""
+        })
     };
     // The failed attempt's status (for `portico certs`) is kept on the site's
     // certificate Secret, read first and then created.
     let recorded_the_failure = || {
-        api.objects(Resource::Secrets, namespace)
-            .iter()
-            .any(|secret| {
-                let name = secret["metadata"]["name"].as_str().unwrap_or("");
-                name.starts_with("portico-tls-")
-            })
+        plane.list(namespace, "secrets").iter().any(|secret| {
+            let name = secret["metadata"]["name"].as_str().unwrap_or("");
+            name.starts_with("portico-tls-")
+        })
     };
     loop {
         let health = admin_status(admin, "/healthz").await;
         let ready = admin_status(admin, "/readyz").await;
         // Following what other replicas issue: list, then watch, the certificate Secrets.
-        let watching = api.open_watches(Some("portico")) >= 1;
+        let watching = plane.open_watches(namespace, &user, "secrets") >= 1;
         if health == Some(200)
             && ready == Some(200)
             && watching
@@ -621,18 +672,17 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
         assert!(
             Instant::now() < deadline,
             "healthz {health:?}, readyz {ready:?}, watching {watching}, leases {:?}, secrets {:?}",
-            api.objects(Resource::Leases, namespace),
-            api.objects(Resource::Secrets, namespace)
+            plane.list(namespace, "leases"),
+            plane.list(namespace, "secrets")
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Before turning ready it looked for the stored certificate, in its namespace.
-    let requests = api.requests();
-    let secrets = format!("/api/v1/namespaces/{namespace}/secrets/");
+    let requests = plane.audit(namespace);
     assert!(
         requests
             .iter()
-            .any(|(method, path, _)| method == "GET" && path.starts_with(&secrets)),
+            .any(|a| a.user == user && a.verb == "get" && a.resource == "secrets"),
         "{requests:?}"
     );
 

@@ -1,18 +1,22 @@
 //! Several replicas behind one load balancer: portico instances on 127.0.0.2, .3 and .4
-//! (same ports, as pods behind a Service), sharing one fake Kubernetes API server (each
-//! with its own token) and one Pebble. Pebble's DNS answer is a replica that does not hold
-//! the issuance Lease, so the CA's validation reaches a replica that must find the token
-//! in the shared store.
+//! (same ports, as pods behind a Service), sharing one real Kubernetes API server (each
+//! replica its own identity, bound to nothing but the shipped Role, in a namespace of the
+//! test's own), reached through a front that can take it away, and one Pebble. Pebble's
+//! DNS answer is a replica that does not hold the issuance Lease, so the CA's validation
+//! reaches a replica that must find the token in the shared store.
 //!
 //! Then what goes wrong in a cluster: the holder of the issuance Lease SIGKILLed before
 //! its order finishes (real processes: the `portico` binary), the API server gone for
-//! 30 s, replicas whose clocks are hours off, and another writer changing the
-//! certificate Secret between a replica's read and its write.
+//! 30 s, replicas whose clocks are hours off, and another writer (the admin) changing the
+//! certificate Secret between a replica's read and its write. What the replicas did is
+//! read off the API server: objects as the admin reads them, every state of the Lease as
+//! a watch saw it, every request in the audit log.
 //!
 //! Nothing here asserts how long anything takes: effects are waited for, with deadlines
 //! that only keep a broken build from hanging. Where a scenario needs an order to stay in
-//! flight, the CA sits behind an [`AriFront`] that holds new orders until the test lets
-//! them through, instead of racing the CA.
+//! flight, the CA sits behind a [`CaFront`] that holds new orders until the test lets
+//! them through, instead of racing the CA; where it needs a write to meet another
+//! writer's change, the API front holds that write until the change is made.
 
 mod common;
 
@@ -24,9 +28,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use common::ari::AriFront;
+use common::api_front::Front;
+use common::b64::base64_decode;
+use common::ca_front::CaFront;
+use common::control_plane::{Namespace, Recorder, control_plane};
 use common::edge::{self, Portico, client_config, install_provider, start_with, tls_connect};
-use common::kube_api::{FakeApi, Resource, base64_decode};
 use common::pebble::{Pebble, PebbleConfig, free_port};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
@@ -37,9 +43,9 @@ use portico::store::KubeStore;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::{Value, json};
+
 use tokio::time::Instant;
 
-const NS: &str = "portico";
 const HOST: &str = "shared.example.test";
 /// DESIGN's lease duration: what the ACME manager's issuance Leases last unrenewed.
 const LEASE: Duration = Duration::from_secs(15);
@@ -80,10 +86,14 @@ fn secret_leaf(secret: &Value) -> Option<Vec<u8>> {
 
 /// The shared world: the API server, the CA, and the ports every replica uses.
 struct World {
-    api: FakeApi,
+    ns: Namespace,
+    /// In front of the API server: every replica reaches it through this.
+    api: Front,
+    /// Every state of the Leases here.
+    leases: Recorder,
     pebble: Pebble,
     /// In front of Pebble, for tests that hold orders in flight.
-    front: Option<AriFront>,
+    front: Option<CaFront>,
     http: u16,
     https: u16,
     dir: tempfile::TempDir,
@@ -94,22 +104,34 @@ impl World {
         World::start_inner(false).await
     }
 
-    /// [`World::start`] with the replicas ordering through an [`AriFront`].
+    /// [`World::start`] with the replicas ordering through an [`CaFront`].
     async fn start_with_front() -> World {
         World::start_inner(true).await
     }
 
     async fn start_inner(front: bool) -> World {
         install_provider();
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("replicas")
+            .rsplit("::")
+            .next()
+            .unwrap()
+            .to_string();
+        let ns = control_plane().namespace(&test);
+        let api = Front::start(ns.plane()).await;
+        let leases = ns.record("leases");
         // One port pair for every replica address, as pods share the Service's ports.
         let (http, https) = (free_port(), free_port());
         let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
         let front = match front {
-            true => Some(AriFront::start(&pebble).await),
+            true => Some(CaFront::start(&pebble).await),
             false => None,
         };
         World {
-            api: FakeApi::start().await,
+            ns,
+            api,
+            leases,
             pebble,
             front,
             http,
@@ -118,7 +140,7 @@ impl World {
         }
     }
 
-    fn front(&self) -> &AriFront {
+    fn front(&self) -> &CaFront {
         self.front.as_ref().expect("a world started with a front")
     }
 
@@ -130,10 +152,11 @@ impl World {
         };
         let text = format!(
             "[listen]\nhttp = \"{ip}:{http}\"\nhttps = \"{ip}:{https}\"\nadmin = \"127.0.0.1:0\"\n\
-             [storage]\nbackend = \"kubernetes\"\nnamespace = \"{NS}\"\n\
+             [storage]\nbackend = \"kubernetes\"\nnamespace = \"{ns}\"\n\
              [acme]\nemail = \"ops@example.test\"\ndirectory = \"{directory}\"\nca_root = \"{root}\"\nchallenge = \"http-01\"\n{sites}",
             http = self.http,
             https = self.https,
+            ns = self.ns.name,
             root = self.pebble.ca_root_path().display(),
         );
         let path = self.dir.path().join(format!("portico-{ip}.toml"));
@@ -161,11 +184,9 @@ impl World {
         sites: &str,
         adjust: impl FnOnce(KubeStore) -> KubeStore,
     ) -> Portico {
-        let token = format!("token-replica-{n}");
-        self.api.add_token(&token);
         let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = self.api.kubeconfig(dir.path(), NS, &token);
-        let store = KubeStore::from_kubeconfig(&kubeconfig, Some(NS.into()))
+        let kubeconfig = self.kubeconfig(dir.path(), n);
+        let store = KubeStore::from_kubeconfig(&kubeconfig, Some(self.ns.name.clone()))
             .await
             .unwrap()
             .with_pod_name(format!("replica-{n}"));
@@ -183,10 +204,8 @@ impl World {
     /// Replica `n` as a pod runs it: the `portico` binary in a process of its own, with
     /// credentials from a kubeconfig and its pod name from `POD_NAME`.
     fn spawn(&self, n: u8, sites: &str) -> Process {
-        let token = format!("token-replica-{n}");
-        self.api.add_token(&token);
         let dir = tempfile::tempdir().unwrap();
-        let kubeconfig = self.api.kubeconfig(dir.path(), NS, &token);
+        let kubeconfig = self.kubeconfig(dir.path(), n);
         let config = self.write_config(ip(n), sites);
         let log = dir.path().join("portico.log");
         let child = Command::new(env!("CARGO_BIN_EXE_portico"))
@@ -197,7 +216,7 @@ impl World {
             .env("KUBECONFIG", &kubeconfig)
             .env("POD_NAME", format!("replica-{n}"))
             // A test run inside a pod must not make the child pick the pod's own
-            // service account over the fake's kubeconfig.
+            // service account over the test's kubeconfig.
             .env_remove("KUBERNETES_SERVICE_HOST")
             .env_remove("KUBERNETES_SERVICE_PORT")
             .env("RUST_LOG", "info")
@@ -214,8 +233,15 @@ impl World {
         }
     }
 
+    /// Replica `n`'s kubeconfig (its own identity), through the front.
+    fn kubeconfig(&self, dir: &std::path::Path, n: u8) -> PathBuf {
+        self.ns
+            .kubeconfig_via(dir, &format!("replica-{n}"), &self.api.url())
+    }
+
+    /// The newest state of the issuance Lease of `host`, as the watch saw it.
     fn lease(&self, host: &str) -> Option<Value> {
-        self.api.get(Resource::Leases, NS, &lease_name(host))
+        self.lease_states(host).pop()
     }
 
     /// The issuance Lease's holder identity ("" when free or absent).
@@ -233,16 +259,15 @@ impl World {
     /// Every state the issuance Lease of `host` went through, oldest first.
     fn lease_states(&self, host: &str) -> Vec<Value> {
         let name = lease_name(host);
-        self.api
-            .history(Resource::Leases, NS)
+        self.leases
+            .states()
             .into_iter()
-            .map(|(_, lease)| lease)
             .filter(|l| l["metadata"]["name"] == name.as_str())
             .collect()
     }
 
     fn certificate_secret(&self, host: &str) -> Option<Value> {
-        self.api.get(Resource::Secrets, NS, &secret_name(host))
+        self.ns.get("secrets", &secret_name(host))
     }
 }
 
@@ -349,9 +374,11 @@ fn micro_time(value: &Value) -> SystemTime {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replica_orders_all_serve_and_restarts_order_nothing() {
-    let world = World::start().await;
+    let world = World::start_with_front().await;
     // Two replicas race for the Lease; the CA is sent to the third, which starts once
-    // the Lease is taken and so cannot hold it.
+    // the Lease is taken and so cannot hold it. The holder's order waits at the CA's
+    // front until that third replica listens.
+    world.front().hold_new_orders(true);
     world.pebble.set_a(HOST, Ipv4Addr::new(127, 0, 0, 2)).await;
     let b = world.replica(3, &site("b")).await;
     let c = world.replica(4, &site("c")).await;
@@ -368,6 +395,7 @@ async fn one_replica_orders_all_serve_and_restarts_order_nothing() {
     };
     let a = world.replica(2, &site("a")).await;
     assert!(!holder.starts_with("replica-2-"), "{holder}");
+    world.front().hold_new_orders(false);
 
     let roots = world.pebble.issuing_roots().await;
     let leaf = served_leaf(&a, &roots).await;
@@ -384,7 +412,7 @@ async fn one_replica_orders_all_serve_and_restarts_order_nothing() {
     assert_eq!(world.pebble.orders(), 1, "exactly one order");
 
     // DESIGN's objects: the certificate Secret, no token left behind.
-    let secrets = world.api.objects(Resource::Secrets, NS);
+    let secrets = world.ns.list("secrets");
     let names: Vec<&str> = secrets
         .iter()
         .filter_map(|s| s["metadata"]["name"].as_str())
@@ -695,12 +723,12 @@ async fn thirty_seconds_without_the_api_server_cost_no_request_and_delay_a_new_s
     // Each replica follows the certificate Secrets again (how it learns of what others
     // issue), not only its own orders.
     for n in ns {
-        let token = format!("token-replica-{n}");
+        let token = world.ns.token(&format!("replica-{n}"));
         eventually(
             "a replica never watched the Secrets again",
             Duration::from_millis(100),
-            || (world.api.open_watches(Some(&token)) > 0).then_some(()),
-            || token.clone(),
+            || (world.api.open_watches(Some(token)) > 0).then_some(()),
+            || format!("replica-{n}"),
         )
         .await;
     }
@@ -777,21 +805,22 @@ async fn replicas_with_clocks_hours_off_never_become_a_second_holder() {
     // look, whatever the clocks, so only looks after that prove anything: the order is
     // held until each skewed replica has looked at the Lease again a lease duration
     // after its first look. Until then the Lease must stay the first holder's.
-    let lease_path = format!(
-        "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases/{}",
-        lease_name(HOST)
-    );
-    let looks = |token: &str| {
+    // A look is a GET of the Lease, as the API server's audit log records it.
+    let lease = lease_name(HOST);
+    let looks = |who: &str| {
         world
-            .api
-            .requests()
+            .ns
+            .audit(Some(who))
             .iter()
-            .filter(|(method, path, t)| {
-                method == "GET" && path.starts_with(&lease_path) && t.as_deref() == Some(token)
+            .filter(|a| {
+                a.stage == "ResponseComplete"
+                    && a.verb == "get"
+                    && a.resource == "leases"
+                    && a.name == lease
             })
             .count()
     };
-    let skewed = ["token-replica-3", "token-replica-4"];
+    let skewed = ["replica-3", "replica-4"];
     // Per skewed replica: when its first look was seen, and its count of looks a lease
     // duration later.
     let mut first_seen: [Option<Instant>; 2] = [None; 2];
@@ -825,7 +854,7 @@ async fn replicas_with_clocks_hours_off_never_become_a_second_holder() {
             Instant::now() < deadline,
             "the skewed replicas stopped looking at the Lease"
         );
-        tokio::time::sleep(Duration::from_millis(3)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     world.front().hold_new_orders(false);
 
@@ -853,40 +882,52 @@ async fn replicas_with_clocks_hours_off_never_become_a_second_holder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_write_on_a_stale_resource_version_is_retried_not_forced() {
-    let world = World::start().await;
+    let world = World::start_with_front().await;
+    // No order before every replica listens: the CA validates through the last one.
+    world.front().hold_new_orders(true);
     world.pebble.set_a(HOST, ip(4)).await;
     let secret = secret_name(HOST);
     // The Secret exists before the order, as an earlier failed attempt leaves it, so the
     // holder's certificate write is an update that names the version it read.
-    world.api.insert(
-        Resource::Secrets,
-        NS,
-        json!({
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {
-                "name": secret,
-                "labels": {
-                    "app.kubernetes.io/managed-by": "portico",
-                    "portico.dev/kind": "certificate",
-                },
-                "annotations": {"portico.dev/last-error": "an earlier attempt failed"},
+    world.ns.create(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret,
+            "labels": {
+                "app.kubernetes.io/managed-by": "portico",
+                "portico.dev/kind": "certificate",
             },
-            "type": "kubernetes.io/tls",
-            "data": {"tls.crt": "", "tls.key": ""},
-        }),
-    );
-    // Another writer (ops, a GitOps tool) annotates it between that read and that write.
-    world
-        .api
-        .touch_before_next_write(Resource::Secrets, NS, &secret, |s| {
-            s["metadata"]["annotations"]["example.com/owner"] = json!("ops");
-        });
-    let conflicts = world.api.counters().conflicts;
+            "annotations": {"portico.dev/last-error": "an earlier attempt failed"},
+        },
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": "", "tls.key": ""},
+    }));
+    // The holder's certificate write (a PUT naming the version it read) waits at the
+    // front to the API server...
+    let path = format!("/api/v1/namespaces/{}/secrets/{secret}", world.ns.name);
+    world.api.hold_next_update(&path);
+    let conflicts = world.ns.conflicts();
     let mut replicas = Vec::new();
     for n in [2, 3, 4] {
         replicas.push(world.replica(n, &site(&format!("r{n}"))).await);
     }
+    world.front().hold_new_orders(false);
+    tokio::time::timeout(PATIENCE, world.api.update_held())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no certificate write: {:?}",
+                replicas[0].certs.acme_last_error(HOST)
+            )
+        });
+    // ...while another writer (ops, a GitOps tool) annotates the Secret.
+    world.ns.patch(
+        "secrets",
+        &secret,
+        json!({"metadata": {"annotations": {"example.com/owner": "ops"}}}),
+    );
+    world.api.release();
 
     let roots = world.pebble.issuing_roots().await;
     let leaf = served_leaf(&replicas[0], &roots).await;
@@ -909,12 +950,27 @@ async fn a_certificate_write_on_a_stale_resource_version_is_retried_not_forced()
         || format!("{:#?}", world.certificate_secret(HOST)),
     )
     .await;
+    // The replicas' writes to the Secret, as the API server answered them: the first,
+    // on the version read before the other writer's change, met a conflict.
+    let writes: Vec<u16> = world
+        .ns
+        .audit(None)
+        .iter()
+        .filter(|a| {
+            a.stage == "ResponseComplete"
+                && a.verb == "update"
+                && a.resource == "secrets"
+                && a.name == secret
+                && a.user.starts_with("replica-")
+        })
+        .map(|a| a.code)
+        .collect();
     assert_eq!(
-        world.api.touched_write_status(),
-        Some(409),
-        "the write after the other writer's change did not meet a conflict"
+        writes.first(),
+        Some(&409),
+        "the write after the other writer's change did not meet a conflict: {writes:?}"
     );
-    assert!(world.api.counters().conflicts > conflicts);
+    assert!(world.ns.conflicts() > conflicts);
     assert_eq!(secret_leaf(&stored).as_ref(), Some(&leaf));
     let annotations = &stored["metadata"]["annotations"];
     assert_eq!(annotations["example.com/owner"], "ops", "{stored:#}");

@@ -2,7 +2,7 @@
 //! them: built by the real kustomize inside kubectl, then turned into JSON by
 //! `kubectl patch --local` with an empty merge patch, which never contacts a cluster
 //! (`kubectl create --dry-run=client` would: it asks the API server for discovery).
-//! kubectl 1.20 (Debian bookworm) and 1.32 give the same output. No YAML crate needed.
+//! kubectl is the one `scripts/peers` builds. No YAML crate needed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,13 +17,13 @@ pub fn folder() -> PathBuf {
 }
 
 fn kubectl(args: &[&str], stdin: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("kubectl")
+    let mut child = Command::new(super::peer("kubectl"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("kubectl is installed by scripts/test");
+        .expect("kubectl (scripts/peers builds it)");
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
@@ -67,9 +67,7 @@ pub fn object(kind: &str) -> &'static Value {
     one
 }
 
-/// The rules of the shipped Role as (resource, verbs), in the manifest's order: what the
-/// fake API server's `set_rbac` takes (with `kube_api::Resource` for the name), so a
-/// test can run the Kubernetes backend with exactly the rights a cluster gives portico.
+/// The rules of the shipped Role as (resource, verbs), in the manifest's order.
 pub fn role_rules() -> Vec<(String, Vec<String>)> {
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()

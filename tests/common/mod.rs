@@ -1,23 +1,28 @@
 //! Test harness. This module: the proxy layer alone served over plain TCP, backends
 //! written with hyper, and small HTTP/1.1 and HTTP/2 clients. [`edge`]: the whole server
-//! over TLS. [`pebble`]: a real ACME CA; [`ari`]: a front for it that offers ACME Renewal
-//! Information. [`deploy`]: the Kubernetes manifests as kubectl builds them. Everything
-//! binds 127.0.0.1:0.
+//! over TLS. [`pebble`]: a real ACME CA; [`ca_front`]: a front for it that does what Pebble
+//! cannot (hold new orders, answer 429 with Retry-After). [`control_plane`]: a real
+//! etcd and kube-apiserver; [`api_front`]: faults in front of it. [`deploy`]: the
+//! Kubernetes manifests as kubectl builds them. Everything binds 127.0.0.1:0.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
-pub mod ari;
+pub mod api_front;
 pub mod attack;
+pub mod b64;
+pub mod ca_front;
+pub mod control_plane;
 pub mod deploy;
 pub mod edge;
-pub mod kube_api;
 pub mod pebble;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -32,6 +37,36 @@ use portico::config::{Config, HostPattern};
 use portico::proxy::{ConnInfo, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// The folder `scripts/peers` built the real peers into (etcd, kube-apiserver, kubectl,
+/// Pebble, pebble-challtestsrv, the Gateway API CRDs): `PORTICO_PEERS`, which
+/// `scripts/test` sets, else what `scripts/peers` prints (it builds them if they are
+/// missing: a missing peer is built, never skipped).
+pub fn peers() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("PORTICO_PEERS") {
+            return PathBuf::from(dir);
+        }
+        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/peers"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("scripts/peers runs");
+        assert!(out.status.success(), "scripts/peers failed");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+}
+
+/// The peer program `name` (`etcd`, `kube-apiserver`, `kubectl`, `pebble`, ...).
+pub fn peer(name: &str) -> PathBuf {
+    let path = peers().join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/peers",
+        path.display()
+    );
+    path
+}
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type TestBody = BoxBody<Bytes, BoxError>;

@@ -1,6 +1,7 @@
-//! A real ACME CA for the tests: Pebble 2.4 and pebble-challtestsrv (Debian `pebble`),
-//! started as child processes on ports the OS picks, following TESTING.md ("A real ACME
-//! CA: Pebble 2.4").
+//! A real ACME CA for the tests: Pebble and pebble-challtestsrv (v2.10, built from Go
+//! modules by `scripts/peers`), started as child processes on ports the OS picks. This
+//! Pebble offers ACME Renewal Information (`renewalInfo`), and its management API can
+//! set the window it gives for a certificate ([`Pebble::set_renewal_window`]).
 //!
 //! ```ignore
 //! let pebble = Pebble::start(PebbleConfig::new(portico.http.port(), portico.https.port())).await;
@@ -345,6 +346,75 @@ impl Pebble {
         Err(format!("no DNS answer for {host} from {}", self.dns_addr()))
     }
 
+    /// Through Pebble's management API (`/set-renewal-info/`): from now on Pebble's
+    /// `renewalInfo` for the certificate `leaf` (DER) suggests the window `start..end`
+    /// instead of its own (a window around two thirds of the lifetime).
+    pub async fn set_renewal_window(&self, leaf: &[u8], start: SystemTime, end: SystemTime) {
+        let rfc3339 = |t: SystemTime| {
+            time::OffsetDateTime::from(t)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            super::b64::base64_encode(leaf)
+        );
+        let window =
+            serde_json::json!({"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}});
+        let body = serde_json::json!({"Certificate": pem, "ARIResponse": window.to_string()});
+        let url = format!(
+            "https://127.0.0.1:{}/set-renewal-info/",
+            self.ports.management
+        );
+        let answer = self
+            .fetch(
+                "POST",
+                &url,
+                Some(("application/json", body.to_string().into_bytes())),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::OK, "{url}: {:?}", answer.body);
+    }
+
+    /// The renewal window Pebble's `renewalInfo` gives for the certificate `leaf` (DER).
+    pub async fn renewal_window(&self, leaf: &[u8]) -> (SystemTime, SystemTime) {
+        let url = format!(
+            "https://localhost:{}/draft-ietf-acme-ari-03/renewalInfo/{}",
+            self.ports.acme,
+            cert_id(leaf)
+        );
+        let answer = self.fetch("GET", &url, None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{url}: {:?}", answer.body);
+        let info: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+        let at = |key: &str| {
+            let text = info["suggestedWindow"][key].as_str().unwrap();
+            SystemTime::from(
+                time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+                    .unwrap(),
+            )
+        };
+        (at("start"), at("end"))
+    }
+
+    /// How many times Pebble was asked for a `renewalInfo` so far (its log names the
+    /// handler, not the certificate).
+    pub fn ari_checks(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("GET /draft-ietf-acme-ari-03/renewalInfo/"))
+            .count()
+    }
+
+    /// Pebble's log lines that record an order as the replacement of another (ARI
+    /// `replaces`): "ARI: order X is a replacement of Y".
+    pub fn replacements(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("is a replacement of"))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Kills Pebble (pebble-challtestsrv keeps running): the directory is unreachable
     /// until [`Pebble::restart`]. Does nothing if already stopped.
     pub fn stop(&mut self) {
@@ -400,7 +470,9 @@ impl Pebble {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(if path.is_empty() { "/" } else { path })
-            .header("host", authority);
+            .header("host", authority)
+            // Pebble 2.10 refuses requests without one (RFC 8555 6.1: clients MUST send it).
+            .header("user-agent", "portico-tests");
         let body = match body {
             Some((content_type, bytes)) => {
                 req = req.header("content-type", content_type);
@@ -489,8 +561,8 @@ impl Pebble {
 
     fn spawn_challtestsrv(&mut self) {
         let log = self.open_log(&self.challtestsrv_log_path());
-        let child = Command::new("pebble-challtestsrv")
-            .arg("-dns01")
+        let child = Command::new(super::peer("pebble-challtestsrv"))
+            .arg("-dnsserver")
             .arg(format!("127.0.0.1:{}", self.ports.dns))
             .args([
                 "-http01",
@@ -498,6 +570,8 @@ impl Pebble {
                 "-https01",
                 "",
                 "-tlsalpn01",
+                "",
+                "-doh",
                 "",
                 "-defaultIPv6",
                 "",
@@ -511,17 +585,13 @@ impl Pebble {
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "pebble-challtestsrv: {e} (Debian package `pebble`; scripts/test installs it)"
-                )
-            });
+            .unwrap_or_else(|e| panic!("pebble-challtestsrv: {e} (scripts/peers builds it)"));
         self.challtestsrv = Some(child);
     }
 
     fn spawn_pebble(&mut self) {
         let log = self.open_log(&self.log_path());
-        let mut command = Command::new("pebble");
+        let mut command = Command::new(super::peer("pebble"));
         command
             .arg("-config")
             .arg(self.dir.path().join("pebble.json"))
@@ -542,9 +612,9 @@ impl Pebble {
         for (key, value) in &self.config.env {
             command.env(key, value);
         }
-        let child = command.spawn().unwrap_or_else(|e| {
-            panic!("pebble: {e} (Debian package `pebble`; scripts/test installs it)")
-        });
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("pebble: {e} (scripts/peers builds it)"));
         self.pebble = Some(child);
     }
 
@@ -598,7 +668,11 @@ impl Pebble {
         match tokio::time::timeout(Duration::from_secs(2), self.try_fetch("GET", &url, None)).await
         {
             Ok(Ok(f)) if f.status == StatusCode::OK => Ok(()),
-            Ok(Ok(f)) => Err(format!("GET {url}: {}", f.status)),
+            Ok(Ok(f)) => Err(format!(
+                "GET {url}: {} {}",
+                f.status,
+                String::from_utf8_lossy(&f.body)
+            )),
             Ok(Err(e)) => Err(format!("GET {url}: {e}")),
             Err(_) => Err(format!("GET {url}: timed out")),
         }
@@ -688,4 +762,42 @@ fn dns_a_answers(msg: &[u8], id: u16) -> Option<Vec<Ipv4Addr>> {
         i += 10 + rdlen;
     }
     Some(found)
+}
+
+/// The ARI certificate identifier of a DER certificate (RFC 9773 4.1):
+/// base64url(AKI keyIdentifier) "." base64url(serial), the serial as its DER INTEGER
+/// content bytes (a leading zero byte kept), no padding.
+pub fn cert_id(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("a certificate");
+    let aki = cert
+        .extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
+        .expect("an Authority Key Identifier");
+    format!(
+        "{}.{}",
+        base64url_encode(&aki),
+        base64url_encode(cert.raw_serial())
+    )
+}
+
+const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn base64url_encode(data: &[u8]) -> String {
+    let mut out = String::with_capacity(data.len() * 4 / 3 + 3);
+    for chunk in data.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(BASE64URL[(n >> (18 - 6 * i)) as usize & 63] as char);
+        }
+    }
+    out
 }

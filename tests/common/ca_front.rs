@@ -1,54 +1,42 @@
-//! A CA that offers ACME Renewal Information (RFC 9773): an HTTPS reverse proxy in front
-//! of a running [`Pebble`] (Pebble 2.4 has no `renewalInfo`).
+//! What Pebble cannot do, in front of it: an HTTPS reverse proxy before a running
+//! [`Pebble`] that can hold new orders in flight and answer them 429 with a Retry-After.
+//! Everything else (ACME Renewal Information, `replaces`) is Pebble's own.
 //!
 //! ```ignore
-//! let front = AriFront::start(&pebble).await;
+//! let front = CaFront::start(&pebble).await;
 //! // acme.directory = front.directory_url(), acme.ca_root = pebble.ca_root_path()
 //! ```
 //!
 //! Every request is forwarded to Pebble's ACME listener with its `Host` header unchanged.
 //! Pebble builds every URL it returns from the request's `Host` (directory, `Location`,
-//! `Link`, order and certificate URLs) and checks a JWS's `url` against that same `Host`,
-//! so all URLs portico sees point at the front and its signed requests verify. On top:
+//! `Link`, order and certificate URLs, `renewalInfo`) and checks a JWS's `url` against
+//! that same `Host`, so all URLs portico sees point at the front and its signed requests
+//! verify. On top:
 //!
-//! - the directory gains `"renewalInfo": "https://<host>/renewal-info"`;
-//! - `GET /renewal-info/<certID>` answers `{"suggestedWindow":{"start","end"}}` with a
-//!   `Retry-After` ([`AriFront::set_ari_retry_after`], 1 s unless set): the window set
-//!   for that certID ([`AriFront::set_window`]), else the default one, 30 to 31 days
-//!   ahead ([`AriFront::set_default_window`]). Each certID asked is recorded
-//!   ([`AriFront::asked`]); the front does not check it is one Pebble issued;
 //! - each `newOrder` POST has its JWS payload decoded (not verified) and recorded
-//!   ([`AriFront::new_orders`]), then goes to Pebble unchanged. Pebble 2.4 decodes the
-//!   order with Go's `encoding/json`, which ignores unknown fields, so an order carrying
-//!   `replaces` is issued like any other; but it does not echo `replaces` back, which
-//!   RFC 9773 requires of a CA that takes it (and instant-acme checks: "replaces field
-//!   mismatch"). So the front adds `replaces` to the order object in the newOrder answer
-//!   and in every later answer for that order (its URL and its finalize URL), as an ARI
-//!   CA does;
-//! - [`AriFront::hold_new_orders`]: while on, `newOrder` POSTs are recorded and then
+//!   ([`CaFront::new_orders`]);
+//! - [`CaFront::hold_new_orders`]: while on, `newOrder` POSTs are recorded and then
 //!   wait at the front until it is turned off (an order a test can hold in flight, with
 //!   its lock held, as long as the scenario needs: no sleeps, no race with the CA);
-//! - [`AriFront::fail_new_orders`]: the next N `newOrder` POSTs get `429` with an
+//! - [`CaFront::fail_new_orders`]: the next N `newOrder` POSTs get `429` with an
 //!   `urn:ietf:params:acme:error:rateLimited` problem and a `Retry-After`, and never reach
 //!   Pebble (they are still recorded).
 //!
 //! The front serves Pebble's own certificate (the harness's throwaway CA, `localhost` and
 //! `127.0.0.1`), so `acme.ca_root` stays [`Pebble::ca_root_path`]. It stops when dropped.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, RETRY_AFTER, TRANSFER_ENCODING};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER, TRANSFER_ENCODING};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use portico::objects::rfc3339;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
@@ -60,7 +48,7 @@ use super::pebble::Pebble;
 /// Bound on any wait for something the front should see.
 const WAIT: Duration = Duration::from_secs(60);
 
-pub struct AriFront {
+pub struct CaFront {
     addr: SocketAddr,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
@@ -79,24 +67,17 @@ struct Shared {
 
 /// What the front was asked, and what it will answer.
 pub struct State {
-    default_window: (SystemTime, SystemTime),
-    windows: HashMap<String, (SystemTime, SystemTime)>,
-    ari_retry_after: u64,
-    /// certIDs of `GET /renewal-info/<certID>`, in order.
-    pub asked: Vec<String>,
     /// Decoded JWS payloads of `newOrder` POSTs, in order (failed ones too).
     pub new_orders: Vec<serde_json::Value>,
     /// Remaining injected failures: count, `Retry-After` value.
     failures: (usize, String),
     /// Path of Pebble's newOrder URL, learnt from the directory.
     new_order_path: Option<String>,
-    /// Order and finalize paths of orders that replace a certificate → the certID.
-    replacing: HashMap<String, serde_json::Value>,
 }
 
-impl AriFront {
+impl CaFront {
     /// Starts the front on 127.0.0.1:0 before `pebble`'s ACME listener.
-    pub async fn start(pebble: &Pebble) -> AriFront {
+    pub async fn start(pebble: &Pebble) -> CaFront {
         let dir = pebble.dir();
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(dir.join("cert.pem"))
@@ -123,18 +104,11 @@ impl AriFront {
             .with_root_certificates(roots)
             .with_no_client_auth();
 
-        let now = SystemTime::now();
-        let day = Duration::from_secs(86_400);
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                default_window: (now + 30 * day, now + 31 * day),
-                windows: HashMap::new(),
-                ari_retry_after: 1,
-                asked: Vec::new(),
                 new_orders: Vec::new(),
                 failures: (0, String::new()),
                 new_order_path: None,
-                replacing: HashMap::new(),
             }),
             events: watch::channel(0).0,
             hold_new_orders: watch::channel(false).0,
@@ -165,29 +139,12 @@ impl AriFront {
                 });
             }
         });
-        AriFront { addr, shared, task }
+        CaFront { addr, shared, task }
     }
 
     /// `https://localhost:PORT/dir`: portico's `acme.directory`.
     pub fn directory_url(&self) -> String {
         format!("https://localhost:{}/dir", self.addr.port())
-    }
-
-    /// From now on `GET /renewal-info/<cert_id>` answers this window.
-    pub fn set_window(&self, cert_id: &str, start: SystemTime, end: SystemTime) {
-        self.state()
-            .windows
-            .insert(cert_id.to_string(), (start, end));
-    }
-
-    /// The window for certIDs without their own.
-    pub fn set_default_window(&self, start: SystemTime, end: SystemTime) {
-        self.state().default_window = (start, end);
-    }
-
-    /// The `Retry-After` (seconds) of renewal-info answers.
-    pub fn set_ari_retry_after(&self, seconds: u64) {
-        self.state().ari_retry_after = seconds;
     }
 
     /// The next `n` newOrder POSTs get 429 rateLimited with `Retry-After: retry_after`.
@@ -199,11 +156,6 @@ impl AriFront {
     /// sends the waiting ones on to Pebble.
     pub fn hold_new_orders(&self, held: bool) {
         self.shared.hold_new_orders.send_replace(held);
-    }
-
-    /// certIDs asked at `/renewal-info/`, in order.
-    pub fn asked(&self) -> Vec<String> {
-        self.state().asked.clone()
     }
 
     /// Decoded payloads of the newOrder POSTs so far, in order.
@@ -229,8 +181,7 @@ impl AriFront {
             if changed.is_err() {
                 let state = self.state();
                 panic!(
-                    "ARI front: no {what} within {WAIT:?}; asked {:?}, new orders {:?}\n{}",
-                    state.asked,
+                    "CA front: no {what} within {WAIT:?}; new orders {:?}\n{}",
                     state.new_orders,
                     context()
                 );
@@ -243,7 +194,7 @@ impl AriFront {
     }
 }
 
-impl Drop for AriFront {
+impl Drop for CaFront {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -265,24 +216,10 @@ impl Shared {
             Err(e) => return text(StatusCode::BAD_REQUEST, &format!("body: {e}")),
         };
         let path = parts.uri.path().to_string();
-        let host = parts
-            .headers
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-
-        if parts.method == Method::GET
-            && let Some(cert_id) = path.strip_prefix("/renewal-info/")
-        {
-            return self.renewal_info(cert_id);
-        }
         let is_new_order = parts.method == Method::POST
             && self.state().new_order_path.as_deref() == Some(path.as_str());
-        let mut replaces = None;
         if is_new_order {
             let payload = jws_payload(&body);
-            replaces = payload.get("replaces").cloned();
             let failure = {
                 let mut state = self.state();
                 state.new_orders.push(payload);
@@ -296,7 +233,7 @@ impl Shared {
             if let Some(retry_after) = failure {
                 let problem = serde_json::json!({
                     "type": "urn:ietf:params:acme:error:rateLimited",
-                    "detail": "too many new orders recently (ARI front)",
+                    "detail": "too many new orders recently (CA front)",
                     "status": 429,
                 });
                 return Response::builder()
@@ -315,13 +252,9 @@ impl Shared {
             Ok(forwarded) => forwarded,
             Err(e) => return text(StatusCode::BAD_GATEWAY, &format!("to Pebble: {e}")),
         };
-        let body = if is_directory && status == StatusCode::OK {
-            self.add_renewal_info(&body, &host)
-        } else if let Some(replaces) = replaces.filter(|_| status.is_success()) {
-            self.reflect_new_order(&headers, &body, replaces)
-        } else {
-            self.reflect_order(&path, body)
-        };
+        if is_directory && status == StatusCode::OK {
+            self.learn_new_order_path(&body);
+        }
         let mut resp = Response::builder().status(status);
         for (name, value) in &headers {
             // Full sets the length of the (possibly rewritten) body.
@@ -332,79 +265,15 @@ impl Shared {
         resp.body(Full::new(body)).unwrap()
     }
 
-    fn renewal_info(&self, cert_id: &str) -> Response<Full<Bytes>> {
-        let (window, retry_after) = {
-            let mut state = self.state();
-            state.asked.push(cert_id.to_string());
-            let window = state
-                .windows
-                .get(cert_id)
-                .copied()
-                .unwrap_or(state.default_window);
-            (window, state.ari_retry_after)
-        };
-        self.recorded();
-        let json = serde_json::json!({
-            "suggestedWindow": { "start": rfc3339(window.0), "end": rfc3339(window.1) }
-        });
-        Response::builder()
-            .status(StatusCode::OK)
-            .header(CONTENT_TYPE, "application/json")
-            .header(RETRY_AFTER, retry_after.to_string())
-            .body(Full::new(Bytes::from(json.to_string())))
-            .unwrap()
-    }
-
-    /// The directory with `renewalInfo` added; learns the newOrder path on the way.
-    fn add_renewal_info(&self, body: &Bytes, host: &str) -> Bytes {
-        let mut directory: serde_json::Value =
+    /// Learns the newOrder path from Pebble's directory.
+    fn learn_new_order_path(&self, body: &Bytes) {
+        let directory: serde_json::Value =
             serde_json::from_slice(body).expect("Pebble's directory is JSON");
         let new_order = directory["newOrder"]
             .as_str()
             .and_then(|url| url.parse::<hyper::Uri>().ok())
             .map(|uri| uri.path().to_string());
         self.state().new_order_path = new_order;
-        directory["renewalInfo"] = format!("https://{host}/renewal-info").into();
-        Bytes::from(directory.to_string())
-    }
-
-    /// The newOrder answer with `replaces`; remembers the order's URLs for later answers.
-    fn reflect_new_order(
-        &self,
-        headers: &hyper::HeaderMap,
-        body: &Bytes,
-        replaces: serde_json::Value,
-    ) -> Bytes {
-        let mut order: serde_json::Value =
-            serde_json::from_slice(body).expect("Pebble's order is JSON");
-        let path = |url: Option<&str>| {
-            url.and_then(|u| u.parse::<hyper::Uri>().ok())
-                .map(|u| u.path().to_string())
-        };
-        let location = path(headers.get(LOCATION).and_then(|v| v.to_str().ok()));
-        let finalize = path(order["finalize"].as_str());
-        {
-            let mut state = self.state();
-            for p in [location, finalize].into_iter().flatten() {
-                state.replacing.insert(p, replaces.clone());
-            }
-        }
-        order["replaces"] = replaces;
-        Bytes::from(order.to_string())
-    }
-
-    /// An answer for an order that replaces a certificate, with `replaces` added.
-    fn reflect_order(&self, path: &str, body: Bytes) -> Bytes {
-        let Some(replaces) = self.state().replacing.get(path).cloned() else {
-            return body;
-        };
-        match serde_json::from_slice::<serde_json::Value>(&body) {
-            Ok(mut order @ serde_json::Value::Object(_)) if order.get("status").is_some() => {
-                order["replaces"] = replaces;
-                Bytes::from(order.to_string())
-            }
-            _ => body,
-        }
     }
 
     /// One request to Pebble, on a new connection, with every header (Host included)
@@ -456,43 +325,7 @@ fn jws_payload(body: &[u8]) -> serde_json::Value {
         .unwrap_or_default()
 }
 
-/// The ARI certificate identifier of a DER certificate (RFC 9773 4.1):
-/// base64url(AKI keyIdentifier) "." base64url(serial), the serial as its DER INTEGER
-/// content bytes (a leading zero byte kept), no padding.
-pub fn cert_id(der: &[u8]) -> String {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("a certificate");
-    let aki = cert
-        .extensions()
-        .iter()
-        .find_map(|ext| match ext.parsed_extension() {
-            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
-                aki.key_identifier.as_ref().map(|k| k.0.to_vec())
-            }
-            _ => None,
-        })
-        .expect("an Authority Key Identifier");
-    format!(
-        "{}.{}",
-        base64url_encode(&aki),
-        base64url_encode(cert.raw_serial())
-    )
-}
-
 const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn base64url_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len() * 4 / 3 + 3);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(BASE64URL[(n >> (18 - 6 * i)) as usize & 63] as char);
-        }
-    }
-    out
-}
 
 fn base64url_decode(input: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(input.len() * 3 / 4);
