@@ -2,8 +2,8 @@
 //! (`files`, the local CA, or the store where ACME puts them) into the resolver, and keep
 //! it fresh.
 //!
-//! Order at start-up follows DESIGN: what the store already has is served first, then what
-//! is missing or due is obtained. After that [`CertManager::sync`] runs every couple of
+//! Order at start-up (docs/certificates.md): what the store already has is served first,
+//! then what is missing or due is obtained. After that [`CertManager::sync`] runs every couple of
 //! seconds, and at once after a config reload ([`CertManager::reload`]): it only stats
 //! `files` certificates and compares dates of the others, so it touches the store only
 //! when something is due.
@@ -44,7 +44,7 @@ pub enum CertError {
     },
 }
 
-/// `h(x)` of DESIGN: the first 16 hex digits of SHA-256.
+/// `h(x)` of docs/kubernetes.md: the first 16 hex digits of SHA-256.
 pub fn short_hash(x: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, x.as_bytes());
     digest.as_ref()[..8]
@@ -85,7 +85,7 @@ pub fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
-/// The store object for a certificate, with the annotations DESIGN lists.
+/// The store object for a certificate, with the annotations docs/kubernetes.md lists.
 pub fn cert_object(site: &Site, chain_pem: &str, key_pem: &str, not_after: SystemTime) -> Object {
     let names = site.names();
     let mut data = BTreeMap::new();

@@ -1099,7 +1099,7 @@ async fn patch_merges_and_checks_the_resource_version() {
 async fn rbac_refuses_what_the_rules_leave_out() {
     let api = FakeApi::start().await;
     api.add_token("t");
-    // DESIGN.md's Role for portico.
+    // portico's Role (config/kubernetes/role.yaml).
     api.set_rbac(
         "t",
         "system:serviceaccount:ns:portico",

@@ -1968,8 +1968,8 @@ mod kube_only {
         )
     }
 
-    /// DESIGN's Role is all portico needs: every store and lock operation, and watch,
-    /// under exactly those verbs; another namespace is out of reach.
+    /// The Role of docs/kubernetes.md is all portico needs: every store and lock
+    /// operation, and watch, under exactly those verbs; another namespace is out of reach.
     #[tokio::test]
     async fn designs_role_is_enough_and_nothing_more_is_used() {
         let f = fixture().await;

@@ -1,6 +1,5 @@
 //! A real ACME CA for the tests: Pebble 2.4 and pebble-challtestsrv (Debian `pebble`),
-//! started as child processes on ports the OS picks, following TESTING.md ("A real ACME
-//! CA: Pebble 2.4").
+//! started as child processes on ports the OS picks.
 //!
 //! ```ignore
 //! let pebble = Pebble::start(PebbleConfig::new(portico.http.port(), portico.https.port())).await;
