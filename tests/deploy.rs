@@ -636,7 +636,7 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
         "{requests:?}"
     );
 
-    // The README's `kubectl exec deploy/portico -- portico certs --config ...`: the same
+    // docs/kubernetes.md's `kubectl exec deploy/portico -- portico certs --config ...`: the same
     // binary, config file and rights, signed in through a kubeconfig instead.
     let out = Command::new(env!("CARGO_BIN_EXE_portico"))
         .args(["certs", "--config", path.to_str().unwrap()])
