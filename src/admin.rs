@@ -11,7 +11,8 @@
 //! It has its own small connection cap, so a flood on :443 cannot starve the probes and
 //! a busy scraper cannot take connections from clients. It stops accepting when shutdown
 //! starts, like the other listeners. Bind it to loopback or a private address: it has no
-//! authentication (DESIGN: `127.0.0.1:2019` locally, `0.0.0.0:9901` in a pod).
+//! authentication (`127.0.0.1:2019` locally, `0.0.0.0:9901` in a pod, as in
+//! config/kubernetes).
 
 use std::sync::Arc;
 

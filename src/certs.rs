@@ -2,8 +2,8 @@
 //! (`files`, the local CA, or the store where ACME puts them) into the resolver, and keep
 //! it fresh.
 //!
-//! Order at start-up follows DESIGN: what the store already has is served first, then what
-//! is missing or due is obtained. After that [`CertManager::sync`] runs every couple of
+//! Order at start-up (docs/certificates.md): what the store already has is served first,
+//! then what is missing or due is obtained. After that [`CertManager::sync`] runs every couple of
 //! seconds, and at once after a config reload ([`CertManager::reload`]): it only stats
 //! `files` certificates and compares dates of the others, so it touches the store only
 //! when something is due.

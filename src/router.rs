@@ -10,7 +10,7 @@
 //! The router is generic over what a proxy route leads to (`T`), so it knows nothing of
 //! upstream pools; [`crate::proxy`] supplies `T` when it builds the router.
 //!
-//! Decisions where DESIGN.md is silent:
+//! Decisions (docs/requests.md states them for users):
 //! - the host comes from the request URI's authority when there is one (HTTP/2
 //!   `:authority`, HTTP/1.1 absolute-form), else from the `Host` header, as RFC 9112
 //!   §3.2.2 says; a request with neither gets 400;

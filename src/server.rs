@@ -2,7 +2,7 @@
 //! shutdown signal, then drains. `main` and the integration tests drive portico only
 //! through this module.
 //!
-//! Start-up order (DESIGN): bind, serve what the store holds, then obtain what is
+//! Start-up order (docs/certificates.md): bind, serve what the store holds, then obtain what is
 //! missing; shutdown order: stop accepting, let in-flight requests finish up to
 //! `limits.shutdown_timeout`, return.
 //!

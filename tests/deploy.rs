@@ -1,8 +1,8 @@
 //! The cluster-ingress manifests (`config/kubernetes/`, as `kubectl apply -k` builds
 //! them) are valid Kubernetes objects and agree with the code, the Dockerfile and
-//! DESIGN.md: the ConfigMap is a config portico accepts, the pod's ports and probes are
+//! docs/kubernetes.md: the ConfigMap is a config portico accepts, the pod's ports and probes are
 //! the ones that config serves, the config folder is mounted the way reloads need, the
-//! Role grants exactly DESIGN's rights, which are enough for a replica to turn ready,
+//! Role grants exactly the documented rights, which are enough for a replica to turn ready,
 //! and the pod runs as the image's user with nothing more than it needs.
 //!
 //! Facts about the Dockerfile alone live in `tests/packaging.rs`.
@@ -21,9 +21,9 @@ use common::deploy::{manifests, object, role_rules};
 use portico::config::{Config, Storage, TlsSource};
 use serde_json::Value;
 
-/// DESIGN.md, "Reload and running in a cluster": in portico's own namespace, secrets
+/// docs/kubernetes.md, "RBAC": in portico's own namespace, secrets
 /// get, list, watch, create, update, delete; leases get, create, update.
-const DESIGN_RULES: [(&str, &str, &[&str]); 2] = [
+const DOCUMENTED_RULES: [(&str, &str, &[&str]); 2] = [
     (
         "",
         "secrets",
@@ -332,7 +332,7 @@ fn the_config_folder_is_mounted_whole_where_the_args_point() {
         "every key under its own name"
     );
 
-    // The Lease holder identity (DESIGN: POD_NAME, else HOSTNAME).
+    // The Lease holder identity (docs/kubernetes.md: POD_NAME, else HOSTNAME).
     let env = container()["env"].as_array().unwrap();
     let pod_name = env.iter().find(|e| e["name"] == "POD_NAME").unwrap();
     assert_eq!(
@@ -369,16 +369,16 @@ fn the_role_is_designs_and_bound_to_the_pods_service_account() {
             (groups[0], resources[0], strings(&r["verbs"]))
         })
         .collect();
-    let design: Vec<(&str, &str, Vec<&str>)> = DESIGN_RULES
+    let documented: Vec<(&str, &str, Vec<&str>)> = DOCUMENTED_RULES
         .iter()
         .map(|(g, r, v)| (*g, *r, v.to_vec()))
         .collect();
-    assert_eq!(rules, design);
-    let design: Vec<(String, Vec<String>)> = DESIGN_RULES
+    assert_eq!(rules, documented);
+    let documented: Vec<(String, Vec<String>)> = DOCUMENTED_RULES
         .iter()
         .map(|(_, r, v)| (r.to_string(), v.iter().map(|s| s.to_string()).collect()))
         .collect();
-    assert_eq!(role_rules(), design);
+    assert_eq!(role_rules(), documented);
 
     let account = pod_spec()["serviceAccountName"].as_str().unwrap();
     let service_account = object("ServiceAccount");
@@ -415,7 +415,7 @@ fn the_pod_runs_as_the_images_user_with_no_privilege() {
     assert_eq!(effective("seccompProfile")["type"], "RuntimeDefault");
     assert_eq!(own["allowPrivilegeEscalation"], false);
     assert_eq!(own["readOnlyRootFilesystem"], true);
-    // DESIGN: 8080/8443 need no capability at all (so no NET_BIND_SERVICE either).
+    // 8080/8443 need no capability at all (so no NET_BIND_SERVICE either).
     assert_eq!(strings(&own["capabilities"]["drop"]), ["ALL"]);
     assert!(own["capabilities"].get("add").is_none());
     assert!(own.get("privileged").is_none_or(|p| p == false));
@@ -686,7 +686,7 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
         "{requests:?}"
     );
 
-    // The README's `kubectl exec deploy/portico -- portico certs --config ...`: the same
+    // docs/kubernetes.md's `kubectl exec deploy/portico -- portico certs --config ...`: the same
     // binary, config file and rights, signed in through a kubeconfig instead.
     let out = Command::new(env!("CARGO_BIN_EXE_portico"))
         .args(["certs", "--config", path.to_str().unwrap()])

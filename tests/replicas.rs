@@ -47,7 +47,7 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 const HOST: &str = "shared.example.test";
-/// DESIGN's lease duration: what the ACME manager's issuance Leases last unrenewed.
+/// The Lease duration (docs/kubernetes.md): what the ACME manager's issuance Leases last unrenewed.
 const LEASE: Duration = Duration::from_secs(15);
 /// Bound on waiting for something that should happen; never a measure of speed.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -63,7 +63,7 @@ fn ip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(127, 0, 0, n)
 }
 
-/// The issuance Lease of a one-host site (DESIGN: `portico-acme-<h(sorted names)>`).
+/// The issuance Lease of a one-host site (docs/kubernetes.md: `portico-acme-<h(sorted names)>`).
 fn lease_name(host: &str) -> String {
     format!("portico-acme-{}", short_hash(host))
 }
@@ -411,7 +411,7 @@ async fn one_replica_orders_all_serve_and_restarts_order_nothing() {
     assert_eq!(edge::get_h2(&mut send, HOST, "/").await, (200, "a".into()));
     assert_eq!(world.pebble.orders(), 1, "exactly one order");
 
-    // DESIGN's objects: the certificate Secret, no token left behind.
+    // The documented objects: the certificate Secret, no token left behind.
     let secrets = world.ns.list("secrets");
     let names: Vec<&str> = secrets
         .iter()
@@ -500,7 +500,7 @@ async fn a_holder_killed_mid_issuance_is_replaced_after_its_lease_expires() {
     world.front().hold_new_orders(false);
 
     // Nobody may take over before the dead holder's record has sat unchanged for a
-    // lease duration (DESIGN's client-go rule); then a survivor must.
+    // lease duration (client-go's rule, docs/kubernetes.md); then a survivor must.
     let takeover = eventually(
         "no survivor took the Lease over",
         Duration::from_millis(20),
@@ -801,7 +801,7 @@ async fn replicas_with_clocks_hours_off_never_become_a_second_holder() {
         .replica_with(4, &site("c"), |store| store.with_clock(behind))
         .await;
 
-    // DESIGN's rule forbids any takeover within a lease duration of a replica's first
+    // client-go's rule (docs/kubernetes.md) forbids any takeover within a lease duration of a replica's first
     // look, whatever the clocks, so only looks after that prove anything: the order is
     // held until each skewed replica has looked at the Lease again a lease duration
     // after its first look. Until then the Lease must stay the first holder's.

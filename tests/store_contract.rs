@@ -2010,7 +2010,7 @@ mod kube_only {
         )
     }
 
-    /// The shipped Role (config/kubernetes/role.yaml, DESIGN's rights) is all portico
+    /// The shipped Role (config/kubernetes/role.yaml, the rights docs/kubernetes.md lists) is all portico
     /// needs: every store and lock operation, and watch, under exactly those verbs, with
     /// the API server's RBAC judging; another namespace is out of reach.
     #[tokio::test]

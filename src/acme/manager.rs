@@ -45,11 +45,12 @@ use crate::tls::{CertResolver, SiteId, load_pem};
 
 /// Orders running at once; more sites wait their turn.
 pub const CONCURRENT_ORDERS: usize = 4;
-/// How long an issuance lock lives without renewal: DESIGN's lease duration (client-go's
-/// default), so a crashed holder delays issuance by seconds, not minutes.
+/// How long an issuance lock lives without renewal: the Lease duration of
+/// docs/kubernetes.md (client-go's default), so a crashed holder delays issuance by
+/// seconds, not minutes.
 const LOCK_TTL: Duration = Duration::from_secs(15);
 /// When another process holds the lock: look again soon (its certificate will be in the
-/// store, or its lease will expire), without counting a failure. DESIGN's retry period;
+/// store, or its lease will expire), without counting a failure. client-go's retry period;
 /// jitter keeps replicas from knocking in step.
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 

@@ -4,11 +4,11 @@
 //! (`site[1].upstreams`, 0-based indexes), so `portico check` and a failed reload say
 //! exactly what to fix.
 //!
-//! Decisions where DESIGN.md is silent, as a Caddy user would expect:
+//! Decisions, as a Caddy user would expect (docs/configuration.md states them for users):
 //! - relative paths (`storage.path`, `cert`, `key`, `ca_root`) are taken from the current
 //!   directory, as Caddy and the shell do;
-//! - a site's `upstreams` shorthand is a route at `/`; route paths are plain string
-//!   prefixes and the longest one wins;
+//! - a site's `upstreams` shorthand is a route at `/`; route paths are prefixes of the
+//!   request's normalised path, written in normal form, and the longest one wins;
 //! - `tls` defaults to `internal` when every host is local (localhost, `*.localhost`, an
 //!   IP address, `*.internal`, `*.home.arpa`) and to `acme` otherwise; a local name under
 //!   `acme` is an error because no public CA issues for it;

@@ -150,7 +150,7 @@ impl HttpsListener {
         let snapshot = self.resolver.snapshot();
         let sni = start.client_hello().server_name().map(normalize_host);
         // Clients send no SNI for an IP address: the site is the one that has the
-        // address the client connected to (DESIGN), else the only site.
+        // address the client connected to (docs/requests.md), else the only site.
         let (tls_config, served) = match (&sni, local) {
             (None, Some(local)) => match snapshot.lookup_by_address(local.ip()) {
                 Some(cert) => (

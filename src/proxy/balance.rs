@@ -1,7 +1,7 @@
 //! Choosing an upstream for a route: round robin over its endpoints, skipping those
 //! cooling down after a connect failure (passive health, no probes).
 //!
-//! Decisions where DESIGN.md is silent:
+//! Decisions:
 //! - when every endpoint is cooling down, the next in turn is tried anyway: an outage
 //!   shorter than the cool-down should not turn into 10 s of certain 502s;
 //! - after a connect failure the request is retried once, on the next endpoint in turn

@@ -3,7 +3,7 @@
 //! retry once on another endpoint when the connection could not be made, and stream
 //! both bodies through untouched.
 //!
-//! Decisions where DESIGN.md is silent:
+//! Decisions:
 //! - **Host**: the upstream gets the host the client asked for, as written (port and
 //!   case kept), like Caddy's default and nginx's `proxy_set_header Host $http_host`:
 //!   as the `Host` header to HTTP/1.1 upstreams (also for HTTP/2 clients, whose

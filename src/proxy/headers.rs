@@ -12,7 +12,7 @@
 //!   not itself trusted (nginx's `real_ip_recursive on`);
 //! - the peer is the address PROXY protocol gave, when the connection carried one.
 //!
-//! Decisions where DESIGN.md is silent:
+//! Decisions (docs/requests.md states them for users):
 //! - `X-Forwarded-Proto` and `X-Forwarded-Host` are always replaced, because portico,
 //!   the edge, knows them first hand;
 //! - `Via` is appended (`1.1 portico`, `2 portico`, by the client's HTTP version) on

@@ -62,13 +62,14 @@ pub struct Snapshot {
     /// Keyed by the suffix after `*.`.
     wildcard: HashMap<String, Arc<SiteCert>>,
     /// The certificate for clients that send no SNI: set only when exactly one site is
-    /// configured (DESIGN), else such handshakes fail.
+    /// configured (docs/requests.md), else such handshakes fail.
     no_sni: Option<Arc<SiteCert>>,
 }
 
 impl Snapshot {
     /// For a client that sent no SNI on a connection to `local`: the site whose hosts
-    /// include that address, else the only site (DESIGN); none means a handshake alert.
+    /// include that address, else the only site (docs/requests.md); none means a handshake
+    /// alert.
     pub fn lookup_by_address(&self, local: std::net::IpAddr) -> Option<&Arc<SiteCert>> {
         self.exact
             .get(&local.to_canonical().to_string())

@@ -1,7 +1,7 @@
 //! The Kubernetes lock: one `coordination.k8s.io/v1` Lease per lock, which keeps two
 //! replicas from ordering the same certificate or registering the same ACME account at
 //! once. A port of client-go's leader election (`tryAcquireOrRenew`, `release`), as
-//! DESIGN's "Store and lock" asks:
+//! docs/kubernetes.md describes it:
 //!
 //! - Lock `<name>` is Lease `portico-<name>`, labelled
 //!   `app.kubernetes.io/managed-by=portico`. Its spec: `holderIdentity` (pod name and 64
@@ -79,7 +79,7 @@ fn lease_seconds(ttl: Duration) -> i32 {
 }
 
 /// The holder part every identity starts with: `POD_NAME`, else `HOSTNAME`, else the
-/// host name (DESIGN).
+/// host name (docs/kubernetes.md).
 fn pod_name() -> String {
     let from_env = |var| {
         std::env::var(var)

@@ -1,6 +1,6 @@
 //! The Kubernetes backend: the bottom of the certificate path for a cluster ingress.
-//! Objects are Secrets and locks are Leases (see `store::lease`) in one namespace,
-//! shared by every replica, as DESIGN's "Store and lock" table lays out:
+//! Objects are Secrets and locks are Leases (see `lease`) in one namespace,
+//! shared by every replica, as docs/kubernetes.md lays out for users:
 //!
 //! | [`Kind`] | Secret | type |
 //! |---|---|---|
@@ -40,10 +40,11 @@
 //!   deadline, the watch loop). Every request has a [`REQUEST_TIMEOUT`]. The one
 //!   exception is 401: see below.
 //! - **Credentials.** [`KubeStore::connect`] uses the in-cluster service account when
-//!   there is one (DESIGN's order), else `KUBECONFIG` / `~/.kube/config`. kube re-reads a
-//!   token file (the service account's, or a kubeconfig's `tokenFile`) every minute; on a
-//!   401 the client is rebuilt, which reads the file again at once, and the request is
-//!   sent once more, so a rotated bound token never fails more than that one attempt.
+//!   there is one (docs/kubernetes.md), else `KUBECONFIG` / `~/.kube/config`. kube
+//!   re-reads a token file (the service account's, or a kubeconfig's `tokenFile`) every
+//!   minute; on a 401 the client is rebuilt, which reads the file again at once, and the
+//!   request is sent once more, so a rotated bound token never fails more than that one
+//!   attempt.
 //! - **Names.** Object names are limited ([`super::max_name_len`]) so that the prefixed
 //!   Secret name is a valid object name; nothing is hashed or shortened here.
 //! - **Watch.** List, then watch from the list's resourceVersion with the same label
