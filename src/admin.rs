@@ -28,12 +28,12 @@ use crate::metrics::Metrics;
 use crate::shutdown::Phase;
 
 /// Admin connections open at once; more wait to be accepted.
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 /// The Content-Type of the Prometheus text format.
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-pub struct AdminListener {
+pub(crate) struct AdminListener {
     pub listener: TcpListener,
     pub metrics: Arc<Metrics>,
     /// Read per connection for the timeouts, as the other listeners do.
@@ -42,7 +42,7 @@ pub struct AdminListener {
 
 impl AdminListener {
     /// Accepts until shutdown starts; open connections then finish like the others.
-    pub async fn run(self, mut shutdown: watch::Receiver<Phase>) {
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<Phase>) {
         let connections = crate::listener::Connections::new(MAX_CONNECTIONS);
         let this = Arc::new(self);
         while let Some((tcp, _, permit)) =
@@ -67,7 +67,7 @@ impl AdminListener {
 }
 
 /// The answer to one admin request; the body is never read.
-pub fn answer<B>(req: &Request<B>, metrics: &Metrics) -> Response<Body> {
+pub(crate) fn answer<B>(req: &Request<B>, metrics: &Metrics) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut response = text(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -4,7 +4,7 @@
 //!
 //! Order at start-up (docs/certificates.md): what the store already has is served first,
 //! then what is missing or due is obtained. After that [`CertManager::sync`] runs every couple of
-//! seconds, and at once after a config reload ([`CertManager::reload`]): it only stats
+//! seconds, and at once after a config reload (`CertManager::reload`): it only stats
 //! `files` certificates and compares dates of the others, so it touches the store only
 //! when something is due.
 
@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::acme::AcmeManager;
-use crate::acme::challenges::Challenges;
-use crate::acme::manager::Tuning;
+use crate::acme::Challenges;
+use crate::acme::Tuning;
 use crate::config::{Config, Site, TlsSource};
 use crate::metrics::Metrics;
 use crate::objects::{
@@ -23,20 +23,24 @@ use crate::objects::{
 };
 use crate::report::Chain;
 use crate::store::{Change, Kind, LOCAL_CA, Locker, Object, Store, StoreError};
+use crate::tls::LocalCa;
 use crate::tls::files::{self, Stamp};
-use crate::tls::internal::LocalCa;
 use crate::tls::{CertResolver, SiteId, TlsError, load_pem, resolver::site_id};
 
 /// Why a site has no fresh certificate. Logged with the site; the old certificate, if
 /// any, keeps serving.
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A certificate or key did not load, or the local CA could not issue.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A stored certificate is incomplete or unreadable.
     #[error(transparent)]
     Object(#[from] ObjectError),
+    /// Replicas kept racing to create the local CA.
     #[error("the local CA was neither readable nor creatable in the store after 3 tries")]
     LocalCa,
 }
@@ -53,6 +57,8 @@ impl Drop for AbortOnDrop {
 /// How often token objects left behind by crashed orders are looked for.
 const TOKEN_GC_INTERVAL: Duration = Duration::from_secs(600);
 
+/// The certificate path's scheduler: gets every site a certificate from its source into
+/// the resolver, and keeps it fresh (see the module doc).
 pub struct CertManager {
     store: Arc<dyn Store>,
     resolver: Arc<CertResolver>,
@@ -66,7 +72,7 @@ pub struct CertManager {
 }
 
 impl CertManager {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn Store>,
         locker: Arc<dyn Locker>,
         resolver: Arc<CertResolver>,
@@ -94,7 +100,7 @@ impl CertManager {
 
     /// Start-up step one: declare the sites and serve whatever the store and the files
     /// already hold. Errors are per site and logged; no site blocks another.
-    pub async fn load_existing(&self, config: &Config) {
+    pub(crate) async fn load_existing(&self, config: &Config) {
         self.resolver.set_sites(&config.sites);
         for site in &config.sites {
             let result = match &site.tls {
@@ -111,7 +117,7 @@ impl CertManager {
     /// what the store or the files hold for sites that are new or whose `tls` changed,
     /// and wakes the scheduler so anything still missing is obtained now, not at its
     /// next pass. Sites that stay as they were keep their certificate untouched.
-    pub async fn reload(&self, old: &Config, new: &Config) {
+    pub(crate) async fn reload(&self, old: &Config, new: &Config) {
         self.resolver.set_sites(&new.sites);
         for site in &new.sites {
             let id = site_id(site);
@@ -171,7 +177,7 @@ impl CertManager {
 
     /// Keeps running `sync` until `shutdown` turns true; `config` is read anew each pass
     /// so reloads apply.
-    pub async fn run(
+    pub(crate) async fn run(
         self: Arc<Self>,
         config: Arc<arc_swap::ArcSwap<Config>>,
         mut shutdown: tokio::sync::watch::Receiver<crate::shutdown::Phase>,
@@ -320,7 +326,7 @@ impl CertManager {
     }
 
     /// The local CA, created once in the store and shared by everything using it.
-    pub async fn local_ca(&self, now: SystemTime) -> Result<Arc<LocalCa>, CertError> {
+    pub(crate) async fn local_ca(&self, now: SystemTime) -> Result<Arc<LocalCa>, CertError> {
         self.ca
             .get_or_try_init(|| async {
                 for _ in 0..3 {

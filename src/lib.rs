@@ -32,34 +32,34 @@
 //!   and wake certs::CertManager for new sites; nothing is closed
 //! ```
 //!
-//! Modules in that order: [`config`] (TOML → validated model), [`listener`] (worker
+//! Modules in that order: [`config`] (TOML → validated model), `listener` (worker
 //! threads, sockets, TLS handshake, HTTP connections, port 80, shutdown phases), [`tls`]
-//! (resolver, rustls config, local CA, certificate files), [`router`] and [`proxy`] (the
+//! (resolver, rustls config, local CA, certificate files), `router` and [`proxy`] (the
 //! request path), [`certs`] (the certificate scheduler), [`acme`] (account, orders,
 //! challenges, renewal), [`store`] (persistence and locks), [`metrics`] (counters and
-//! gauges of both pipelines, in the Prometheus text format), [`admin`] (the
+//! gauges of both pipelines, in the Prometheus text format), `admin` (the
 //! `listen.admin` listener: `/healthz`, `/readyz`, `/metrics`), [`reload`] (SIGHUP and
 //! config file changes: validate, then swap routes, sites and certificates in place),
 //! [`server`] (assembly, start-up order, graceful shutdown).
 
 pub mod acme;
-pub mod admin;
+mod admin;
 pub mod body;
 pub mod certs;
 pub mod config;
-pub mod listener;
+mod listener;
 pub mod metrics;
 pub mod objects;
 pub mod proxy;
 pub mod reload;
 pub mod report;
-pub mod router;
+mod router;
 pub mod server;
-pub mod shutdown;
+mod shutdown;
 pub mod store;
 pub mod tls;
-pub mod uri;
-pub mod workers;
+mod uri;
+mod workers;
 
 /// Entry points for `cargo fuzz` (built with `--cfg fuzzing`), not part of the API.
 #[cfg(fuzzing)]

@@ -1,5 +1,5 @@
 //! Counters and gauges for operators, rendered in the Prometheus text exposition format
-//! (version 0.0.4) by hand, and served by [`crate::admin`] at `/metrics`.
+//! (version 0.0.4) by hand, and served by `crate::admin` at `/metrics`.
 //!
 //! | family | type | labels | what |
 //! |---|---|---|---|
@@ -23,7 +23,7 @@
 //! while several sites exist); `error`: any other failure (protocol errors, the client
 //! rejecting our certificate, a closed connection); `timeout`: `limits.handshake_timeout`.
 //!
-//! Cost on the request path: the proxy's routing table holds one [`SiteCounters`] per
+//! Cost on the request path: the proxy's routing table holds one `SiteCounters` per
 //! site, built with the table; a response costs one relaxed atomic add on it. A
 //! handshake failure is one atomic add. Locks are only taken when a table or certificate
 //! changes, an ACME order finishes, and when rendering.
@@ -41,7 +41,7 @@ use http::StatusCode;
 
 /// How an ACME order ended, for `portico_acme_orders_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum OrderResult {
+pub(crate) enum OrderResult {
     /// The order reached `valid` and the certificate was downloaded.
     Valid,
     /// Any other end: `invalid`, a challenge failure, a CA or network error.
@@ -49,7 +49,7 @@ pub enum OrderResult {
 }
 
 impl OrderResult {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             OrderResult::Valid => "valid",
             OrderResult::Failed => "failed",
@@ -74,6 +74,7 @@ pub enum ConnectionError {
 }
 
 impl ConnectionError {
+    /// Every reason, in the order `/metrics` lists them.
     pub const ALL: [ConnectionError; 5] = [
         ConnectionError::H2TooManyResets,
         ConnectionError::H2Protocol,
@@ -82,6 +83,7 @@ impl ConnectionError {
         ConnectionError::ProxyProtocol,
     ];
 
+    /// The `reason` label's value.
     pub fn as_str(self) -> &'static str {
         match self {
             ConnectionError::H2TooManyResets => "h2_too_many_resets",
@@ -105,12 +107,14 @@ pub enum HandshakeFailure {
 }
 
 impl HandshakeFailure {
+    /// Every reason, in the order `/metrics` lists them.
     pub const ALL: [HandshakeFailure; 3] = [
         HandshakeFailure::NoCertificate,
         HandshakeFailure::Error,
         HandshakeFailure::Timeout,
     ];
 
+    /// The `reason` label's value.
     pub fn as_str(self) -> &'static str {
         match self {
             HandshakeFailure::NoCertificate => "no_certificate",
@@ -122,7 +126,7 @@ impl HandshakeFailure {
     /// Classifies the error `tokio_rustls` returned for a failed handshake. rustls
     /// reports a resolver that found no certificate only as this `General` message; if
     /// a future rustls words it otherwise, such failures count as `error`.
-    pub fn of(error: &std::io::Error) -> HandshakeFailure {
+    pub(crate) fn of(error: &std::io::Error) -> HandshakeFailure {
         let no_cert = error
             .get_ref()
             .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -144,7 +148,7 @@ const CODES: usize = (LAST_CODE - FIRST_CODE + 1) as usize;
 /// One site's responses by status code: an atomic per standard code (100..=599), so
 /// counting a response is a single relaxed add. Codes above 599 (an upstream may send
 /// up to 999) go to a small locked map; they are rare by nature.
-pub struct SiteCounters {
+pub(crate) struct SiteCounters {
     codes: Box<[AtomicU64; CODES]>,
     other: Mutex<BTreeMap<u16, u64>>,
 }
@@ -169,7 +173,7 @@ impl Default for SiteCounters {
 impl SiteCounters {
     /// Counts one response with `status`.
     #[inline]
-    pub fn count(&self, status: StatusCode) {
+    pub(crate) fn count(&self, status: StatusCode) {
         let code = status.as_u16();
         match self.codes.get(usize::from(code.wrapping_sub(FIRST_CODE))) {
             Some(counter) => {
@@ -180,7 +184,7 @@ impl SiteCounters {
     }
 
     /// Non-zero counts by code, ascending.
-    pub fn counts(&self) -> Vec<(u16, u64)> {
+    pub(crate) fn counts(&self) -> Vec<(u16, u64)> {
         let mut out: Vec<(u16, u64)> = self
             .codes
             .iter()
@@ -195,7 +199,8 @@ impl SiteCounters {
     }
 
     /// The count for one code.
-    pub fn get(&self, code: u16) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn get(&self, code: u16) -> u64 {
         match self.codes.get(usize::from(code.wrapping_sub(FIRST_CODE))) {
             Some(c) => c.load(Ordering::Relaxed),
             None => lock(&self.other).get(&code).copied().unwrap_or(0),
@@ -283,22 +288,24 @@ pub fn certificate_names(der: &[u8]) -> Option<Vec<String>> {
 }
 
 impl Metrics {
+    /// Every counter at zero, not ready.
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Marks the process ready (`/readyz` 200) or not.
-    pub fn set_ready(&self, ready: bool) {
+    pub(crate) fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Whether `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
 
     /// The counters of the site `site` (its id), created on first use and kept for the
     /// life of the process, so a reload that keeps the site keeps counting on.
-    pub fn site_counters(&self, site: &str) -> Arc<SiteCounters> {
+    pub(crate) fn site_counters(&self, site: &str) -> Arc<SiteCounters> {
         lock(&self.sites)
             .entry(site.to_string())
             .or_default()
@@ -306,35 +313,37 @@ impl Metrics {
     }
 
     /// The counters of requests that matched no site.
-    pub fn unmatched_counters(&self) -> Arc<SiteCounters> {
+    pub(crate) fn unmatched_counters(&self) -> Arc<SiteCounters> {
         self.unmatched.clone()
     }
 
-    pub fn handshake_failed(&self, reason: HandshakeFailure) {
+    pub(crate) fn handshake_failed(&self, reason: HandshakeFailure) {
         self.handshake_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `portico_tls_handshake_failures_total{reason}`.
     pub fn handshake_failures(&self, reason: HandshakeFailure) -> u64 {
         self.handshake_failures[reason as usize].load(Ordering::Relaxed)
     }
 
-    pub fn connection_error(&self, reason: ConnectionError) {
+    pub(crate) fn connection_error(&self, reason: ConnectionError) {
         self.connection_errors[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `portico_connection_errors_total{reason}`.
     pub fn connection_errors(&self, reason: ConnectionError) -> u64 {
         self.connection_errors[reason as usize].load(Ordering::Relaxed)
     }
 
     /// Counts one finished ACME order of `site` (its id).
-    pub fn acme_order(&self, site: &str, result: OrderResult) {
+    pub(crate) fn acme_order(&self, site: &str, result: OrderResult) {
         *lock(&self.acme_orders)
             .entry((site.to_string(), result))
             .or_default() += 1;
     }
 
     /// Counts one config reload: applied (`ok`) or refused.
-    pub fn config_reload(&self, ok: bool) {
+    pub(crate) fn config_reload(&self, ok: bool) {
         self.config_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
     }
 
@@ -346,7 +355,7 @@ impl Metrics {
     /// Sets the not-after gauge of `site` (its id) for the certificate it now serves.
     /// `leaf` is the served leaf in DER, for the `names` label; when it cannot be read
     /// the site id stands in.
-    pub fn set_certificate(&self, site: &str, leaf: Option<&[u8]>, not_after: SystemTime) {
+    pub(crate) fn set_certificate(&self, site: &str, leaf: Option<&[u8]>, not_after: SystemTime) {
         let names = leaf
             .and_then(certificate_names)
             .filter(|n| !n.is_empty())
@@ -361,7 +370,7 @@ impl Metrics {
     }
 
     /// Keeps the not-after gauges of the sites `keep` accepts, drops the others.
-    pub fn retain_certificates(&self, mut keep: impl FnMut(&str) -> bool) {
+    pub(crate) fn retain_certificates(&self, mut keep: impl FnMut(&str) -> bool) {
         lock(&self.certificates).retain(|site, _| keep(site));
     }
 

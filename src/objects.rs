@@ -89,7 +89,12 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 /// The store object for a certificate, with its annotations (docs/kubernetes.md).
-pub fn cert_object(site: &Site, chain_pem: &str, key_pem: &str, not_after: SystemTime) -> Object {
+pub(crate) fn cert_object(
+    site: &Site,
+    chain_pem: &str,
+    key_pem: &str,
+    not_after: SystemTime,
+) -> Object {
     let names = site.names();
     let mut data = BTreeMap::new();
     data.insert("tls.crt".to_string(), chain_pem.as_bytes().to_vec());
@@ -128,7 +133,10 @@ fn source_name(tls: &TlsSource) -> &'static str {
 /// status annotations) or one from another source than the site's; an error when it is
 /// incomplete or does not parse. Objects written before the source was recorded count
 /// as the site's.
-pub fn stored_certificate(site: &Site, object: &Object) -> Result<Option<Loaded>, ObjectError> {
+pub(crate) fn stored_certificate(
+    site: &Site,
+    object: &Object,
+) -> Result<Option<Loaded>, ObjectError> {
     if object.get("tls.crt").is_none()
         || object
             .annotations
@@ -150,7 +158,7 @@ pub fn stored_certificate(site: &Site, object: &Object) -> Result<Option<Loaded>
 }
 
 /// The data under `key` of `obj` (the object `kind/name`), or which key is missing.
-pub fn data<'a>(
+pub(crate) fn data<'a>(
     obj: &'a Object,
     kind: Kind,
     name: &str,

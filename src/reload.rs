@@ -1,7 +1,7 @@
 //! Live config reload: owns the question "which config is running?" after start-up.
 //!
 //! Two triggers lead to the same [`Reloader::reload_now`]: SIGHUP (`main` turns it into
-//! a call) and a change of the config file, which [`Reloader::watch`] notices by polling.
+//! a call) and a change of the config file, which `Reloader::watch` notices by polling.
 //!
 //! A reload reads and validates the whole file first. Any error (unreadable file, TOML
 //! syntax, unknown key, a semantic error) leaves the running config in place; the error
@@ -14,7 +14,7 @@
 //! 2. the proxy's routing table is swapped ([`Proxy::update`]): the next request takes
 //!    the new routes and upstreams, requests in flight finish on the upstream they
 //!    already have, and upstreams that stay keep their pooled connections;
-//! 3. the certificate side is reconciled ([`CertManager::reload`]): removed sites leave
+//! 3. the certificate side is reconciled (`CertManager::reload`): removed sites leave
 //!    the resolver, so their names fail the handshake like unknown SNI and requests for
 //!    them on open connections get 421; new sites are served from the store when it has
 //!    a certificate, and the scheduler is woken at once to obtain what is missing.
@@ -26,7 +26,7 @@
 //!   holds; else the scheduler obtains a certificate from the new source, and the old
 //!   one serves until then. A site whose hosts were edited counts as a new site (it is
 //!   known by its names); the certificate it replaced keeps serving the names it covers
-//!   until the new one is installed ([`crate::tls::resolver`]);
+//!   until the new one is installed (`crate::tls::resolver`);
 //! - `limits` other than `max_connections`: new connections (timeouts, header size,
 //!   HTTP/2 streams), the next request (upstream timeouts), the next shutdown;
 //! - `acme`: the next order;
@@ -147,7 +147,7 @@ fn read(path: &Path) -> (FileVersion, std::io::Result<String>) {
 
 impl Reloader {
     /// A reloader for the running `config` (its `path` is the file reloads read).
-    pub fn new(
+    pub(crate) fn new(
         config: Arc<ArcSwap<Config>>,
         proxy: Arc<Proxy>,
         certs: Arc<CertManager>,
@@ -192,7 +192,7 @@ impl Reloader {
 
     /// Looks at the config file every [`POLL_INTERVAL`] and reloads it when it changed,
     /// until shutdown begins.
-    pub async fn watch(self, mut shutdown: watch::Receiver<Phase>) {
+    pub(crate) async fn watch(self, mut shutdown: watch::Receiver<Phase>) {
         let mut ticks = tokio::time::interval(POLL_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

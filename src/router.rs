@@ -31,7 +31,7 @@ use crate::uri::path;
 
 /// Why a request has no route. Each maps to a status and a body without internals.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RouteError {
+pub(crate) enum RouteError {
     #[error("missing Host header")]
     MissingHost,
     #[error("no site for this host")]
@@ -47,7 +47,7 @@ pub enum RouteError {
 }
 
 impl RouteError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             RouteError::MissingHost | RouteError::BadPath(_) => StatusCode::BAD_REQUEST,
             RouteError::NoSite | RouteError::NotCovered => StatusCode::MISDIRECTED_REQUEST,
@@ -58,7 +58,7 @@ impl RouteError {
 
 /// What a matched route does.
 #[derive(Debug)]
-pub enum Action<T> {
+pub(crate) enum Action<T> {
     /// A fixed answer (`respond = { status, body }`), served as text/plain.
     Respond { status: StatusCode, body: Bytes },
     /// Forward to upstreams; `T` is what the proxy built for them.
@@ -66,7 +66,7 @@ pub enum Action<T> {
 }
 
 #[derive(Debug)]
-pub struct Route<T> {
+pub(crate) struct Route<T> {
     /// The path prefix, starting with `/`.
     pub prefix: String,
     pub action: Action<T>,
@@ -80,7 +80,7 @@ struct SiteRoutes<T> {
 
 /// Host → site → longest path prefix, built from one [`Config`].
 #[derive(Debug)]
-pub struct Router<T> {
+pub(crate) struct Router<T> {
     sites: Vec<SiteRoutes<T>>,
     /// Exact host name → index in `sites`.
     exact: HashMap<String, usize>,
@@ -88,12 +88,10 @@ pub struct Router<T> {
     wildcard: HashMap<String, usize>,
 }
 
-/// A successful lookup: the route and the host as it was normalized.
+/// A successful lookup: the route and its site.
 #[derive(Debug)]
-pub struct Matched<'r, T> {
+pub(crate) struct Matched<'r, T> {
     pub route: &'r Route<T>,
-    /// Lowercased, without port.
-    pub host: String,
     /// The site's index in the config's `sites` (for per-site counters).
     pub site: usize,
 }
@@ -101,7 +99,7 @@ pub struct Matched<'r, T> {
 impl<T> Router<T> {
     /// Builds the router for `config`; `make` turns each proxy route's upstreams into the
     /// `T` the proxy wants (called once per proxy route, in config order).
-    pub fn new(
+    pub(crate) fn new(
         config: &Config,
         mut make: impl FnMut(&[Upstream], UpstreamProtocol) -> T,
     ) -> Router<T> {
@@ -148,7 +146,7 @@ impl<T> Router<T> {
     /// Routes a request given its raw host (Host header or `:authority`, with any port),
     /// its path as received (normalised here for matching), and the host patterns of the
     /// connection's certificate (`None` when the connection has no TLS).
-    pub fn route(
+    pub(crate) fn route(
         &self,
         raw_host: Option<&str>,
         path: &str,
@@ -171,12 +169,12 @@ impl<T> Router<T> {
             .iter()
             .find(|r| path.starts_with(r.prefix.as_str()))
             .ok_or(RouteError::NoRoute)?;
-        Ok(Matched { route, host, site })
+        Ok(Matched { route, site })
     }
 
     /// The index in the config's `sites` of the site a raw host names, if any (the
     /// lookup `route` starts with; for attributing a refused request to its site).
-    pub fn site_of(&self, raw_host: Option<&str>) -> Option<usize> {
+    pub(crate) fn site_of(&self, raw_host: Option<&str>) -> Option<usize> {
         self.site_index(&normalize_host(raw_host?))
     }
 
@@ -196,7 +194,7 @@ impl<T> Router<T> {
 /// The host a request is addressed to, as the client wrote it (port and case kept):
 /// the URI authority when present (HTTP/2 `:authority`, HTTP/1.1 absolute-form), else
 /// the `Host` header.
-pub fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
+pub(crate) fn request_host<B>(req: &http::Request<B>) -> Option<&str> {
     if let Some(authority) = req.uri().authority() {
         return Some(authority.as_str());
     }

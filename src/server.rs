@@ -22,34 +22,41 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::acme::challenges::Challenges;
-use crate::acme::manager::Tuning;
+use crate::acme::Challenges;
+use crate::acme::Tuning;
 use crate::admin::AdminListener;
 use crate::certs::CertManager;
 use crate::config::{Config, Storage};
+use crate::listener::Connections;
+pub use crate::listener::ListenError;
 use crate::listener::http::HttpListener;
 use crate::listener::https::HttpsListener;
-use crate::listener::{Connections, ListenError};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
 use crate::shutdown::Phase;
-use crate::store::file::FileStore;
-use crate::store::kube::KubeStore;
+use crate::store::FileStore;
+use crate::store::KubeStore;
 use crate::store::{Locker, Store, StoreError};
 use crate::tls::{self, CertResolver, TlsError};
 use crate::workers::{self, Workers};
 
+/// Why a server could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
+    /// A listener could not be bound.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The store could not be opened.
     #[error("cannot open the store")]
     Store(#[from] StoreError),
+    /// The TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The worker threads could not be started.
     #[error("cannot start the worker threads")]
     Workers {
+        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -153,12 +160,14 @@ impl Server {
         })
     }
 
+    /// The https listener's address (its port when the config said `:0`).
     pub fn https_addr(&self) -> SocketAddr {
         self.https
             .local_addr()
             .expect("a bound listener has an address")
     }
 
+    /// The port-80 listener's address.
     pub fn http_addr(&self) -> SocketAddr {
         self.http
             .local_addr()
@@ -185,6 +194,7 @@ impl Server {
         self.certs.clone()
     }
 
+    /// The certificates handshakes are served from.
     pub fn resolver(&self) -> Arc<CertResolver> {
         self.resolver.clone()
     }

@@ -5,7 +5,7 @@
 /// Where shutdown is; it only moves forward. Accept loops stop at `Draining`;
 /// connections finish their requests then, and are dropped at `Closed` (the deadline).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     /// Accepting and serving.
     Serving,
     /// No longer accepting; requests in flight finish.

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use crate::shutdown::Phase;
 
 /// Work for a worker: built on the worker's thread, so it can register sockets there.
-pub type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+pub(crate) type Job = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 thread_local! {
     static WORKER: Cell<Option<usize>> = const { Cell::new(None) };
@@ -31,24 +31,24 @@ thread_local! {
 
 /// The index of the worker thread running the caller, or 0 elsewhere (tests, the main
 /// runtime). Per-thread resources (upstream pools) are picked with it.
-pub fn worker_index() -> usize {
+pub(crate) fn worker_index() -> usize {
     WORKER.with(|w| w.get()).unwrap_or(0)
 }
 
 /// How many workers a server runs: one per available core.
-pub fn count() -> usize {
+pub(crate) fn count() -> usize {
     static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *COUNT.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-pub struct Workers {
+pub(crate) struct Workers {
     senders: Vec<mpsc::UnboundedSender<Job>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Workers {
     /// Starts `n` worker threads, serving their jobs until `phase` is [`Phase::Closed`].
-    pub fn start(n: usize, phase: watch::Receiver<Phase>) -> std::io::Result<Workers> {
+    pub(crate) fn start(n: usize, phase: watch::Receiver<Phase>) -> std::io::Result<Workers> {
         let mut senders = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for index in 0..n.max(1) {
@@ -72,12 +72,12 @@ impl Workers {
         })
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.senders.len()
     }
 
     /// Runs `job` on worker `index`.
-    pub fn spawn_on(&self, index: usize, job: Job) {
+    pub(crate) fn spawn_on(&self, index: usize, job: Job) {
         // A worker only stops at Phase::Closed; a job sent after that has nothing left
         // to serve.
         let _ = self.senders[index % self.senders.len()].send(job);
@@ -85,7 +85,7 @@ impl Workers {
 
     /// Once shutdown has begun: waits until every worker has finished its connections
     /// (or dropped them at the deadline).
-    pub async fn join(&self) {
+    pub(crate) async fn join(&self) {
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|p| p.into_inner()));
         // Joining blocks; do it off the async runtime.
         let _ = tokio::task::spawn_blocking(move || {

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use common::ca_front::CaFront;
 use common::edge::{self, Portico, client_config, install_provider, start_text, tls_connect};
 use common::pebble::{Pebble, PebbleConfig, free_port};
-use portico::acme::manager::Tuning;
+use portico::acme::Tuning;
 use portico::objects::{ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT};
 use portico::store::{Kind, Store};
 
@@ -285,7 +285,9 @@ async fn a_forced_renewal_swaps_the_certificate_under_continuous_requests() {
     let id = "renew.example.test".to_string();
     let leaf_now = || {
         p.resolver
-            .current(&id)
+            .snapshot()
+            .lookup(Some(&id))
+            .cloned()
             .and_then(|c| c.key.end_entity_cert().ok().map(|d| d.to_vec()))
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);

@@ -620,7 +620,7 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
     let kubeconfig = dir.path().join("kubeconfig");
     plane.write_kubeconfig(&kubeconfig, plane.url(), namespace, token.trim());
     let store = Arc::new(
-        portico::store::kube::KubeStore::from_kubeconfig(&kubeconfig, wanted)
+        portico::store::KubeStore::from_kubeconfig(&kubeconfig, wanted)
             .await
             .unwrap(),
     );
@@ -628,7 +628,7 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
         adapted,
         store.clone(),
         store,
-        portico::acme::manager::Tuning::default(),
+        portico::acme::Tuning::default(),
     )
     .await
     .unwrap();

@@ -433,7 +433,7 @@ async fn a_configmap_update_through_the_data_symlink_is_picked_up_without_a_sign
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_that_changes_its_tls_source_keeps_serving_until_the_new_one_delivers() {
     use portico::config::HostPattern;
-    use portico::tls::internal::LocalCa;
+    use portico::tls::LocalCa;
     use std::time::SystemTime;
 
     install_provider();

@@ -36,7 +36,7 @@ use common::edge::{self, Portico, client_config, install_provider, start_with, t
 use common::pebble::{Pebble, PebbleConfig, free_port};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use portico::acme::manager::Tuning;
+use portico::acme::Tuning;
 use portico::config::Config;
 use portico::objects::short_hash;
 use portico::store::KubeStore;

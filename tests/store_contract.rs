@@ -27,7 +27,9 @@ use tokio::sync::mpsc;
 
 /// A backend under test.
 pub struct Backend {
+    /// The store.
     pub store: Arc<dyn Store>,
+    /// Its locker.
     pub locker: Arc<dyn Locker>,
     /// Whatever must live as long as the backend: a temporary folder, a namespace.
     pub keep: Box<dyn Any + Send>,
@@ -229,13 +231,13 @@ mod contract {
 
     const TTL: Duration = Duration::from_millis(300);
 
-    pub async fn get_missing_is_none(b: &Backend) {
+    pub(crate) async fn get_missing_is_none(b: &Backend) {
         for kind in Kind::ALL {
             assert_eq!(b.store.get(kind, "missing").await.unwrap(), None);
         }
     }
 
-    pub async fn create_then_get_round_trips(b: &Backend) {
+    pub(crate) async fn create_then_get_round_trips(b: &Backend) {
         let mut object = cert("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
             .with_data("all-bytes", (0..=255).collect::<Vec<u8>>())
             .with_data("crlf", b"a\r\nb".to_vec())
@@ -263,7 +265,7 @@ mod contract {
         assert_eq!(stored.object, empty);
     }
 
-    pub async fn create_twice_conflicts(b: &Backend) {
+    pub(crate) async fn create_twice_conflicts(b: &Backend) {
         b.store
             .put(Kind::Account, "acct", &cert("one"), None)
             .await
@@ -274,7 +276,7 @@ mod contract {
         assert_eq!(stored.object, cert("one"));
     }
 
-    pub async fn put_with_stale_version_conflicts_and_keeps_data(b: &Backend) {
+    pub(crate) async fn put_with_stale_version_conflicts_and_keeps_data(b: &Backend) {
         let v1 = b
             .store
             .put(Kind::Certificate, "c", &cert("one"), None)
@@ -301,7 +303,7 @@ mod contract {
         assert_eq!(stored.version, v2);
     }
 
-    pub async fn put_with_current_version_replaces(b: &Backend) {
+    pub(crate) async fn put_with_current_version_replaces(b: &Backend) {
         let v1 = b
             .store
             .put(Kind::Certificate, "c", &cert("one"), None)
@@ -336,7 +338,7 @@ mod contract {
             .unwrap();
     }
 
-    pub async fn put_with_a_version_on_a_missing_object_conflicts(b: &Backend) {
+    pub(crate) async fn put_with_a_version_on_a_missing_object_conflicts(b: &Backend) {
         let v = b
             .store
             .put(Kind::Certificate, "c", &cert("one"), None)
@@ -351,7 +353,7 @@ mod contract {
         assert_eq!(b.store.get(Kind::Certificate, "c").await.unwrap(), None);
     }
 
-    pub async fn versions_never_come_back_after_a_delete(b: &Backend) {
+    pub(crate) async fn versions_never_come_back_after_a_delete(b: &Backend) {
         let old = b
             .store
             .put(Kind::Http01, "t", &cert("one"), None)
@@ -373,7 +375,7 @@ mod contract {
         assert!(is_conflict(&r), "{r:?}");
     }
 
-    pub async fn delete_with_stale_version_conflicts(b: &Backend) {
+    pub(crate) async fn delete_with_stale_version_conflicts(b: &Backend) {
         let v1 = b
             .store
             .put(Kind::Account, "a", &cert("one"), None)
@@ -389,7 +391,7 @@ mod contract {
         assert_eq!(stored.object, cert("two"));
     }
 
-    pub async fn delete_with_current_version_removes(b: &Backend) {
+    pub(crate) async fn delete_with_current_version_removes(b: &Backend) {
         let v = b
             .store
             .put(Kind::Account, "a", &cert("one"), None)
@@ -405,7 +407,7 @@ mod contract {
         assert_eq!(b.store.get(Kind::Account, "b").await.unwrap(), None);
     }
 
-    pub async fn delete_missing_is_ok(b: &Backend) {
+    pub(crate) async fn delete_missing_is_ok(b: &Backend) {
         b.store.delete(Kind::Http01, "missing", None).await.unwrap();
         let any = Version::new("1");
         b.store
@@ -414,7 +416,7 @@ mod contract {
             .unwrap();
     }
 
-    pub async fn list_returns_only_that_kind_sorted(b: &Backend) {
+    pub(crate) async fn list_returns_only_that_kind_sorted(b: &Backend) {
         for name in ["zeta.test", "alpha.test", "mid.test"] {
             b.store
                 .put(Kind::Certificate, name, &cert(name), None)
@@ -447,7 +449,7 @@ mod contract {
         assert!(b.store.list(Kind::Http01).await.unwrap().is_empty());
     }
 
-    pub async fn concurrent_cas_has_one_winner_per_round(b: &Backend) {
+    pub(crate) async fn concurrent_cas_has_one_winner_per_round(b: &Backend) {
         const TASKS: usize = 8;
         b.store
             .put(Kind::Certificate, "race", &counter(0), None)
@@ -490,11 +492,11 @@ mod contract {
         }
     }
 
-    pub async fn concurrent_increments_lose_nothing(b: &Backend) {
+    pub(crate) async fn concurrent_increments_lose_nothing(b: &Backend) {
         increments_from(std::slice::from_ref(&b.store)).await;
     }
 
-    pub async fn invalid_names_are_refused(b: &Backend) {
+    pub(crate) async fn invalid_names_are_refused(b: &Backend) {
         let long = "a".repeat(254);
         let bad = [
             "", ".", "..", "../x", "a/b", "/abs", "UPPER", "a b", "a_b", "-a", "a-", ".hidden",
@@ -562,7 +564,7 @@ mod contract {
         }
     }
 
-    pub async fn longest_names_work(b: &Backend) {
+    pub(crate) async fn longest_names_work(b: &Backend) {
         for kind in Kind::ALL {
             let too_long = "a".repeat(store::max_name_len(kind) + 1);
             let e = b.store.get(kind, &too_long).await.unwrap_err();
@@ -596,7 +598,7 @@ mod contract {
         assert!(matches!(e, LockError::InvalidName { .. }), "{e}");
     }
 
-    pub async fn lock_is_exclusive(b: &Backend) {
+    pub(crate) async fn lock_is_exclusive(b: &Backend) {
         let ttl = Duration::from_secs(60);
         let lease = b
             .locker
@@ -618,7 +620,7 @@ mod contract {
         );
     }
 
-    pub async fn locks_are_independent_by_name(b: &Backend) {
+    pub(crate) async fn locks_are_independent_by_name(b: &Backend) {
         let ttl = Duration::from_secs(60);
         let one = b.locker.try_acquire("one", ttl).await.unwrap().unwrap();
         let two = b.locker.try_acquire("two", ttl).await.unwrap().unwrap();
@@ -628,7 +630,7 @@ mod contract {
         b.locker.renew(&two).await.unwrap();
     }
 
-    pub async fn release_then_acquire_again(b: &Backend) {
+    pub(crate) async fn release_then_acquire_again(b: &Backend) {
         let ttl = Duration::from_secs(60);
         let first = b.locker.try_acquire("l", ttl).await.unwrap().unwrap();
         b.locker.release(first.clone()).await.unwrap();
@@ -643,7 +645,7 @@ mod contract {
         b.locker.renew(&second).await.unwrap();
     }
 
-    pub async fn stale_lock_is_taken_over(b: &Backend) {
+    pub(crate) async fn stale_lock_is_taken_over(b: &Backend) {
         let old = b.locker.try_acquire("l", TTL).await.unwrap().unwrap();
         tokio::time::sleep(TTL + TTL / 2).await;
         let new = b
@@ -670,7 +672,7 @@ mod contract {
         b.locker.renew(&new).await.unwrap();
     }
 
-    pub async fn racing_for_a_stale_lock_has_one_winner(b: &Backend) {
+    pub(crate) async fn racing_for_a_stale_lock_has_one_winner(b: &Backend) {
         let stale = b
             .locker
             .try_acquire("l", Duration::from_millis(1))
@@ -697,7 +699,7 @@ mod contract {
         assert!(b.locker.renew(&stale).await.is_err());
     }
 
-    pub async fn renew_keeps_the_lock_past_its_ttl(b: &Backend) {
+    pub(crate) async fn renew_keeps_the_lock_past_its_ttl(b: &Backend) {
         // Not shorter: a lock's time is taken before its write, so a slow fsync eats
         // into it.
         let ttl = Duration::from_secs(1);
@@ -712,7 +714,7 @@ mod contract {
         }
     }
 
-    pub async fn hold_keeps_the_lease_and_release_frees_it(b: &Backend) {
+    pub(crate) async fn hold_keeps_the_lease_and_release_frees_it(b: &Backend) {
         // The guard counts a lease as lost when a renew takes longer than 2/3 of the
         // ttl; a busy disk can fsync that slowly, so this ttl is not short.
         let ttl = Duration::from_secs(2);
@@ -726,7 +728,7 @@ mod contract {
         assert!(b.locker.try_acquire("held", ttl).await.unwrap().is_some());
     }
 
-    pub async fn hold_reports_a_lost_lease(b: &Backend) {
+    pub(crate) async fn hold_reports_a_lost_lease(b: &Backend) {
         let lease = b.locker.try_acquire("held", TTL).await.unwrap().unwrap();
         let guard = store::hold(b.locker.clone(), lease.clone());
         let mut lost = guard.lost();
@@ -755,7 +757,7 @@ mod contract {
         b.locker.renew(&thief).await.unwrap();
     }
 
-    pub async fn objects_kubernetes_cannot_hold_are_refused(b: &Backend) {
+    pub(crate) async fn objects_kubernetes_cannot_hold_are_refused(b: &Backend) {
         let bad = [
             Object::new().with_data("a/b", b"x".to_vec()),
             Object::new().with_data("", b"x".to_vec()),
@@ -773,7 +775,7 @@ mod contract {
         assert_eq!(b.store.get(Kind::Certificate, "c").await.unwrap(), None);
     }
 
-    pub async fn watch_lists_then_follows_changes(b: &Backend) {
+    pub(crate) async fn watch_lists_then_follows_changes(b: &Backend) {
         let v_a = b
             .store
             .put(Kind::Certificate, "a.test", &cert("a"), None)
@@ -847,7 +849,7 @@ mod contract {
         );
     }
 
-    pub async fn watch_of_an_empty_kind_sees_the_first_object(b: &Backend) {
+    pub(crate) async fn watch_of_an_empty_kind_sees_the_first_object(b: &Backend) {
         let mut rx = b.store.watch(Kind::Http01);
         let v = b
             .store
@@ -863,7 +865,7 @@ mod contract {
         );
     }
 
-    pub async fn several_watchers_see_the_same_changes(b: &Backend) {
+    pub(crate) async fn several_watchers_see_the_same_changes(b: &Backend) {
         let v0 = b
             .store
             .put(Kind::Ca, LOCAL_CA, &cert("ca"), None)
@@ -896,7 +898,7 @@ mod contract {
         );
     }
 
-    pub async fn dropping_the_guard_stops_renewing(b: &Backend) {
+    pub(crate) async fn dropping_the_guard_stops_renewing(b: &Backend) {
         let lease = b.locker.try_acquire("held", TTL).await.unwrap().unwrap();
         drop(store::hold(b.locker.clone(), lease));
         tokio::time::sleep(TTL * 4).await;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use common::edge::*;
 use portico::config::HostPattern;
-use portico::tls::internal::LocalCa;
+use portico::tls::LocalCa;
 
 const RESPOND: &str =
     "[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"hello\" }\n";
@@ -302,7 +302,7 @@ async fn internal_leaves_are_renewed_when_a_third_of_their_life_is_left() {
         (cert.key.end_entity_cert().unwrap().to_vec(), cert.not_after)
     };
     let (first, first_not_after) = current();
-    let life = portico::tls::internal::LEAF_LIFETIME;
+    let life = portico::tls::LEAF_LIFETIME;
 
     // Just before the renewal point nothing changes.
     let early = SystemTime::now() + life / 2;

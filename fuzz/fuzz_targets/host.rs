@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portico::uri::host::{normalize, parse};
+use portico::fuzzing::{normalize_host as normalize, parse_host as parse};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(raw) = std::str::from_utf8(data) else {

@@ -6,8 +6,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use portico::config::Config;
-use portico::router::{Action, Router};
-use portico::uri::path::normalize;
+use portico::fuzzing::{Action, Router, normalize_path as normalize};
 
 const SITE: &str = "[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"root:1\"]\n[[site.route]]\npath = \"/respond\"\nrespond = { status = 403 }\n[[site.route]]\npath = \"/api/\"\nupstreams = [\"api:1\"]\n[[site.route]]\npath = \"/api/v2/\"\nupstreams = [\"v2:1\"]\n";
 

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portico::listener::http::{Answer, decide};
+use portico::fuzzing::{Answer, decide};
 
 fuzz_target!(|data: &[u8]| {
     // `host \n path-and-query`

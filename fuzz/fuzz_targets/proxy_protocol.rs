@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use portico::listener::proxy_protocol::{Parsed, parse};
+use portico::fuzzing::{Parsed, parse_proxy_header as parse};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(parsed) = parse(data) else {

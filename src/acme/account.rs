@@ -16,7 +16,7 @@ use crate::store::{Kind, Locker, Object, Store, StoreError, hold};
 const LOCK_TTL: Duration = Duration::from_secs(15);
 
 /// The store name of the account for `acme`: `h(directory + "\n" + email)`.
-pub fn account_name(acme: &Acme) -> String {
+pub(super) fn account_name(acme: &Acme) -> String {
     short_hash(&format!(
         "{}\n{}",
         acme.directory,
@@ -31,7 +31,7 @@ fn builder(acme: &Acme) -> Result<instant_acme::AccountBuilder, AcmeError> {
 }
 
 /// The account from the store, or a new one registered (once, under a lock) and stored.
-pub async fn load_or_create(
+pub(super) async fn load_or_create(
     store: &dyn Store,
     locker: Arc<dyn Locker>,
     acme: &Acme,

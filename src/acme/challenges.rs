@@ -18,10 +18,10 @@ use crate::store::{Kind, Object, Store, StoreError};
 
 /// How long a token object may stay in the store before it counts as garbage: far longer
 /// than any order, far shorter than the CA's authorization lifetime.
-pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
+pub(super) const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 /// The store name of an HTTP-01 token: `h(token)`.
-pub fn token_object_name(token: &str) -> String {
+pub(super) fn token_object_name(token: &str) -> String {
     short_hash(token)
 }
 

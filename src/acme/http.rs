@@ -34,7 +34,7 @@ use rustls::pki_types::pem::PemObject;
 use super::AcmeError;
 
 /// The longest wait portico accepts from a CA's `Retry-After`.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 tokio::task_local! {
     /// The `Retry-After` of the last response in this task, if it was an error.
@@ -56,18 +56,18 @@ impl Slot {
 
 /// Runs `work` with its own `Retry-After` slot: ACME errors raised inside it carry the
 /// `Retry-After` of the error response that caused them.
-pub async fn scoped<F: Future>(work: F) -> F::Output {
+pub(super) async fn scoped<F: Future>(work: F) -> F::Output {
     CA_RETRY_AFTER.scope(Slot::default(), work).await
 }
 
 /// When the CA's last response in this task (inside [`scoped`]) asked to come back, if it
 /// was an error response with a `Retry-After`.
-pub fn last_retry_after() -> Option<SystemTime> {
+pub(super) fn last_retry_after() -> Option<SystemTime> {
     CA_RETRY_AFTER.try_with(Slot::get).ok().flatten()
 }
 
 /// The client for `Account::builder_with_http`: system roots plus `ca_root`.
-pub fn client(ca_root: Option<&Path>) -> Result<Box<dyn HttpClient>, AcmeError> {
+pub(super) fn client(ca_root: Option<&Path>) -> Result<Box<dyn HttpClient>, AcmeError> {
     let provider = crate::tls::provider();
     let verifier = match ca_root {
         Some(path) => rustls_platform_verifier::Verifier::new_with_extra_roots(
@@ -162,7 +162,7 @@ fn cap_retry_after(headers: &mut HeaderMap, now: SystemTime) -> Option<SystemTim
 
 /// `Retry-After` (RFC 9110 10.2.3): delay-seconds or an HTTP-date, as a time no later
 /// than `now` + [`MAX_RETRY_AFTER`]. A date in the past means now.
-pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<SystemTime> {
+pub(super) fn parse_retry_after(value: &str, now: SystemTime) -> Option<SystemTime> {
     let value = value.trim();
     let at = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Too many digits for u64 is still "a very long time".

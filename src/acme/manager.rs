@@ -44,7 +44,7 @@ use crate::tls::resolver::site_id;
 use crate::tls::{CertResolver, SiteId, load_pem};
 
 /// Orders running at once; more sites wait their turn.
-pub const CONCURRENT_ORDERS: usize = 4;
+pub(super) const CONCURRENT_ORDERS: usize = 4;
 /// How long an issuance lock lives without renewal: the Lease duration of
 /// docs/kubernetes.md (client-go's default), so a crashed holder delays issuance by
 /// seconds, not minutes.
@@ -109,7 +109,7 @@ struct Ari {
     window: Option<(SystemTime, SystemTime)>,
 }
 
-pub struct AcmeManager {
+pub(crate) struct AcmeManager {
     store: Arc<dyn Store>,
     locker: Arc<dyn Locker>,
     resolver: Arc<CertResolver>,
@@ -135,7 +135,7 @@ enum Outcome {
 }
 
 impl AcmeManager {
-    pub fn new(
+    pub(crate) fn new(
         store: Arc<dyn Store>,
         locker: Arc<dyn Locker>,
         resolver: Arc<CertResolver>,
@@ -163,12 +163,12 @@ impl AcmeManager {
     }
 
     /// The last error of a site (by [`SiteId`]), if its last attempt failed.
-    pub fn last_error(&self, site: &str) -> Option<String> {
+    pub(crate) fn last_error(&self, site: &str) -> Option<String> {
         self.state().get(site).and_then(|s| s.last_error.clone())
     }
 
     /// Starts an order for `site` if it is due and not backing off. Never waits for it.
-    pub fn poll(self: &Arc<Self>, site: &Site, acme: &Acme, now: SystemTime) {
+    pub(crate) fn poll(self: &Arc<Self>, site: &Site, acme: &Acme, now: SystemTime) {
         let id = site_id(site);
         let current = self.resolver.current(&id);
         let due = {

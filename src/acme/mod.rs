@@ -1,29 +1,31 @@
 //! ACME (RFC 8555): the certificate path's source of publicly trusted certificates.
 //!
-//! - [`challenges`]: HTTP-01 tokens in flight, answered by the port-80 listener;
-//! - [`http`]: the client for the CA: system roots plus `acme.ca_root`, and the CA's
+//! - `challenges`: HTTP-01 tokens in flight, answered by the port-80 listener;
+//! - `http`: the client for the CA: system roots plus `acme.ca_root`, and the CA's
 //!   `Retry-After` kept with the errors it came with;
-//! - [`account`]: one account per (directory, email), created once and kept in the store;
-//! - [`order`]: one issuance: order, challenges (HTTP-01 or TLS-ALPN-01), CSR with a
+//! - `account`: one account per (directory, email), created once and kept in the store;
+//! - `order`: one issuance: order, challenges (HTTP-01 or TLS-ALPN-01), CSR with a
 //!   fresh P-256 key, certificate chain;
-//! - [`manager`]: which site needs a certificate when, the per-certificate lock, backoff,
+//! - `manager`: which site needs a certificate when, the per-certificate lock, backoff,
 //!   and handing new certificates to the store and the resolver.
 
-pub mod account;
-pub mod challenges;
-pub mod http;
-pub mod manager;
-pub mod order;
+mod account;
+mod challenges;
+mod http;
+mod manager;
+mod order;
 
-pub use manager::AcmeManager;
+pub use challenges::Challenges;
+pub(crate) use manager::AcmeManager;
+pub use manager::Tuning;
 
 use crate::store::{LockError, StoreError};
 
 /// Why an ACME step failed. The CA's problem document, when there is one, is kept whole
 /// so the log shows its type, detail and subproblems.
 #[derive(Debug, thiserror::Error)]
-pub enum AcmeError {
-    /// `retry_after`: when the CA's error response said to come back (see [`http`]).
+pub(crate) enum AcmeError {
+    /// `retry_after`: when the CA's error response said to come back (see `http`).
     #[error("ACME request failed")]
     Ca {
         #[source]
@@ -76,7 +78,7 @@ impl From<instant_acme::Error> for AcmeError {
 impl AcmeError {
     /// When the CA asked us to come back, if it said: the `Retry-After` of its error
     /// response, or of the order it was still processing when polling gave up.
-    pub fn retry_at(&self) -> Option<std::time::SystemTime> {
+    pub(crate) fn retry_at(&self) -> Option<std::time::SystemTime> {
         match self {
             AcmeError::Ca {
                 retry_after: Some(at),
@@ -94,7 +96,7 @@ impl AcmeError {
     }
 
     /// The type of the CA's problem document, if the CA sent one.
-    pub fn problem_type(&self) -> Option<&str> {
+    pub(crate) fn problem_type(&self) -> Option<&str> {
         match self {
             AcmeError::Ca {
                 source: instant_acme::Error::Api(problem),
@@ -106,7 +108,7 @@ impl AcmeError {
 }
 
 /// The CA's problem document written out for operators: type, detail, subproblems.
-pub fn describe(err: &AcmeError) -> String {
+pub(crate) fn describe(err: &AcmeError) -> String {
     match err {
         AcmeError::Ca {
             source: instant_acme::Error::Api(problem),

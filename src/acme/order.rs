@@ -25,19 +25,19 @@ use crate::config;
 use crate::tls::CertResolver;
 
 /// Where challenge responses go.
-pub struct Responders<'a> {
+pub(super) struct Responders<'a> {
     pub challenges: &'a Challenges,
     pub resolver: &'a CertResolver,
 }
 
 /// A chain and its key, PEM.
-pub struct Issued {
+pub(super) struct Issued {
     pub chain_pem: String,
     pub key_pem: String,
 }
 
 /// Runs one order for `names` to the end.
-pub async fn issue(
+pub(super) async fn issue(
     account: &Account,
     names: &[String],
     kind: config::ChallengeType,

@@ -27,7 +27,7 @@ use http::StatusCode;
 
 pub use cidr::Cidr;
 use locate::Located;
-pub use raw::RawConfig;
+use raw::RawConfig;
 
 /// The Let's Encrypt production directory, the default `acme.directory`.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -35,27 +35,41 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 /// Why a config file was refused. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("{path}: cannot read the config file", path = .path.display())]
     Read {
+        /// The config file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// Not TOML, an unknown key, or a value of the wrong type.
     #[error("{path}:{line}: {key}: {message}", path = .path.display())]
     Syntax {
+        /// The config file.
         path: PathBuf,
+        /// The 1-based line of the error.
         line: usize,
+        /// The key path (`site[1].upstreams`), or the table the line is in.
         key: String,
+        /// The parser's message.
         message: String,
         /// Boxed: the parser's error is large and every `Result` here would carry it.
         #[source]
         source: Box<toml::de::Error>,
     },
+    /// Well-formed, but a value is not allowed (a bad address, a limit out of range, a
+    /// host in two sites...).
     #[error("{path}:{line}: {key}: {message}", path = .path.display())]
     Invalid {
+        /// The config file.
         path: PathBuf,
+        /// The 1-based line where the key (or its closest written parent) is.
         line: usize,
+        /// The key path (`site[1].upstreams`).
         key: String,
+        /// What is wrong and, when it can say, how to write it.
         message: String,
     },
 }
@@ -75,17 +89,26 @@ impl ConfigError {
 pub struct Config {
     /// The file it came from, for reloads and messages.
     pub path: PathBuf,
+    /// `[listen]`.
     pub listen: Listen,
+    /// `[storage]`.
     pub storage: Storage,
+    /// `[acme]`.
     pub acme: Acme,
+    /// `[limits]`, with defaults for what the file leaves out.
     pub limits: Limits,
+    /// `[[site]]`, in the order written.
     pub sites: Vec<Site>,
 }
 
+/// `[listen]`: where portico listens and whom it believes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listen {
+    /// Port 80's listener: HTTP-01 answers and the redirect to https.
     pub http: SocketAddr,
+    /// The TLS listener.
     pub https: SocketAddr,
+    /// `/healthz`, `/readyz` and `/metrics`, if set.
     pub admin: Option<SocketAddr>,
     /// Peers whose `X-Forwarded-For` chain (and PROXY header) is believed.
     pub trusted_proxies: Vec<Cidr>,
@@ -100,29 +123,49 @@ impl Listen {
     }
 }
 
+/// `[storage]`: where certificates, accounts, tokens and locks are kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Storage {
-    File { path: PathBuf },
-    Kubernetes { namespace: Option<String> },
+    /// A data folder (the local binary).
+    File {
+        /// The folder, created if missing.
+        path: PathBuf,
+    },
+    /// Secrets and Leases of one namespace (a cluster ingress).
+    Kubernetes {
+        /// The namespace; `None`: the pod's own (docs/kubernetes.md).
+        namespace: Option<String>,
+    },
 }
 
+/// `acme.challenge`: how the CA validates a name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChallengeType {
+    /// A token on port 80 (`/.well-known/acme-challenge/`).
     Http01,
+    /// A special certificate on port 443, for `acme-tls/1` (RFC 8737).
     TlsAlpn01,
 }
 
+/// `[acme]`: the CA and the account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Acme {
+    /// The account's contact.
     pub email: Option<String>,
+    /// The directory URL (`https://`).
     pub directory: String,
+    /// An extra root trusted for the directory's own HTTPS.
     pub ca_root: Option<PathBuf>,
+    /// The challenge type of every order.
     pub challenge: ChallengeType,
+    /// External Account Binding, for CAs that ask for it.
     pub eab: Option<ExternalAccountBinding>,
 }
 
+/// External Account Binding (RFC 8555 §7.3.4): a key id and HMAC key from the CA.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ExternalAccountBinding {
+    /// The key id.
     pub kid: String,
     /// Base64url HMAC key as the CA hands it out. Never printed.
     pub hmac_key: String,
@@ -146,13 +189,17 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
+    /// Time to connect to an upstream; past it the next upstream, or 504.
     pub upstream_connect_timeout: Duration,
     /// Time for an upstream to send response headers; past it the client gets 504.
     pub upstream_timeout: Duration,
     /// How long in-flight requests may finish after SIGTERM.
     pub shutdown_timeout: Duration,
+    /// The largest request head (431 beyond), and HTTP/2 header list.
     pub max_header_bytes: usize,
+    /// Concurrent streams per HTTP/2 connection.
     pub max_h2_streams: u32,
+    /// Open client connections; more wait to be accepted.
     pub max_connections: usize,
 }
 
@@ -160,7 +207,7 @@ impl Limits {
     /// The accepted range of each duration key (`limits.idle_timeout`). Bounded so no
     /// deadline computed from a config value can overflow, and no value makes the
     /// listener useless (a zero handshake timeout fails every handshake).
-    pub fn duration_range(key: &str) -> (Duration, Duration) {
+    pub(crate) fn duration_range(key: &str) -> (Duration, Duration) {
         let ms = Duration::from_millis;
         let h = |n: u64| Duration::from_secs(n * 3600);
         match key {
@@ -175,7 +222,7 @@ impl Limits {
     }
 
     /// The accepted range of each size key.
-    pub fn size_range(key: &str) -> (u64, u64) {
+    pub(crate) fn size_range(key: &str) -> (u64, u64) {
         match key {
             "limits.max_header_bytes" => (4096, 1 << 20),
             "limits.max_h2_streams" => (1, 10_000),
@@ -201,10 +248,12 @@ impl Default for Limits {
     }
 }
 
+/// `[[site]]`: names that share one certificate and one set of routes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Site {
     /// Lowercased, in the order written; the first names the certificate.
     pub hosts: Vec<HostPattern>,
+    /// Where the certificate comes from.
     pub tls: TlsSource,
     /// Longest path first.
     pub routes: Vec<Route>,
@@ -219,19 +268,30 @@ impl Site {
         names
     }
 
+    /// Whether one of the hosts matches `host` (lowercased, without port).
     pub fn covers(&self, host: &str) -> bool {
         self.hosts.iter().any(|h| h.matches(host))
     }
 }
 
+/// A site's `tls`: where its certificate comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TlsSource {
+    /// An ACME CA (`acme.directory`).
     Acme,
+    /// The local CA portico keeps in the store.
     Internal,
-    Files { cert: PathBuf, key: PathBuf },
+    /// PEM files, reloaded when they change.
+    Files {
+        /// The chain, leaf first.
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+    },
 }
 
 impl TlsSource {
+    /// `acme`, `internal` or `files`, as the config writes it.
     pub fn name(&self) -> &'static str {
         match self {
             TlsSource::Acme => "acme",
@@ -245,6 +305,7 @@ impl TlsSource {
 /// one more label.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostPattern {
+    /// A name or an IP address (canonical form).
     Exact(String),
     /// The suffix after `*.`.
     Wildcard(String),
@@ -262,6 +323,7 @@ impl HostPattern {
         }
     }
 
+    /// Whether this is a `*.suffix` pattern.
     pub fn is_wildcard(&self) -> bool {
         matches!(self, HostPattern::Wildcard(_))
     }
@@ -290,34 +352,47 @@ impl fmt::Display for HostPattern {
     }
 }
 
+/// `[[site.route]]` (or a site's `upstreams`, a route at `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// A plain prefix of the request path, starting with `/`.
+    /// A prefix of the normalised request path, in normal form, starting with `/`.
     pub path: String,
+    /// What the route does.
     pub action: RouteAction,
 }
 
+/// What a route does with a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RouteAction {
+    /// Forward it, round robin over the upstreams.
     Proxy {
+        /// At least one.
         upstreams: Vec<Upstream>,
+        /// How to speak to them.
         protocol: UpstreamProtocol,
     },
+    /// Answer it with a fixed text/plain response.
     Respond {
+        /// 200 to 599.
         status: StatusCode,
+        /// The body.
         body: String,
     },
 }
 
+/// How a route speaks to its upstreams (`upstream_protocol`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UpstreamProtocol {
+    /// HTTP/1.1 (the default).
     Http1,
+    /// HTTP/2 without TLS (gRPC backends).
     H2c,
 }
 
 /// An upstream's `host:port`, resolved when connecting so Kubernetes Service names work.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Upstream {
+    /// `host:port`.
     pub authority: http::uri::Authority,
 }
 
@@ -359,7 +434,7 @@ impl Config {
 
     /// The site whose hosts match `host` (already normalized). Exact names win over
     /// wildcards, as in the certificate resolver.
-    pub fn site_for(&self, host: &str) -> Option<&Site> {
+    pub(crate) fn site_for(&self, host: &str) -> Option<&Site> {
         self.sites
             .iter()
             .find(|s| s.hosts.contains(&HostPattern::Exact(host.to_string())))
@@ -801,7 +876,7 @@ impl Validator<'_> {
                     let code = respond.status.unwrap_or(200);
                     let status = StatusCode::from_u16(code)
                         .ok()
-                        .filter(|s| !s.is_informational())
+                        .filter(|_| (200..=599).contains(&code))
                         .ok_or_else(|| {
                             self.err(
                                 key("respond"),
@@ -918,7 +993,7 @@ fn parse_upstream(raw: &str) -> Result<Upstream, String> {
 
 /// `"500ms"`, `"10s"`, `"5m"`, `"1h"`; `None` for anything else. A number too large
 /// for a `Duration` saturates (and then fails any range check); it never wraps.
-pub fn parse_duration(s: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit())?;
     let (digits, unit) = s.split_at(split);

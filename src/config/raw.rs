@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     #[serde(default)]
     pub listen: RawListen,
     #[serde(default)]
@@ -20,7 +20,7 @@ pub struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawListen {
+pub(super) struct RawListen {
     pub http: Option<String>,
     pub https: Option<String>,
     pub admin: Option<String>,
@@ -30,7 +30,7 @@ pub struct RawListen {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawStorage {
+pub(super) struct RawStorage {
     pub backend: Option<String>,
     pub path: Option<String>,
     pub namespace: Option<String>,
@@ -38,7 +38,7 @@ pub struct RawStorage {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawAcme {
+pub(super) struct RawAcme {
     pub email: Option<String>,
     pub directory: Option<String>,
     pub ca_root: Option<String>,
@@ -50,7 +50,7 @@ pub struct RawAcme {
 /// Durations are strings such as `"500ms"`, `"10s"`, `"5m"`, `"1h"`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLimits {
+pub(super) struct RawLimits {
     pub handshake_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
@@ -64,7 +64,7 @@ pub struct RawLimits {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSite {
+pub(super) struct RawSite {
     #[serde(default)]
     pub hosts: Vec<String>,
     pub tls: Option<String>,
@@ -78,7 +78,7 @@ pub struct RawSite {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRoute {
+pub(super) struct RawRoute {
     pub path: Option<String>,
     pub upstreams: Option<Vec<String>>,
     pub upstream_protocol: Option<String>,
@@ -87,7 +87,7 @@ pub struct RawRoute {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRespond {
+pub(super) struct RawRespond {
     pub status: Option<u16>,
     pub body: Option<String>,
 }

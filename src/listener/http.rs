@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::proxy_protocol::{self, Prefixed};
 use super::{Connections, serve_connection};
-use crate::acme::challenges::Challenges;
+use crate::acme::Challenges;
 use crate::body::{Body, full, text};
 use crate::config::Config;
 use crate::metrics::{ConnectionError, Metrics};
@@ -21,7 +21,7 @@ use crate::uri::host;
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-pub struct HttpListener {
+pub(crate) struct HttpListener {
     pub listener: TcpListener,
     pub config: Arc<ArcSwap<Config>>,
     pub challenges: Arc<Challenges>,
@@ -33,7 +33,7 @@ pub struct HttpListener {
 }
 
 impl HttpListener {
-    pub async fn run(self, mut shutdown: watch::Receiver<Phase>) {
+    pub(crate) async fn run(self, mut shutdown: watch::Receiver<Phase>) {
         let this = Arc::new(self);
         while let Some((mut tcp, peer, permit)) =
             super::accept(&this.listener, &this.connections, &mut shutdown).await
@@ -103,7 +103,7 @@ impl HttpListener {
 
 /// What port 80 does with a request, decided from its head alone.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Answer {
+pub(crate) enum Answer {
     /// Look the token up (memory, then the store) for a served host.
     Challenge {
         host: String,
@@ -116,7 +116,7 @@ pub enum Answer {
 
 /// Decides the answer to a port-80 request. `served` says whether a (normalised) host
 /// is one of ours; `https_port` is the bound https listener's port.
-pub fn decide<B>(
+pub(crate) fn decide<B>(
     req: &hyper::Request<B>,
     served: impl Fn(&str) -> bool,
     https_port: u16,

@@ -30,7 +30,7 @@ use crate::tls::CertResolver;
 use crate::uri::host::normalize as normalize_host;
 use crate::workers::Workers;
 
-pub struct HttpsListener {
+pub(crate) struct HttpsListener {
     /// Non-blocking; each worker accepts on a clone of it.
     pub listener: std::net::TcpListener,
     pub tls: Arc<rustls::ServerConfig>,
@@ -46,7 +46,11 @@ pub struct HttpsListener {
 impl HttpsListener {
     /// Starts an accept loop on every worker. Each accepts until shutdown begins; its
     /// connections then drain on their own.
-    pub fn start(self, workers: &Workers, shutdown: watch::Receiver<Phase>) -> std::io::Result<()> {
+    pub(crate) fn start(
+        self,
+        workers: &Workers,
+        shutdown: watch::Receiver<Phase>,
+    ) -> std::io::Result<()> {
         let this = Arc::new(self);
         for index in 0..workers.count() {
             let listener = this.listener.try_clone()?;

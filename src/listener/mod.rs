@@ -8,9 +8,9 @@
 //! the last response finished while nothing is in flight, for both protocols).
 
 mod head_deadline;
-pub mod http;
-pub mod https;
-pub mod proxy_protocol;
+pub(crate) mod http;
+pub(crate) mod https;
+pub(crate) mod proxy_protocol;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,9 +37,12 @@ use crate::shutdown::Phase;
 /// Why a listener could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
+    /// The address is taken, not ours, or needs a privilege we lack.
     #[error("cannot listen on {addr}")]
     Bind {
+        /// The address asked for.
         addr: std::net::SocketAddr,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -48,13 +51,13 @@ pub enum ListenError {
 /// Bounds open connections and, on shutdown, tells when the last one is gone: every
 /// connection holds one permit, so having all permits back means fully drained.
 #[derive(Debug, Clone)]
-pub struct Connections {
+pub(crate) struct Connections {
     permits: Arc<Semaphore>,
     max: u32,
 }
 
 impl Connections {
-    pub fn new(max: usize) -> Self {
+    pub(crate) fn new(max: usize) -> Self {
         let max = max.min(Semaphore::MAX_PERMITS).min(u32::MAX as usize) as u32;
         Connections {
             permits: Arc::new(Semaphore::new(max as usize)),
@@ -73,7 +76,7 @@ impl Connections {
     }
 
     /// Resolves when every connection has finished.
-    pub async fn drained(&self) {
+    pub(crate) async fn drained(&self) {
         let _all = self
             .permits
             .acquire_many(self.max)
@@ -81,7 +84,7 @@ impl Connections {
             .expect("the connection semaphore is never closed");
     }
 
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.max as usize - self.permits.available_permits()
     }
 }

@@ -26,7 +26,7 @@ const V2_MAX_PAYLOAD: usize = 2048;
 
 /// Why a PROXY header was refused; the connection is closed.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyHeaderError {
+pub(crate) enum ProxyHeaderError {
     #[error("malformed PROXY v1 header")]
     BadV1,
     #[error("PROXY v1 header longer than 107 bytes")]
@@ -45,7 +45,7 @@ pub enum ProxyHeaderError {
 
 /// What the bytes read so far say.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Parsed {
+pub(crate) enum Parsed {
     /// Not a PROXY header: serve the bytes as they are.
     NotProxy,
     /// A header has begun; read more.
@@ -59,7 +59,7 @@ pub enum Parsed {
 }
 
 /// Reads `buf` (the first bytes of a connection) as a PROXY header.
-pub fn parse(buf: &[u8]) -> Result<Parsed, ProxyHeaderError> {
+pub(crate) fn parse(buf: &[u8]) -> Result<Parsed, ProxyHeaderError> {
     if buf.is_empty() {
         return Ok(Parsed::Incomplete);
     }
@@ -179,7 +179,7 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyHeaderError> {
 /// Reads a PROXY header, if the connection starts with one, from `tcp`. Returns the
 /// client address it named (if any) and the bytes read past it, which belong to the
 /// TLS or HTTP layer. The caller bounds the time this takes.
-pub async fn read(
+pub(crate) async fn read(
     tcp: &mut tokio::net::TcpStream,
 ) -> Result<(Option<SocketAddr>, Vec<u8>), ProxyHeaderError> {
     let mut buf = Vec::with_capacity(256);

@@ -15,14 +15,14 @@ use super::pool::Endpoint;
 use crate::config::UpstreamProtocol;
 
 /// The upstreams of one proxy route.
-pub struct Balancer {
+pub(super) struct Balancer {
     endpoints: Vec<Arc<Endpoint>>,
     pub protocol: UpstreamProtocol,
     next: AtomicUsize,
 }
 
 impl Balancer {
-    pub fn new(endpoints: Vec<Arc<Endpoint>>, protocol: UpstreamProtocol) -> Balancer {
+    pub(super) fn new(endpoints: Vec<Arc<Endpoint>>, protocol: UpstreamProtocol) -> Balancer {
         Balancer {
             endpoints,
             protocol,
@@ -32,13 +32,13 @@ impl Balancer {
 
     /// The endpoint at an index that [`Balancer::pick`] or [`Balancer::pick_after`]
     /// returned (always in range).
-    pub fn endpoint(&self, index: usize) -> &Arc<Endpoint> {
+    pub(super) fn endpoint(&self, index: usize) -> &Arc<Endpoint> {
         &self.endpoints[index]
     }
 
     /// The index of the endpoint for a new request; `None` only for a route without
     /// upstreams, which a validated config never has.
-    pub fn pick(&self) -> Option<usize> {
+    pub(super) fn pick(&self) -> Option<usize> {
         let n = self.endpoints.len();
         if n <= 1 {
             return (n == 1).then_some(0);
@@ -52,7 +52,7 @@ impl Balancer {
     }
 
     /// After `failed` could not connect: the endpoint to retry on, if there is another.
-    pub fn pick_after(&self, failed: usize) -> Option<usize> {
+    pub(super) fn pick_after(&self, failed: usize) -> Option<usize> {
         let n = self.endpoints.len();
         if n <= 1 {
             return None;

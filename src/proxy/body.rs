@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 type Slot = Arc<Mutex<Option<Incoming>>>;
 
 /// A request body that stays reclaimable until its first poll.
-pub struct RetryBody {
+pub(super) struct RetryBody {
     /// Until the first poll, the body sits in `slot`; after it, here.
     polled: Option<Incoming>,
     /// None for a body that no retry can take back.
@@ -31,23 +31,23 @@ pub struct RetryBody {
 }
 
 /// Gets an unpolled body back after a failed attempt.
-pub struct Reclaim(Slot);
+pub(super) struct Reclaim(Slot);
 
 /// The client's request body broke off or was malformed (a bad chunk size, data past
 /// a chunk, a reset stream). Kept apart from upstream failures: the client gets 400,
 /// and the upstream is not blamed.
 #[derive(Debug, thiserror::Error)]
 #[error("the client's request body failed")]
-pub struct ClientBodyError(#[source] pub hyper::Error);
+pub(super) struct ClientBodyError(#[source] pub hyper::Error);
 
 /// The reclaimed body was polled again: a bug in the retry logic, reported as a body
 /// error rather than a panic.
 #[derive(Debug, thiserror::Error)]
 #[error("request body was taken back for a retry")]
-pub struct Reclaimed;
+pub(super) struct Reclaimed;
 
 impl RetryBody {
-    pub fn new(body: Incoming) -> (RetryBody, Reclaim) {
+    pub(super) fn new(body: Incoming) -> (RetryBody, Reclaim) {
         let hint = body.size_hint();
         let end_stream = body.is_end_stream();
         let slot: Slot = Arc::new(Mutex::new(Some(body)));
@@ -63,7 +63,7 @@ impl RetryBody {
     }
 
     /// A body for the last attempt: nothing to take back, so no shared slot.
-    pub fn direct(body: Incoming) -> RetryBody {
+    pub(super) fn direct(body: Incoming) -> RetryBody {
         RetryBody {
             hint: body.size_hint(),
             end_stream: body.is_end_stream(),
@@ -81,7 +81,7 @@ fn lock(slot: &Slot) -> MutexGuard<'_, Option<Incoming>> {
 
 impl Reclaim {
     /// The body, if no attempt ever polled it.
-    pub fn take(self) -> Option<Incoming> {
+    pub(super) fn take(self) -> Option<Incoming> {
         lock(&self.0).take()
     }
 }

@@ -11,7 +11,7 @@ use super::pool::ConnectError;
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     /// No connection could be made (refused, unreachable, DNS): 502.
     #[error("cannot connect to upstream {upstream}")]
     Connect {
@@ -57,7 +57,7 @@ pub enum ProxyError {
 impl ProxyError {
     /// Sorts a client error: connect failures (retryable: nothing was sent) apart from
     /// the rest.
-    pub fn from_client(upstream: String, source: hyper_util::client::legacy::Error) -> Self {
+    pub(crate) fn from_client(upstream: String, source: hyper_util::client::legacy::Error) -> Self {
         if source.is_connect() {
             let timed_out = std::error::Error::source(&source)
                 .and_then(|e| e.downcast_ref::<ConnectError>())
@@ -75,19 +75,19 @@ impl ProxyError {
     }
 
     /// True for failures of the client, not of the upstream: logged at debug, not warn.
-    pub fn is_client(&self) -> bool {
+    pub(crate) fn is_client(&self) -> bool {
         matches!(self, ProxyError::ClientBody { .. })
     }
 
     /// True when the upstream was never reached: mark it unhealthy, try another.
-    pub fn is_connect(&self) -> bool {
+    pub(crate) fn is_connect(&self) -> bool {
         matches!(
             self,
             ProxyError::Connect { .. } | ProxyError::ConnectTimeout { .. }
         )
     }
 
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ProxyError::ConnectTimeout { .. } | ProxyError::Timeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -101,7 +101,7 @@ impl ProxyError {
     }
 
     /// What the client reads: which failure, no addresses, no causes.
-    pub fn public_message(&self) -> &'static str {
+    pub(crate) fn public_message(&self) -> &'static str {
         match self {
             ProxyError::Connect { .. } => "upstream unreachable",
             ProxyError::ConnectTimeout { .. } => "upstream connect timed out",

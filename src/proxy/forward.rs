@@ -76,7 +76,7 @@ impl Head {
 
 /// Who sent a request, as the forwarding headers will say it.
 #[derive(Debug, Clone, Copy)]
-pub struct Sender {
+pub(super) struct Sender {
     /// The peer is in `listen.trusted_proxies`: its forwarding headers are believed.
     pub trusted: bool,
     /// The client after trusted proxies ([`super::headers::client_address`]).
@@ -84,7 +84,7 @@ pub struct Sender {
 }
 
 /// Forwards `req` (routed to `balancer`) and returns the upstream's response.
-pub async fn forward(
+pub(super) async fn forward(
     mut req: Request<Incoming>,
     conn: &ConnInfo,
     sender: Sender,

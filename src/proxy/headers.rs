@@ -36,7 +36,7 @@ static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
 /// True when the `Connection` header lists `token` (case-insensitive, comma list, any
 /// number of `Connection` headers).
-pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
@@ -49,7 +49,7 @@ pub fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `Proxy-Connection`, `TE` (kept as `TE: trailers` on requests that ask for trailers),
 /// `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authorization`, `Proxy-Authenticate`.
 /// The caller puts `Connection: upgrade` and `Upgrade` back for an upgrade.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named by `Connection` are hop-by-hop too. Collect first: names borrow
     // from the map.
     let named: Vec<HeaderName> = headers
@@ -98,7 +98,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// protocol source) when it is not trusted; else the rightmost address of the request's
 /// `X-Forwarded-For` that is not trusted, or the leftmost one when all are. An entry
 /// that is not an address ends the walk at the last address read.
-pub fn client_address(
+pub(crate) fn client_address(
     headers: &HeaderMap,
     peer: IpAddr,
     trusts: impl Fn(IpAddr) -> bool,
@@ -143,7 +143,7 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
 /// Sets the forwarding headers of a request on its way upstream (see the module doc):
 /// `X-Forwarded-For`, `X-Real-IP`, `Forwarded` by trust, `X-Forwarded-Proto` and
 /// `X-Forwarded-Host` replaced, `Via` appended. `client` is [`client_address`]'s answer.
-pub fn add_forwarded(
+pub(crate) fn add_forwarded(
     headers: &mut HeaderMap,
     peer: IpAddr,
     trusted: bool,
@@ -210,7 +210,7 @@ fn join_with(headers: &HeaderMap, name: &HeaderName, last: &str) -> HeaderValue 
 
 /// HTTP/2 allows (and HPACK favours) one `cookie` header per cookie; an HTTP/1.1
 /// upstream expects one `Cookie` line (RFC 9113 §8.2.3), so join them with `; `.
-pub fn join_cookies(headers: &mut HeaderMap) {
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
     let mut values = headers.get_all(header::COOKIE).iter();
     let (Some(first), Some(_)) = (values.next(), values.next()) else {
         return;

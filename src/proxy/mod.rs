@@ -40,9 +40,6 @@ use http::header;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-pub use error::ProxyError;
-pub use pool::{COOL_DOWN, ConnectError};
-
 use crate::body::{Body, text};
 use crate::config::{Cidr, Config, HostPattern};
 use crate::metrics::{Metrics, SiteCounters};

@@ -29,7 +29,7 @@ use crate::config::{Upstream, UpstreamProtocol};
 use crate::workers;
 
 /// How long an upstream that failed to connect is skipped.
-pub const COOL_DOWN: Duration = Duration::from_secs(10);
+pub(super) const COOL_DOWN: Duration = Duration::from_secs(10);
 
 /// How long an idle pooled connection is kept (nginx's upstream `keepalive_timeout` is
 /// 60 s; Go's transport uses 90 s).
@@ -37,7 +37,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why a connection to an upstream could not be made. Nothing of the request was sent.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(super) enum ConnectError {
     #[error("connecting to {upstream} timed out after {after:?}")]
     Timeout { upstream: String, after: Duration },
     #[error("cannot connect to {upstream}")]
@@ -50,7 +50,7 @@ pub enum ConnectError {
 
 /// Dials one upstream, whatever URI the client asks for.
 #[derive(Clone)]
-pub struct Connector {
+pub(super) struct Connector {
     upstream: Arc<Upstream>,
     timeout: Duration,
 }
@@ -95,10 +95,10 @@ impl tower_service::Service<Uri> for Connector {
     }
 }
 
-pub type UpstreamClient = Client<Connector, RetryBody>;
+pub(super) type UpstreamClient = Client<Connector, RetryBody>;
 
 /// One upstream, with its connection pool and its health.
-pub struct Endpoint {
+pub(super) struct Endpoint {
     pub upstream: Upstream,
     /// One pooled client per worker thread, so a connection and the upstream
     /// connections it uses stay on one thread (see `listener::workers`).
@@ -135,7 +135,7 @@ impl Endpoint {
     }
 
     /// The calling worker's client.
-    pub fn client(&self) -> &UpstreamClient {
+    pub(super) fn client(&self) -> &UpstreamClient {
         &self.clients[workers::worker_index() % self.clients.len()]
     }
 
@@ -145,19 +145,19 @@ impl Endpoint {
     }
 
     /// True while a recent connect failure says to skip this endpoint.
-    pub fn is_cooling_down(&self) -> bool {
+    pub(super) fn is_cooling_down(&self) -> bool {
         let until = self.failed_until.load(Ordering::Relaxed);
         until != 0 && self.now_ms() < until
     }
 
     /// A connect failure: skip this endpoint for [`COOL_DOWN`].
-    pub fn mark_failed(&self) {
+    pub(super) fn mark_failed(&self) {
         let until = self.now_ms() + COOL_DOWN.as_millis() as u64;
         self.failed_until.store(until, Ordering::Relaxed);
     }
 
     /// A successful exchange ends any cool-down.
-    pub fn mark_ok(&self) {
+    pub(super) fn mark_ok(&self) {
         // Read first: a store on every request would bounce the cache line between cores.
         if self.failed_until.load(Ordering::Relaxed) != 0 {
             self.failed_until.store(0, Ordering::Relaxed);
@@ -169,7 +169,7 @@ type Key = (Upstream, UpstreamProtocol, Duration);
 
 /// Every endpoint of the current config, reused across reloads. Only config builds lock
 /// it; requests never do.
-pub struct Pools {
+pub(super) struct Pools {
     epoch: Instant,
     /// Weak: an endpoint lives as long as some router (current or still serving
     /// requests in flight) uses it; a reload that drops an upstream drops its pool once
@@ -188,7 +188,7 @@ impl Default for Pools {
 
 impl Pools {
     /// The endpoint for `upstream`, shared with the previous config's if it had one.
-    pub fn endpoint(
+    pub(super) fn endpoint(
         &self,
         upstream: &Upstream,
         protocol: UpstreamProtocol,
@@ -205,7 +205,7 @@ impl Pools {
     }
 
     /// The connector an endpoint for `upstream` dials with.
-    pub fn connector(upstream: &Upstream, connect_timeout: Duration) -> Connector {
+    pub(super) fn connector(upstream: &Upstream, connect_timeout: Duration) -> Connector {
         Connector {
             upstream: Arc::new(upstream.clone()),
             timeout: connect_timeout,
@@ -213,7 +213,7 @@ impl Pools {
     }
 
     /// Forgets endpoints no router uses any more.
-    pub fn prune(&self) {
+    pub(super) fn prune(&self) {
         let mut map = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, weak| weak.strong_count() > 0);
     }

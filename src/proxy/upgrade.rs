@@ -20,7 +20,7 @@ use crate::report::Chain;
 /// request: an upgrade to cleartext HTTP/2 is between the client and the hop it talks
 /// to, and passed on it would let a client speak HTTP/2 to the upstream past the
 /// proxy's rules (h2c smuggling).
-pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
+pub(super) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != http::Version::HTTP_11 {
         return None;
     }
@@ -39,14 +39,18 @@ pub fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
 }
 
 /// Puts the upgrade back on headers that were stripped of hop-by-hop fields.
-pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
+pub(super) fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, upgrade);
 }
 
 /// Answers the client with the upstream's 101 and spawns the task that joins both
 /// upgraded connections.
-pub fn join(client: OnUpgrade, mut upstream: Response<Incoming>, name: String) -> Response<Body> {
+pub(super) fn join(
+    client: OnUpgrade,
+    mut upstream: Response<Incoming>,
+    name: String,
+) -> Response<Body> {
     let upstream_io = hyper::upgrade::on(&mut upstream);
     let mut headers = std::mem::take(upstream.headers_mut());
     let protocol = headers.get(header::UPGRADE).cloned();

@@ -63,7 +63,7 @@ const DIR_MODE: u32 = 0o700;
 const FILE_MODE: u32 = 0o600;
 const PUBLIC_MODE: u32 = 0o644;
 /// How often a watch lists its folder.
-pub const WATCH_POLL: Duration = Duration::from_secs(2);
+pub(super) const WATCH_POLL: Duration = Duration::from_secs(2);
 /// Temporary files older than this are a crash's leftovers and removed by `open`; no
 /// write takes anywhere near as long.
 const STALE_TMP: Duration = Duration::from_secs(600);

@@ -41,9 +41,9 @@
 //!   Secret (kubectl's, a GitOps tool's) out of the object and untouched, so such a key
 //!   would not come back.
 
-pub mod file;
-pub mod kube;
-pub mod memory;
+mod file;
+mod kube;
+mod memory;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -100,9 +100,13 @@ const ROOT_PEM: &str = "root.pem";
 /// What an object is; each kind is its own namespace of names.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
 pub enum Kind {
+    /// An ACME account per (directory, email): its key and credentials.
     Account,
+    /// A site's certificate and key, with its ACME status annotations.
     Certificate,
+    /// An HTTP-01 token in flight, so any replica can answer the CA.
     Http01,
+    /// The local CA.
     Ca,
 }
 
@@ -152,15 +156,18 @@ pub struct Object {
 }
 
 impl Object {
+    /// No data, no annotations.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// With `key` set to `value` in the data.
     pub fn with_data(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
         self.data.insert(key.into(), value.into());
         self
     }
 
+    /// With annotation `key` set to `value`.
     pub fn with_annotation(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.annotations.insert(key.into(), value.into());
         self
@@ -210,6 +217,7 @@ impl Version {
         Version(version.into())
     }
 
+    /// The backend's version string.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -224,21 +232,31 @@ impl fmt::Display for Version {
 /// An object together with the version it was read at.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Stored {
+    /// What is stored.
     pub object: Object,
+    /// The version to name in a compare-and-swap write.
     pub version: Version,
 }
 
 /// Why a name was refused.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
 pub enum NameError {
+    /// The name is empty.
     #[error("the name is empty")]
     Empty,
+    /// The name is longer than the kind allows.
     #[error("the name is longer than {max} characters")]
-    TooLong { max: usize },
+    TooLong {
+        /// The longest name of the kind.
+        max: usize,
+    },
+    /// A character outside `[a-z0-9.-]`.
     #[error("the name may only contain a-z, 0-9, '.' and '-'")]
     InvalidChar,
+    /// The name starts or ends with `.` or `-`.
     #[error("the name must start and end with a letter or a digit")]
     InvalidEdge,
+    /// `root.pem`, the file backend's copy of the local CA's root.
     #[error("the name is reserved by the store")]
     Reserved,
 }
@@ -355,20 +373,32 @@ fn check_name(name: &str, max: usize) -> Result<(), NameError> {
 /// Why a [`Store`] operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("invalid {kind} name {name:?}: {reason}")]
+    /// The name is not one every backend accepts.
+    #[error("invalid {kind} name {name:?}")]
     InvalidName {
+        /// The object's kind.
         kind: Kind,
+        /// The name refused.
         name: String,
+        /// Why.
         #[source]
         reason: NameError,
     },
     /// The compare-and-swap failed: the object exists (create), is gone or has another
     /// version (replace, delete). Re-read and decide again; never retry blindly.
     #[error("conflict on {kind} {name:?}: it was created, changed or deleted by someone else")]
-    Conflict { kind: Kind, name: String },
+    Conflict {
+        /// The object's kind.
+        kind: Kind,
+        /// The object's name.
+        name: String,
+    },
+    /// The file backend could not read or write a file.
     #[error("{path}", path = .path.display())]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -376,15 +406,21 @@ pub enum StoreError {
     /// never quotes the stored content, which may be a private key.
     #[error("stored {kind} {name:?} is corrupt: {reason}")]
     Corrupt {
+        /// The object's kind.
         kind: Kind,
+        /// The object's name.
         name: String,
+        /// What is wrong, never what is there.
         reason: String,
     },
     /// The object has a key no backend may store ([`validate_object`]).
     #[error("{kind} {name:?} cannot be stored: {reason}")]
     InvalidObject {
+        /// The object's kind.
         kind: Kind,
+        /// The object's name.
         name: String,
+        /// Which key, and why.
         reason: String,
     },
     /// The backend's service (the Kubernetes API) could not be reached or answered
@@ -403,19 +439,28 @@ pub enum StoreError {
 /// Why a [`Locker`] operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("invalid lock name {name:?}: {reason}")]
+    /// The lock name is not one every backend accepts.
+    #[error("invalid lock name {name:?}")]
     InvalidName {
+        /// The name refused.
         name: String,
+        /// Why.
         #[source]
         reason: NameError,
     },
     /// Someone else holds the lock now (it went stale and was taken over, or was
     /// released): whatever the lease protected must stop.
     #[error("lock {name:?} was lost to another holder")]
-    Lost { name: String },
+    Lost {
+        /// The lock's name.
+        name: String,
+    },
+    /// The file backend could not read or write a lock file.
     #[error("{path}", path = .path.display())]
     Io {
+        /// The lock file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -528,6 +573,7 @@ impl Lease {
         }
     }
 
+    /// The lock's name.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -537,6 +583,7 @@ impl Lease {
         &self.holder
     }
 
+    /// How long the lease lives without a renew.
     pub fn ttl(&self) -> Duration {
         self.ttl
     }
@@ -680,6 +727,7 @@ impl fmt::Debug for LeaseGuard {
 }
 
 impl LeaseGuard {
+    /// The lease kept alive.
     pub fn lease(&self) -> &Lease {
         &self.lease
     }

@@ -9,9 +9,9 @@ use super::{Loaded, TlsError, load_pem};
 
 /// What decides "the files changed": modification time and length of both files.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stamp([(Option<SystemTime>, u64); 2]);
+pub(crate) struct Stamp([(Option<SystemTime>, u64); 2]);
 
-pub fn stamp(cert: &Path, key: &Path) -> Stamp {
+pub(crate) fn stamp(cert: &Path, key: &Path) -> Stamp {
     let one = |p: &Path| match std::fs::metadata(p) {
         Ok(m) => (m.modified().ok(), m.len()),
         Err(_) => (None, 0),
@@ -19,7 +19,7 @@ pub fn stamp(cert: &Path, key: &Path) -> Stamp {
     Stamp([one(cert), one(key)])
 }
 
-pub fn load(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
+pub(crate) fn load(cert: &Path, key: &Path) -> Result<Loaded, TlsError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| TlsError::Read {
             path: p.to_path_buf(),

@@ -23,6 +23,9 @@ const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Tolerates clients whose clocks are a little behind.
 const BACKDATE: Duration = Duration::from_secs(3600);
 
+/// The local CA of `tls = "internal"`: an ECDSA P-256 root that signs short-lived
+/// leaves. Created once and kept in the store, so every replica and restart issues
+/// from the same root.
 pub struct LocalCa {
     cert_pem: String,
     key_pem: String,
@@ -37,7 +40,9 @@ impl std::fmt::Debug for LocalCa {
 
 /// A freshly issued leaf: PEM chain (leaf only: the root is what clients trust) and key.
 pub struct Issued {
+    /// The leaf, PEM.
     pub chain_pem: String,
+    /// Its private key, PEM (PKCS#8).
     pub key_pem: String,
 }
 
@@ -86,6 +91,7 @@ impl LocalCa {
         })
     }
 
+    /// The root certificate, PEM: what clients trust (`curl --cacert`).
     pub fn root_pem(&self) -> &str {
         &self.cert_pem
     }

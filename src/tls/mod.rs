@@ -1,14 +1,14 @@
 //! TLS: where the certificate path ends and the request path begins.
 //!
-//! - [`resolver`] picks a certificate per handshake from an `ArcSwap` snapshot;
-//! - [`internal`] is the local CA behind `tls = "internal"`;
-//! - [`files`] loads `tls = "files"` certificates and reloads them when they change;
+//! - `resolver` picks a certificate per handshake from an `ArcSwap` snapshot;
+//! - `internal` is the local CA behind `tls = "internal"`;
+//! - `files` loads `tls = "files"` certificates and reloads them when they change;
 //! - this module builds the rustls `ServerConfig` (aws-lc-rs, TLS 1.2 + 1.3, ALPN h2 and
 //!   http/1.1) and turns PEM into the `CertifiedKey` the resolver serves.
 
-pub mod files;
-pub mod internal;
-pub mod resolver;
+pub(crate) mod files;
+mod internal;
+pub(crate) mod resolver;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,40 +19,64 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
-pub use resolver::{CertResolver, SiteCert, SiteId};
+pub use internal::{Issued, LEAF_LIFETIME, LocalCa};
+pub use resolver::{CertResolver, SiteCert, SiteId, Snapshot, site_id};
 
 /// Why a certificate could not be used or TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// The chain holds no certificate.
     #[error("{what}: no PEM certificate found")]
-    NoCertificate { what: String },
+    NoCertificate {
+        /// What was being loaded (a file, a store object).
+        what: String,
+    },
+    /// The PEM does not parse.
     #[error("{what}: cannot parse PEM")]
     Pem {
+        /// What was being loaded.
         what: String,
+        /// Why.
         #[source]
         source: rustls::pki_types::pem::Error,
     },
+    /// The key is not one rustls can sign with, or not the leaf's.
     #[error("{what}: the private key does not fit the certificate or is not supported")]
     Key {
+        /// What was being loaded.
         what: String,
+        /// Why.
         #[source]
         source: rustls::Error,
     },
+    /// The leaf is not a certificate x509-parser can read.
     #[error("{what}: cannot parse the certificate: {reason}")]
-    X509 { what: String, reason: String },
+    X509 {
+        /// What was being loaded.
+        what: String,
+        /// The parser's reason.
+        reason: String,
+    },
+    /// A certificate or key file cannot be read.
     #[error("cannot read {path}", path = .path.display())]
     Read {
+        /// The file.
         path: std::path::PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The local CA could not make a key or certificate.
     #[error("cannot issue a certificate")]
     Issue {
+        /// Why.
         #[source]
         source: rcgen::Error,
     },
+    /// rustls refused the server configuration.
     #[error("rustls configuration")]
     Config {
+        /// Why.
         #[source]
         source: rustls::Error,
     },
@@ -64,7 +88,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The rustls server configuration every HTTPS connection uses.
-pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
+pub(crate) fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
     let config_resolver: Arc<dyn rustls::server::ResolvesServerCert> = resolver;
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -87,7 +111,10 @@ pub fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerConfig>, T
 /// site was chosen by the address it connected to. Everything else (ALPN, tickets,
 /// session cache) stays shared; TLS-ALPN-01 validators, which always send SNI, get
 /// nothing from it.
-pub fn fixed_config(shared: &Arc<ServerConfig>, key: Arc<CertifiedKey>) -> Arc<ServerConfig> {
+pub(crate) fn fixed_config(
+    shared: &Arc<ServerConfig>,
+    key: Arc<CertifiedKey>,
+) -> Arc<ServerConfig> {
     let mut config = ServerConfig::clone(shared);
     config.cert_resolver = Arc::new(Fixed(key));
     Arc::new(config)
@@ -107,8 +134,11 @@ impl rustls::server::ResolvesServerCert for Fixed {
 
 /// A certificate chain and key ready to serve, with the leaf's validity.
 pub struct Loaded {
+    /// The chain and the signing key, as rustls serves them.
     pub key: Arc<CertifiedKey>,
+    /// The leaf's notBefore.
     pub not_before: SystemTime,
+    /// The leaf's notAfter.
     pub not_after: SystemTime,
 }
 
@@ -121,7 +151,7 @@ impl Loaded {
 }
 
 /// A third or less of the lifetime left (or already expired).
-pub fn due(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> bool {
+pub(crate) fn due(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> bool {
     let life = not_after
         .duration_since(not_before)
         .unwrap_or(Duration::ZERO);
@@ -163,7 +193,7 @@ pub fn load_pem(what: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<Loaded, 
 }
 
 /// The leaf's notBefore and notAfter.
-pub fn validity(what: &str, der: &[u8]) -> Result<(SystemTime, SystemTime), TlsError> {
+pub(crate) fn validity(what: &str, der: &[u8]) -> Result<(SystemTime, SystemTime), TlsError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| TlsError::X509 {
         what: what.to_string(),
         reason: e.to_string(),

@@ -26,16 +26,18 @@ use crate::metrics::Metrics;
 /// A site's current certificate with what the request path and the operator need.
 #[derive(Debug)]
 pub struct SiteCert {
+    /// The chain and key served.
     pub key: Arc<CertifiedKey>,
     /// The site's hosts: a connection handshaken with this certificate may send requests
     /// for any of them (HTTP/2 connection reuse); others get 421.
     pub hosts: Arc<[HostPattern]>,
+    /// The leaf's notAfter.
     pub not_after: SystemTime,
 }
 
 impl SiteCert {
     /// The leaf's notBefore, if the leaf parses.
-    pub fn not_before(&self) -> Option<SystemTime> {
+    pub(crate) fn not_before(&self) -> Option<SystemTime> {
         let der = self.key.end_entity_cert().ok()?;
         super::validity("served certificate", der)
             .ok()
@@ -43,7 +45,7 @@ impl SiteCert {
     }
 
     /// The renewal rule for what is being served: a third or less of its life left.
-    pub fn due(&self, now: SystemTime) -> bool {
+    pub(crate) fn due(&self, now: SystemTime) -> bool {
         super::due(self.not_before().unwrap_or(now), self.not_after, now)
     }
 }
@@ -51,6 +53,7 @@ impl SiteCert {
 /// Identifies a site across config reloads: its sorted, lowercased names joined by `,`.
 pub type SiteId = String;
 
+/// The [`SiteId`] of `site`.
 pub fn site_id(site: &Site) -> SiteId {
     site.names().join(",")
 }
@@ -70,7 +73,7 @@ impl Snapshot {
     /// For a client that sent no SNI on a connection to `local`: the site whose hosts
     /// include that address, else the only site (docs/requests.md); none means a handshake
     /// alert.
-    pub fn lookup_by_address(&self, local: std::net::IpAddr) -> Option<&Arc<SiteCert>> {
+    pub(crate) fn lookup_by_address(&self, local: std::net::IpAddr) -> Option<&Arc<SiteCert>> {
         self.exact
             .get(&local.to_canonical().to_string())
             .or(self.no_sni.as_ref())
@@ -111,7 +114,7 @@ fn covers(hosts: &[HostPattern], host: &HostPattern) -> bool {
 }
 
 /// The ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
-pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// rustls' certificate resolver for every site.
 #[derive(Debug, Default)]
@@ -127,12 +130,13 @@ pub struct CertResolver {
 }
 
 impl CertResolver {
-    pub fn new() -> Self {
+    #[cfg(test)]
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// A resolver that reports the certificates it serves to `metrics`.
-    pub fn with_metrics(metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn with_metrics(metrics: Arc<Metrics>) -> Self {
         CertResolver {
             metrics,
             ..Self::default()
@@ -143,7 +147,7 @@ impl CertResolver {
     /// sites are dropped, so names no site has any more fail the handshake like unknown
     /// SNI; names that moved to a new site (its hosts were edited) keep their
     /// certificate as an interim one until the new site has its own.
-    pub fn set_sites(&self, sites: &[Site]) {
+    pub(crate) fn set_sites(&self, sites: &[Site]) {
         let mut table = self.lock();
         table.sites = sites
             .iter()
@@ -204,7 +208,7 @@ impl CertResolver {
     /// The site's certificate came from a `tls` source it no longer uses: it keeps
     /// serving as an interim one, but [`CertResolver::current`] no longer reports it,
     /// so the scheduler obtains one from the new source.
-    pub fn retire(&self, site: &SiteId) {
+    pub(crate) fn retire(&self, site: &SiteId) {
         let mut table = self.lock();
         if let Some(cert) = table.certs.remove(site) {
             table.interim.insert(site.clone(), vec![cert]);
@@ -214,7 +218,7 @@ impl CertResolver {
     }
 
     /// Serves `key` to TLS-ALPN-01 validation of `name` until removed.
-    pub fn set_alpn_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
+    pub(crate) fn set_alpn_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
         self.alpn_challenges.rcu(|map| {
             let mut map = HashMap::clone(map);
             map.insert(name.to_string(), key.clone());
@@ -222,7 +226,7 @@ impl CertResolver {
         });
     }
 
-    pub fn remove_alpn_challenge(&self, name: &str) {
+    pub(crate) fn remove_alpn_challenge(&self, name: &str) {
         self.alpn_challenges.rcu(|map| {
             let mut map = HashMap::clone(map);
             map.remove(name);
@@ -231,7 +235,7 @@ impl CertResolver {
     }
 
     /// The certificate a site serves now, if any.
-    pub fn current(&self, site: &SiteId) -> Option<Arc<SiteCert>> {
+    pub(crate) fn current(&self, site: &SiteId) -> Option<Arc<SiteCert>> {
         self.lock().certs.get(site).cloned()
     }
 

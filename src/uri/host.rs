@@ -11,7 +11,7 @@
 
 /// Why a Host cannot be used as an authority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum HostError {
+pub(crate) enum HostError {
     #[error("empty host")]
     Empty,
     #[error("the host has a character that is not part of a host name")]
@@ -26,14 +26,14 @@ pub enum HostError {
 
 /// A host that passed [`parse`]: lowercased, without brackets or a final dot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authority {
+pub(crate) struct Authority {
     pub host: String,
     pub port: Option<u16>,
 }
 
 impl Authority {
     /// The host as it goes into a URL: IPv6 in brackets.
-    pub fn url_host(&self) -> String {
+    pub(crate) fn url_host(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
@@ -43,7 +43,7 @@ impl Authority {
 }
 
 /// Lowercases a Host header or SNI value and drops a `:port` suffix (and IPv6 brackets).
-pub fn normalize(host: &str) -> String {
+pub(crate) fn normalize(host: &str) -> String {
     let host = host.trim();
     let bare = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
@@ -65,7 +65,7 @@ pub fn normalize(host: &str) -> String {
 }
 
 /// Reads `raw` strictly as `host[:port]`.
-pub fn parse(raw: &str) -> Result<Authority, HostError> {
+pub(crate) fn parse(raw: &str) -> Result<Authority, HostError> {
     if raw.is_empty() {
         return Err(HostError::Empty);
     }

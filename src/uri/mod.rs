@@ -3,5 +3,5 @@
 //! (route paths, hosts), the router and the listeners all read requests through it, so
 //! they agree on what a path or a host is.
 
-pub mod host;
-pub mod path;
+pub(crate) mod host;
+pub(crate) mod path;

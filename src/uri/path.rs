@@ -19,7 +19,7 @@ use std::borrow::Cow;
 
 /// Why a request path cannot be routed (400).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
+pub(crate) enum PathError {
     #[error("the path must start with /")]
     NotAbsolute,
     #[error("the path climbs above /")]
@@ -33,7 +33,7 @@ pub enum PathError {
 }
 
 /// The normal form of `path` (no query), borrowed when it already is one.
-pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+pub(crate) fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }

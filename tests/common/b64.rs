@@ -3,7 +3,7 @@
 
 const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
-pub fn base64_encode(input: &[u8]) -> String {
+pub(crate) fn base64_encode(input: &[u8]) -> String {
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
         let b = [
@@ -25,7 +25,7 @@ pub fn base64_encode(input: &[u8]) -> String {
 
 /// Decodes like Go's `StdEncoding` (which skips `\r` and `\n`); the error is the offset
 /// Go reports as "illegal base64 data at input byte N".
-pub fn base64_decode(input: &str) -> Result<Vec<u8>, usize> {
+pub(crate) fn base64_decode(input: &str) -> Result<Vec<u8>, usize> {
     let mut out = Vec::with_capacity(input.len() / 4 * 3);
     let mut quad = [0u8; 4];
     let mut n = 0;

@@ -40,7 +40,7 @@ const REPLICA_USERS: usize = 16;
 /// A failure guard for start-up: the API server turns ready in seconds here.
 const START_DEADLINE: Duration = Duration::from_secs(180);
 
-pub struct ControlPlane {
+pub(crate) struct ControlPlane {
     url: String,
     etcd_port: u16,
     ca_pem: String,
@@ -56,7 +56,7 @@ pub struct ControlPlane {
 }
 
 /// The control plane of this test binary, started at the first call.
-pub fn control_plane() -> &'static ControlPlane {
+pub(crate) fn control_plane() -> &'static ControlPlane {
     static PLANE: OnceLock<ControlPlane> = OnceLock::new();
     PLANE.get_or_init(|| {
         // A port the OS gave may be taken again before the server binds it: start over.
@@ -318,31 +318,37 @@ impl ControlPlane {
     }
 
     /// `https://127.0.0.1:PORT`.
-    pub fn url(&self) -> &str {
+    pub(crate) fn url(&self) -> &str {
         &self.url
     }
 
-    pub fn ca_pem(&self) -> &str {
+    pub(crate) fn ca_pem(&self) -> &str {
         &self.ca_pem
     }
 
     /// The serving certificate and key (PEM), valid for 127.0.0.1.
-    pub fn serving_pem(&self) -> (&str, &str) {
+    pub(crate) fn serving_pem(&self) -> (&str, &str) {
         (&self.serving.0, &self.serving.1)
     }
 
-    pub fn admin_kubeconfig(&self) -> &Path {
+    pub(crate) fn admin_kubeconfig(&self) -> &Path {
         &self.admin_kubeconfig
     }
 
     /// The API server's log (for failure messages).
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         tail(&self.dir.join("kube-apiserver.log"))
     }
 
     /// Writes a kubeconfig to `path`: `server` verified against this CA, the bearer
     /// `token` (or `tokenFile: PATH`), a context that names `namespace`.
-    pub fn write_kubeconfig(&self, path: &Path, server: &str, namespace: &str, user_line: &str) {
+    pub(crate) fn write_kubeconfig(
+        &self,
+        path: &Path,
+        server: &str,
+        namespace: &str,
+        user_line: &str,
+    ) {
         let user_line = if user_line.starts_with("tokenFile:") {
             user_line.to_string()
         } else {
@@ -358,7 +364,7 @@ impl ControlPlane {
     }
 
     /// kubectl as the admin; stdout, or stderr as the error.
-    pub fn kubectl_output(&self, args: &[&str], stdin: &[u8]) -> Result<String, String> {
+    pub(crate) fn kubectl_output(&self, args: &[&str], stdin: &[u8]) -> Result<String, String> {
         let mut child = Command::new(peer("kubectl"))
             .args(args)
             .env("KUBECONFIG", &self.admin_kubeconfig)
@@ -380,14 +386,14 @@ impl ControlPlane {
     }
 
     /// kubectl as the admin; panics on failure.
-    pub fn kubectl(&self, args: &[&str], stdin: &[u8]) -> String {
+    pub(crate) fn kubectl(&self, args: &[&str], stdin: &[u8]) -> String {
         self.kubectl_output(args, stdin)
             .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
     }
 
     /// A fresh namespace named after `hint`, with the shipped Role bound to every
     /// replica identity.
-    pub fn namespace(&'static self, hint: &str) -> Namespace {
+    pub(crate) fn namespace(&'static self, hint: &str) -> Namespace {
         let n = self.namespaces.fetch_add(1, Ordering::SeqCst);
         let hint: String = hint
             .chars()
@@ -411,7 +417,7 @@ impl ControlPlane {
     }
 
     /// The Role of config/kubernetes/role.yaml in `namespace`, bound to every replica user.
-    pub fn bind_role(&self, namespace: &str) {
+    pub(crate) fn bind_role(&self, namespace: &str) {
         let role = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kubernetes/role.yaml");
         let subjects: Vec<Value> = (0..REPLICA_USERS)
             .map(|i| json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": format!("replica-{i}")}))
@@ -438,7 +444,7 @@ impl ControlPlane {
     }
 
     /// etcd's current revision (the API server's newest resourceVersion).
-    pub fn revision(&self) -> u64 {
+    pub(crate) fn revision(&self) -> u64 {
         let answer = etcd_post(
             self.etcd_port,
             "/v3/kv/range",
@@ -453,7 +459,7 @@ impl ControlPlane {
 
     /// Compacts etcd's history up to now: a watch resumed from an older resourceVersion
     /// meets 410 Gone. Returns the revision compacted to.
-    pub fn compact(&self) -> u64 {
+    pub(crate) fn compact(&self) -> u64 {
         let revision = self.revision();
         etcd_post(
             self.etcd_port,
@@ -464,7 +470,7 @@ impl ControlPlane {
     }
 
     /// The object `name` of `resource` in `namespace`, as the admin reads it.
-    pub fn get(&self, namespace: &str, resource: &str, name: &str) -> Option<Value> {
+    pub(crate) fn get(&self, namespace: &str, resource: &str, name: &str) -> Option<Value> {
         match self.kubectl_output(&["get", resource, "-n", namespace, name, "-o", "json"], b"") {
             Ok(text) => Some(serde_json::from_str(&text).unwrap()),
             Err(e) if e.contains("NotFound") || e.contains("not found") => None,
@@ -473,7 +479,7 @@ impl ControlPlane {
     }
 
     /// Every object of `resource` in `namespace`, sorted by name.
-    pub fn list(&self, namespace: &str, resource: &str) -> Vec<Value> {
+    pub(crate) fn list(&self, namespace: &str, resource: &str) -> Vec<Value> {
         let text = self.kubectl(&["get", resource, "-n", namespace, "-o", "json"], b"");
         let list: Value = serde_json::from_str(&text).unwrap();
         let mut items = list["items"].as_array().cloned().unwrap_or_default();
@@ -483,7 +489,7 @@ impl ControlPlane {
 
     /// Watches of `resource` in `namespace` that `user` has open now (started and not
     /// yet complete, by the audit log).
-    pub fn open_watches(&self, namespace: &str, user: &str, resource: &str) -> usize {
+    pub(crate) fn open_watches(&self, namespace: &str, user: &str, resource: &str) -> usize {
         let events = self.audit(namespace);
         let watches = events
             .iter()
@@ -501,7 +507,7 @@ impl ControlPlane {
     }
 
     /// Every audit event (ResponseStarted / ResponseComplete) about objects in `namespace`.
-    pub fn audit(&self, namespace: &str) -> Vec<Audit> {
+    pub(crate) fn audit(&self, namespace: &str) -> Vec<Audit> {
         let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
         text.lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
@@ -521,7 +527,7 @@ impl ControlPlane {
 
 /// One request as the API server's audit log tells it.
 #[derive(Clone, Debug)]
-pub struct Audit {
+pub(crate) struct Audit {
     pub id: String,
     pub stage: String,
     pub user: String,
@@ -532,7 +538,7 @@ pub struct Audit {
 }
 
 /// A namespace of one test.
-pub struct Namespace {
+pub(crate) struct Namespace {
     plane: &'static ControlPlane,
     pub name: String,
     /// Who → which replica user.
@@ -540,13 +546,13 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    pub fn plane(&self) -> &'static ControlPlane {
+    pub(crate) fn plane(&self) -> &'static ControlPlane {
         self.plane
     }
 
     /// The replica user (`replica-N`) that `who` signs in as in this namespace; the same
     /// `who` is always the same user, different ones different users.
-    pub fn user(&self, who: &str) -> String {
+    pub(crate) fn user(&self, who: &str) -> String {
         let mut ids = self.identities.lock().unwrap();
         let next = ids.len();
         let i = *ids.entry(who.to_string()).or_insert(next);
@@ -558,24 +564,30 @@ impl Namespace {
     }
 
     /// The bearer token of `who`'s identity.
-    pub fn token(&self, who: &str) -> &'static str {
+    pub(crate) fn token(&self, who: &str) -> &'static str {
         let user = self.user(who);
         let i: usize = user["replica-".len()..].parse().unwrap();
         &self.plane.tokens[i + 1]
     }
 
     /// A new kubeconfig in `dir` for `who`, whose context names this namespace.
-    pub fn kubeconfig(&self, dir: &Path, who: &str) -> PathBuf {
+    pub(crate) fn kubeconfig(&self, dir: &Path, who: &str) -> PathBuf {
         self.kubeconfig_via(dir, who, self.plane.url())
     }
 
     /// [`Namespace::kubeconfig`] through `server` (a front) instead.
-    pub fn kubeconfig_via(&self, dir: &Path, who: &str, server: &str) -> PathBuf {
+    pub(crate) fn kubeconfig_via(&self, dir: &Path, who: &str, server: &str) -> PathBuf {
         self.kubeconfig_in(dir, who, server, &self.name)
     }
 
     /// A kubeconfig for `who` whose context names another `namespace`.
-    pub fn kubeconfig_in(&self, dir: &Path, who: &str, server: &str, namespace: &str) -> PathBuf {
+    pub(crate) fn kubeconfig_in(
+        &self,
+        dir: &Path,
+        who: &str,
+        server: &str,
+        namespace: &str,
+    ) -> PathBuf {
         let path = new_file(dir, "kubeconfig");
         self.plane
             .write_kubeconfig(&path, server, namespace, self.token(who));
@@ -583,7 +595,7 @@ impl Namespace {
     }
 
     /// A kubeconfig that reads its token from `token_file` (as a pod's does).
-    pub fn kubeconfig_with_token_file(
+    pub(crate) fn kubeconfig_with_token_file(
         &self,
         dir: &Path,
         server: &str,
@@ -601,7 +613,7 @@ impl Namespace {
 
     /// A ServiceAccount `name` here, bound to the shipped Role; a token for it from the
     /// TokenRequest API (a bound token, as the kubelet mounts).
-    pub fn service_account_token(&self, name: &str) -> String {
+    pub(crate) fn service_account_token(&self, name: &str) -> String {
         let ns = self.name.as_str();
         self.plane
             .kubectl(&["create", "serviceaccount", "-n", ns, name], b"");
@@ -633,7 +645,7 @@ impl Namespace {
     }
 
     /// Deletes the ServiceAccount `name`: its tokens stop working.
-    pub fn delete_service_account(&self, name: &str) {
+    pub(crate) fn delete_service_account(&self, name: &str) {
         self.plane.kubectl(
             &["delete", "serviceaccount", "-n", &self.name, name, "--wait"],
             b"",
@@ -641,17 +653,17 @@ impl Namespace {
     }
 
     /// The object `name` of `resource` (`secrets`, `leases`), as the admin reads it.
-    pub fn get(&self, resource: &str, name: &str) -> Option<Value> {
+    pub(crate) fn get(&self, resource: &str, name: &str) -> Option<Value> {
         self.plane.get(&self.name, resource, name)
     }
 
     /// Every object of `resource` here, sorted by name.
-    pub fn list(&self, resource: &str) -> Vec<Value> {
+    pub(crate) fn list(&self, resource: &str) -> Vec<Value> {
         self.plane.list(&self.name, resource)
     }
 
     /// The names of every object of `resource` here, sorted.
-    pub fn names(&self, resource: &str) -> Vec<String> {
+    pub(crate) fn names(&self, resource: &str) -> Vec<String> {
         self.list(resource)
             .iter()
             .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string))
@@ -660,7 +672,7 @@ impl Namespace {
 
     /// Creates `object` here as the admin (another writer); returns what the server
     /// stored.
-    pub fn create(&self, object: Value) -> Value {
+    pub(crate) fn create(&self, object: Value) -> Value {
         let text = self.plane.kubectl(
             &["create", "-n", &self.name, "-f", "-", "-o", "json"],
             object.to_string().as_bytes(),
@@ -669,7 +681,7 @@ impl Namespace {
     }
 
     /// A JSON merge patch to `name` of `resource` as the admin (another writer).
-    pub fn patch(&self, resource: &str, name: &str, patch: Value) -> Value {
+    pub(crate) fn patch(&self, resource: &str, name: &str, patch: Value) -> Value {
         let text = self.plane.kubectl(
             &[
                 "patch",
@@ -690,7 +702,7 @@ impl Namespace {
     }
 
     /// The audit events of this namespace, by user `who`'s identity when given.
-    pub fn audit(&self, who: Option<&str>) -> Vec<Audit> {
+    pub(crate) fn audit(&self, who: Option<&str>) -> Vec<Audit> {
         let user = who.map(|w| self.user(w));
         self.plane
             .audit(&self.name)
@@ -700,7 +712,7 @@ impl Namespace {
     }
 
     /// Requests answered with 409 Conflict in this namespace.
-    pub fn conflicts(&self) -> usize {
+    pub(crate) fn conflicts(&self) -> usize {
         self.audit(None)
             .iter()
             .filter(|a| a.stage == "ResponseComplete" && a.code == 409)
@@ -708,14 +720,14 @@ impl Namespace {
     }
 
     /// Watches of `resource` that `who` has open now (started, not yet complete).
-    pub fn open_watches(&self, who: &str, resource: &str) -> usize {
+    pub(crate) fn open_watches(&self, who: &str, resource: &str) -> usize {
         self.plane
             .open_watches(&self.name, &self.user(who), resource)
     }
 
     /// Records every state of the `resource` objects here from now on, as a watch sees
     /// them (the admin's `kubectl get --watch`).
-    pub fn record(&self, resource: &str) -> Recorder {
+    pub(crate) fn record(&self, resource: &str) -> Recorder {
         let mut child = Command::new(peer("kubectl"))
             .args([
                 "get",
@@ -780,13 +792,13 @@ impl Drop for Namespace {
 }
 
 /// Every state a watch saw, oldest first.
-pub struct Recorder {
+pub(crate) struct Recorder {
     child: Child,
     states: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Recorder {
-    pub fn states(&self) -> Vec<Value> {
+    pub(crate) fn states(&self) -> Vec<Value> {
         self.states.lock().unwrap().clone()
     }
 }

@@ -12,18 +12,18 @@ use ::kube::core::params::{DeleteParams, GetParams, ListParams, PostParams, Prec
 use serde_json::Value;
 
 /// Label every portico object carries, with value [`MANAGED_BY`].
-pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub(super) const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 
-pub const MANAGED_BY: &str = "portico";
+pub(super) const MANAGED_BY: &str = "portico";
 
 /// How long the server keeps one watch request open.
-pub const WATCH_SECONDS: u32 = 60;
+pub(super) const WATCH_SECONDS: u32 = 60;
 /// The longest a request may take before it counts as failed.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the Kubernetes API could not be used. Messages never quote Secret data or tokens.
 #[derive(Debug, thiserror::Error)]
-pub enum KubeError {
+pub(super) enum KubeError {
     /// No usable credentials or API address.
     #[error("{what}")]
     Config {
@@ -46,7 +46,7 @@ pub enum KubeError {
 
 impl KubeError {
     /// The HTTP status the server answered with, if it answered with an error.
-    pub fn status(&self) -> Option<u16> {
+    pub(super) fn status(&self) -> Option<u16> {
         match self {
             KubeError::Request(::kube::Error::Api(status)) => Some(status.code),
             _ => None,

@@ -14,7 +14,7 @@ use super::api::{
 use crate::store::{ANNOTATION_PREFIXES, Kind, Object, StoreError, Stored, Version, validate_name};
 
 /// Label with the object's [`Kind`] (`account`, `certificate`, `http01`, `ca`).
-pub const LABEL_KIND: &str = "portico.dev/kind";
+pub(super) const LABEL_KIND: &str = "portico.dev/kind";
 
 pub(super) const TLS_TYPE: &str = "kubernetes.io/tls";
 
@@ -23,17 +23,17 @@ pub(super) const OPAQUE_TYPE: &str = "Opaque";
 pub(super) const TLS_KEYS: [&str; 2] = ["tls.crt", "tls.key"];
 
 /// The Secret name prefix of a kind.
-pub const fn secret_prefix(kind: Kind) -> &'static str {
+pub(super) const fn secret_prefix(kind: Kind) -> &'static str {
     kind.secret_prefix()
 }
 
 /// The Secret that holds object `name` of `kind`.
-pub fn secret_name(kind: Kind, name: &str) -> String {
+pub(super) fn secret_name(kind: Kind, name: &str) -> String {
     format!("{}{name}", secret_prefix(kind))
 }
 
 /// The Secret type of a kind.
-pub const fn secret_type(kind: Kind) -> &'static str {
+pub(super) const fn secret_type(kind: Kind) -> &'static str {
     match kind {
         Kind::Certificate => TLS_TYPE,
         _ => OPAQUE_TYPE,
@@ -41,7 +41,7 @@ pub const fn secret_type(kind: Kind) -> &'static str {
 }
 
 /// The label selector of a kind's Secrets.
-pub fn selector(kind: Kind) -> String {
+pub(super) fn selector(kind: Kind) -> String {
     format!("{LABEL_KIND}={kind},{LABEL_MANAGED_BY}={MANAGED_BY}")
 }
 
