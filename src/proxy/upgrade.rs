@@ -7,7 +7,6 @@
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -35,7 +34,7 @@ pub fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
 
 /// Answers the client with the upstream's 101 and spawns the task that joins both
 /// upgraded connections.
-pub fn join(client: OnUpgrade, mut upstream: Response<Incoming>, name: String) -> Response<Body> {
+pub fn join<B>(client: OnUpgrade, mut upstream: Response<B>, name: String) -> Response<Body> {
     let upstream_io = hyper::upgrade::on(&mut upstream);
     let mut headers = std::mem::take(upstream.headers_mut());
     let protocol = headers.get(header::UPGRADE).cloned();
