@@ -153,8 +153,7 @@ pub async fn forward(
             (retry_body, Some(reclaim))
         };
         let request = head.request(&endpoint.upstream.authority, retry_body, last);
-        let result =
-            tokio::time::timeout(upstream_timeout, endpoint.send(request)).await;
+        let result = tokio::time::timeout(upstream_timeout, endpoint.send(request)).await;
         match result {
             Ok(Ok(response)) => {
                 endpoint.mark_ok();

@@ -143,15 +143,13 @@ impl H1Pool {
             }
         }
         let mut sender = self.connect().await?;
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(H1Error::Exchange)?;
+        let response = sender.send_request(req).await.map_err(H1Error::Exchange)?;
         Ok(self.pooled(worker, sender, response))
     }
 
     async fn connect(&self) -> Result<SendRequest<RetryBody>, H1Error> {
-        let io: TokioIo<tokio::net::TcpStream> = self.connector.clone().call(Uri::default()).await?;
+        let io: TokioIo<tokio::net::TcpStream> =
+            self.connector.clone().call(Uri::default()).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await

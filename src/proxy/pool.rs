@@ -132,8 +132,9 @@ impl UpstreamError {
         let connect = match self {
             UpstreamError::Http1(H1Error::Connect(e)) => Some(e),
             UpstreamError::Http1(_) => None,
-            UpstreamError::H2c(e) => std::error::Error::source(e)
-                .and_then(|e| e.downcast_ref::<ConnectError>()),
+            UpstreamError::H2c(e) => {
+                std::error::Error::source(e).and_then(|e| e.downcast_ref::<ConnectError>())
+            }
         };
         matches!(connect, Some(ConnectError::Timeout { .. }))
     }
@@ -184,10 +185,16 @@ impl Endpoint {
     /// returns the response head with its body streaming.
     pub async fn send(&self, req: Request<RetryBody>) -> Result<Response<Body>, UpstreamError> {
         match &self.clients {
-            Clients::Http1(pool) => Ok(pool.request(req).await?.map(|b| b.map_err(Into::into).boxed())),
+            Clients::Http1(pool) => Ok(pool
+                .request(req)
+                .await?
+                .map(|b| b.map_err(Into::into).boxed())),
             Clients::H2c(clients) => {
                 let client = &clients[workers::worker_index() % clients.len()];
-                Ok(client.request(req).await?.map(|b| b.map_err(Into::into).boxed()))
+                Ok(client
+                    .request(req)
+                    .await?
+                    .map(|b| b.map_err(Into::into).boxed()))
             }
         }
     }
