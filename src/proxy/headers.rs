@@ -109,7 +109,7 @@ pub fn add_forwarded(
     original_host: &str,
     version: Version,
 ) {
-    let peer = peer.to_canonical().to_string();
+    let peer = ip_text(peer.to_canonical());
     let xff = join_with(headers, &X_FORWARDED_FOR, &peer);
     headers.insert(X_FORWARDED_FOR.clone(), xff);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
@@ -132,6 +132,28 @@ pub fn add_forwarded(
     };
     let via = join_with(headers, &header::VIA, via);
     headers.insert(header::VIA, via);
+}
+
+/// The address as `Display` writes it; IPv4 without the formatting machinery, which
+/// cost ~1.3k instructions per request (scripts/profile), ten times this.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
 }
 
 /// All values of `name` joined by `, ` with `last` appended, as one value.
@@ -233,6 +255,21 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "A.test:8443");
         assert_eq!(h["via"], "1.0 corp, 2 portico");
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 
     #[test]
