@@ -116,6 +116,14 @@ pub(crate) fn cert_object(
     Object { data, annotations }
 }
 
+/// The `portico.dev/not-after` annotation of a stored certificate, when it parses.
+pub(crate) fn annotated_not_after(object: &Object) -> Option<SystemTime> {
+    let text = object.annotations.get(ANNOTATION_NOT_AFTER)?;
+    OffsetDateTime::parse(text, &Rfc3339)
+        .ok()
+        .map(SystemTime::from)
+}
+
 /// Which source wrote a stored certificate: `acme` or `internal`. ACME and the local CA
 /// store a site's certificate under the same name, so a site switched from one to the
 /// other must not keep serving what the other issued.

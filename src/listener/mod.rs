@@ -370,20 +370,25 @@ async fn drive<C: Graceful>(
         }
         Phase::Closed => return Ok(()),
     }
+    // One timer and one shutdown wait for the whole connection, not new ones at every
+    // wake-up: the connection wakes for every read and every response, and each new
+    // timer or watch wait registered and deregistered itself (a lock each). The idle
+    // timer is lazy: it fires at the earliest moment the connection could be idle for
+    // long enough, and is moved on if requests came meanwhile.
+    let idle = tokio::time::sleep_until(
+        activity
+            .deadline(limits.idle_timeout)
+            .unwrap_or_else(|| Instant::now() + limits.idle_timeout),
+    );
+    let mut idle = std::pin::pin!(idle);
+    let mut phase_change = Box::pin(next_phase(shutdown.clone()));
     loop {
-        // Re-armed after every wake-up: requests move the deadline.
-        let idle_at = activity.deadline(limits.idle_timeout);
-        let idle = async {
-            match idle_at {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => tokio::time::sleep(limits.idle_timeout).await,
-            }
-        };
         tokio::select! {
+            biased;
             result = conn.as_mut() => return result,
-            changed = shutdown.changed() => {
-                // A dropped sender means the server is gone: same as the deadline.
-                let phase = if changed.is_ok() { *shutdown.borrow_and_update() } else { Phase::Closed };
+            phase = &mut phase_change => {
+                // Seen here too, so the next wait starts after this change.
+                shutdown.borrow_and_update();
                 match phase {
                     Phase::Serving => {}
                     Phase::Draining => if !closing {
@@ -392,13 +397,33 @@ async fn drive<C: Graceful>(
                     },
                     Phase::Closed => return Ok(()),
                 }
+                phase_change = Box::pin(next_phase(shutdown.clone()));
             }
-            _ = idle => {
-                if !closing && activity.deadline(limits.idle_timeout).is_some_and(|at| at <= Instant::now()) {
-                    closing = true;
-                    conn.as_mut().start_graceful_shutdown();
+            _ = idle.as_mut() => {
+                let now = Instant::now();
+                match activity.deadline(limits.idle_timeout) {
+                    Some(at) if at <= now => {
+                        if !closing {
+                            closing = true;
+                            conn.as_mut().start_graceful_shutdown();
+                        }
+                        // Draining now; nothing more for this timer to do until the
+                        // connection finishes (or shutdown closes it).
+                        idle.as_mut().reset(now + limits.idle_timeout);
+                    }
+                    Some(at) => idle.as_mut().reset(at),
+                    None => idle.as_mut().reset(now + limits.idle_timeout),
                 }
             }
         }
+    }
+}
+
+/// The next shutdown phase after the one `rx` has seen; a dropped sender means the
+/// server is gone: same as the deadline.
+async fn next_phase(mut rx: watch::Receiver<Phase>) -> Phase {
+    match rx.changed().await {
+        Ok(()) => *rx.borrow_and_update(),
+        Err(_) => Phase::Closed,
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use http::StatusCode;
 
 use super::body::ClientBodyError;
-use super::pool::ConnectError;
+use super::pool::UpstreamError;
 
 /// Why a request could not be forwarded.
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +17,7 @@ pub(crate) enum ProxyError {
     Connect {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: UpstreamError,
     },
     /// The TCP connect did not finish within `upstream_connect_timeout`: 504, as nginx
     /// answers for a connect timeout.
@@ -25,7 +25,7 @@ pub(crate) enum ProxyError {
     ConnectTimeout {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: UpstreamError,
     },
     /// No response headers within `upstream_timeout`: 504.
     #[error("upstream {upstream} sent no response headers within {after:?}")]
@@ -35,7 +35,7 @@ pub(crate) enum ProxyError {
     Upstream {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: UpstreamError,
     },
     /// The route has no upstream (only possible with a config that skipped
     /// validation): 502 rather than a panic.
@@ -47,7 +47,7 @@ pub(crate) enum ProxyError {
     ClientBody {
         upstream: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: UpstreamError,
     },
     /// The upstream switched protocols on a request that asked for no upgrade: 502.
     #[error("upstream {upstream} answered 101 to a request without Upgrade")]
@@ -57,12 +57,9 @@ pub(crate) enum ProxyError {
 impl ProxyError {
     /// Sorts a client error: connect failures (retryable: nothing was sent) apart from
     /// the rest.
-    pub(crate) fn from_client(upstream: String, source: hyper_util::client::legacy::Error) -> Self {
+    pub(crate) fn from_client(upstream: String, source: UpstreamError) -> Self {
         if source.is_connect() {
-            let timed_out = std::error::Error::source(&source)
-                .and_then(|e| e.downcast_ref::<ConnectError>())
-                .is_some_and(|e| matches!(e, ConnectError::Timeout { .. }));
-            if timed_out {
+            if source.is_connect_timeout() {
                 ProxyError::ConnectTimeout { upstream, source }
             } else {
                 ProxyError::Connect { upstream, source }
@@ -149,7 +146,7 @@ mod tests {
             .get("http://a.test/".parse().unwrap())
             .await
             .unwrap_err();
-        let err = ProxyError::from_client(upstream.to_string(), source);
+        let err = ProxyError::from_client(upstream.to_string(), source.into());
         assert!(matches!(err, ProxyError::Connect { .. }), "{err:?}");
         assert!(err.is_connect());
         assert_eq!(err.status(), StatusCode::BAD_GATEWAY);

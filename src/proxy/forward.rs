@@ -21,7 +21,6 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::balance::Balancer;
@@ -167,8 +166,7 @@ pub(super) async fn forward(
             (retry_body, Some(reclaim))
         };
         let request = head.request(&endpoint.upstream.authority, retry_body, last);
-        let result =
-            tokio::time::timeout(upstream_timeout, endpoint.client().request(request)).await;
+        let result = tokio::time::timeout(upstream_timeout, endpoint.send(request)).await;
         match result {
             Ok(Ok(response)) => {
                 endpoint.mark_ok();
@@ -233,7 +231,7 @@ pub(super) async fn forward(
     strip_hop_by_hop(&mut headers);
     // A fresh response: the upstream response's extensions (connection info) are of no
     // concern to the client connection.
-    let mut out = Response::new(body.map_err(Into::into).boxed());
+    let mut out = Response::new(body);
     *out.status_mut() = parts.status;
     *out.headers_mut() = headers;
     Ok(out)

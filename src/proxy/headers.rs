@@ -50,6 +50,12 @@ pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// `Trailer`, `Transfer-Encoding`, `Upgrade`, `Proxy-Authorization`, `Proxy-Authenticate`.
 /// The caller puts `Connection: upgrade` and `Upgrade` back for an upgrade.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and responses carry none: one pass over the names beats the nine
+    // removals below, each of which hashes its name (scripts/profile: ~3k instructions
+    // per proxied request, requests and responses).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     // Headers named by `Connection` are hop-by-hop too. Collect first: names borrow
     // from the map.
     let named: Vec<HeaderName> = headers
@@ -92,6 +98,22 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if wants_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+        &header::PROXY_AUTHENTICATE,
+        &HTTP2_SETTINGS,
+    ]
+    .contains(&name)
 }
 
 /// The client as far as portico can tell: `peer` (the TCP peer, or the PROXY
@@ -152,7 +174,7 @@ pub(crate) fn add_forwarded(
     original_host: &str,
     version: Version,
 ) {
-    let peer = peer.to_canonical().to_string();
+    let peer = ip_text(peer.to_canonical());
     if trusted {
         let xff = join_with(headers, &X_FORWARDED_FOR, &peer);
         headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -161,7 +183,7 @@ pub(crate) fn add_forwarded(
         // One value: `insert` replaces every X-Forwarded-For the client sent.
         headers.insert(X_FORWARDED_FOR.clone(), ip_value(&peer));
     }
-    headers.insert(X_REAL_IP.clone(), ip_value(&client.to_string()));
+    headers.insert(X_REAL_IP.clone(), ip_value(&ip_text(client)));
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match HeaderValue::from_str(original_host) {
         Ok(v) => {
@@ -182,6 +204,28 @@ pub(crate) fn add_forwarded(
     };
     let via = join_with(headers, &header::VIA, via);
     headers.insert(header::VIA, via);
+}
+
+/// The address as `Display` writes it; IPv4 without the formatting machinery, which
+/// cost ~1.3k instructions per request (scripts/profile), ten times this.
+fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
 }
 
 /// An address as a header value (always valid: digits, dots, colons, hex).
@@ -354,6 +398,21 @@ mod tests {
             "10.3.3.3".parse::<IpAddr>().unwrap()
         );
         assert_eq!(client_address(&HeaderMap::new(), peer, trusted), peer);
+    }
+
+    #[test]
+    fn ip_text_is_display() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod balance;
 mod body;
 mod error;
 mod forward;
+mod h1pool;
 pub(crate) mod headers;
 mod pool;
 mod upgrade;

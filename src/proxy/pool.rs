@@ -19,12 +19,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::Uri;
+use http::{Request, Response, Uri};
+use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::Body;
 use super::body::RetryBody;
+use super::h1pool::{H1Error, H1Pool};
 use crate::config::{Upstream, UpstreamProtocol};
 use crate::workers;
 
@@ -33,7 +36,7 @@ pub(super) const COOL_DOWN: Duration = Duration::from_secs(10);
 
 /// How long an idle pooled connection is kept (nginx's upstream `keepalive_timeout` is
 /// 60 s; Go's transport uses 90 s).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Why a connection to an upstream could not be made. Nothing of the request was sent.
 #[derive(Debug, thiserror::Error)]
@@ -97,12 +100,50 @@ impl tower_service::Service<Uri> for Connector {
 
 pub(super) type UpstreamClient = Client<Connector, RetryBody>;
 
+/// How an endpoint talks to its upstream.
+enum Clients {
+    /// HTTP/1.1: the lean pool of [`super::h1pool`], an idle list per worker thread.
+    Http1(H1Pool),
+    /// h2c: one pooled hyper-util client per worker thread, so a connection and the
+    /// upstream connections it uses stay on one thread (see `workers`).
+    H2c(Vec<UpstreamClient>),
+}
+
+/// Why an upstream exchange failed, from either client.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum UpstreamError {
+    #[error(transparent)]
+    Http1(#[from] H1Error),
+    #[error(transparent)]
+    H2c(#[from] hyper_util::client::legacy::Error),
+}
+
+impl UpstreamError {
+    /// Nothing of the request was sent: no connection could be made.
+    pub(super) fn is_connect(&self) -> bool {
+        match self {
+            UpstreamError::Http1(e) => matches!(e, H1Error::Connect(_) | H1Error::Handshake(_)),
+            UpstreamError::H2c(e) => e.is_connect(),
+        }
+    }
+
+    /// The connect timed out (`upstream_connect_timeout`).
+    pub(super) fn is_connect_timeout(&self) -> bool {
+        let connect = match self {
+            UpstreamError::Http1(H1Error::Connect(e)) => Some(e),
+            UpstreamError::Http1(_) => None,
+            UpstreamError::H2c(e) => {
+                std::error::Error::source(e).and_then(|e| e.downcast_ref::<ConnectError>())
+            }
+        };
+        matches!(connect, Some(ConnectError::Timeout { .. }))
+    }
+}
+
 /// One upstream, with its connection pool and its health.
 pub(super) struct Endpoint {
     pub upstream: Upstream,
-    /// One pooled client per worker thread, so a connection and the upstream
-    /// connections it uses stay on one thread (see `listener::workers`).
-    clients: Vec<UpstreamClient>,
+    clients: Clients,
     /// Milliseconds since `epoch` until which this endpoint is cooling down; 0 = healthy.
     failed_until: AtomicU64,
     epoch: Instant,
@@ -112,31 +153,53 @@ impl Endpoint {
     fn new(key: &Key, epoch: Instant) -> Endpoint {
         let (upstream, protocol, connect_timeout) = key.clone();
         let connector = Pools::connector(&upstream, connect_timeout);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            // Without a timer the pool never evicts idle connections.
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            // The client must keep the Host header the proxy sets (the client's own).
-            .set_host(false);
-        if protocol == UpstreamProtocol::H2c {
-            // Prior knowledge: h2c upstreams (gRPC) speak HTTP/2 from the first byte.
-            builder.http2_only(true);
-        }
+        let clients = match protocol {
+            UpstreamProtocol::Http1 => Clients::Http1(H1Pool::new(connector, POOL_IDLE_TIMEOUT)),
+            UpstreamProtocol::H2c => {
+                let mut builder = Client::builder(TokioExecutor::new());
+                builder
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    // Without a timer the pool never evicts idle connections.
+                    .pool_timer(TokioTimer::new())
+                    .timer(TokioTimer::new())
+                    // The client must keep the Host header the proxy sets (the client's own).
+                    .set_host(false)
+                    // Prior knowledge: h2c upstreams (gRPC) speak HTTP/2 from the first byte.
+                    .http2_only(true);
+                Clients::H2c(
+                    (0..workers::count())
+                        .map(|_| builder.build(connector.clone()))
+                        .collect(),
+                )
+            }
+        };
         Endpoint {
-            clients: (0..workers::count())
-                .map(|_| builder.build(connector.clone()))
-                .collect(),
+            clients,
             upstream,
             failed_until: AtomicU64::new(0),
             epoch,
         }
     }
 
-    /// The calling worker's client.
-    pub(super) fn client(&self) -> &UpstreamClient {
-        &self.clients[workers::worker_index() % self.clients.len()]
+    /// Sends one request to this upstream (on the calling worker's connections) and
+    /// returns the response head with its body streaming.
+    pub(super) async fn send(
+        &self,
+        req: Request<RetryBody>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        match &self.clients {
+            Clients::Http1(pool) => Ok(pool
+                .request(req)
+                .await?
+                .map(|b| b.map_err(Into::into).boxed())),
+            Clients::H2c(clients) => {
+                let client = &clients[workers::worker_index() % clients.len()];
+                Ok(client
+                    .request(req)
+                    .await?
+                    .map(|b| b.map_err(Into::into).boxed()))
+            }
+        }
     }
 
     fn now_ms(&self) -> u64 {

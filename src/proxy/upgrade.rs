@@ -7,7 +7,6 @@
 
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
@@ -46,9 +45,9 @@ pub(super) fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
 
 /// Answers the client with the upstream's 101 and spawns the task that joins both
 /// upgraded connections.
-pub(super) fn join(
+pub(super) fn join<B>(
     client: OnUpgrade,
-    mut upstream: Response<Incoming>,
+    mut upstream: Response<B>,
     name: String,
 ) -> Response<Body> {
     let upstream_io = hyper::upgrade::on(&mut upstream);

@@ -39,7 +39,7 @@
 //! of one process).
 
 use crate::report::Chain;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -51,7 +51,7 @@ use tokio::sync::mpsc;
 
 use super::{
     BoxFuture, Change, Kind, LOCAL_CA, Lease, LockError, Locker, Object, ROOT_PEM, Store,
-    StoreError, Stored, Version, WATCH_BUFFER, check, check_lock, check_object, conflict, diff,
+    StoreError, Stored, Version, WATCH_BUFFER, check, check_lock, check_object, conflict,
     new_holder_id, random_u64, validate_name,
 };
 
@@ -339,30 +339,135 @@ impl Store for FileStore {
 impl FileStore {
     /// The loop behind [`Store::watch`]; returns when the receiver is gone.
     async fn poll(&self, kind: Kind, tx: &mpsc::Sender<Change>) {
-        let mut known = BTreeMap::new();
+        let mut known = HashMap::new();
         // A corrupt file fails every listing until someone fixes it: say so once, not
         // every couple of seconds.
         let mut last_error = None;
         loop {
-            match self.list(kind).await {
-                Ok(objects) => {
+            let this = self.clone();
+            let before = std::mem::take(&mut known);
+            let scanned =
+                tokio::task::spawn_blocking(move || this.scan_blocking(kind, before)).await;
+            match scanned {
+                Ok((now, Ok(changes))) => {
+                    known = now;
                     last_error = None;
-                    for change in diff(&mut known, objects) {
+                    for change in changes {
                         if tx.send(change).await.is_err() {
                             return;
                         }
                     }
                 }
-                Err(e) => {
+                Ok((now, Err(e))) => {
+                    known = now;
                     let text = Chain(&e).to_string();
                     if last_error.as_ref() != Some(&text) {
                         tracing::warn!(%kind, error = %text, "watch: cannot list the data folder; retrying");
                         last_error = Some(text);
                     }
                 }
+                // The scan panicked: start over, every object is reported again.
+                Err(_) => known = HashMap::new(),
             }
             tokio::time::sleep(WATCH_POLL).await;
         }
+    }
+
+    /// One pass of a watch: the changes since `known` (what the watch reported last),
+    /// and what it knows now (`known` itself when the pass fails). Only files whose
+    /// stamp changed are read: with thousands of certificates, reading and parsing every
+    /// object each pass cost a steady share of a core, and keeping every object to
+    /// compare against held megabytes.
+    fn scan_blocking(
+        &self,
+        kind: Kind,
+        known: HashMap<String, Seen>,
+    ) -> (HashMap<String, Seen>, Result<Vec<Change>, StoreError>) {
+        let mut next = HashMap::with_capacity(known.len());
+        let mut upserts = Vec::new();
+        let scan = (|| -> Result<(), StoreError> {
+            let dir = self.kind_dir(kind);
+            for entry in fs::read_dir(&dir).map_err(at(&dir))? {
+                let entry = entry.map_err(at(&dir))?;
+                // As in `list_blocking`: dot files and strays are not objects.
+                let Ok(name) = entry.file_name().into_string() else {
+                    continue;
+                };
+                if validate_name(kind, &name).is_err()
+                    || !entry.file_type().map_err(at(&entry.path()))?.is_file()
+                {
+                    continue;
+                }
+                let path = entry.path();
+                let meta = match fs::metadata(&path) {
+                    Ok(meta) => meta,
+                    // Deleted between read_dir and here: it is simply not in the list.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(at(&path)(e).into()),
+                };
+                let stamp = Stamp::of(&meta);
+                let before = known.get(&name);
+                if let Some(seen) = before.filter(|seen| seen.stamp == stamp) {
+                    next.insert(name, seen.clone());
+                    continue;
+                }
+                let Some(bytes) = read_optional(&path)? else {
+                    continue;
+                };
+                let stored = decode(kind, &name, &path, &bytes)?;
+                let seen = Seen {
+                    stamp,
+                    version: stored.version.clone(),
+                };
+                if before.map(|b| &b.version) != Some(&stored.version) {
+                    upserts.push(Change::Upsert(name.clone(), stored));
+                }
+                next.insert(name, seen);
+            }
+            Ok(())
+        })();
+        if let Err(e) = scan {
+            return (known, Err(e));
+        }
+        // Removals first, then upserts in name order, as `diff` reports a listing.
+        let mut removed: Vec<String> = known
+            .into_keys()
+            .filter(|name| !next.contains_key(name))
+            .collect();
+        removed.sort();
+        upserts.sort_by(|a, b| change_name(a).cmp(change_name(b)));
+        let changes = removed
+            .into_iter()
+            .map(Change::Removed)
+            .chain(upserts)
+            .collect();
+        (next, Ok(changes))
+    }
+}
+
+fn change_name(change: &Change) -> &str {
+    match change {
+        Change::Upsert(name, _) | Change::Removed(name) => name,
+    }
+}
+
+/// What a watch keeps of an object file between passes.
+#[derive(Clone, Debug)]
+struct Seen {
+    stamp: Stamp,
+    /// The version it reported last.
+    version: Version,
+}
+
+/// Inode, length and modification time: every write renames a new file into place, so
+/// a rewritten object always has a new stamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp(u64, u64, i64, i64);
+
+impl Stamp {
+    fn of(meta: &fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp(meta.ino(), meta.len(), meta.mtime(), meta.mtime_nsec())
     }
 }
 

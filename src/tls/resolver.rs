@@ -13,6 +13,7 @@
 //! so adding `www.` to a site never takes down the name it already had.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -33,15 +34,21 @@ pub struct SiteCert {
     pub hosts: Arc<[HostPattern]>,
     /// The leaf's notAfter.
     pub not_after: SystemTime,
+    /// The leaf's notBefore, parsed on first use: the scheduler asks for every site
+    /// every couple of seconds, and parsing 10,000 leaves each time cost a steady few
+    /// percent of a core.
+    not_before: std::sync::OnceLock<Option<SystemTime>>,
 }
 
 impl SiteCert {
     /// The leaf's notBefore, if the leaf parses.
     pub(crate) fn not_before(&self) -> Option<SystemTime> {
-        let der = self.key.end_entity_cert().ok()?;
-        super::validity("served certificate", der)
-            .ok()
-            .map(|(not_before, _)| not_before)
+        *self.not_before.get_or_init(|| {
+            let der = self.key.end_entity_cert().ok()?;
+            super::validity("served certificate", der)
+                .ok()
+                .map(|(not_before, _)| not_before)
+        })
     }
 
     /// The renewal rule for what is being served: a third or less of its life left.
@@ -96,6 +103,9 @@ impl Snapshot {
 struct Table {
     /// Configured sites in config order, with their hosts.
     sites: Vec<(SiteId, Arc<[HostPattern]>)>,
+    /// Index into `sites` by id: with thousands of sites, a scan per install (or per
+    /// site in `set_sites`) made start-up quadratic.
+    index: HashMap<SiteId, usize>,
     certs: BTreeMap<SiteId, Arc<SiteCert>>,
     /// For a site without a certificate of its own yet: certificates it inherited from
     /// sites a reload replaced (its hosts were edited) or from its previous `tls`
@@ -127,6 +137,22 @@ pub struct CertResolver {
     /// Keeps `portico_certificate_not_after_seconds` in step with the table (edited
     /// under the table lock, so the gauge and the served certificates agree).
     metrics: Arc<Metrics>,
+    /// Open [`Batch`]es: while any is, edits do not publish; the last one to close does.
+    batches: AtomicUsize,
+}
+
+/// Holds publishing back until dropped (see [`CertResolver::batch`]).
+pub struct Batch<'a>(&'a CertResolver);
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        let table = self.0.lock();
+        // Under the table lock, so an edit racing the last close publishes itself or is
+        // published here.
+        if self.0.batches.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.publish_now(&table);
+        }
+    }
 }
 
 impl CertResolver {
@@ -155,13 +181,19 @@ impl CertResolver {
             .collect();
         let Table {
             sites,
+            index,
             certs,
             interim,
         } = &mut *table;
+        *index = sites
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (id.clone(), i))
+            .collect();
         let mut leaving: Vec<Arc<SiteCert>> =
             std::mem::take(interim).into_values().flatten().collect();
         certs.retain(|id, cert| {
-            let stays = sites.iter().any(|(s, _)| s == id);
+            let stays = index.contains_key(id);
             if !stays {
                 leaving.push(cert.clone());
             }
@@ -189,7 +221,7 @@ impl CertResolver {
     /// no longer) configured, so a renewal racing a reload cannot resurrect it.
     pub fn install(&self, site: &SiteId, key: Arc<CertifiedKey>, not_after: SystemTime) -> bool {
         let mut table = self.lock();
-        let Some((_, hosts)) = table.sites.iter().find(|(id, _)| id == site) else {
+        let Some((_, hosts)) = table.index.get(site).map(|&i| &table.sites[i]) else {
             return false;
         };
         self.metrics
@@ -198,6 +230,7 @@ impl CertResolver {
             key,
             hosts: hosts.clone(),
             not_after,
+            not_before: std::sync::OnceLock::new(),
         });
         table.certs.insert(site.clone(), cert);
         table.interim.remove(site);
@@ -251,8 +284,26 @@ impl CertResolver {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Defers publishing the snapshot until the returned guard (and any other open
+    /// batch) is dropped: thousands of installs at start-up then build it once, not once
+    /// each (each build is linear in the sites). Handshakes meanwhile see the snapshot
+    /// from before the batch.
+    pub fn batch(&self) -> Batch<'_> {
+        self.batches.fetch_add(1, Ordering::AcqRel);
+        Batch(self)
+    }
+
     fn publish(&self, table: &Table) {
-        let mut snap = Snapshot::default();
+        if self.batches.load(Ordering::Acquire) == 0 {
+            self.publish_now(table);
+        }
+    }
+
+    fn publish_now(&self, table: &Table) {
+        let mut snap = Snapshot {
+            exact: HashMap::with_capacity(table.sites.len()),
+            ..Snapshot::default()
+        };
         // Config order decides ties, though validation already refuses a host in two sites.
         for (id, hosts) in &table.sites {
             let own = table.certs.get(id);
