@@ -1,7 +1,7 @@
 //! The admin listener over real sockets: health and readiness, and `/metrics` after real
 //! HTTPS traffic (certificate not-after, requests by site and status, handshake failures).
 
-mod common;
+use portico_test_support as common;
 
 use std::time::Duration;
 
@@ -113,18 +113,7 @@ async fn not_after_gauge_matches_the_served_leaf() {
     let der = edge::leaf(&tls);
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     let not_after = cert.validity().not_after.timestamp();
-    let names: Vec<String> = cert
-        .subject_alternative_name()
-        .unwrap()
-        .unwrap()
-        .value
-        .general_names
-        .iter()
-        .map(|n| match n {
-            x509_parser::extensions::GeneralName::DNSName(d) => d.to_string(),
-            other => panic!("unexpected SAN {other:?}"),
-        })
-        .collect();
+    let names = portico::metrics::certificate_names(&der).unwrap();
     assert_eq!(names.len(), 2);
 
     let text = scrape(&p).await;

@@ -4,7 +4,7 @@
 //! port-80 redirect as an open redirector, slow and idle request heads, and floods of
 //! HTTP/2 resets. Each case failed before the fix it stands for.
 
-mod common;
+use portico_test_support as common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

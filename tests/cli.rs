@@ -5,14 +5,14 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-mod common;
-
-fn portico() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_portico"))
-}
+use portico_test_support as common;
 
 fn run(args: &[&str], cwd: &Path) -> Output {
-    portico().args(args).current_dir(cwd).output().unwrap()
+    common::portico()
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
 }
 
 fn write(dir: &Path, text: &str) -> std::path::PathBuf {
@@ -28,6 +28,27 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// `portico run` on loopback ports the OS just handed out, with `sites` (TOML) after
+/// the `[listen]` and `[storage]` tables, in `dir`; stderr is piped. Returns the child
+/// and its http and https ports.
+fn run_sites(dir: &Path, sites: &str) -> (std::process::Child, u16, u16) {
+    let (http, https) = (free_port(), free_port());
+    let path = write(
+        dir,
+        &format!(
+            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\npath = \"data\"\n{sites}"
+        ),
+    );
+    let child = common::portico()
+        .args(["run", "--config", path.to_str().unwrap()])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, http, https)
 }
 
 #[test]
@@ -166,20 +187,10 @@ fn curl(args: &[&str]) -> (String, String) {
 #[test]
 fn run_serves_curl_over_h2_and_h1_then_exits_0_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, https) = (free_port(), free_port());
-    let path = write(
+    let (mut child, http, https) = run_sites(
         dir.path(),
-        &format!(
-            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\npath = \"data\"\n[[site]]\nhosts = [\"localhost\", \"app.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"hi\" }}\n"
-        ),
+        "[[site]]\nhosts = [\"localhost\", \"app.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"hi\" }\n",
     );
-    let mut child = portico()
-        .args(["run", "--config", path.to_str().unwrap()])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let root = dir.path().join("data/ca/root.pem");
     let resolve = format!("app.internal:{https}:127.0.0.1");
     let url = format!("https://app.internal:{https}/");
@@ -238,7 +249,7 @@ fn run_serves_curl_over_h2_and_h1_then_exits_0_on_sigterm() {
         .mode();
     assert_eq!(mode & 0o777, 0o700);
 
-    let out = run(&["certs", "--config", path.to_str().unwrap()], dir.path());
+    let out = run(&["certs", "--config", "portico.toml"], dir.path());
     let table = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{table}");
     assert!(table.contains("app.internal,localhost"), "{table}");
@@ -276,19 +287,10 @@ async fn a_1_gib_upload_streams_through_with_flat_memory() {
     common::edge::install_provider();
     let up = common::backend("up", common::Proto::Http1).await;
     let dir = tempfile::tempdir().unwrap();
-    let (http, https) = (free_port(), free_port());
-    let path = write(
+    let (mut child, _, https) = run_sites(
         dir.path(),
-        &format!(
-            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\npath = \"data\"\n[[site]]\nhosts = [\"big.internal\"]\nupstreams = [\"{up}\"]\n"
-        ),
+        &format!("[[site]]\nhosts = [\"big.internal\"]\nupstreams = [\"{up}\"]\n"),
     );
-    let mut child = portico()
-        .args(["run", "--config", path.to_str().unwrap()])
-        .current_dir(dir.path())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     let addr: std::net::SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
     let root_path = dir.path().join("data/ca/root.pem");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -376,7 +378,7 @@ fn sighup_applies_a_changed_file_and_keeps_serving_through_a_broken_one() {
         .unwrap();
     };
     let path = write(dir.path(), &config("one", ""));
-    let mut child = portico()
+    let mut child = common::portico()
         .args(["run", "--config", path.to_str().unwrap()])
         .current_dir(dir.path())
         .stdout(Stdio::null())
@@ -472,7 +474,7 @@ fn the_kubernetes_backend_takes_kubeconfig_and_certs_reads_the_secrets() {
     let config = path.to_str().unwrap();
 
     let before = api.requests().len();
-    let out = portico()
+    let out = common::portico()
         .args(["check", "--config", config])
         .env("KUBECONFIG", &kubeconfig)
         .output()
@@ -480,7 +482,7 @@ fn the_kubernetes_backend_takes_kubeconfig_and_certs_reads_the_secrets() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(api.requests().len(), before, "check contacted the cluster");
 
-    let mut child = portico()
+    let mut child = common::portico()
         .args(["run", "--config", config])
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
@@ -518,7 +520,7 @@ fn the_kubernetes_backend_takes_kubeconfig_and_certs_reads_the_secrets() {
     assert_eq!(tls["type"], "kubernetes.io/tls");
     assert_eq!(tls["metadata"]["labels"]["portico.dev/kind"], "certificate");
 
-    let out = portico()
+    let out = common::portico()
         .args(["certs", "--config", config])
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
@@ -550,20 +552,10 @@ fn the_kubernetes_backend_takes_kubeconfig_and_certs_reads_the_secrets() {
 async fn a_rapid_reset_flood_is_logged_once_a_second_with_a_count() {
     common::edge::install_provider();
     let dir = tempfile::tempdir().unwrap();
-    let (http, https) = (free_port(), free_port());
-    let path = write(
+    let (mut child, _, https) = run_sites(
         dir.path(),
-        &format!(
-            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\npath = \"data\"\n[[site]]\nhosts = [\"flood.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"hi\" }}\n"
-        ),
+        "[[site]]\nhosts = [\"flood.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"hi\" }\n",
     );
-    let mut child = portico()
-        .args(["run", "--config", path.to_str().unwrap()])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let log = collect_stderr(&mut child);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
     let root_path = dir.path().join("data/ca/root.pem");

@@ -7,12 +7,11 @@
 //!
 //! Facts about the Dockerfile alone live in `tests/packaging.rs`.
 
-mod common;
+use portico_test_support as common;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -176,7 +175,7 @@ fn the_configmap_is_the_checked_portico_toml_with_the_staging_ca() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portico.toml");
     std::fs::write(&path, config_text()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+    let out = common::portico()
         .args(["check", "--config", path.to_str().unwrap()])
         .output()
         .unwrap();
@@ -688,7 +687,7 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
 
     // docs/kubernetes.md's `kubectl exec deploy/portico -- portico certs --config ...`: the same
     // binary, config file and rights, signed in through a kubeconfig instead.
-    let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+    let out = common::portico()
         .args(["certs", "--config", path.to_str().unwrap()])
         .env("KUBECONFIG", &kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")

@@ -1,7 +1,7 @@
 //! The request path through the whole server over TLS: connection reuse and 421, bodies
 //! over HTTP/2, errors, upgrades, limits and graceful shutdown.
 
-mod common;
+use portico_test_support as common;
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;

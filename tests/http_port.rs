@@ -1,7 +1,7 @@
 //! Port 80: HTTP-01 answers from the challenge registry, 404 for anything else under the
 //! challenge path, 308 to https for the rest.
 
-mod common;
+use portico_test_support as common;
 
 use common::edge::*;
 

@@ -2,15 +2,15 @@
 //! binary: there is no Docker engine here, so everything the image relies on (flags,
 //! paths, user, ports) is checked from its text.
 
+use portico_test_support as common;
 use std::path::Path;
-use std::process::Command;
 
 fn repo(path: &str) -> String {
     std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
 }
 
 fn check(config: &str) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_portico"))
+    let out = common::portico()
         .args(["check", "--config", config])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
@@ -119,10 +119,7 @@ fn the_image_runs_the_binary_as_a_non_root_user_with_the_documented_command() {
         .map(|a| a.trim_matches('"').to_string())
         .collect();
     assert_eq!(args, ["run", "--config", "/etc/portico/portico.toml"]);
-    let out = Command::new(env!("CARGO_BIN_EXE_portico"))
-        .args(&args)
-        .output()
-        .unwrap();
+    let out = common::portico().args(&args).output().unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/etc/portico/portico.toml"));
 }

@@ -1,7 +1,7 @@
 //! The Pebble harness itself (tests/common/pebble.rs), against the real Pebble and
 //! pebble-challtestsrv.
 
-mod common;
+use portico_test_support as common;
 
 use std::net::Ipv4Addr;
 

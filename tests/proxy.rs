@@ -1,7 +1,7 @@
 //! The request path over real sockets: a hyper client talks to the proxy (HTTP/1.1 or
 //! HTTP/2), the proxy to hyper backends (HTTP/1.1 or h2c), all on 127.0.0.1:0.
 
-mod common;
+use portico_test_support as common;
 
 use bytes::Bytes;
 use common::*;

@@ -4,7 +4,7 @@
 //! `..data` symlink swap is picked up without a signal; a request in flight finishes on
 //! the upstream it started with.
 
-mod common;
+use portico_test_support as common;
 
 use std::net::SocketAddr;
 use std::path::Path;

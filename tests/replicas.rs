@@ -18,18 +18,18 @@
 //! them through, instead of racing the CA; where it needs a write to meet another
 //! writer's change, the API front holds that write until the change is made.
 
-mod common;
+use portico_test_support as common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use common::api_front::Front;
-use common::b64::base64_decode;
+use common::base64_decode;
 use common::ca_front::CaFront;
 use common::control_plane::{Namespace, Recorder, control_plane};
 use common::edge::{self, Portico, client_config, install_provider, start_with, tls_connect};
@@ -79,7 +79,7 @@ fn holder_of(lease: &Value) -> &str {
 
 /// The leaf (DER) of the chain in a certificate Secret, if it holds one.
 fn secret_leaf(secret: &Value) -> Option<Vec<u8>> {
-    let pem = base64_decode(secret["data"]["tls.crt"].as_str()?).ok()?;
+    let pem = base64_decode(secret["data"]["tls.crt"].as_str()?)?;
     let leaf = CertificateDer::pem_slice_iter(&pem).next()?.ok()?;
     Some(leaf.to_vec())
 }
@@ -208,7 +208,7 @@ impl World {
         let kubeconfig = self.kubeconfig(dir.path(), n);
         let config = self.write_config(ip(n), sites);
         let log = dir.path().join("portico.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_portico"))
+        let child = common::portico()
             .arg("run")
             .arg("--config")
             .arg(&config)

@@ -11,7 +11,7 @@
 //! Lock tests use short ttls and sleep *longer* than needed; they never assert that
 //! something was fast, only what happened, so a slow machine cannot make them fail.
 
-mod common;
+use portico_test_support as common;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -20,10 +20,26 @@ use std::time::Duration;
 use common::control_plane::{Namespace, control_plane};
 
 use portico::store::{
-    self, Change, FileStore, Kind, KubeStore, LOCAL_CA, LockError, Locker, MemoryStore, NameError,
-    Object, Store, StoreError, Version,
+    self, Change, FileStore, Kind, KubeStore, LOCAL_CA, Lease, LockError, Locker, MemoryStore,
+    NameError, Object, Store, StoreError, Version,
 };
 use tokio::sync::mpsc;
+
+/// Takes lock `name`, which must be free; the lease.
+async fn acquire(locker: &dyn Locker, name: &str, ttl: Duration) -> Lease {
+    match locker.try_acquire(name, ttl).await {
+        Ok(Some(lease)) => lease,
+        other => panic!("lock {name} was not acquired: {other:?}"),
+    }
+}
+
+/// Lock `name` is held by someone else: not acquired, and no error.
+async fn refused(locker: &dyn Locker, name: &str, ttl: Duration) {
+    match locker.try_acquire(name, ttl).await {
+        Ok(None) => {}
+        other => panic!("lock {name} was not refused: {other:?}"),
+    }
+}
 
 /// A backend under test.
 pub struct Backend {
@@ -590,7 +606,7 @@ mod contract {
             .unwrap();
 
         let lock = "b".repeat(store::MAX_LOCK_NAME_LEN);
-        let lease = b.locker.try_acquire(&lock, TTL).await.unwrap().unwrap();
+        let lease = acquire(&*b.locker, &lock, TTL).await;
         b.locker.renew(&lease).await.unwrap();
         b.locker.release(lease).await.unwrap();
         let too_long = "b".repeat(store::MAX_LOCK_NAME_LEN + 1);
@@ -600,53 +616,42 @@ mod contract {
 
     pub(crate) async fn lock_is_exclusive(b: &Backend) {
         let ttl = Duration::from_secs(60);
-        let lease = b
-            .locker
-            .try_acquire("portico-acme-1", ttl)
-            .await
-            .unwrap()
-            .unwrap();
+        let lease = acquire(&*b.locker, "portico-acme-1", ttl).await;
         assert_eq!(lease.name(), "portico-acme-1");
         assert_eq!(lease.ttl(), ttl);
         // Not re-entrant: the same process asking again is another holder.
-        assert_eq!(
-            b.locker.try_acquire("portico-acme-1", ttl).await.unwrap(),
-            None
-        );
+        refused(&*b.locker, "portico-acme-1", ttl).await;
         b.locker.renew(&lease).await.unwrap();
-        assert_eq!(
-            b.locker.try_acquire("portico-acme-1", ttl).await.unwrap(),
-            None
-        );
+        refused(&*b.locker, "portico-acme-1", ttl).await;
     }
 
     pub(crate) async fn locks_are_independent_by_name(b: &Backend) {
         let ttl = Duration::from_secs(60);
-        let one = b.locker.try_acquire("one", ttl).await.unwrap().unwrap();
-        let two = b.locker.try_acquire("two", ttl).await.unwrap().unwrap();
+        let one = acquire(&*b.locker, "one", ttl).await;
+        let two = acquire(&*b.locker, "two", ttl).await;
         assert_ne!(one.holder(), two.holder());
         b.locker.release(one).await.unwrap();
-        assert_eq!(b.locker.try_acquire("two", ttl).await.unwrap(), None);
+        refused(&*b.locker, "two", ttl).await;
         b.locker.renew(&two).await.unwrap();
     }
 
     pub(crate) async fn release_then_acquire_again(b: &Backend) {
         let ttl = Duration::from_secs(60);
-        let first = b.locker.try_acquire("l", ttl).await.unwrap().unwrap();
+        let first = acquire(&*b.locker, "l", ttl).await;
         b.locker.release(first.clone()).await.unwrap();
-        let second = b.locker.try_acquire("l", ttl).await.unwrap().unwrap();
+        let second = acquire(&*b.locker, "l", ttl).await;
         assert_ne!(first.holder(), second.holder());
         // The first holder's lease is gone: renewing it must not revive it.
         let e = b.locker.renew(&first).await.unwrap_err();
         assert!(matches!(e, LockError::Lost { .. }), "{e}");
         // Releasing twice is harmless and leaves the second holder alone.
         b.locker.release(first).await.unwrap();
-        assert_eq!(b.locker.try_acquire("l", ttl).await.unwrap(), None);
+        refused(&*b.locker, "l", ttl).await;
         b.locker.renew(&second).await.unwrap();
     }
 
     pub(crate) async fn stale_lock_is_taken_over(b: &Backend) {
-        let old = b.locker.try_acquire("l", TTL).await.unwrap().unwrap();
+        let old = acquire(&*b.locker, "l", TTL).await;
         tokio::time::sleep(TTL + TTL / 2).await;
         let new = b
             .locker
@@ -662,23 +667,12 @@ mod contract {
         );
         // The old holder letting go must not free the new holder's lock.
         b.locker.release(old).await.unwrap();
-        assert_eq!(
-            b.locker
-                .try_acquire("l", Duration::from_secs(60))
-                .await
-                .unwrap(),
-            None
-        );
+        refused(&*b.locker, "l", Duration::from_secs(60)).await;
         b.locker.renew(&new).await.unwrap();
     }
 
     pub(crate) async fn racing_for_a_stale_lock_has_one_winner(b: &Backend) {
-        let stale = b
-            .locker
-            .try_acquire("l", Duration::from_millis(1))
-            .await
-            .unwrap()
-            .unwrap();
+        let stale = acquire(&*b.locker, "l", Duration::from_millis(1)).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         let tasks: Vec<_> = (0..8)
             .map(|_| {
@@ -703,14 +697,14 @@ mod contract {
         // Not shorter: a lock's time is taken before its write, so a slow fsync eats
         // into it.
         let ttl = Duration::from_secs(1);
-        let lease = b.locker.try_acquire("l", ttl).await.unwrap().unwrap();
+        let lease = acquire(&*b.locker, "l", ttl).await;
         // Four renews a third of a ttl apart: more than a ttl in all. Each check comes
         // right after a renew, so a slow machine only makes the gaps longer, never the
         // test wrong (a lock that went stale unobserved is still renewed by its holder).
         for _ in 0..4 {
             tokio::time::sleep(ttl / 3).await;
             b.locker.renew(&lease).await.unwrap();
-            assert_eq!(b.locker.try_acquire("l", ttl).await.unwrap(), None);
+            refused(&*b.locker, "l", ttl).await;
         }
     }
 
@@ -718,42 +712,31 @@ mod contract {
         // The guard counts a lease as lost when a renew takes longer than 2/3 of the
         // ttl; a busy disk can fsync that slowly, so this ttl is not short.
         let ttl = Duration::from_secs(2);
-        let lease = b.locker.try_acquire("held", ttl).await.unwrap().unwrap();
+        let lease = acquire(&*b.locker, "held", ttl).await;
         let guard = store::hold(b.locker.clone(), lease.clone());
         assert_eq!(guard.lease(), &lease);
         tokio::time::sleep(ttl * 3 / 2).await;
         assert!(!guard.is_lost());
-        assert_eq!(b.locker.try_acquire("held", ttl).await.unwrap(), None);
+        refused(&*b.locker, "held", ttl).await;
         guard.release().await.unwrap();
         assert!(b.locker.try_acquire("held", ttl).await.unwrap().is_some());
     }
 
     pub(crate) async fn hold_reports_a_lost_lease(b: &Backend) {
-        let lease = b.locker.try_acquire("held", TTL).await.unwrap().unwrap();
+        let lease = acquire(&*b.locker, "held", TTL).await;
         let guard = store::hold(b.locker.clone(), lease.clone());
         let mut lost = guard.lost();
         // Someone else ends up with the lock (here: it is released behind the guard's
         // back and taken), so the guard's next renew fails.
         b.locker.release(lease).await.unwrap();
-        let thief = b
-            .locker
-            .try_acquire("held", Duration::from_secs(60))
-            .await
-            .unwrap()
-            .unwrap();
+        let thief = acquire(&*b.locker, "held", Duration::from_secs(60)).await;
         tokio::time::timeout(Duration::from_secs(30), lost.wait_for(|l| *l))
             .await
             .expect("the loss is reported")
             .unwrap();
         assert!(guard.is_lost());
         guard.release().await.unwrap();
-        assert_eq!(
-            b.locker
-                .try_acquire("held", Duration::from_secs(60))
-                .await
-                .unwrap(),
-            None
-        );
+        refused(&*b.locker, "held", Duration::from_secs(60)).await;
         b.locker.renew(&thief).await.unwrap();
     }
 
@@ -899,7 +882,7 @@ mod contract {
     }
 
     pub(crate) async fn dropping_the_guard_stops_renewing(b: &Backend) {
-        let lease = b.locker.try_acquire("held", TTL).await.unwrap().unwrap();
+        let lease = acquire(&*b.locker, "held", TTL).await;
         drop(store::hold(b.locker.clone(), lease));
         tokio::time::sleep(TTL * 4).await;
         assert!(b.locker.try_acquire("held", TTL).await.unwrap().is_some());
@@ -925,11 +908,7 @@ mod file_only {
         for kind in Kind::ALL {
             store.put(kind, LOCAL_CA, &cert("x"), None).await.unwrap();
         }
-        let lease = store
-            .try_acquire("l", Duration::from_secs(60))
-            .await
-            .unwrap()
-            .unwrap();
+        let lease = acquire(&store, "l", Duration::from_secs(60)).await;
         store.renew(&lease).await.unwrap();
 
         let mut seen = 0;
@@ -1038,15 +1017,8 @@ mod file_only {
             cert("two")
         );
 
-        let lease = a
-            .try_acquire("l", Duration::from_secs(60))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            b.try_acquire("l", Duration::from_secs(60)).await.unwrap(),
-            None
-        );
+        let lease = acquire(&*a, "l", Duration::from_secs(60)).await;
+        refused(&*b, "l", Duration::from_secs(60)).await;
         b.release(lease.clone()).await.unwrap(); // b may release a's lease: same lock
         assert!(
             b.try_acquire("l", Duration::from_secs(60))
@@ -1130,11 +1102,7 @@ mod file_only {
     async fn cross_process_race_for_a_stale_lock_has_one_winner() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
-        store
-            .try_acquire("race", Duration::from_millis(1))
-            .await
-            .unwrap()
-            .unwrap();
+        acquire(&store, "race", Duration::from_millis(1)).await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         let path = dir.path().to_owned();
         let outputs = tokio::task::spawn_blocking(move || run_children(&path, "acquire", 4))
@@ -1222,7 +1190,7 @@ mod file_only {
         let path = dir.path().join("locks/l.lock");
         fs::write(&path, "garbage").unwrap();
         let ttl = Duration::from_secs(60);
-        assert_eq!(store.try_acquire("l", ttl).await.unwrap(), None);
+        refused(&store, "l", ttl).await;
         let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
         fs::File::options()
             .write(true)
@@ -1258,7 +1226,7 @@ mod file_only {
 mod kube_only {
     use super::*;
     use common::api_front::Front;
-    use common::b64::base64_encode;
+    use common::base64_encode;
     use serde_json::{Value, json};
     use std::sync::Mutex;
     use std::time::SystemTime;
@@ -1885,11 +1853,12 @@ mod kube_only {
     async fn leases_are_named_and_filled_in_like_client_go() {
         let f = fixture("leases_are_named_and_filled_in_like_client_go");
         let store = f.replica("portico").await;
-        let lease = store
-            .try_acquire("acme-0123456789abcdef", Duration::from_millis(14_500))
-            .await
-            .unwrap()
-            .unwrap();
+        let lease = acquire(
+            &store,
+            "acme-0123456789abcdef",
+            Duration::from_millis(14_500),
+        )
+        .await;
         let record = f.lease("portico-acme-0123456789abcdef");
         let spec = &record["spec"];
         assert_eq!(spec["holderIdentity"], lease.holder());
@@ -1939,16 +1908,12 @@ mod kube_only {
         let f = fixture("a_fresh_observer_waits_a_full_lease_duration");
         let dead = f.replica("dead").await;
         let ttl = Duration::from_secs(2);
-        dead.try_acquire("l", ttl).await.unwrap().unwrap();
+        acquire(&dead, "l", ttl).await;
         // The holder dies; its renewTime is long past by the time the other replica
         // starts.
         tokio::time::sleep(ttl * 2).await;
         let fresh = f.replica("fresh").await;
-        assert_eq!(
-            fresh.try_acquire("l", ttl).await.unwrap(),
-            None,
-            "first sight of a held lease: it counts as alive"
-        );
+        refused(&fresh, "l", ttl).await;
         tokio::time::sleep(ttl + ttl / 2).await;
         assert!(
             fresh.try_acquire("l", ttl).await.unwrap().is_some(),
@@ -1977,7 +1942,7 @@ mod kube_only {
         for ahead in [false, true] {
             let lock = if ahead { "ahead" } else { "behind" };
             let holder = Arc::new(f.replica(lock).await.with_clock(skewed(ahead, hours)));
-            let lease = holder.try_acquire(lock, ttl).await.unwrap().unwrap();
+            let lease = acquire(&*holder, lock, ttl).await;
             let renew = f.lease(&format!("portico-{lock}"))["spec"]["renewTime"].clone();
             let year_now = time_year(SystemTime::now());
             assert_ne!(renew.as_str().unwrap()[..13], year_now[..13], "{renew}");
@@ -1985,7 +1950,7 @@ mod kube_only {
             // Renewing: never taken, although renewTime is hours off.
             let guard = store::hold(holder.clone(), lease);
             for _ in 0..4 {
-                assert_eq!(observer.try_acquire(lock, ttl).await.unwrap(), None);
+                refused(&observer, lock, ttl).await;
                 tokio::time::sleep(ttl / 2).await;
             }
             assert!(!guard.is_lost());
@@ -1993,7 +1958,7 @@ mod kube_only {
             // never (a renewTime in the future does not keep it).
             drop(guard);
             tokio::time::sleep(ttl / 2).await;
-            assert_eq!(observer.try_acquire(lock, ttl).await.unwrap(), None);
+            refused(&observer, lock, ttl).await;
             tokio::time::sleep(ttl + ttl / 2).await;
             assert!(observer.try_acquire(lock, ttl).await.unwrap().is_some());
         }
@@ -2034,11 +1999,7 @@ mod kube_only {
             .delete(Kind::Certificate, "c", Some(&v2))
             .await
             .unwrap();
-        let lease = store
-            .try_acquire("l", Duration::from_secs(60))
-            .await
-            .unwrap()
-            .unwrap();
+        let lease = acquire(&store, "l", Duration::from_secs(60)).await;
         store.renew(&lease).await.unwrap();
         store.release(lease).await.unwrap();
         assert!(

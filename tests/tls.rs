@@ -1,7 +1,7 @@
 //! The TLS edge over real sockets: SNI rules, protocol versions, ALPN, the local CA, the
 //! files source and hot swapping under load.
 
-mod common;
+use portico_test_support as common;
 
 use std::time::{Duration, SystemTime};
 

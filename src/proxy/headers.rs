@@ -33,6 +33,19 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// Never forwarded: an `Upgrade: h2c` request's settings are for the hop it was sent on.
 static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+/// What never crosses a hop, besides the headers `Connection` names.
+static HOP_BY_HOP: [&HeaderName; 10] = [
+    &header::CONNECTION,
+    &KEEP_ALIVE,
+    &PROXY_CONNECTION,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHORIZATION,
+    &header::PROXY_AUTHENTICATE,
+    &HTTP2_SETTINGS,
+];
 
 /// True when the `Connection` header lists `token` (case-insensitive, comma list, any
 /// number of `Connection` headers).
@@ -81,18 +94,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         // come after stripping, so a client cannot name them away.
         headers.remove(&name);
     }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-        &header::PROXY_AUTHENTICATE,
-        &HTTP2_SETTINGS,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     if wants_trailers {
@@ -101,19 +103,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-        &header::PROXY_AUTHENTICATE,
-        &HTTP2_SETTINGS,
-    ]
-    .contains(&name)
+    HOP_BY_HOP.contains(&name)
 }
 
 /// The client as far as portico can tell: `peer` (the TCP peer, or the PROXY

@@ -52,7 +52,7 @@ use tokio::sync::mpsc;
 use super::{
     BoxFuture, Change, Kind, LOCAL_CA, Lease, LockError, Locker, Object, ROOT_PEM, Store,
     StoreError, Stored, Version, WATCH_BUFFER, check, check_lock, check_object, conflict,
-    new_holder_id, random_u64, validate_name,
+    new_holder_id, random_u64, stale, validate_name,
 };
 
 const FORMAT: u32 = 1;
@@ -196,22 +196,29 @@ impl FileStore {
         Ok(())
     }
 
-    fn list_blocking(&self, kind: Kind) -> Result<Vec<(String, Stored)>, StoreError> {
+    /// The object files of `kind`, by name. Temporary and guard files start with a dot,
+    /// which no valid name does; anything else that is not an object (root.pem, a stray
+    /// file) is skipped.
+    fn object_files(&self, kind: Kind) -> Result<Vec<(String, PathBuf)>, StoreError> {
         let dir = self.kind_dir(kind);
         let mut out = Vec::new();
         for entry in fs::read_dir(&dir).map_err(at(&dir))? {
             let entry = entry.map_err(at(&dir))?;
-            // Temporary and guard files start with a dot, which no valid name does;
-            // anything else that is not an object (root.pem, a stray file) is skipped.
             let Ok(name) = entry.file_name().into_string() else {
                 continue;
             };
-            if validate_name(kind, &name).is_err()
-                || !entry.file_type().map_err(at(&entry.path()))?.is_file()
+            if validate_name(kind, &name).is_ok()
+                && entry.file_type().map_err(at(&entry.path()))?.is_file()
             {
-                continue;
+                out.push((name, entry.path()));
             }
-            let path = entry.path();
+        }
+        Ok(out)
+    }
+
+    fn list_blocking(&self, kind: Kind) -> Result<Vec<(String, Stored)>, StoreError> {
+        let mut out = Vec::new();
+        for (name, path) in self.object_files(kind)? {
             // Deleted between read_dir and here: it is simply not in the list.
             if let Some(bytes) = read_optional(&path)? {
                 out.push((name.clone(), decode(kind, &name, &path, &bytes)?));
@@ -231,14 +238,10 @@ impl FileStore {
         let path = self.lock_path(name);
         let now = unix_millis();
         if let Some(held) = read_lock(&path, ttl)? {
-            if now.saturating_sub(held.renewed_unix_ms) <= held.ttl_ms {
+            let age = Duration::from_millis(now.saturating_sub(held.renewed_unix_ms));
+            if !stale(name, &held.holder, age, Duration::from_millis(held.ttl_ms)) {
                 return Ok(None);
             }
-            tracing::info!(
-                lock = name,
-                stale_holder = held.holder,
-                "taking over a stale lock"
-            );
         }
         let lease = Lease::new(name, new_holder_id(), ttl);
         write_lock(&dir, &lease, now)?;
@@ -386,19 +389,7 @@ impl FileStore {
         let mut next = HashMap::with_capacity(known.len());
         let mut upserts = Vec::new();
         let scan = (|| -> Result<(), StoreError> {
-            let dir = self.kind_dir(kind);
-            for entry in fs::read_dir(&dir).map_err(at(&dir))? {
-                let entry = entry.map_err(at(&dir))?;
-                // As in `list_blocking`: dot files and strays are not objects.
-                let Ok(name) = entry.file_name().into_string() else {
-                    continue;
-                };
-                if validate_name(kind, &name).is_err()
-                    || !entry.file_type().map_err(at(&entry.path()))?.is_file()
-                {
-                    continue;
-                }
-                let path = entry.path();
+            for (name, path) in self.object_files(kind)? {
                 let meta = match fs::metadata(&path) {
                     Ok(meta) => meta,
                     // Deleted between read_dir and here: it is simply not in the list.

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::{
     BoxFuture, Change, Kind, Lease, LockError, Locker, Object, Store, StoreError, Stored, Version,
-    WATCH_BUFFER, check, check_lock, check_object, conflict, new_holder_id,
+    WATCH_BUFFER, check, check_lock, check_object, conflict, new_holder_id, stale,
 };
 
 /// A [`Store`] and [`Locker`] that keeps everything in the process.
@@ -176,15 +176,15 @@ impl Locker for MemoryStore {
             check_lock(name)?;
             let mut inner = self.lock();
             let now = Instant::now();
-            if let Some(held) = inner.locks.get(name) {
-                if now.saturating_duration_since(held.renewed) <= held.ttl {
-                    return Ok(None);
-                }
-                tracing::info!(
-                    lock = name,
-                    stale_holder = held.holder,
-                    "taking over a stale lock"
-                );
+            if let Some(held) = inner.locks.get(name)
+                && !stale(
+                    name,
+                    &held.holder,
+                    now.saturating_duration_since(held.renewed),
+                    held.ttl,
+                )
+            {
+                return Ok(None);
             }
             let lease = Lease::new(name, new_holder_id(), ttl);
             inner.locks.insert(

@@ -619,6 +619,21 @@ pub(crate) fn new_holder_id() -> String {
     format!("{}-{:016x}", std::process::id(), random_u64())
 }
 
+/// Whether a lock last renewed `age` ago, with `ttl`, may be taken over: the rule of
+/// the file and memory lockers (the Lease locker judges by what it has seen change).
+/// A takeover is logged with the holder it replaces.
+pub(crate) fn stale(name: &str, holder: &str, age: Duration, ttl: Duration) -> bool {
+    if age <= ttl {
+        return false;
+    }
+    tracing::info!(
+        lock = name,
+        stale_holder = holder,
+        "taking over a stale lock"
+    );
+    true
+}
+
 /// 64 random bits, for holder ids, versions and temporary file names: from the
 /// system's generator through aws-lc, the binary's one crypto library.
 pub(crate) fn random_u64() -> u64 {

@@ -39,9 +39,9 @@ type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
 
 /// (method, path and query, bearer token) of a request that went through.
-pub(crate) type Logged = (String, String, Option<String>);
+pub type Logged = (String, String, Option<String>);
 
-pub(crate) struct Front {
+pub struct Front {
     addr: SocketAddr,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
@@ -69,7 +69,7 @@ struct Shared {
 
 impl Front {
     /// A front for the API server of `plane`, in the current runtime.
-    pub(crate) async fn start(plane: &ControlPlane) -> Front {
+    pub async fn start(plane: &ControlPlane) -> Front {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let (cert, key) = plane.serving_pem();
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert.as_bytes())
@@ -155,11 +155,11 @@ impl Front {
     }
 
     /// `https://127.0.0.1:PORT`, for a kubeconfig.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("https://{}", self.addr)
     }
 
-    pub(crate) fn set_down(&self, down: bool) {
+    pub fn set_down(&self, down: bool) {
         self.shared.down.store(down, Ordering::SeqCst);
         if down {
             self.cut();
@@ -167,56 +167,56 @@ impl Front {
     }
 
     /// Cuts every open connection (and so every watch) now.
-    pub(crate) fn cut(&self) {
+    pub fn cut(&self) {
         self.shared.epoch.send_modify(|e| *e += 1);
     }
 
-    pub(crate) fn set_latency(&self, latency: Duration) {
+    pub fn set_latency(&self, latency: Duration) {
         self.shared
             .latency_ms
             .store(latency.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// The next `n` requests are answered `status` by the front.
-    pub(crate) fn fail_next(&self, n: usize, status: u16) {
+    pub fn fail_next(&self, n: usize, status: u16) {
         *self.shared.fail.lock().unwrap() = (n, status, false);
     }
 
     /// The next `n` writes (POST, PUT, PATCH, DELETE) are answered `status` by the front.
-    pub(crate) fn fail_next_writes(&self, n: usize, status: u16) {
+    pub fn fail_next_writes(&self, n: usize, status: u16) {
         *self.shared.fail.lock().unwrap() = (n, status, true);
     }
 
     /// The next write reaches the API server; its answer never reaches the client.
-    pub(crate) fn lose_next_write_response(&self) {
+    pub fn lose_next_write_response(&self) {
         self.shared.lose_write.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The next PUT to `path` (`/api/v1/namespaces/NS/secrets/NAME`) waits at the front
     /// until [`Front::release`].
-    pub(crate) fn hold_next_update(&self, path: &str) {
+    pub fn hold_next_update(&self, path: &str) {
         self.shared.release.send_replace(false);
         *self.shared.hold.lock().unwrap() = Some(path.to_string());
     }
 
     /// Waits until the PUT armed by [`Front::hold_next_update`] is held.
-    pub(crate) async fn update_held(&self) {
+    pub async fn update_held(&self) {
         let mut held = self.shared.held.subscribe();
         let _ = held.wait_for(|held| *held).await;
     }
 
     /// Lets the held PUT go on to the API server.
-    pub(crate) fn release(&self) {
+    pub fn release(&self) {
         self.shared.release.send_replace(true);
     }
 
     /// Every request that went through, oldest first.
-    pub(crate) fn requests(&self) -> Vec<Logged> {
+    pub fn requests(&self) -> Vec<Logged> {
         self.shared.log.lock().unwrap().clone()
     }
 
     /// Watches open through this front now, of requests bearing `token` (any: None).
-    pub(crate) fn open_watches(&self, token: Option<&str>) -> usize {
+    pub fn open_watches(&self, token: Option<&str>) -> usize {
         self.shared
             .open_watches
             .lock()

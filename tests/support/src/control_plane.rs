@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::b64::base64_encode;
+use super::base64_encode;
 use super::peer;
 
 /// Replica identities per namespace (users `replica-0` ...).
@@ -40,7 +40,7 @@ const REPLICA_USERS: usize = 16;
 /// A failure guard for start-up: the API server turns ready in seconds here.
 const START_DEADLINE: Duration = Duration::from_secs(180);
 
-pub(crate) struct ControlPlane {
+pub struct ControlPlane {
     url: String,
     etcd_port: u16,
     ca_pem: String,
@@ -56,7 +56,7 @@ pub(crate) struct ControlPlane {
 }
 
 /// The control plane of this test binary, started at the first call.
-pub(crate) fn control_plane() -> &'static ControlPlane {
+pub fn control_plane() -> &'static ControlPlane {
     static PLANE: OnceLock<ControlPlane> = OnceLock::new();
     PLANE.get_or_init(|| {
         // A port the OS gave may be taken again before the server binds it: start over.
@@ -318,31 +318,31 @@ impl ControlPlane {
     }
 
     /// `https://127.0.0.1:PORT`.
-    pub(crate) fn url(&self) -> &str {
+    pub fn url(&self) -> &str {
         &self.url
     }
 
-    pub(crate) fn ca_pem(&self) -> &str {
+    pub fn ca_pem(&self) -> &str {
         &self.ca_pem
     }
 
     /// The serving certificate and key (PEM), valid for 127.0.0.1.
-    pub(crate) fn serving_pem(&self) -> (&str, &str) {
+    pub fn serving_pem(&self) -> (&str, &str) {
         (&self.serving.0, &self.serving.1)
     }
 
-    pub(crate) fn admin_kubeconfig(&self) -> &Path {
+    pub fn admin_kubeconfig(&self) -> &Path {
         &self.admin_kubeconfig
     }
 
     /// The API server's log (for failure messages).
-    pub(crate) fn log(&self) -> String {
+    pub fn log(&self) -> String {
         tail(&self.dir.join("kube-apiserver.log"))
     }
 
     /// Writes a kubeconfig to `path`: `server` verified against this CA, the bearer
     /// `token` (or `tokenFile: PATH`), a context that names `namespace`.
-    pub(crate) fn write_kubeconfig(
+    pub fn write_kubeconfig(
         &self,
         path: &Path,
         server: &str,
@@ -364,7 +364,7 @@ impl ControlPlane {
     }
 
     /// kubectl as the admin; stdout, or stderr as the error.
-    pub(crate) fn kubectl_output(&self, args: &[&str], stdin: &[u8]) -> Result<String, String> {
+    pub fn kubectl_output(&self, args: &[&str], stdin: &[u8]) -> Result<String, String> {
         let mut child = Command::new(peer("kubectl"))
             .args(args)
             .env("KUBECONFIG", &self.admin_kubeconfig)
@@ -386,14 +386,14 @@ impl ControlPlane {
     }
 
     /// kubectl as the admin; panics on failure.
-    pub(crate) fn kubectl(&self, args: &[&str], stdin: &[u8]) -> String {
+    pub fn kubectl(&self, args: &[&str], stdin: &[u8]) -> String {
         self.kubectl_output(args, stdin)
             .unwrap_or_else(|e| panic!("kubectl {args:?}: {e}"))
     }
 
     /// A fresh namespace named after `hint`, with the shipped Role bound to every
     /// replica identity.
-    pub(crate) fn namespace(&'static self, hint: &str) -> Namespace {
+    pub fn namespace(&'static self, hint: &str) -> Namespace {
         let n = self.namespaces.fetch_add(1, Ordering::SeqCst);
         let hint: String = hint
             .chars()
@@ -417,8 +417,8 @@ impl ControlPlane {
     }
 
     /// The Role of config/kubernetes/role.yaml in `namespace`, bound to every replica user.
-    pub(crate) fn bind_role(&self, namespace: &str) {
-        let role = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kubernetes/role.yaml");
+    pub fn bind_role(&self, namespace: &str) {
+        let role = crate::repo_root().join("config/kubernetes/role.yaml");
         let subjects: Vec<Value> = (0..REPLICA_USERS)
             .map(|i| json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": format!("replica-{i}")}))
             .collect();
@@ -444,7 +444,7 @@ impl ControlPlane {
     }
 
     /// etcd's current revision (the API server's newest resourceVersion).
-    pub(crate) fn revision(&self) -> u64 {
+    pub fn revision(&self) -> u64 {
         let answer = etcd_post(
             self.etcd_port,
             "/v3/kv/range",
@@ -459,7 +459,7 @@ impl ControlPlane {
 
     /// Compacts etcd's history up to now: a watch resumed from an older resourceVersion
     /// meets 410 Gone. Returns the revision compacted to.
-    pub(crate) fn compact(&self) -> u64 {
+    pub fn compact(&self) -> u64 {
         let revision = self.revision();
         etcd_post(
             self.etcd_port,
@@ -470,7 +470,7 @@ impl ControlPlane {
     }
 
     /// The object `name` of `resource` in `namespace`, as the admin reads it.
-    pub(crate) fn get(&self, namespace: &str, resource: &str, name: &str) -> Option<Value> {
+    pub fn get(&self, namespace: &str, resource: &str, name: &str) -> Option<Value> {
         match self.kubectl_output(&["get", resource, "-n", namespace, name, "-o", "json"], b"") {
             Ok(text) => Some(serde_json::from_str(&text).unwrap()),
             Err(e) if e.contains("NotFound") || e.contains("not found") => None,
@@ -479,7 +479,7 @@ impl ControlPlane {
     }
 
     /// Every object of `resource` in `namespace`, sorted by name.
-    pub(crate) fn list(&self, namespace: &str, resource: &str) -> Vec<Value> {
+    pub fn list(&self, namespace: &str, resource: &str) -> Vec<Value> {
         let text = self.kubectl(&["get", resource, "-n", namespace, "-o", "json"], b"");
         let list: Value = serde_json::from_str(&text).unwrap();
         let mut items = list["items"].as_array().cloned().unwrap_or_default();
@@ -489,7 +489,7 @@ impl ControlPlane {
 
     /// Watches of `resource` in `namespace` that `user` has open now (started and not
     /// yet complete, by the audit log).
-    pub(crate) fn open_watches(&self, namespace: &str, user: &str, resource: &str) -> usize {
+    pub fn open_watches(&self, namespace: &str, user: &str, resource: &str) -> usize {
         let events = self.audit(namespace);
         let watches = events
             .iter()
@@ -507,7 +507,7 @@ impl ControlPlane {
     }
 
     /// Every audit event (ResponseStarted / ResponseComplete) about objects in `namespace`.
-    pub(crate) fn audit(&self, namespace: &str) -> Vec<Audit> {
+    pub fn audit(&self, namespace: &str) -> Vec<Audit> {
         let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
         text.lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
@@ -527,7 +527,7 @@ impl ControlPlane {
 
 /// One request as the API server's audit log tells it.
 #[derive(Clone, Debug)]
-pub(crate) struct Audit {
+pub struct Audit {
     pub id: String,
     pub stage: String,
     pub user: String,
@@ -538,7 +538,7 @@ pub(crate) struct Audit {
 }
 
 /// A namespace of one test.
-pub(crate) struct Namespace {
+pub struct Namespace {
     plane: &'static ControlPlane,
     pub name: String,
     /// Who → which replica user.
@@ -546,13 +546,13 @@ pub(crate) struct Namespace {
 }
 
 impl Namespace {
-    pub(crate) fn plane(&self) -> &'static ControlPlane {
+    pub fn plane(&self) -> &'static ControlPlane {
         self.plane
     }
 
     /// The replica user (`replica-N`) that `who` signs in as in this namespace; the same
     /// `who` is always the same user, different ones different users.
-    pub(crate) fn user(&self, who: &str) -> String {
+    pub fn user(&self, who: &str) -> String {
         let mut ids = self.identities.lock().unwrap();
         let next = ids.len();
         let i = *ids.entry(who.to_string()).or_insert(next);
@@ -564,24 +564,24 @@ impl Namespace {
     }
 
     /// The bearer token of `who`'s identity.
-    pub(crate) fn token(&self, who: &str) -> &'static str {
+    pub fn token(&self, who: &str) -> &'static str {
         let user = self.user(who);
         let i: usize = user["replica-".len()..].parse().unwrap();
         &self.plane.tokens[i + 1]
     }
 
     /// A new kubeconfig in `dir` for `who`, whose context names this namespace.
-    pub(crate) fn kubeconfig(&self, dir: &Path, who: &str) -> PathBuf {
+    pub fn kubeconfig(&self, dir: &Path, who: &str) -> PathBuf {
         self.kubeconfig_via(dir, who, self.plane.url())
     }
 
     /// [`Namespace::kubeconfig`] through `server` (a front) instead.
-    pub(crate) fn kubeconfig_via(&self, dir: &Path, who: &str, server: &str) -> PathBuf {
+    pub fn kubeconfig_via(&self, dir: &Path, who: &str, server: &str) -> PathBuf {
         self.kubeconfig_in(dir, who, server, &self.name)
     }
 
     /// A kubeconfig for `who` whose context names another `namespace`.
-    pub(crate) fn kubeconfig_in(
+    pub fn kubeconfig_in(
         &self,
         dir: &Path,
         who: &str,
@@ -595,7 +595,7 @@ impl Namespace {
     }
 
     /// A kubeconfig that reads its token from `token_file` (as a pod's does).
-    pub(crate) fn kubeconfig_with_token_file(
+    pub fn kubeconfig_with_token_file(
         &self,
         dir: &Path,
         server: &str,
@@ -613,7 +613,7 @@ impl Namespace {
 
     /// A ServiceAccount `name` here, bound to the shipped Role; a token for it from the
     /// TokenRequest API (a bound token, as the kubelet mounts).
-    pub(crate) fn service_account_token(&self, name: &str) -> String {
+    pub fn service_account_token(&self, name: &str) -> String {
         let ns = self.name.as_str();
         self.plane
             .kubectl(&["create", "serviceaccount", "-n", ns, name], b"");
@@ -645,7 +645,7 @@ impl Namespace {
     }
 
     /// Deletes the ServiceAccount `name`: its tokens stop working.
-    pub(crate) fn delete_service_account(&self, name: &str) {
+    pub fn delete_service_account(&self, name: &str) {
         self.plane.kubectl(
             &["delete", "serviceaccount", "-n", &self.name, name, "--wait"],
             b"",
@@ -653,17 +653,17 @@ impl Namespace {
     }
 
     /// The object `name` of `resource` (`secrets`, `leases`), as the admin reads it.
-    pub(crate) fn get(&self, resource: &str, name: &str) -> Option<Value> {
+    pub fn get(&self, resource: &str, name: &str) -> Option<Value> {
         self.plane.get(&self.name, resource, name)
     }
 
     /// Every object of `resource` here, sorted by name.
-    pub(crate) fn list(&self, resource: &str) -> Vec<Value> {
+    pub fn list(&self, resource: &str) -> Vec<Value> {
         self.plane.list(&self.name, resource)
     }
 
     /// The names of every object of `resource` here, sorted.
-    pub(crate) fn names(&self, resource: &str) -> Vec<String> {
+    pub fn names(&self, resource: &str) -> Vec<String> {
         self.list(resource)
             .iter()
             .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_string))
@@ -672,7 +672,7 @@ impl Namespace {
 
     /// Creates `object` here as the admin (another writer); returns what the server
     /// stored.
-    pub(crate) fn create(&self, object: Value) -> Value {
+    pub fn create(&self, object: Value) -> Value {
         let text = self.plane.kubectl(
             &["create", "-n", &self.name, "-f", "-", "-o", "json"],
             object.to_string().as_bytes(),
@@ -681,7 +681,7 @@ impl Namespace {
     }
 
     /// A JSON merge patch to `name` of `resource` as the admin (another writer).
-    pub(crate) fn patch(&self, resource: &str, name: &str, patch: Value) -> Value {
+    pub fn patch(&self, resource: &str, name: &str, patch: Value) -> Value {
         let text = self.plane.kubectl(
             &[
                 "patch",
@@ -702,7 +702,7 @@ impl Namespace {
     }
 
     /// The audit events of this namespace, by user `who`'s identity when given.
-    pub(crate) fn audit(&self, who: Option<&str>) -> Vec<Audit> {
+    pub fn audit(&self, who: Option<&str>) -> Vec<Audit> {
         let user = who.map(|w| self.user(w));
         self.plane
             .audit(&self.name)
@@ -712,7 +712,7 @@ impl Namespace {
     }
 
     /// Requests answered with 409 Conflict in this namespace.
-    pub(crate) fn conflicts(&self) -> usize {
+    pub fn conflicts(&self) -> usize {
         self.audit(None)
             .iter()
             .filter(|a| a.stage == "ResponseComplete" && a.code == 409)
@@ -720,14 +720,14 @@ impl Namespace {
     }
 
     /// Watches of `resource` that `who` has open now (started, not yet complete).
-    pub(crate) fn open_watches(&self, who: &str, resource: &str) -> usize {
+    pub fn open_watches(&self, who: &str, resource: &str) -> usize {
         self.plane
             .open_watches(&self.name, &self.user(who), resource)
     }
 
     /// Records every state of the `resource` objects here from now on, as a watch sees
     /// them (the admin's `kubectl get --watch`).
-    pub(crate) fn record(&self, resource: &str) -> Recorder {
+    pub fn record(&self, resource: &str) -> Recorder {
         let mut child = Command::new(peer("kubectl"))
             .args([
                 "get",
@@ -792,13 +792,13 @@ impl Drop for Namespace {
 }
 
 /// Every state a watch saw, oldest first.
-pub(crate) struct Recorder {
+pub struct Recorder {
     child: Child,
     states: Arc<Mutex<Vec<Value>>>,
 }
 
 impl Recorder {
-    pub(crate) fn states(&self) -> Vec<Value> {
+    pub fn states(&self) -> Vec<Value> {
         self.states.lock().unwrap().clone()
     }
 }

@@ -1,21 +1,45 @@
-//! Test harness. This module: the proxy layer alone served over plain TCP, backends
+//! The harness of portico's integration tests. This crate: the proxy layer alone served over plain TCP, backends
 //! written with hyper, and small HTTP/1.1 and HTTP/2 clients. [`edge`]: the whole server
 //! over TLS. [`pebble`]: a real ACME CA; [`ca_front`]: a front for it that does what Pebble
 //! cannot (hold new orders, answer 429 with Retry-After). [`control_plane`]: a real
 //! etcd and kube-apiserver; [`api_front`]: faults in front of it. [`deploy`]: the
 //! Kubernetes manifests as kubectl builds them. Everything binds 127.0.0.1:0.
 
-// Each test binary uses a different part of this module.
-#![allow(dead_code)]
+/// Base64 as Kubernetes writes a Secret's `data` (the standard alphabet, padded).
+pub fn base64_encode(bytes: impl AsRef<[u8]>) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
 
-pub(crate) mod api_front;
-pub(crate) mod attack;
-pub(crate) mod b64;
-pub(crate) mod ca_front;
-pub(crate) mod control_plane;
-pub(crate) mod deploy;
-pub(crate) mod edge;
-pub(crate) mod pebble;
+/// The reverse of [`base64_encode`].
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+/// A command for the `portico` binary cargo built beside the test binary running this
+/// (`target/<profile>/portico`; tests run from `target/<profile>/deps/`).
+pub fn portico() -> Command {
+    let test = std::env::current_exe().expect("the test binary's path");
+    let dir = test
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    Command::new(dir.join(format!("portico{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// The portico repository: `config/`, `scripts/` and the rest the tests read.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub mod api_front;
+pub mod attack;
+pub mod ca_front;
+pub mod control_plane;
+pub mod deploy;
+pub mod edge;
+pub mod pebble;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -42,13 +66,13 @@ use tokio::net::{TcpListener, TcpStream};
 /// Pebble, pebble-challtestsrv, the Gateway API CRDs): `PORTICO_PEERS`, which
 /// `scripts/test` sets, else what `scripts/peers` prints (it builds them if they are
 /// missing: a missing peer is built, never skipped).
-pub(crate) fn peers() -> &'static Path {
+pub fn peers() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         if let Some(dir) = std::env::var_os("PORTICO_PEERS") {
             return PathBuf::from(dir);
         }
-        let out = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/peers"))
+        let out = Command::new(crate::repo_root().join("scripts/peers"))
             .stderr(Stdio::inherit())
             .output()
             .expect("scripts/peers runs");
@@ -58,7 +82,7 @@ pub(crate) fn peers() -> &'static Path {
 }
 
 /// The peer program `name` (`etcd`, `kube-apiserver`, `kubectl`, `pebble`, ...).
-pub(crate) fn peer(name: &str) -> PathBuf {
+pub fn peer(name: &str) -> PathBuf {
     let path = peers().join("bin").join(name);
     assert!(
         path.exists(),
@@ -68,22 +92,22 @@ pub(crate) fn peer(name: &str) -> PathBuf {
     path
 }
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub(crate) type TestBody = BoxBody<Bytes, BoxError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type TestBody = BoxBody<Bytes, BoxError>;
 
-pub(crate) fn config(toml: &str) -> Config {
+pub fn config(toml: &str) -> Config {
     Config::parse(Path::new("test.toml"), toml).expect("test config is valid")
 }
 
 /// Serves a proxy for `toml` on 127.0.0.1:0 with no certificate check.
-pub(crate) async fn start_proxy(toml: &str) -> (SocketAddr, Arc<Proxy>) {
+pub async fn start_proxy(toml: &str) -> (SocketAddr, Arc<Proxy>) {
     start_proxy_with(toml, None).await
 }
 
 /// Serves a proxy for `toml` on 127.0.0.1:0 as the listener will: HTTP/1.1 with upgrades
 /// or HTTP/2 (prior knowledge here, ALPN later), `proto = "https"`, and the certificate
 /// host patterns of the "connection" (`None`: no check).
-pub(crate) async fn start_proxy_with(
+pub async fn start_proxy_with(
     toml: &str,
     cert_hosts: Option<Vec<HostPattern>>,
 ) -> (SocketAddr, Arc<Proxy>) {
@@ -120,7 +144,7 @@ pub(crate) async fn start_proxy_with(
 
 /// An address that refuses connections: a socket bound but never listening, kept for
 /// the life of the test process so no other test's listener can take the port.
-pub(crate) async fn refused_addr() -> SocketAddr {
+pub async fn refused_addr() -> SocketAddr {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = socket.local_addr().unwrap();
@@ -130,7 +154,7 @@ pub(crate) async fn refused_addr() -> SocketAddr {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Proto {
+pub enum Proto {
     Http1,
     H2c,
 }
@@ -143,12 +167,12 @@ pub(crate) enum Proto {
 /// - `/trailers`: a body followed by trailers (`grpc-status: 0`);
 /// - `Connection: upgrade` + `Upgrade`: answers 101 and echoes bytes (HTTP/1.1);
 /// - header `x-hop-response`: adds hop-by-hop headers to its response.
-pub(crate) async fn backend(name: &'static str, proto: Proto) -> SocketAddr {
+pub async fn backend(name: &'static str, proto: Proto) -> SocketAddr {
     backend_counted(name, proto).await.0
 }
 
 /// [`backend`], with the number of connections it accepted.
-pub(crate) async fn backend_counted(
+pub async fn backend_counted(
     name: &'static str,
     proto: Proto,
 ) -> (SocketAddr, Arc<AtomicUsize>) {
@@ -279,25 +303,25 @@ async fn answer(name: &'static str, mut req: Request<Incoming>) -> Response<Test
     response.body(full(report)).unwrap()
 }
 
-pub(crate) fn empty() -> TestBody {
+pub fn empty() -> TestBody {
     Empty::new().map_err(|never| match never {}).boxed()
 }
 
-pub(crate) fn full(data: impl Into<Bytes>) -> TestBody {
+pub fn full(data: impl Into<Bytes>) -> TestBody {
     Full::new(data.into())
         .map_err(|never: Infallible| match never {})
         .boxed()
 }
 
 /// `len` bytes of a fixed pseudo-random pattern, produced chunk by chunk as polled.
-pub(crate) fn pattern_body(len: usize, chunk: usize) -> TestBody {
+pub fn pattern_body(len: usize, chunk: usize) -> TestBody {
     let chunks = pattern_chunks(len, chunk);
     let stream = futures_util::stream::iter(chunks.map(|c| Ok::<_, BoxError>(Frame::data(c))));
     StreamBody::new(stream).boxed()
 }
 
 /// The chunks of [`pattern_body`]: one shared random block, so generating is free.
-pub(crate) fn pattern_chunks(len: usize, chunk: usize) -> impl Iterator<Item = Bytes> + Send {
+pub fn pattern_chunks(len: usize, chunk: usize) -> impl Iterator<Item = Bytes> + Send {
     let block = Bytes::from(random_bytes(chunk, 7));
     let mut left = len;
     std::iter::from_fn(move || {
@@ -311,7 +335,7 @@ pub(crate) fn pattern_chunks(len: usize, chunk: usize) -> impl Iterator<Item = B
 }
 
 /// Deterministic bytes (xorshift), so a reordered or damaged body changes the checksum.
-pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..len)
         .map(|_| {
@@ -324,21 +348,21 @@ pub(crate) fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// FNV-1a 64.
-pub(crate) struct Fnv(pub u64);
+pub struct Fnv(pub u64);
 
 impl Fnv {
-    pub(crate) fn new() -> Fnv {
+    pub fn new() -> Fnv {
         Fnv(0xcbf2_9ce4_8422_2325)
     }
 
-    pub(crate) fn update(&mut self, data: &[u8]) {
+    pub fn update(&mut self, data: &[u8]) {
         for &b in data {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
         }
     }
 
-    pub(crate) fn of(data: &[u8]) -> String {
+    pub fn of(data: &[u8]) -> String {
         let mut f = Fnv::new();
         f.update(data);
         format!("{:016x}", f.0)
@@ -347,13 +371,13 @@ impl Fnv {
 
 /// What the echo backend saw.
 #[derive(Debug)]
-pub(crate) struct Report {
+pub struct Report {
     pub fields: Vec<(String, String)>,
     pub headers: Vec<(String, String)>,
 }
 
 impl Report {
-    pub(crate) fn parse(text: &str) -> Report {
+    pub fn parse(text: &str) -> Report {
         let mut fields = Vec::new();
         let mut headers = Vec::new();
         for line in text.lines() {
@@ -367,7 +391,7 @@ impl Report {
         Report { fields, headers }
     }
 
-    pub(crate) fn get(&self, key: &str) -> &str {
+    pub fn get(&self, key: &str) -> &str {
         self.fields
             .iter()
             .find(|(k, _)| k == key)
@@ -375,38 +399,38 @@ impl Report {
             .unwrap_or_else(|| panic!("report has no {key}: {self:?}"))
     }
 
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
 
-    pub(crate) fn header_count(&self, name: &str) -> usize {
+    pub fn header_count(&self, name: &str) -> usize {
         self.headers.iter().filter(|(k, _)| k == name).count()
     }
 }
 
 /// A response read whole (small bodies only).
 #[derive(Debug)]
-pub(crate) struct Reply {
+pub struct Reply {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 impl Reply {
-    pub(crate) fn text(&self) -> String {
+    pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
-    pub(crate) fn report(&self) -> Report {
+    pub fn report(&self) -> Report {
         assert_eq!(self.status, StatusCode::OK, "body: {}", self.text());
         Report::parse(&self.text())
     }
 }
 
-pub(crate) async fn read(response: Response<Incoming>) -> Reply {
+pub async fn read(response: Response<Incoming>) -> Reply {
     let (parts, body) = response.into_parts();
     let body = body.collect().await.expect("response body").to_bytes();
     Reply {
@@ -417,7 +441,7 @@ pub(crate) async fn read(response: Response<Incoming>) -> Reply {
 }
 
 /// An HTTP/1.1 client connection (upgrades enabled).
-pub(crate) async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
+pub async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<TestBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
@@ -427,7 +451,7 @@ pub(crate) async fn h1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequ
 }
 
 /// An HTTP/2 client connection with prior knowledge.
-pub(crate) async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
+pub async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<TestBody> {
     let stream = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -438,19 +462,19 @@ pub(crate) async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequ
 }
 
 /// One HTTP/1.1 request on a fresh connection.
-pub(crate) async fn send1(addr: SocketAddr, req: Request<TestBody>) -> Reply {
+pub async fn send1(addr: SocketAddr, req: Request<TestBody>) -> Reply {
     let mut sender = h1(addr).await;
     read(sender.send_request(req).await.expect("response")).await
 }
 
 /// One HTTP/2 request on a fresh connection.
-pub(crate) async fn send2(addr: SocketAddr, req: Request<TestBody>) -> Reply {
+pub async fn send2(addr: SocketAddr, req: Request<TestBody>) -> Reply {
     let mut sender = h2(addr).await;
     read(sender.send_request(req).await.expect("response")).await
 }
 
 /// `GET path` with `Host: host` (HTTP/1.1).
-pub(crate) fn get(host: &str, path: &str) -> Request<TestBody> {
+pub fn get(host: &str, path: &str) -> Request<TestBody> {
     Request::get(path)
         .header("host", host)
         .body(empty())
@@ -458,7 +482,7 @@ pub(crate) fn get(host: &str, path: &str) -> Request<TestBody> {
 }
 
 /// `GET http://authority/path` (HTTP/2: the authority is `:authority`).
-pub(crate) fn get2(authority: &str, path: &str) -> Request<TestBody> {
+pub fn get2(authority: &str, path: &str) -> Request<TestBody> {
     Request::get(format!("http://{authority}{path}"))
         .body(empty())
         .unwrap()

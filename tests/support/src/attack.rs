@@ -43,7 +43,7 @@ async fn goaway_code<S: AsyncReadExt + Unpin>(io: &mut S) -> Option<u32> {
 /// One HTTP/2 rapid-reset connection (CVE-2023-44487) to `name` at `addr`: 500 streams
 /// opened and reset at once, in one write. Returns the error code of the server's GOAWAY
 /// (`0xb`: ENHANCE_YOUR_CALM), or `None` if it sent none.
-pub(crate) async fn rapid_reset(addr: SocketAddr, name: &str, root: &[u8]) -> Option<u32> {
+pub async fn rapid_reset(addr: SocketAddr, name: &str, root: &[u8]) -> Option<u32> {
     let mut tls = tls_connect(addr, name, client_config(&[root], &[b"h2"]))
         .await
         .ok()?;

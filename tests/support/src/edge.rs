@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_rustls::client::TlsStream;
 
-pub(crate) struct Portico {
+pub struct Portico {
     pub https: SocketAddr,
     pub http: SocketAddr,
     /// The admin listener (`/healthz`, `/readyz`, `/metrics`).
@@ -38,25 +38,25 @@ pub(crate) struct Portico {
 /// `[storage]`) under a header that binds 127.0.0.1:0 (http, https and admin) and keeps
 /// the store in a fresh temporary folder, then starts portico on it. `{dir}` in `sites`
 /// is that folder.
-pub(crate) async fn start(sites: &str) -> Portico {
+pub async fn start(sites: &str) -> Portico {
     let dir = tempfile::tempdir().unwrap();
     start_in(dir, sites).await
 }
 
-pub(crate) fn header(dir: &Path) -> String {
+pub fn header(dir: &Path) -> String {
     format!(
         "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[storage]\npath = \"{}\"\n\n",
         dir.join("data").display()
     )
 }
 
-pub(crate) async fn start_in(dir: tempfile::TempDir, sites: &str) -> Portico {
+pub async fn start_in(dir: tempfile::TempDir, sites: &str) -> Portico {
     let text = format!("{}{sites}", header(dir.path()));
     start_text(dir, &text, Tuning::default()).await
 }
 
 /// Starts portico on the whole config `text` (`{dir}` = the folder), with `tuning`.
-pub(crate) async fn start_text(dir: tempfile::TempDir, text: &str, tuning: Tuning) -> Portico {
+pub async fn start_text(dir: tempfile::TempDir, text: &str, tuning: Tuning) -> Portico {
     let text = text.replace("{dir}", &dir.path().display().to_string());
     let path = dir.path().join("portico.toml");
     std::fs::write(&path, &text).unwrap();
@@ -65,7 +65,7 @@ pub(crate) async fn start_text(dir: tempfile::TempDir, text: &str, tuning: Tunin
 
 /// Starts portico on the config file at `path` (a file or symlink the test made, usually
 /// under `dir`), with `tuning`.
-pub(crate) async fn start_file(dir: tempfile::TempDir, path: &Path, tuning: Tuning) -> Portico {
+pub async fn start_file(dir: tempfile::TempDir, path: &Path, tuning: Tuning) -> Portico {
     let config = Config::load(path).unwrap();
     let (store, locker) = portico::server::open_store(&config).await.unwrap();
     start_with(dir, config, store, locker, tuning).await
@@ -73,7 +73,7 @@ pub(crate) async fn start_file(dir: tempfile::TempDir, path: &Path, tuning: Tuni
 
 /// Starts portico on `config` with the given store and locker (several replicas of one
 /// test process, each with its own Kubernetes client).
-pub(crate) async fn start_with(
+pub async fn start_with(
     dir: tempfile::TempDir,
     config: Config,
     store: Arc<dyn portico::store::Store>,
@@ -113,16 +113,16 @@ pub(crate) async fn start_with(
 }
 
 impl Portico {
-    pub(crate) fn data(&self) -> PathBuf {
+    pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
-    pub(crate) fn root_pem(&self) -> Vec<u8> {
+    pub fn root_pem(&self) -> Vec<u8> {
         std::fs::read(self.data().join("ca").join("root.pem")).unwrap()
     }
 
     /// Stops accepting, drains, and hands the folder back for a restart.
-    pub(crate) async fn stop(mut self) -> tempfile::TempDir {
+    pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -133,12 +133,12 @@ impl Portico {
     }
 }
 
-pub(crate) fn install_provider() {
+pub fn install_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// A client configuration trusting `roots` (PEM), offering `alpn`.
-pub(crate) fn client_config(roots: &[&[u8]], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+pub fn client_config(roots: &[&[u8]], alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     let mut store = rustls::RootCertStore::empty();
     for pem in roots {
         for cert in CertificateDer::pem_slice_iter(pem) {
@@ -154,7 +154,7 @@ pub(crate) fn client_config(roots: &[&[u8]], alpn: &[&[u8]]) -> Arc<rustls::Clie
     Arc::new(config)
 }
 
-pub(crate) async fn tls_connect(
+pub async fn tls_connect(
     addr: SocketAddr,
     name: &str,
     config: Arc<rustls::ClientConfig>,
@@ -166,10 +166,10 @@ pub(crate) async fn tls_connect(
         .await
 }
 
-pub(crate) type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
-pub(crate) type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+pub type H2 = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+pub type H1 = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-pub(crate) async fn h2(addr: SocketAddr, name: &str, root: &[u8]) -> H2 {
+pub async fn h2(addr: SocketAddr, name: &str, root: &[u8]) -> H2 {
     let tls = tls_connect(addr, name, client_config(&[root], &[b"h2"]))
         .await
         .unwrap();
@@ -178,7 +178,7 @@ pub(crate) async fn h2(addr: SocketAddr, name: &str, root: &[u8]) -> H2 {
 }
 
 /// An HTTP/2 client on a TLS connection already made.
-pub(crate) async fn h2_over(tls: TlsStream<TcpStream>) -> H2 {
+pub async fn h2_over(tls: TlsStream<TcpStream>) -> H2 {
     let (send, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
@@ -187,7 +187,7 @@ pub(crate) async fn h2_over(tls: TlsStream<TcpStream>) -> H2 {
     send
 }
 
-pub(crate) async fn h1(addr: SocketAddr, name: &str, root: &[u8]) -> H1 {
+pub async fn h1(addr: SocketAddr, name: &str, root: &[u8]) -> H1 {
     let tls = tls_connect(addr, name, client_config(&[root], &[b"http/1.1"]))
         .await
         .unwrap();
@@ -200,7 +200,7 @@ pub(crate) async fn h1(addr: SocketAddr, name: &str, root: &[u8]) -> H1 {
 }
 
 /// GET `https://{authority}{path}`; returns status and body text.
-pub(crate) async fn get_h2(send: &mut H2, authority: &str, path: &str) -> (u16, String) {
+pub async fn get_h2(send: &mut H2, authority: &str, path: &str) -> (u16, String) {
     let req = hyper::Request::get(format!("https://{authority}{path}"))
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -210,7 +210,7 @@ pub(crate) async fn get_h2(send: &mut H2, authority: &str, path: &str) -> (u16, 
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
-pub(crate) async fn get_h1(send: &mut H1, host: &str, path: &str) -> (u16, String) {
+pub async fn get_h1(send: &mut H1, host: &str, path: &str) -> (u16, String) {
     let req = hyper::Request::get(path)
         .header("host", host)
         .body(Full::new(Bytes::new()))
@@ -222,7 +222,7 @@ pub(crate) async fn get_h1(send: &mut H1, host: &str, path: &str) -> (u16, Strin
 }
 
 /// Plain HTTP/1.1 request to the port-80 listener; returns status, Location, body.
-pub(crate) async fn plain_get(
+pub async fn plain_get(
     addr: SocketAddr,
     host: &str,
     path: &str,
@@ -252,6 +252,6 @@ pub(crate) async fn plain_get(
 }
 
 /// The DER leaf the server presented on `tls`.
-pub(crate) fn leaf(tls: &TlsStream<TcpStream>) -> Vec<u8> {
+pub fn leaf(tls: &TlsStream<TcpStream>) -> Vec<u8> {
     tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
 }

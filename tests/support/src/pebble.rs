@@ -45,7 +45,7 @@ const START_DEADLINE: Duration = Duration::from_secs(20);
 /// Bound on any single request the harness makes.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) struct PebbleConfig {
+pub struct PebbleConfig {
     /// Port Pebble's VA connects back to for HTTP-01 (portico's plain HTTP listener).
     pub http_port: u16,
     /// Port Pebble's VA connects back to for TLS-ALPN-01 (portico's HTTPS listener).
@@ -63,7 +63,7 @@ pub(crate) struct PebbleConfig {
 }
 
 impl PebbleConfig {
-    pub(crate) fn new(http_port: u16, tls_port: u16) -> PebbleConfig {
+    pub fn new(http_port: u16, tls_port: u16) -> PebbleConfig {
         PebbleConfig {
             http_port,
             tls_port,
@@ -74,13 +74,8 @@ impl PebbleConfig {
     }
 
     /// Requires External Account Binding, accepting only `kid` with `hmac_key`.
-    pub(crate) fn with_eab(mut self, kid: &str, hmac_key: &str) -> PebbleConfig {
+    pub fn with_eab(mut self, kid: &str, hmac_key: &str) -> PebbleConfig {
         self.eab = Some((kid.to_string(), hmac_key.to_string()));
-        self
-    }
-
-    pub(crate) fn with_env(mut self, key: &str, value: &str) -> PebbleConfig {
-        self.env.push((key.to_string(), value.to_string()));
         self
     }
 }
@@ -114,7 +109,7 @@ impl Ports {
 
 /// A free loopback TCP port from the OS (bound to 127.0.0.1:0, then released: another
 /// process may take it before it is used; the window is tiny).
-pub(crate) fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -136,19 +131,19 @@ fn free_dns_sockets() -> (UdpSocket, TcpListener) {
 
 /// What a request to Pebble returned.
 #[derive(Debug)]
-pub(crate) struct Fetched {
+pub struct Fetched {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
 }
 
 impl Fetched {
-    pub(crate) fn text(&self) -> String {
+    pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 }
 
-pub(crate) struct Pebble {
+pub struct Pebble {
     config: PebbleConfig,
     ports: Ports,
     dir: tempfile::TempDir,
@@ -163,7 +158,7 @@ impl Pebble {
     /// HTTPS and the DNS server and both management interfaces accept connections.
     /// Panics, with the logs, if that does not happen within 20 s. If a process could not
     /// bind its port (taken between choosing and binding), starts once more on new ports.
-    pub(crate) async fn start(config: PebbleConfig) -> Pebble {
+    pub async fn start(config: PebbleConfig) -> Pebble {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let dir = tempfile::tempdir().unwrap();
 
@@ -225,28 +220,28 @@ impl Pebble {
     }
 
     /// `https://localhost:PORT/dir`. `localhost` is 127.0.0.1 only here (/etc/hosts).
-    pub(crate) fn directory_url(&self) -> String {
+    pub fn directory_url(&self) -> String {
         format!("https://localhost:{}/dir", self.ports.acme)
     }
 
     /// PEM of the throwaway CA that signed Pebble's own HTTPS certificate (portico's
     /// `acme.ca_root`). Not the CA of the certificates Pebble issues.
-    pub(crate) fn ca_root_path(&self) -> PathBuf {
+    pub fn ca_root_path(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
     }
 
     /// Pebble's ACME listener (127.0.0.1).
-    pub(crate) fn acme_addr(&self) -> SocketAddr {
+    pub fn acme_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.acme))
     }
 
     /// pebble-challtestsrv's DNS server (UDP and TCP), the one Pebble resolves names with.
-    pub(crate) fn dns_addr(&self) -> SocketAddr {
+    pub fn dns_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.ports.dns))
     }
 
     /// The temporary folder: certificates, `pebble.json`, logs.
-    pub(crate) fn dir(&self) -> &Path {
+    pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 
@@ -255,12 +250,12 @@ impl Pebble {
     /// Issued chains are leaf + intermediate; the intermediate is deliberately not
     /// included here, so a server that drops it fails verification. New at every
     /// (re)start.
-    pub(crate) async fn issuing_roots(&self) -> Vec<u8> {
+    pub async fn issuing_roots(&self) -> Vec<u8> {
         self.management_pem("/roots/0").await
     }
 
     /// PEM of the intermediate that signs issued leaves (`/intermediates/0`).
-    pub(crate) async fn issuing_intermediates(&self) -> Vec<u8> {
+    pub async fn issuing_intermediates(&self) -> Vec<u8> {
         self.management_pem("/intermediates/0").await
     }
 
@@ -280,7 +275,7 @@ impl Pebble {
     /// New orders Pebble stored so far, counting every run since `start` (restarts
     /// included): the lines `There are now N orders in the db` (one per successful
     /// new-order request; a rejected `POST /order-plz` logs no such line).
-    pub(crate) fn orders(&self) -> usize {
+    pub fn orders(&self) -> usize {
         self.log()
             .lines()
             .filter(|l| l.contains("There are now ") && l.ends_with(" orders in the db"))
@@ -289,17 +284,17 @@ impl Pebble {
 
     /// Pebble's stdout and stderr so far, all runs (a restart is marked by a line
     /// starting with `pebble harness:`).
-    pub(crate) fn log(&self) -> String {
+    pub fn log(&self) -> String {
         read_lossy(&self.log_path())
     }
 
     /// pebble-challtestsrv's stdout and stderr so far.
-    pub(crate) fn challtestsrv_log(&self) -> String {
+    pub fn challtestsrv_log(&self) -> String {
         read_lossy(&self.challtestsrv_log_path())
     }
 
     /// From now on pebble-challtestsrv answers A queries for `host` with `ip` (only).
-    pub(crate) async fn set_a(&self, host: &str, ip: Ipv4Addr) {
+    pub async fn set_a(&self, host: &str, ip: Ipv4Addr) {
         // `/add-a` appends to the host's addresses, and Pebble's VA dials the first:
         // a second call would otherwise change nothing.
         self.clear_a(host).await;
@@ -311,14 +306,14 @@ impl Pebble {
     }
 
     /// `host` is answered with the default address again.
-    pub(crate) async fn clear_a(&self, host: &str) {
+    pub async fn clear_a(&self, host: &str) {
         self.challtestsrv_post("/clear-a", format!("{{\"host\":\"{host}\"}}"))
             .await;
     }
 
     /// Asks pebble-challtestsrv's DNS server (over UDP) for the A records of `host`, as
     /// Pebble's VA would.
-    pub(crate) async fn query_a(&self, host: &str) -> Vec<Ipv4Addr> {
+    pub async fn query_a(&self, host: &str) -> Vec<Ipv4Addr> {
         match self.try_query_a(host, 5).await {
             Ok(found) => found,
             Err(e) => panic!("{e}\n{}", self.challtestsrv_log()),
@@ -349,7 +344,7 @@ impl Pebble {
     /// Through Pebble's management API (`/set-renewal-info/`): from now on Pebble's
     /// `renewalInfo` for the certificate `leaf` (DER) suggests the window `start..end`
     /// instead of its own (a window around two thirds of the lifetime).
-    pub(crate) async fn set_renewal_window(&self, leaf: &[u8], start: SystemTime, end: SystemTime) {
+    pub async fn set_renewal_window(&self, leaf: &[u8], start: SystemTime, end: SystemTime) {
         let rfc3339 = |t: SystemTime| {
             time::OffsetDateTime::from(t)
                 .format(&time::format_description::well_known::Rfc3339)
@@ -357,7 +352,7 @@ impl Pebble {
         };
         let pem = format!(
             "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            super::b64::base64_encode(leaf)
+            super::base64_encode(leaf)
         );
         let window =
             serde_json::json!({"suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}});
@@ -377,7 +372,7 @@ impl Pebble {
     }
 
     /// The renewal window Pebble's `renewalInfo` gives for the certificate `leaf` (DER).
-    pub(crate) async fn renewal_window(&self, leaf: &[u8]) -> (SystemTime, SystemTime) {
+    pub async fn renewal_window(&self, leaf: &[u8]) -> (SystemTime, SystemTime) {
         let url = format!(
             "https://localhost:{}/draft-ietf-acme-ari-03/renewalInfo/{}",
             self.ports.acme,
@@ -398,7 +393,7 @@ impl Pebble {
 
     /// How many times Pebble was asked for a `renewalInfo` so far (its log names the
     /// handler, not the certificate).
-    pub(crate) fn ari_checks(&self) -> usize {
+    pub fn ari_checks(&self) -> usize {
         self.log()
             .lines()
             .filter(|l| l.contains("GET /draft-ietf-acme-ari-03/renewalInfo/"))
@@ -407,7 +402,7 @@ impl Pebble {
 
     /// Pebble's log lines that record an order as the replacement of another (ARI
     /// `replaces`): "ARI: order X is a replacement of Y".
-    pub(crate) fn replacements(&self) -> Vec<String> {
+    pub fn replacements(&self) -> Vec<String> {
         self.log()
             .lines()
             .filter(|l| l.contains("is a replacement of"))
@@ -417,7 +412,7 @@ impl Pebble {
 
     /// Kills Pebble (pebble-challtestsrv keeps running): the directory is unreachable
     /// until [`Pebble::restart`]. Does nothing if already stopped.
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(child) = self.pebble.take() {
             kill(child);
         }
@@ -426,7 +421,7 @@ impl Pebble {
     /// Starts Pebble again on the same ports (same directory URL, same `ca_root_path`),
     /// stopping it first if running. Its state is new: no accounts, no orders, a new
     /// issuing CA. Panics with the log if it does not come up within 20 s.
-    pub(crate) async fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         self.stop();
         let mut log = self.open_log(&self.log_path());
         writeln!(log, "pebble harness: restarting Pebble on the same ports").unwrap();
@@ -439,7 +434,7 @@ impl Pebble {
     /// One request over HTTPS to Pebble (ACME or management interface): `url` is
     /// `https://localhost:PORT/...` or `https://127.0.0.1:PORT/...`, always reached on
     /// 127.0.0.1 and verified against the throwaway CA. `body`: content type and bytes.
-    pub(crate) async fn fetch(
+    pub async fn fetch(
         &self,
         method: &str,
         url: &str,
@@ -772,7 +767,7 @@ fn dns_a_answers(msg: &[u8], id: u16) -> Option<Vec<Ipv4Addr>> {
 /// The ARI certificate identifier of a DER certificate (RFC 9773 4.1):
 /// base64url(AKI keyIdentifier) "." base64url(serial), the serial as its DER INTEGER
 /// content bytes (a leading zero byte kept), no padding.
-pub(crate) fn cert_id(der: &[u8]) -> String {
+pub fn cert_id(der: &[u8]) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(der).expect("a certificate");
     let aki = cert
         .extensions()

@@ -5,15 +5,15 @@
 //! kubectl is the one `scripts/peers` builds. No YAML crate needed.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 use serde_json::Value;
 
 /// `config/kubernetes` in this checkout.
-pub(crate) fn folder() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kubernetes")
+pub fn folder() -> PathBuf {
+    crate::repo_root().join("config/kubernetes")
 }
 
 fn kubectl(args: &[&str], stdin: &[u8]) -> Vec<u8> {
@@ -36,7 +36,7 @@ fn kubectl(args: &[&str], stdin: &[u8]) -> Vec<u8> {
 
 /// Every object `kubectl apply -k config/kubernetes` would apply, in order. Built once
 /// per test binary.
-pub(crate) fn manifests() -> &'static [Value] {
+pub fn manifests() -> &'static [Value] {
     static BUILT: OnceLock<Vec<Value>> = OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = folder();
@@ -58,7 +58,7 @@ pub(crate) fn manifests() -> &'static [Value] {
 }
 
 /// The one object of `kind`.
-pub(crate) fn object(kind: &str) -> &'static Value {
+pub fn object(kind: &str) -> &'static Value {
     let mut found = manifests().iter().filter(|o| o["kind"] == kind);
     let one = found
         .next()
@@ -68,7 +68,7 @@ pub(crate) fn object(kind: &str) -> &'static Value {
 }
 
 /// The rules of the shipped Role as (resource, verbs), in the manifest's order.
-pub(crate) fn role_rules() -> Vec<(String, Vec<String>)> {
+pub fn role_rules() -> Vec<(String, Vec<String>)> {
     let strings = |v: &Value| -> Vec<String> {
         v.as_array()
             .unwrap_or(&Vec::new())

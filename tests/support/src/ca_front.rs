@@ -48,7 +48,7 @@ use super::pebble::Pebble;
 /// Bound on any wait for something the front should see.
 const WAIT: Duration = Duration::from_secs(60);
 
-pub(crate) struct CaFront {
+pub struct CaFront {
     addr: SocketAddr,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
@@ -66,7 +66,7 @@ struct Shared {
 }
 
 /// What the front was asked, and what it will answer.
-pub(crate) struct State {
+pub struct State {
     /// Decoded JWS payloads of `newOrder` POSTs, in order (failed ones too).
     pub new_orders: Vec<serde_json::Value>,
     /// Remaining injected failures: count, `Retry-After` value.
@@ -77,7 +77,7 @@ pub(crate) struct State {
 
 impl CaFront {
     /// Starts the front on 127.0.0.1:0 before `pebble`'s ACME listener.
-    pub(crate) async fn start(pebble: &Pebble) -> CaFront {
+    pub async fn start(pebble: &Pebble) -> CaFront {
         let dir = pebble.dir();
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(dir.join("cert.pem"))
@@ -143,29 +143,29 @@ impl CaFront {
     }
 
     /// `https://localhost:PORT/dir`: portico's `acme.directory`.
-    pub(crate) fn directory_url(&self) -> String {
+    pub fn directory_url(&self) -> String {
         format!("https://localhost:{}/dir", self.addr.port())
     }
 
     /// The next `n` newOrder POSTs get 429 rateLimited with `Retry-After: retry_after`.
-    pub(crate) fn fail_new_orders(&self, n: usize, retry_after: &str) {
+    pub fn fail_new_orders(&self, n: usize, retry_after: &str) {
         self.state().failures = (n, retry_after.to_string());
     }
 
     /// While `held`, newOrder POSTs (recorded first) wait at the front; turning it off
     /// sends the waiting ones on to Pebble.
-    pub(crate) fn hold_new_orders(&self, held: bool) {
+    pub fn hold_new_orders(&self, held: bool) {
         self.shared.hold_new_orders.send_replace(held);
     }
 
     /// Decoded payloads of the newOrder POSTs so far, in order.
-    pub(crate) fn new_orders(&self) -> Vec<serde_json::Value> {
+    pub fn new_orders(&self) -> Vec<serde_json::Value> {
         self.state().new_orders.clone()
     }
 
     /// Waits until `done` holds for what the front has recorded; panics after a minute
     /// with `what` and `context()` (a log, say).
-    pub(crate) async fn wait_for(
+    pub async fn wait_for(
         &self,
         what: &str,
         done: impl Fn(&State) -> bool,
