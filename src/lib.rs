@@ -6,41 +6,53 @@
 //! ```text
 //! request path                                  certificate path
 //! ------------                                  ----------------
-//! listener::workers: one runtime per core        certs::CertManager (every 2 s: files changed?
-//! listener::https (:443), accepted per worker      certificates due? → local CA / ACME)
-//!   │ TLS handshake ◄──────────────────────────      │ install: build a new snapshot,
-//!   │ (SNI, ALPN h2 | http/1.1 | acme-tls/1)         │ swap it in (never a lock on reads)
-//!   │                 tls::resolver: ArcSwap<Snapshot> ◄┘
+//! workers: one runtime per core                  certs::CertManager (every 2 s: files changed?
+//! listener (:443), accepted per worker             certificates due? → local CA / ACME)
+//!   │ PROXY header (trusted peers), then           │ install: build a new snapshot,
+//!   │ TLS handshake ◄──────────────────────────      │ swap it in (never a lock on reads)
+//!   │ (SNI or local address, ALPN)  tls: ArcSwap<Snapshot> ◄┘
 //!   ▼                 + TLS-ALPN-01 certificates   ▲
-//! HTTP/2 | HTTP/1.1 connection                     │ tls::internal (local CA)
-//!   ▼                                              │ tls::files (PEM on disk)
-//! router (host → site, longest path prefix)        │ acme::manager → acme::order
-//!   ▼                                              │   (account, order, challenges, CSR)
-//! proxy (headers, balance, per-worker pools)       ▼  ▲ watch: other replicas' certificates
-//!   └─► upstream                                store: Store + Locker traits
+//! HTTP/2 | HTTP/1.1 connection (408, floods)       │ tls: local CA, PEM files
+//!   ▼                                              │ acme: account, order, challenges,
+//! router (host → site, normalised path → route)    │   CSR, ARI, back-off
+//!   ▼                                              ▼  ▲ watch: other replicas' certificates
+//! proxy (framing, forwarding headers, balance,   objects: names and annotations
+//!   per-worker pools) ─► upstream                store: Store + Locker traits
 //!                                        FileStore | KubeStore (Secrets, Leases) | MemoryStore
-//! listener::http (:80)                              (certificates, account, tokens, locks)
-//!   ├ /.well-known/acme-challenge/ ◄── acme::challenges: tokens in flight, memory
+//! listener (:80)                                    (certificates, account, tokens, locks)
+//!   ├ /.well-known/acme-challenge/ ◄── acme::Challenges: tokens in flight, memory
 //!   │                                     first, then the store (another replica's)
-//!   └ anything else: 308 to https
+//!   └ anything else: 308 to https (served hosts only)
 //!
 //! admin (listen.admin): /healthz, /readyz, /metrics ◄── metrics: one atomic add per
-//!   request, handshake failure and ACME order; a gauge per installed certificate
+//!   request, handshake failure, connection error and ACME order; a gauge per certificate
 //!
 //! reload (SIGHUP, or the config file changed): validate the whole file, then swap
 //!   config ─► router + proxy table (pools of kept upstreams stay) ─► resolver sites,
 //!   and wake certs::CertManager for new sites; nothing is closed
 //! ```
 //!
-//! Modules in that order: [`config`] (TOML → validated model), `listener` (worker
-//! threads, sockets, TLS handshake, HTTP connections, port 80, shutdown phases), [`tls`]
-//! (resolver, rustls config, local CA, certificate files), `router` and [`proxy`] (the
-//! request path), [`certs`] (the certificate scheduler), [`acme`] (account, orders,
-//! challenges, renewal), [`store`] (persistence and locks), [`metrics`] (counters and
-//! gauges of both pipelines, in the Prometheus text format), `admin` (the
-//! `listen.admin` listener: `/healthz`, `/readyz`, `/metrics`), [`reload`] (SIGHUP and
-//! config file changes: validate, then swap routes, sites and certificates in place),
-//! [`server`] (assembly, start-up order, graceful shutdown).
+//! # Modules, as they import each other
+//!
+//! Each module imports only modules on a line below its own; there is no cycle. This
+//! is the graph the imports draw (a module's `//!` says which part of the flow it owns):
+//!
+//! ```text
+//! server                       assembly, start-up order, graceful shutdown
+//! admin, reload                the admin listener; SIGHUP and config file changes
+//! certs, listener              the certificate scheduler; sockets, TLS, HTTP, port 80
+//! acme                         accounts, orders, challenges, renewal
+//! objects, proxy               store names and annotations; forwarding
+//! router, tls                  host and path → route; resolver, local CA, files
+//! config, store, workers       TOML → model; persistence and locks; runtime per core
+//! body, metrics, report,       leaves: bodies and small answers, counters, error
+//!   shutdown, uri                chains, shutdown phases, path and host syntax
+//! ```
+//!
+//! Public, for embedding portico and for its tests: [`config`], [`server`], [`store`],
+//! [`certs`], [`acme`], [`tls`], [`metrics`], [`objects`], [`proxy`], [`reload`],
+//! [`body`], [`report`]. The rest is the crate's own. The rules these modules
+//! implement, for users, are in the repository's `docs/`.
 
 pub mod acme;
 mod admin;
