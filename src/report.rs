@@ -14,10 +14,17 @@ pub struct Chain<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        // Some errors of other crates also write their cause into their own message
+        // (kube's `HyperError: {0}`); a cause already written is not written again.
+        let mut written = self.0.to_string();
+        f.write_str(&written)?;
         let mut cause = self.0.source();
         while let Some(e) = cause {
-            write!(f, ": {e}")?;
+            let text = e.to_string();
+            if !written.contains(&text) {
+                write!(f, ": {text}")?;
+                written.push_str(&text);
+            }
             cause = e.source();
         }
         Ok(())
@@ -37,9 +44,17 @@ mod tests {
     #[error("outer")]
     struct Outer(#[source] std::io::Error);
 
+    #[derive(Debug, thiserror::Error)]
+    #[error("repeats: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
     #[test]
     fn every_cause_once() {
         let e = Outer(std::io::Error::other("inner"));
         assert_eq!(chain(&e), "outer: inner");
+        let e = Outer(std::io::Error::other(Repeats(std::io::Error::other(
+            "deep",
+        ))));
+        assert_eq!(chain(&e), "outer: repeats: deep");
     }
 }

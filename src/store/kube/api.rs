@@ -31,8 +31,17 @@ pub(super) enum KubeError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// The request failed: no connection, or an error status from the server.
-    #[error("{}", describe(.0))]
+    /// The server answered with an error status. The status is the whole story, so it
+    /// is written out here rather than kept as a cause (kube's own Display of it repeats
+    /// the status in Debug form).
+    #[error("{code} {reason}: {message}")]
+    Api {
+        code: u16,
+        reason: String,
+        message: String,
+    },
+    /// The request failed without an answer: no connection, TLS, a broken body.
+    #[error("the request failed")]
     Request(#[source] ::kube::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -48,17 +57,22 @@ impl KubeError {
     /// The HTTP status the server answered with, if it answered with an error.
     pub(super) fn status(&self) -> Option<u16> {
         match self {
-            KubeError::Request(::kube::Error::Api(status)) => Some(status.code),
+            KubeError::Api { code, .. } => Some(*code),
             _ => None,
         }
     }
 }
 
-/// kube's own Display of an API error repeats the status in Debug form.
-pub(super) fn describe(e: &::kube::Error) -> String {
-    match e {
-        ::kube::Error::Api(s) => format!("{} {}: {}", s.code, s.reason, s.message),
-        e => e.to_string(),
+impl From<::kube::Error> for KubeError {
+    fn from(e: ::kube::Error) -> Self {
+        match e {
+            ::kube::Error::Api(s) => KubeError::Api {
+                code: s.code,
+                reason: s.reason,
+                message: s.message,
+            },
+            e => KubeError::Request(e),
+        }
     }
 }
 
@@ -150,7 +164,7 @@ impl ApiClient {
         // deserialize, and a body may hold a Secret.
         match tokio::time::timeout(REQUEST_TIMEOUT, client.request_text(request)).await {
             Err(_) => Err(KubeError::Timeout(REQUEST_TIMEOUT)),
-            Ok(result) => result.map_err(KubeError::Request),
+            Ok(result) => result.map_err(KubeError::from),
         }
     }
 
@@ -242,7 +256,7 @@ impl ApiClient {
         let open = |client: ::kube::Client, request| async move {
             match tokio::time::timeout(REQUEST_TIMEOUT, client.request_stream(request)).await {
                 Err(_) => Err(KubeError::Timeout(REQUEST_TIMEOUT)),
-                Ok(result) => result.map(Box::pin).map_err(KubeError::Request),
+                Ok(result) => result.map(Box::pin).map_err(KubeError::from),
             }
         };
         let (used, client) = self.current();

@@ -564,7 +564,7 @@ mod tests {
     fn api_errors_show_the_status_once() {
         let status = ::kube::core::Status::failure("secrets \"x\" already exists", "AlreadyExists")
             .with_code(409);
-        let e = KubeError::Request(::kube::Error::Api(status.boxed()));
+        let e = KubeError::from(::kube::Error::Api(status.boxed()));
         assert_eq!(e.status(), Some(409));
         assert_eq!(
             e.to_string(),
