@@ -1,10 +1,226 @@
-//! What the fuzz targets in `fuzz/` reach that is not public: the parsers of network
-//! input and the request path's pure steps. Compiled only under `cargo fuzz`
-//! (`--cfg fuzzing`).
+//! The properties `cargo fuzz` checks (`fuzz/fuzz_targets/`), one function per target,
+//! written here beside the code they hold for, so nothing internal has to be public.
+//! Compiled only under `cargo fuzz` (`--cfg fuzzing`). Each panics when its property
+//! fails; any other panic in the code under test is a finding too.
 
-pub use crate::listener::http::{Answer, decide};
-pub use crate::listener::proxy_protocol::{Parsed, parse as parse_proxy_header};
-pub use crate::proxy::headers::{add_forwarded, client_address, strip_hop_by_hop};
-pub use crate::router::{Action, Router};
-pub use crate::uri::host::{normalize as normalize_host, parse as parse_host};
-pub use crate::uri::path::normalize as normalize_path;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::{Config, ConfigError};
+use crate::listener::http::{Answer, decide};
+use crate::listener::proxy_protocol::{Parsed, parse as parse_proxy_header};
+use crate::proxy::headers::{add_forwarded, client_address, strip_hop_by_hop};
+use crate::router::{Action, Router};
+use crate::uri::{host, path};
+
+/// The config parser and validator: any text gives a config or a `ConfigError` that
+/// names a line of the file, never a panic.
+pub fn config(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    match Config::parse(Path::new("fuzz.toml"), text) {
+        Ok(config) => {
+            assert!(!config.sites.is_empty());
+            let _ = config.describe();
+        }
+        Err(ConfigError::Syntax { line, .. } | ConfigError::Invalid { line, .. }) => {
+            assert!(line >= 1 && line <= text.lines().count() + 1, "line {line}");
+        }
+        Err(ConfigError::Read { .. }) => unreachable!("nothing is read from disk"),
+    }
+}
+
+const SITE: &str = "[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"root:1\"]\n[[site.route]]\npath = \"/respond\"\nrespond = { status = 403 }\n[[site.route]]\npath = \"/api/\"\nupstreams = [\"api:1\"]\n[[site.route]]\npath = \"/api/v2/\"\nupstreams = [\"v2:1\"]\n";
+
+fn route(path: &str) -> Option<String> {
+    static ROUTER: OnceLock<Router<String>> = OnceLock::new();
+    let router = ROUTER.get_or_init(|| {
+        let config = Config::parse(Path::new("fuzz.toml"), SITE).expect("a valid config");
+        Router::new(&config, |upstreams, _| upstreams[0].to_string())
+    });
+    let matched = router.route(Some("a.test"), path, None).ok()?;
+    Some(match &matched.route.action {
+        Action::Proxy(t) => t.clone(),
+        Action::Respond { status, .. } => status.to_string(),
+    })
+}
+
+/// Path normalisation and routing: a normal form has no empty or dot segment, is its
+/// own normal form, and routes like every spelling of it.
+pub fn path(data: &[u8]) {
+    let Ok(raw) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(normal) = path::normalize(raw) else {
+        assert!(
+            route(raw).is_none(),
+            "an unroutable path was routed: {raw:?}"
+        );
+        return;
+    };
+    assert!(normal.starts_with('/'), "{normal:?}");
+    assert!(
+        !normal[1..].split('/').rev().skip(1).any(|s| s.is_empty()),
+        "empty segment in {normal:?}"
+    );
+    assert!(
+        !normal.split('/').any(|s| s == "." || s == ".."),
+        "dot segment in {normal:?}"
+    );
+    assert_eq!(
+        path::normalize(&normal).ok().as_deref(),
+        Some(&*normal),
+        "not idempotent"
+    );
+    assert_eq!(
+        route(raw),
+        route(&normal),
+        "{raw:?} routes apart from {normal:?}"
+    );
+}
+
+fn trusted(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 10)
+}
+
+/// The header rewrite of a forwarded request: whatever a client sends, no hop-by-hop
+/// header survives, and an untrusted client's forwarding headers are replaced. The
+/// first byte says whether the peer is trusted; then one `name: value` per line.
+pub fn headers(data: &[u8]) {
+    let (flags, lines) = data.split_first().unwrap_or((&0, &[]));
+    let mut headers = HeaderMap::new();
+    for line in lines.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        headers.append(name, value);
+    }
+    let peer = IpAddr::from(if flags & 1 == 1 {
+        [10, 0, 0, 1]
+    } else {
+        [192, 0, 2, 1]
+    });
+    strip_hop_by_hop(&mut headers);
+    for hop in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+        "trailer",
+    ] {
+        assert!(!headers.contains_key(hop), "{hop} survived");
+    }
+    if let Some(te) = headers.get("te") {
+        assert_eq!(te, "trailers");
+    }
+    let is_trusted = trusted(peer);
+    let client = client_address(&headers, peer, trusted);
+    if !is_trusted {
+        assert_eq!(client, peer);
+    }
+    add_forwarded(
+        &mut headers,
+        peer,
+        is_trusted,
+        client,
+        "https",
+        "a.test",
+        http::Version::HTTP_11,
+    );
+    assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+    assert_eq!(headers.get_all("x-real-ip").iter().count(), 1);
+    assert_eq!(headers["x-real-ip"], client.to_string());
+    if is_trusted {
+        let xff = headers["x-forwarded-for"].to_str().unwrap_or_default();
+        assert!(xff.ends_with(&peer.to_string()), "{xff}");
+    } else {
+        assert_eq!(headers["x-forwarded-for"], peer.to_string());
+        assert!(!headers.contains_key("forwarded"));
+    }
+}
+
+/// The port-80 handler's decision: a redirect goes only to a served host, as parsed,
+/// never to anything a Host header smuggles in. `host \n path-and-query`.
+pub fn port80(data: &[u8]) {
+    let mut parts = data.splitn(2, |&b| b == b'\n');
+    let host = parts.next().unwrap_or_default();
+    let target = parts.next().unwrap_or(b"/");
+    let Ok(uri) = http::Uri::try_from(target) else {
+        return;
+    };
+    let mut req = http::Request::new(());
+    *req.uri_mut() = uri;
+    if let Ok(value) = HeaderValue::from_bytes(host) {
+        req.headers_mut().insert(http::header::HOST, value);
+    }
+    match decide(&req, |h| h == "a.test" || h == "::1", 8443) {
+        Answer::Redirect(location) => {
+            let uri: http::Uri = location.parse().expect("a Location we wrote parses");
+            assert_eq!(uri.scheme_str(), Some("https"));
+            let host = uri.host().unwrap_or_default();
+            assert!(
+                host == "a.test" || host == "[::1]",
+                "redirect to {location:?}"
+            );
+            let authority = uri.authority().map_or("", |a| a.as_str());
+            assert!(!authority.contains('@'), "{location:?}");
+        }
+        Answer::Challenge { host, .. } => assert!(host == "a.test" || host == "::1"),
+        Answer::Refuse(status, _) => assert!(status.is_client_error()),
+    }
+}
+
+/// The Host/authority parser: what it accepts is a plain host (and port) that reads
+/// back the same, and agrees with the lenient lookup form.
+pub fn host(data: &[u8]) {
+    let Ok(raw) = std::str::from_utf8(data) else {
+        return;
+    };
+    let lookup = host::normalize(raw);
+    let Ok(authority) = host::parse(raw) else {
+        return;
+    };
+    assert_eq!(authority.host, lookup, "{raw:?}");
+    assert!(
+        authority
+            .url_host()
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b)),
+        "{raw:?}"
+    );
+    let again = match authority.port {
+        Some(p) => format!("{}:{p}", authority.url_host()),
+        None => authority.url_host(),
+    };
+    assert_eq!(host::parse(&again), Ok(authority), "{raw:?} -> {again:?}");
+}
+
+/// The PROXY protocol parser: any bytes give an answer, a header never claims more
+/// bytes than were read, and a header is found only once all of it has arrived.
+pub fn proxy_protocol(data: &[u8]) {
+    let Ok(parsed) = parse_proxy_header(data) else {
+        return;
+    };
+    if let Parsed::Header { len, .. } = parsed {
+        assert!(len <= data.len());
+        for cut in 1..len {
+            assert!(
+                matches!(parse_proxy_header(&data[..cut]), Ok(Parsed::Incomplete)),
+                "a header found in {cut} of its {len} bytes"
+            );
+        }
+        assert_eq!(parse_proxy_header(&data[..len]).ok(), Some(parsed));
+    }
+}
