@@ -60,6 +60,28 @@ pub enum AcmeError {
     EabKey,
     #[error("lost the issuance lock while ordering")]
     LockLost,
+    /// `acme.profile` names a profile the directory's `meta.profiles` does not list.
+    #[error(
+        "acme.profile {profile:?} is not offered by {directory}; it offers {}",
+        offered_list(.offered)
+    )]
+    UnknownProfile {
+        profile: String,
+        directory: String,
+        offered: Vec<String>,
+    },
+}
+
+fn offered_list(offered: &[String]) -> String {
+    if offered.is_empty() {
+        "no profiles (remove acme.profile)".to_string()
+    } else {
+        offered
+            .iter()
+            .map(|p| format!("{p:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl From<instant_acme::Error> for AcmeError {
