@@ -66,8 +66,11 @@ pub enum AcmeError {
         offered_list(.offered)
     )]
     UnknownProfile {
+        /// The profile asked for.
         profile: String,
+        /// The directory URL that does not list it.
         directory: String,
+        /// What the directory lists, sorted.
         offered: Vec<String>,
     },
 }

@@ -47,18 +47,19 @@ pub struct Issued {
 }
 
 /// What one order asks the CA for.
-pub struct Request<'a> {
+pub(crate) struct Request<'a> {
     /// The site's names: host names and IP addresses.
-    pub names: &'a [String],
-    pub challenge: config::ChallengeType,
+    pub(crate) names: &'a [String],
+    /// How the CA is to validate each identifier.
+    pub(crate) challenge: config::ChallengeType,
     /// `acme.profile`; checked with [`check_profile`] first.
-    pub profile: Option<&'a str>,
+    pub(crate) profile: Option<&'a str>,
     /// The certificate this one replaces (ARI).
-    pub replaces: Option<CertificateIdentifier<'static>>,
+    pub(crate) replaces: Option<CertificateIdentifier<'static>>,
 }
 
 /// Runs one order to the end.
-pub async fn issue(
+pub(crate) async fn issue(
     account: &Account,
     request: &Request<'_>,
     responders: &Responders<'_>,
@@ -71,7 +72,7 @@ pub async fn issue(
 
 /// Whether the CA's directory (as `account` read it) lists `profile` in
 /// `meta.profiles`; the error names the profiles it does list.
-pub fn check_profile(
+pub(crate) fn check_profile(
     account: &Account,
     directory: &str,
     profile: Option<&str>,
@@ -93,7 +94,7 @@ pub fn check_profile(
 
 /// The ACME identifier of a site name: an IP address as an `ip` identifier (RFC 8738),
 /// anything else as a `dns` one.
-pub fn identifier(name: &str) -> Identifier {
+pub(crate) fn identifier(name: &str) -> Identifier {
     match name.parse::<IpAddr>() {
         Ok(ip) => Identifier::Ip(ip),
         Err(_) => Identifier::Dns(name.to_string()),
@@ -104,7 +105,7 @@ pub fn identifier(name: &str) -> Identifier {
 /// (lowercase, no final dot): the name itself, or for an address its reverse-DNS name
 /// (RFC 8738 section 6): `4.3.2.1.in-addr.arpa` for 1.2.3.4, the nibbles under
 /// `ip6.arpa` for IPv6.
-pub fn alpn_server_name(identifier: &Identifier) -> Option<String> {
+pub(crate) fn alpn_server_name(identifier: &Identifier) -> Option<String> {
     match identifier {
         Identifier::Dns(name) => Some(name.trim_end_matches('.').to_ascii_lowercase()),
         Identifier::Ip(IpAddr::V4(ip)) => {

@@ -274,7 +274,7 @@ impl HostPattern {
     }
 
     /// The address, when the host is an IP address (written in canonical form).
-    pub fn ip(&self) -> Option<IpAddr> {
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
         match self {
             HostPattern::Exact(name) => name.parse().ok(),
             HostPattern::Wildcard(_) => None,
