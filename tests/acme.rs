@@ -686,3 +686,406 @@ async fn a_rate_limited_order_waits_for_the_retry_after_of_the_ca() {
     assert_eq!(front.new_orders().len(), 1);
     assert_eq!(pebble.orders(), 0);
 }
+
+/// Six hours: a short-lived profile, as Let's Encrypt's `shortlived` (about 6.7 days)
+/// but short enough that the tests move the clock by hours, not days.
+const SHORT: Duration = Duration::from_secs(6 * 3600);
+/// Pebble's usual 90 days.
+const NINETY_DAYS: Duration = Duration::from_secs(90 * 86_400);
+
+/// Pebble offering the profiles `default` (90 days) and `shortlived` (six hours),
+/// behind a [`CaFront`] that records what each new order asked for; portico uses the
+/// front as its directory with `acme_extra` added to `[acme]`. Returns the config text
+/// too (for reloads and restarts on the same data).
+async fn setup_profiles(
+    challenge: &str,
+    acme_extra: &str,
+    sites: &str,
+    tuning: Tuning,
+) -> (Pebble, CaFront, Portico, String) {
+    install_provider();
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(
+        PebbleConfig::new(http, https)
+            .with_profile("default", NINETY_DAYS)
+            .with_profile("shortlived", SHORT),
+    )
+    .await;
+    let front = CaFront::start(&pebble).await;
+    let text = format!(
+        "{}{acme_extra}{sites}",
+        header_for(http, https, &front.directory_url(), &pebble, challenge)
+    );
+    let p = start_text(tempfile::tempdir().unwrap(), &text, tuning).await;
+    (pebble, front, p, text)
+}
+
+/// The leaf's lifetime (notAfter minus notBefore).
+fn lifetime(leaf: &[u8]) -> Duration {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
+    let v = cert.validity();
+    Duration::from_secs((v.not_after.timestamp() - v.not_before.timestamp()) as u64)
+}
+
+/// The leaf's subject alternative names, as x509-parser shows them.
+fn sans(leaf: &[u8]) -> Vec<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
+    let mut names: Vec<String> = cert
+        .subject_alternative_name()
+        .unwrap()
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Clients that keep opening a TLS connection to `name` (an IP address: no SNI) and
+/// asking for `/` over HTTP/2 until `done`; each returns its successes and failures.
+fn keep_asking(
+    p: &Portico,
+    name: &'static str,
+    body: &'static str,
+    roots: &[u8],
+    done: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u32, Vec<String>)>> {
+    (0..3)
+        .map(|_| {
+            let (done, roots, addr) = (done.clone(), roots.to_vec(), p.https);
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !done.load(Ordering::Acquire) {
+                    let config = client_config(&[&roots], &[b"h2"]);
+                    match tls_connect(addr, name, config).await {
+                        Ok(tls) => {
+                            let mut send = edge::h2_over(tls).await;
+                            match edge::get_h2(&mut send, name, "/").await {
+                                (200, got) if got == body => ok += 1,
+                                other => failed.push(format!("{other:?}")),
+                            }
+                        }
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+/// Scheduler passes at `at` until the resolver serves a leaf other than `old` for the
+/// site `id`; returns it.
+async fn renew_at(p: &Portico, id: &str, old: &[u8], at: SystemTime, pebble: &Pebble) -> Vec<u8> {
+    let id = id.to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        // A site id is its names joined by ","; the first one finds its certificate.
+        let served = p
+            .resolver
+            .snapshot()
+            .lookup(id.split(',').next())
+            .and_then(|c| c.key.end_entity_cert().ok().map(|d| d.to_vec()));
+        if let Some(leaf) = served
+            && leaf != old
+        {
+            return leaf;
+        }
+        p.certs.sync(&p.config, at).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not renewed; last error {:?}; log:\n{}",
+            p.certs.acme_last_error(&id),
+            pebble.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `acme.profile = "shortlived"`: every order asks for it (Pebble would pick a random
+/// profile for an order that names none, so the order payload is checked, not only
+/// the leaf), the certificate has the profile's six hours, and it is renewed when a
+/// third of its life is left while clients keep connecting: none fails. Pebble's ARI
+/// window for so short a certificate spans its whole life, which must not renew it
+/// again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_profile_is_ordered_and_renewed_by_a_third_of_its_life_under_load() {
+    let name = "short.example.test";
+    let (pebble, front, p, _) = setup_profiles(
+        "http-01",
+        "profile = \"shortlived\"\n",
+        &acme_site("\"short.example.test\"", "short"),
+        quick(),
+    )
+    .await;
+    let roots = pebble.issuing_roots().await;
+    let first = wait_for_certificate(&p, name, &roots, &pebble).await;
+    let orders = front.new_orders();
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    assert_eq!(orders[0]["profile"], "shortlived", "{}", orders[0]);
+    assert_eq!(
+        orders[0]["identifiers"],
+        serde_json::json!([{"type": "dns", "value": name}])
+    );
+    // Pebble's notAfter is notBefore + validity - 1 s.
+    assert_eq!(lifetime(&first), SHORT - Duration::from_secs(1));
+    // portico asks for the certificate's ARI window; Pebble's spans the whole life:
+    // nothing is ordered for it.
+    wait_for_ari_checks(&pebble, 1).await;
+    for _ in 0..5 {
+        p.certs.sync(&p.config, SystemTime::now()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pebble.orders(), 1, "{}", pebble.log());
+
+    let done = Arc::new(AtomicBool::new(false));
+    let clients = keep_asking(&p, name, "short", &roots, &done);
+    // Let them get going on the first certificate.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Four hours and a half on, less than a third of six hours is left.
+    let later = SystemTime::now() + Duration::from_secs(4 * 3600 + 1800);
+    let renewed = renew_at(&p, name, &first, later, &pebble).await;
+    assert_eq!(
+        wait_for_new_leaf(&p, name, &roots, &pebble, &first).await,
+        renewed
+    );
+    // Some requests on the new certificate too.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    done.store(true, Ordering::Release);
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        assert!(failed.is_empty(), "failures during renewal: {failed:?}");
+        assert!(ok > 0);
+    }
+    assert_eq!(lifetime(&renewed), SHORT - Duration::from_secs(1));
+    let orders = front.new_orders();
+    assert_eq!(orders.len(), 2, "{orders:?}");
+    assert_eq!(orders[1]["profile"], "shortlived", "{}", orders[1]);
+    // The renewal names what it replaces (Pebble offers ARI), and Pebble took it so.
+    assert!(orders[1]["replaces"].is_string(), "{}", orders[1]);
+    assert_eq!(pebble.replacements().len(), 1, "{}", pebble.log());
+
+    // The new certificate is asked about too, and again not renewed at once.
+    let checks = pebble.ari_checks();
+    wait_for_ari_checks(&pebble, checks + 1).await;
+    for _ in 0..5 {
+        p.certs.sync(&p.config, SystemTime::now()).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(pebble.orders(), 2, "{}", pebble.log());
+}
+
+/// A profile the directory does not list: no order is placed, the error names the
+/// profiles the CA offers (in the log, in the site's status, in `portico certs`), other
+/// sites serve; a reload to an offered profile orders at once, without waiting out the
+/// back-off. A restart with the bad profile on a stored certificate reports it at start
+/// (through the ARI check) while the certificate keeps serving, and a reload clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_the_directory_does_not_offer_is_an_error_that_names_the_offered_ones() {
+    let name = "profile.example.test";
+    let sites = format!(
+        "{}[[site]]\nhosts = [\"other.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"other\" }}\n",
+        acme_site("\"profile.example.test\"", "p")
+    );
+    // A back-off long enough that only the reload can explain a prompt order.
+    let patient = || Tuning {
+        backoff: vec![Duration::from_secs(3600)],
+        ari_interval: Duration::from_millis(50),
+    };
+    let (pebble, front, p, text) =
+        setup_profiles("http-01", "profile = \"tlsserver\"\n", &sites, patient()).await;
+    let error = wait_for_error(&p, name).await;
+    for part in ["\"tlsserver\"", "\"default\"", "\"shortlived\""] {
+        assert!(error.contains(part), "{part} in {error}");
+    }
+    assert!(front.new_orders().is_empty(), "no order is placed");
+    assert_eq!(
+        h2_get(&p, "other.internal", &p.root_pem()).await,
+        (200, "other".into()),
+        "other sites serve"
+    );
+    let table = certs_table(&p).await;
+    assert!(
+        table.contains("last error: acme.profile \"tlsserver\" is not offered by")
+            && table.contains("\"default\", \"shortlived\""),
+        "{table}"
+    );
+
+    // Fixed by a reload: ordered now, on the profile asked for.
+    let path = p.dir.path().join("portico.toml");
+    let good = text.replace("\"tlsserver\"", "\"shortlived\"");
+    std::fs::write(&path, &good).unwrap();
+    p.reloader.reload_now().await.unwrap();
+    let roots = pebble.issuing_roots().await;
+    let leaf = wait_for_certificate(&p, name, &roots, &pebble).await;
+    assert_eq!(lifetime(&leaf), SHORT - Duration::from_secs(1));
+    assert_eq!(front.new_orders()[0]["profile"], "shortlived");
+    wait_for_no_error(&p, name).await;
+
+    // Restarted with the bad profile: the stored certificate serves, and the profile is
+    // reported without waiting for the renewal.
+    std::fs::write(&path, &text).unwrap();
+    let dir = p.stop().await;
+    let p = start_text(dir, &text, patient()).await;
+    assert_eq!(wait_for_certificate(&p, name, &roots, &pebble).await, leaf);
+    let error = wait_for_error(&p, name).await;
+    assert!(error.contains("\"shortlived\""), "{error}");
+    assert!(certs_table(&p).await.contains("last error: acme.profile"));
+    std::fs::write(&path, &good).unwrap();
+    p.reloader.reload_now().await.unwrap();
+    wait_for_no_error(&p, name).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while certs_table(&p).await.contains("last error:") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "error kept in the store"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(pebble.orders(), 1, "nothing more was ordered");
+    assert_eq!(wait_for_certificate(&p, name, &roots, &pebble).await, leaf);
+}
+
+/// An IP address as a site's host, over HTTP-01: ordered as an RFC 8738 `ip`
+/// identifier (Pebble, like Let's Encrypt, refuses an address as a `dns` one) on the
+/// short-lived profile, validated by Pebble connecting to the address on port "80",
+/// issued with the address as an iPAddress name, and served to clients that connect to
+/// that address and send no SNI (rustls sends none for an address), although another
+/// site exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ip_address_gets_a_certificate_over_http_01_for_clients_without_sni() {
+    let sites = format!(
+        "{}[[site]]\nhosts = [\"other.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"other\" }}\n",
+        acme_site("\"127.0.0.1\"", "by address")
+    );
+    let (pebble, front, p, _) =
+        setup_profiles("http-01", "profile = \"shortlived\"\n", &sites, quick()).await;
+    let roots = pebble.issuing_roots().await;
+    let leaf = wait_for_certificate(&p, "127.0.0.1", &roots, &pebble).await;
+    assert_eq!(sans(&leaf), ["IPAddress([127, 0, 0, 1])"]);
+    assert_eq!(lifetime(&leaf), SHORT - Duration::from_secs(1));
+    let orders = front.new_orders();
+    assert_eq!(
+        orders[0]["identifiers"],
+        serde_json::json!([{"type": "ip", "value": "127.0.0.1"}])
+    );
+    assert_eq!(orders[0]["profile"], "shortlived");
+    assert!(
+        pebble
+            .log()
+            .contains("Attempting to validate w/ HTTP: http://127.0.0.1:"),
+        "{}",
+        pebble.log()
+    );
+    assert_eq!(
+        h2_get(&p, "127.0.0.1", &roots).await,
+        (200, "by address".into())
+    );
+    assert_eq!(
+        h2_get(&p, "other.internal", &p.root_pem()).await,
+        (200, "other".into())
+    );
+
+    // Renewed like any short-lived certificate, under load from clients without SNI.
+    let done = Arc::new(AtomicBool::new(false));
+    let clients = keep_asking(&p, "127.0.0.1", "by address", &roots, &done);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let later = SystemTime::now() + Duration::from_secs(5 * 3600);
+    let renewed = renew_at(&p, "127.0.0.1", &leaf, later, &pebble).await;
+    assert_eq!(
+        wait_for_new_leaf(&p, "127.0.0.1", &roots, &pebble, &leaf).await,
+        renewed
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    done.store(true, Ordering::Release);
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        assert!(failed.is_empty(), "failures during renewal: {failed:?}");
+        assert!(ok > 0);
+    }
+    assert_eq!(sans(&renewed), ["IPAddress([127, 0, 0, 1])"]);
+}
+
+/// A site with a name and an IP address, over TLS-ALPN-01: one order with a `dns` and
+/// an `ip` identifier; Pebble's validator asks for the address with the reverse-DNS
+/// name `1.0.0.127.in-addr.arpa` as SNI and gets a validation certificate naming the
+/// address (RFC 8738 section 6). The certificate then serves both: by SNI for the name,
+/// by the address connected to for a client without SNI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_and_an_ip_address_are_validated_over_tls_alpn_01() {
+    let sites = format!(
+        "{}[[site]]\nhosts = [\"other.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"other\" }}\n",
+        acme_site("\"mixed.example.test\", \"127.0.0.1\"", "mixed")
+    );
+    let (pebble, front, p, _) =
+        setup_profiles("tls-alpn-01", "profile = \"default\"\n", &sites, quick()).await;
+    let roots = pebble.issuing_roots().await;
+    let by_address = wait_for_certificate(&p, "127.0.0.1", &roots, &pebble).await;
+    let by_name = wait_for_certificate(&p, "mixed.example.test", &roots, &pebble).await;
+    assert_eq!(by_address, by_name, "one certificate for the site");
+    assert_eq!(
+        sans(&by_name),
+        [
+            "DNSName(\"mixed.example.test\")",
+            "IPAddress([127, 0, 0, 1])"
+        ]
+    );
+    assert_eq!(lifetime(&by_name), NINETY_DAYS - Duration::from_secs(1));
+    let orders = front.new_orders();
+    assert_eq!(orders.len(), 1, "{orders:?}");
+    let mut identifiers: Vec<String> = orders[0]["identifiers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            format!(
+                "{}:{}",
+                i["type"].as_str().unwrap(),
+                i["value"].as_str().unwrap()
+            )
+        })
+        .collect();
+    identifiers.sort();
+    assert_eq!(identifiers, ["dns:mixed.example.test", "ip:127.0.0.1"]);
+    assert_eq!(orders[0]["profile"], "default");
+    for name in ["127.0.0.1", "mixed.example.test"] {
+        assert_eq!(
+            h2_get(&p, name, &roots).await,
+            (200, "mixed".into()),
+            "{name}"
+        );
+    }
+}
+
+/// Waits until the site's last ACME attempt failed; returns the error.
+async fn wait_for_error(p: &Portico, id: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(e) = p.certs.acme_last_error(id) {
+            return e;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no error recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the site has no ACME error any more.
+async fn wait_for_no_error(p: &Portico, id: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Some(e) = p.certs.acme_last_error(id) {
+        assert!(tokio::time::Instant::now() < deadline, "error kept: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What `portico certs` prints for `p`'s config and store.
+async fn certs_table(p: &Portico) -> String {
+    let store = portico::store::FileStore::open(p.data()).unwrap();
+    portico::certs::table(&store, &p.config, SystemTime::now())
+        .await
+        .unwrap()
+}

@@ -73,6 +73,61 @@ fn check_prints_sites_and_certificate_sources() {
     assert!(!dir.path().join("data").exists(), "check touches nothing");
 }
 
+/// `check` cannot know which profiles a CA offers (it talks to no one: here the
+/// directory is a closed port), so any well-formed `acme.profile` passes and is shown; a
+/// malformed one, and the host rules of `tls = "acme"`, are errors.
+#[test]
+fn check_takes_any_well_formed_acme_profile_offline_and_ip_hosts_under_explicit_acme() {
+    let dir = tempfile::tempdir().unwrap();
+    let acme = format!(
+        "[storage]\npath = \"data\"\n[acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\n",
+        free_port()
+    );
+    let site = "[[site]]\nhosts = [\"192.0.2.7\", \"example.com\"]\ntls = \"acme\"\nupstreams = [\"127.0.0.1:9\"]\n";
+    let path = write(
+        dir.path(),
+        &format!("{acme}profile = \"no-ca-offers-this\"\n{site}"),
+    );
+    let out = run(&["check", "--config", path.to_str().unwrap()], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("site[0] 192.0.2.7, example.com"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(profile no-ca-offers-this)"), "{stdout}");
+    assert!(!dir.path().join("data").exists(), "check touches nothing");
+
+    let cases = [
+        (
+            format!("{acme}profile = \"short lived\"\n{site}"),
+            ":5: acme.profile",
+            "not a profile name",
+        ),
+        (
+            format!("{acme}{}", site.replace("tls = \"acme\"\n", "")),
+            ":6: site[0].hosts[0]",
+            "explicit tls = \"acme\"",
+        ),
+        (
+            format!("{acme}{}", site.replace("192.0.2.7", "localhost")),
+            ":6: site[0].hosts[0]",
+            "no public CA issues for a local name",
+        ),
+    ];
+    for (text, location, message) in cases {
+        let path = write(dir.path(), &text);
+        let out = run(&["check", "--config", path.to_str().unwrap()], dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(
+            stderr.contains(&format!("portico.toml{location}")),
+            "{stderr}"
+        );
+        assert!(stderr.contains(message), "{stderr}");
+    }
+}
+
 #[test]
 fn bad_configs_exit_64_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();

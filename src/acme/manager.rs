@@ -21,6 +21,13 @@
 //! window is asked for every [`Tuning::ari_interval`] (with jitter), or later when the
 //! CA's `Retry-After` says so (up to a day); once the window has opened the site is due,
 //! and its order names the certificate it `replaces`.
+//!
+//! `acme.profile` is checked against the directory whenever the account is used for a
+//! site: before each order, and at each ARI check, so a profile the CA does not offer is
+//! reported at start even for a site whose stored certificate is still good. It fails
+//! like an order (logged, back-off, last error in the store); a reload that changes
+//! `acme.profile` lifts the back-off, and the cached account (with the directory it
+//! read) is dropped so that the next check reads the directory again.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -98,6 +105,16 @@ struct SiteState {
     not_before: Option<Instant>,
     last_error: Option<String>,
     ari: Option<Ari>,
+    /// The `acme.profile` the last attempt found missing from the directory.
+    unknown_profile: Option<String>,
+}
+
+/// What an ARI check found.
+struct AriCheck {
+    /// The window has opened (or there is no certificate to ask about).
+    due: bool,
+    /// The account was loaded and `acme.profile` is one the directory offers.
+    profile_ok: bool,
 }
 
 /// What the CA's ARI endpoint said about the served certificate.
@@ -174,6 +191,14 @@ impl AcmeManager {
         let due = {
             let mut sites = self.state();
             let state = sites.entry(id.clone()).or_default();
+            // The profile the CA refused is no longer configured: try the new one now.
+            if state
+                .unknown_profile
+                .as_deref()
+                .is_some_and(|bad| acme.profile.as_deref() != Some(bad))
+            {
+                state.not_before = None;
+            }
             if state.in_flight || state.not_before.is_some_and(|t| Instant::now() < t) {
                 return;
             }
@@ -205,12 +230,30 @@ impl AcmeManager {
         // One Retry-After slot per site's task: concurrent sites share the account's
         // client, never each other's Retry-After.
         tokio::spawn(super::http::scoped(async move {
-            let due = due || this.window_open(&site, &acme, now).await;
-            let outcome = if due {
-                let _permit = this.orders.acquire().await;
-                Some(this.attempt(&site, &acme, now).await)
+            let due = if due {
+                Ok(true)
             } else {
-                None
+                match this.window_open(&site, &acme, now).await {
+                    Ok(AriCheck {
+                        due: false,
+                        profile_ok,
+                    }) => {
+                        if profile_ok {
+                            this.profile_confirmed(&site).await;
+                        }
+                        Ok(false)
+                    }
+                    Ok(AriCheck { due: true, .. }) => Ok(true),
+                    Err(e) => Err(e),
+                }
+            };
+            let outcome = match due {
+                Ok(true) => {
+                    let _permit = this.orders.acquire().await;
+                    Some(this.attempt(&site, &acme, now).await)
+                }
+                Ok(false) => None,
+                Err(e) => Some(Err(e)),
             };
             this.finish(&site, outcome).await;
         }));
@@ -239,11 +282,27 @@ impl AcmeManager {
         }
     }
 
-    /// Asks the CA's ARI endpoint whether renewal is due now; false when the CA has no ARI.
-    async fn window_open(&self, site: &Site, acme: &Acme, now: SystemTime) -> bool {
+    /// Asks the CA's ARI endpoint whether renewal is due now (not when the CA has no
+    /// ARI), and checks `acme.profile` against the directory on the way: an error only
+    /// for a profile the directory does not offer.
+    async fn window_open(
+        &self,
+        site: &Site,
+        acme: &Acme,
+        now: SystemTime,
+    ) -> Result<AriCheck, AcmeError> {
         let id = site_id(site);
+        let not_due = |profile_ok| {
+            Ok(AriCheck {
+                due: false,
+                profile_ok,
+            })
+        };
         let Some(current) = self.resolver.current(&id) else {
-            return true;
+            return Ok(AriCheck {
+                due: true,
+                profile_ok: false,
+            });
         };
         let cert_id = current
             .key
@@ -253,17 +312,18 @@ impl AcmeManager {
         let Some(cert_id) = cert_id else {
             // No AKI or serial to name it by: ARI cannot say anything about it.
             self.ari_answered(&id, None, None);
-            return false;
+            return not_due(false);
         };
         let account = match self.account(acme).await {
             Ok(account) => account,
             Err(e) => {
                 tracing::debug!(site = %id, error = %describe(&e), "no ACME account for the ARI check");
                 self.ari_answered(&id, None, e.retry_at());
-                return false;
+                return not_due(false);
             }
         };
-        match account.renewal_info(&cert_id).await {
+        self.check_profile(&account, acme).await?;
+        let due = match account.renewal_info(&cert_id).await {
             Ok((info, retry_after)) => {
                 let window = (
                     SystemTime::from(info.suggested_window.start),
@@ -271,7 +331,8 @@ impl AcmeManager {
                 );
                 tracing::debug!(site = %id, start = %rfc3339(window.0), end = %rfc3339(window.1), "ARI window");
                 self.ari_answered(&id, Some(window), Some(SystemTime::now() + retry_after));
-                now >= window.0
+                let not_before = current.not_before().unwrap_or(now);
+                ari_due(window, not_before, current.not_after, now)
             }
             Err(instant_acme::Error::Unsupported(_)) => {
                 self.no_ari
@@ -284,6 +345,42 @@ impl AcmeManager {
                 self.ari_answered(&id, None, e.retry_at());
                 false
             }
+        };
+        Ok(AriCheck {
+            due,
+            profile_ok: true,
+        })
+    }
+
+    /// `acme.profile` against the directory `account` read. When it is not offered, the
+    /// cached account goes too: the next check reads the directory again (the CA may
+    /// add the profile, or the config may name the directory's own).
+    async fn check_profile(&self, account: &Account, acme: &Acme) -> Result<(), AcmeError> {
+        let checked = order::check_profile(account, &acme.directory, acme.profile.as_deref());
+        if checked.is_err() {
+            *self.account.lock().await = None;
+        }
+        checked
+    }
+
+    /// An ARI check found `acme.profile` offered: a failure recorded for an earlier,
+    /// refused profile no longer holds.
+    async fn profile_confirmed(&self, site: &Site) {
+        let cleared = {
+            let mut sites = self.state();
+            match sites.get_mut(&site_id(site)) {
+                Some(state) if state.unknown_profile.is_some() => {
+                    state.unknown_profile = None;
+                    state.last_error = None;
+                    state.failures = 0;
+                    state.not_before = None;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if cleared && let Err(e) = self.record_status(site, None, None).await {
+            tracing::debug!(site = %site_id(site), error = %Chain(&e), "could not record the ACME status");
         }
     }
 
@@ -351,6 +448,7 @@ impl AcmeManager {
         }
 
         let account = self.account(acme).await?;
+        self.check_profile(&account, acme).await?;
         // ARI: tell the CA which certificate this one replaces (when it offers ARI).
         let replaces = if self.no_ari.load(std::sync::atomic::Ordering::Relaxed) {
             None
@@ -366,25 +464,24 @@ impl AcmeManager {
             challenges: &self.challenges,
             resolver: &self.resolver,
         };
-        tracing::info!(site = %id, "ordering a certificate");
-        let issued = match order::issue(
-            &account,
-            &names,
-            acme.challenge,
-            replaces.clone(),
-            &responders,
-        )
-        .await
-        {
+        let mut request = order::Request {
+            names: &names,
+            challenge: acme.challenge,
+            profile: acme.profile.as_deref(),
+            replaces,
+        };
+        tracing::info!(site = %id, profile = acme.profile.as_deref().unwrap_or("(the CA's default)"), "ordering a certificate");
+        let issued = match order::issue(&account, &request, &responders).await {
             // The CA may refuse `replaces` (already replaced, say): order without it. Not
             // when it asked us to wait or to slow down: that holds for any order.
             Err(e @ AcmeError::Ca { .. })
-                if replaces.is_some()
+                if request.replaces.is_some()
                     && e.retry_at().is_none()
                     && e.problem_type() != Some(RATE_LIMITED) =>
             {
                 tracing::info!(site = %id, error = %describe(&e), "the CA refused the order that names the certificate it replaces; ordering without");
-                order::issue(&account, &names, acme.challenge, None, &responders).await?
+                request.replaces = None;
+                order::issue(&account, &request, &responders).await?
             }
             other => other?,
         };
@@ -445,6 +542,7 @@ impl AcmeManager {
                         self.metrics.acme_order(&id, OrderResult::Valid);
                     }
                     let had_error = state.last_error.take().is_some();
+                    state.unknown_profile = None;
                     state.failures = 0;
                     state.not_before = None;
                     state.ari = None;
@@ -465,6 +563,10 @@ impl AcmeManager {
                 }
                 Some(Err(e)) => {
                     self.metrics.acme_order(&id, OrderResult::Failed);
+                    state.unknown_profile = match e {
+                        AcmeError::UnknownProfile { profile, .. } => Some(profile.clone()),
+                        _ => None,
+                    };
                     let step =
                         self.tuning.backoff[state.failures.min(self.tuning.backoff.len() - 1)];
                     state.failures += 1;
@@ -557,7 +659,26 @@ fn renewal_due(
     ari_window: Option<(SystemTime, SystemTime)>,
     now: SystemTime,
 ) -> bool {
-    crate::tls::due(not_before, not_after, now) || ari_window.is_some_and(|(start, _)| now >= start)
+    crate::tls::due(not_before, not_after, now)
+        || ari_window.is_some_and(|window| ari_due(window, not_before, not_after, now))
+}
+
+/// Whether the CA's suggested window (start, end) says to renew the certificate valid
+/// from `not_before` to `not_after` now: once the window has started. A window that
+/// spans the certificate's whole life suggests no time at all: renewing at its start
+/// would renew at issuance, and again after every order (Pebble gives such windows to
+/// certificates shorter than two days: two days around two thirds of the life, clamped
+/// to it). Such a window is left to the lifetime rule. A window in the past, or one
+/// that starts early but ends before the certificate does (a CA about to revoke), is
+/// followed as it is.
+fn ari_due(
+    (start, end): (SystemTime, SystemTime),
+    not_before: SystemTime,
+    not_after: SystemTime,
+    now: SystemTime,
+) -> bool {
+    let whole_life = start <= not_before && end >= not_after;
+    now >= start && !whole_life
 }
 
 /// A stable spread in `[0, max)` per site, so checks of many sites do not bunch up.
@@ -598,6 +719,24 @@ mod tests {
         let window = Some((issued + 10 * day, issued + 11 * day));
         assert!(!renewal_due(issued, expires, window, issued + 9 * day));
         assert!(renewal_due(issued, expires, window, issued + 10 * day));
+        // Already over: at once.
+        let past = Some((issued - day, issued - day / 2));
+        assert!(renewal_due(issued, expires, past, issued + day));
+    }
+
+    #[test]
+    fn a_window_over_the_whole_life_leaves_renewal_to_the_lifetime_rule() {
+        let hour = Duration::from_secs(3600);
+        let issued = SystemTime::UNIX_EPOCH + 100_000 * hour;
+        let expires = issued + 6 * hour;
+        // What Pebble answers for a six-hour certificate.
+        let whole = Some((issued, expires));
+        assert!(!renewal_due(issued, expires, whole, issued));
+        assert!(!renewal_due(issued, expires, whole, issued + 3 * hour));
+        assert!(renewal_due(issued, expires, whole, issued + 4 * hour));
+        // A CA that wants it replaced soon, from issuance on: followed.
+        let soon = Some((issued - hour, issued + 2 * hour));
+        assert!(renewal_due(issued, expires, soon, issued + hour));
     }
 
     #[test]

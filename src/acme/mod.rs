@@ -62,6 +62,31 @@ pub(crate) enum AcmeError {
     EabKey,
     #[error("lost the issuance lock while ordering")]
     LockLost,
+    /// `acme.profile` names a profile the directory's `meta.profiles` does not list.
+    #[error(
+        "acme.profile {profile:?} is not offered by {directory}; it offers {}",
+        offered_list(.offered)
+    )]
+    UnknownProfile {
+        /// The profile asked for.
+        profile: String,
+        /// The directory URL that does not list it.
+        directory: String,
+        /// What the directory lists, sorted.
+        offered: Vec<String>,
+    },
+}
+
+fn offered_list(offered: &[String]) -> String {
+    if offered.is_empty() {
+        "no profiles (remove acme.profile)".to_string()
+    } else {
+        offered
+            .iter()
+            .map(|p| format!("{p:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 impl From<instant_acme::Error> for AcmeError {

@@ -11,7 +11,11 @@
 //!   request's normalised path, written in normal form, and the longest one wins;
 //! - `tls` defaults to `internal` when every host is local (localhost, `*.localhost`, an
 //!   IP address, `*.internal`, `*.home.arpa`) and to `acme` otherwise; a local name under
-//!   `acme` is an error because no public CA issues for it;
+//!   `acme` is an error because no public CA issues for it; an IP address is accepted
+//!   under `acme` only when `tls = "acme"` is written (CAs issue IP certificates, RFC
+//!   8738, but not every CA or profile does);
+//! - `acme.profile` is checked for its syntax only: which profiles a CA offers is
+//!   known when portico talks to it, and `portico check` talks to no one;
 //! - the optional `[limits]` table overrides the defaults of [`Limits`].
 
 mod cidr;
@@ -160,6 +164,9 @@ pub struct Acme {
     pub challenge: ChallengeType,
     /// External Account Binding, for CAs that ask for it.
     pub eab: Option<ExternalAccountBinding>,
+    /// The ACME profile (draft-aaron-acme-profiles) every order asks for, as written;
+    /// whether the directory offers it is known only when portico talks to the CA.
+    pub profile: Option<String>,
 }
 
 /// External Account Binding (RFC 8555 §7.3.4): a key id and HMAC key from the CA.
@@ -328,7 +335,16 @@ impl HostPattern {
         matches!(self, HostPattern::Wildcard(_))
     }
 
-    /// Names no public CA will issue for.
+    /// The address, when the host is an IP address (written in canonical form).
+    pub(crate) fn ip(&self) -> Option<IpAddr> {
+        match self {
+            HostPattern::Exact(name) => name.parse().ok(),
+            HostPattern::Wildcard(_) => None,
+        }
+    }
+
+    /// Hosts that default to the local CA: names no public CA issues for, and IP
+    /// addresses (which some CAs do issue for, with an explicit `tls = "acme"`).
     pub fn is_local(&self) -> bool {
         let name = match self {
             HostPattern::Exact(n) | HostPattern::Wildcard(n) => n.as_str(),
@@ -464,7 +480,12 @@ impl Config {
         for (i, site) in self.sites.iter().enumerate() {
             let hosts: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
             let source = match &site.tls {
-                TlsSource::Acme => format!("acme from {}", self.acme.directory),
+                TlsSource::Acme => match &self.acme.profile {
+                    Some(profile) => {
+                        format!("acme from {} (profile {profile})", self.acme.directory)
+                    }
+                    None => format!("acme from {}", self.acme.directory),
+                },
                 TlsSource::Internal => {
                     format!("internal CA (root: {})", self.internal_root_hint())
                 }
@@ -666,12 +687,18 @@ impl Validator<'_> {
                 return Err(self.err("acme.eab_hmac_key", "eab_hmac_key needs eab_kid too"));
             }
         };
+        if let Some(profile) = &raw.profile
+            && let Err(why) = check_profile_name(profile)
+        {
+            return Err(self.err("acme.profile", format!("{profile:?}: {why}")));
+        }
         Ok(Acme {
             email: raw.email,
             directory,
             ca_root: raw.ca_root.map(PathBuf::from),
             challenge,
             eab,
+            profile: raw.profile,
         })
     }
 
@@ -812,10 +839,24 @@ impl Validator<'_> {
                         ),
                     ));
                 }
+                // RFC 8738 `ip` identifiers: public CAs issue for public addresses (Let's
+                // Encrypt on its short-lived profile), private CAs for theirs; asked for
+                // explicitly, since an address alone defaults to the local CA.
+                if host.ip().is_some() {
+                    if raw.tls.is_none() {
+                        return Err(self.err(
+                            at(&format!("hosts[{j}]")),
+                            format!("{host}: an IP address gets an ACME certificate only with an explicit tls = \"acme\" (the CA must issue IP certificates: Let's Encrypt does on its \"shortlived\" profile), or use tls = \"internal\""),
+                        ));
+                    }
+                    continue;
+                }
                 if host.is_local() {
                     return Err(self.err(
                         at(&format!("hosts[{j}]")),
-                        format!("{host}: no public CA issues for a local name or IP; use tls = \"internal\""),
+                        format!(
+                            "{host}: no public CA issues for a local name; use tls = \"internal\""
+                        ),
                     ));
                 }
             }
@@ -996,6 +1037,23 @@ fn parse_upstream(raw: &str) -> Result<Upstream, String> {
     Ok(Upstream { authority })
 }
 
+/// An ACME profile name as `acme.profile` may write it: 1 to 64 ASCII letters, digits,
+/// `-`, `_` or `.` (Let's Encrypt's are `classic`, `tlsserver`, `shortlived`). It is
+/// sent in the order as written.
+fn check_profile_name(name: &str) -> Result<(), &'static str> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            "not a profile name: 1 to 64 letters, digits, '-', '_' or '.', as the CA's directory lists them in meta.profiles (such as \"shortlived\")",
+        )
+    }
+}
+
 /// `"500ms"`, `"10s"`, `"5m"`, `"1h"`; `None` for anything else. A number too large
 /// for a `Duration` saturates (and then fails any range check); it never wraps.
 pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
@@ -1082,6 +1140,58 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.key(), "site[1].hosts[1]");
         assert!(e.to_string().starts_with("t.toml:5: "), "{e}");
+    }
+
+    #[test]
+    fn acme_profile_is_checked_for_syntax_only() {
+        let site = "[[site]]\nhosts = [\"example.com\"]\nupstreams = [\"h:1\"]\n";
+        let c = parse(&format!("[acme]\nprofile = \"shortlived\"\n{site}")).unwrap();
+        assert_eq!(c.acme.profile.as_deref(), Some("shortlived"));
+        assert!(
+            c.describe().contains("(profile shortlived)"),
+            "{}",
+            c.describe()
+        );
+        // Any name the CA might list: portico check cannot know the CA's.
+        let c = parse(&format!("[acme]\nprofile = \"tls-server_2.v1\"\n{site}")).unwrap();
+        assert_eq!(c.acme.profile.as_deref(), Some("tls-server_2.v1"));
+        assert_eq!(parse(site).unwrap().acme.profile, None);
+        for bad in ["", "short lived", "a/b", "\u{e9}t\u{e9}", &"x".repeat(65)] {
+            let e = parse(&format!("[acme]\nprofile = {bad:?}\n{site}")).unwrap_err();
+            assert_eq!(e.key(), "acme.profile", "{bad:?}: {e}");
+            assert!(e.to_string().starts_with("t.toml:2: acme.profile: "), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_ip_takes_acme_only_when_asked_and_local_names_never() {
+        let site = |hosts: &str, tls: &str| {
+            parse(&format!(
+                "[[site]]\nhosts = [{hosts}]\n{tls}upstreams = [\"h:1\"]\n"
+            ))
+        };
+        let acme = "tls = \"acme\"\n";
+        // An address alone defaults to the local CA; written explicitly, ACME.
+        assert_eq!(
+            site("\"192.0.2.7\"", "").unwrap().sites[0].tls,
+            TlsSource::Internal
+        );
+        let c = site("\"192.0.2.7\", \"2001:DB8::1\"", acme).unwrap();
+        assert_eq!(c.sites[0].tls, TlsSource::Acme);
+        assert_eq!(c.sites[0].names(), ["192.0.2.7", "2001:db8::1"]);
+        let c = site("\"example.com\", \"192.0.2.7\"", acme).unwrap();
+        assert_eq!(c.sites[0].tls, TlsSource::Acme);
+        // With a public name the default is acme, but an address must be asked for.
+        let e = site("\"example.com\", \"192.0.2.7\"", "").unwrap_err();
+        assert_eq!(e.key(), "site[0].hosts[1]");
+        assert!(e.to_string().contains("explicit tls = \"acme\""), "{e}");
+        for local in ["localhost", "a.localhost", "nas.home.arpa", "db.internal"] {
+            let e = site(&format!("\"{local}\""), acme).unwrap_err();
+            assert!(
+                e.to_string().contains("no public CA issues"),
+                "{local}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub(super) struct RawAcme {
     pub challenge: Option<String>,
     pub eab_kid: Option<String>,
     pub eab_hmac_key: Option<String>,
+    pub profile: Option<String>,
 }
 
 /// Durations are strings such as `"500ms"`, `"10s"`, `"5m"`, `"1h"`.

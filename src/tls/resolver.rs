@@ -131,8 +131,10 @@ pub(crate) const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 pub struct CertResolver {
     snapshot: ArcSwap<Snapshot>,
     table: Mutex<Table>,
-    /// TLS-ALPN-01 challenge certificates by name, kept apart from site certificates:
-    /// served only to a ClientHello that offers `acme-tls/1`, which browsers never do.
+    /// TLS-ALPN-01 challenge certificates by the SNI the validator sends (the name, or
+    /// for an IP address its reverse-DNS name, RFC 8738), kept apart from site
+    /// certificates: served only to a ClientHello that offers `acme-tls/1`, which
+    /// browsers never do.
     alpn_challenges: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
     /// Keeps `portico_certificate_not_after_seconds` in step with the table (edited
     /// under the table lock, so the gauge and the served certificates agree).
@@ -250,7 +252,8 @@ impl CertResolver {
         }
     }
 
-    /// Serves `key` to TLS-ALPN-01 validation of `name` until removed.
+    /// Serves `key` to TLS-ALPN-01 validation whose SNI is `name` until removed (for an
+    /// IP identifier, its reverse-DNS name: `acme::order::alpn_server_name`).
     pub(crate) fn set_alpn_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
         self.alpn_challenges.rcu(|map| {
             let mut map = HashMap::clone(map);

@@ -60,6 +60,10 @@ pub struct PebbleConfig {
     pub env: Vec<(String, String)>,
     /// External Account Binding required, with this (key id, base64url HMAC key).
     pub eab: Option<(String, String)>,
+    /// ACME profiles (name, validity in seconds), listed in the directory's
+    /// `meta.profiles`. None: Pebble's own `default` (90 days). An order that names no
+    /// profile gets a random one of these.
+    pub profiles: Vec<(String, u64)>,
 }
 
 impl PebbleConfig {
@@ -70,7 +74,14 @@ impl PebbleConfig {
             default_ipv4: Ipv4Addr::LOCALHOST,
             env: Vec::new(),
             eab: None,
+            profiles: Vec::new(),
         }
+    }
+
+    /// Offers the profile `name`, whose certificates are valid for `validity`.
+    pub fn with_profile(mut self, name: &str, validity: Duration) -> PebbleConfig {
+        self.profiles.push((name.to_string(), validity.as_secs()));
+        self
     }
 
     /// Requires External Account Binding, accepting only `kid` with `hmac_key`.
@@ -541,7 +552,7 @@ impl Pebble {
             r#"{{"pebble":{{"listenAddress":"127.0.0.1:{acme}","managementListenAddress":"127.0.0.1:{mgmt}",
  "certificate":"{cert}","privateKey":"{key}",
  "httpPort":{http},"tlsPort":{tls},
- "ocspResponderURL":"",{eab}}}}}
+ "ocspResponderURL":"",{profiles}{eab}}}}}
 "#,
             acme = self.ports.acme,
             mgmt = self.ports.management,
@@ -549,6 +560,21 @@ impl Pebble {
             key = dir.join("key.pem").display(),
             http = self.config.http_port,
             tls = self.config.tls_port,
+            profiles = if self.config.profiles.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = self
+                    .config
+                    .profiles
+                    .iter()
+                    .map(|(name, secs)| {
+                        format!(
+                            r#""{name}":{{"description":"{name} (test)","validityPeriod":{secs}}}"#
+                        )
+                    })
+                    .collect();
+                format!(r#""profiles":{{{}}},"#, list.join(","))
+            },
             eab = match &self.config.eab {
                 Some((kid, key)) => format!(
                     r#""externalAccountBindingRequired":true,"externalAccountMACKeys":{{"{kid}":"{key}"}}"#
