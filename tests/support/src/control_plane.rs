@@ -342,13 +342,7 @@ impl ControlPlane {
 
     /// Writes a kubeconfig to `path`: `server` verified against this CA, the bearer
     /// `token` (or `tokenFile: PATH`), a context that names `namespace`.
-    pub fn write_kubeconfig(
-        &self,
-        path: &Path,
-        server: &str,
-        namespace: &str,
-        user_line: &str,
-    ) {
+    pub fn write_kubeconfig(&self, path: &Path, server: &str, namespace: &str, user_line: &str) {
         let user_line = if user_line.starts_with("tokenFile:") {
             user_line.to_string()
         } else {
@@ -581,13 +575,7 @@ impl Namespace {
     }
 
     /// A kubeconfig for `who` whose context names another `namespace`.
-    pub fn kubeconfig_in(
-        &self,
-        dir: &Path,
-        who: &str,
-        server: &str,
-        namespace: &str,
-    ) -> PathBuf {
+    pub fn kubeconfig_in(&self, dir: &Path, who: &str, server: &str, namespace: &str) -> PathBuf {
         let path = new_file(dir, "kubeconfig");
         self.plane
             .write_kubeconfig(&path, server, namespace, self.token(who));

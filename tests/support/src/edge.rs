@@ -222,11 +222,7 @@ pub async fn get_h1(send: &mut H1, host: &str, path: &str) -> (u16, String) {
 }
 
 /// Plain HTTP/1.1 request to the port-80 listener; returns status, Location, body.
-pub async fn plain_get(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-) -> (u16, Option<String>, String) {
+pub async fn plain_get(addr: SocketAddr, host: &str, path: &str) -> (u16, Option<String>, String) {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) =
         hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(tcp))

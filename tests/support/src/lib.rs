@@ -172,10 +172,7 @@ pub async fn backend(name: &'static str, proto: Proto) -> SocketAddr {
 }
 
 /// [`backend`], with the number of connections it accepted.
-pub async fn backend_counted(
-    name: &'static str,
-    proto: Proto,
-) -> (SocketAddr, Arc<AtomicUsize>) {
+pub async fn backend_counted(name: &'static str, proto: Proto) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));

@@ -445,12 +445,7 @@ impl Pebble {
     /// One request over HTTPS to Pebble (ACME or management interface): `url` is
     /// `https://localhost:PORT/...` or `https://127.0.0.1:PORT/...`, always reached on
     /// 127.0.0.1 and verified against the throwaway CA. `body`: content type and bytes.
-    pub async fn fetch(
-        &self,
-        method: &str,
-        url: &str,
-        body: Option<(&str, Vec<u8>)>,
-    ) -> Fetched {
+    pub async fn fetch(&self, method: &str, url: &str, body: Option<(&str, Vec<u8>)>) -> Fetched {
         match tokio::time::timeout(REQUEST_TIMEOUT, self.try_fetch(method, url, body)).await {
             Ok(Ok(fetched)) => fetched,
             Ok(Err(e)) => panic!("{method} {url}: {e}\n{}", self.log()),
