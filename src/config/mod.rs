@@ -101,8 +101,24 @@ pub struct Config {
     pub acme: Acme,
     /// `[limits]`, with defaults for what the file leaves out.
     pub limits: Limits,
-    /// `[[site]]`, in the order written.
+    /// `[kubernetes]`: the cluster's Ingresses as further sites.
+    pub kubernetes: Option<Kubernetes>,
+    /// `[[site]]`, in the order written; in a cluster, the sites made from Ingresses
+    /// follow them.
     pub sites: Vec<Site>,
+}
+
+/// `[kubernetes]`: which of the cluster's objects configure portico.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kubernetes {
+    /// The IngressClass whose Ingresses are served; `None`: Ingresses are ignored.
+    pub ingress_class: Option<String>,
+    /// The GatewayClass whose Gateways are served (not acted on yet).
+    pub gateway_class: Option<String>,
+    /// The namespaces watched; empty: all of them.
+    pub namespaces: Vec<String>,
+    /// `namespace/name` of the Service whose address Ingress status reports.
+    pub publish_service: Option<(String, String)>,
 }
 
 /// `[listen]`: where portico listens and whom it believes.
@@ -371,10 +387,60 @@ impl fmt::Display for HostPattern {
 /// `[[site.route]]` (or a site's `upstreams`, a route at `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// A prefix of the normalised request path, in normal form, starting with `/`.
+    /// The path matched against the normalised request path, in normal form, starting
+    /// with `/`.
     pub path: String,
+    /// How `path` is matched.
+    pub matching: PathMatch,
     /// What the route does.
     pub action: RouteAction,
+}
+
+/// How a route's path is matched against the normalised request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    /// A byte prefix (TOML routes: `/api` matches `/api`, `/api/x` and `/apix`).
+    Prefix,
+    /// The whole path (Ingress `Exact`).
+    Exact,
+    /// A prefix by path element (Ingress `Prefix`: `/api` and `/api/` match `/api` and
+    /// `/api/x`, not `/apix`).
+    Elements,
+    /// Everything, after every other route (an Ingress's `defaultBackend`).
+    Fallback,
+}
+
+impl PathMatch {
+    /// Whether a route at `pattern` takes `path` (normalised).
+    pub fn matches(self, pattern: &str, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix => path.starts_with(pattern),
+            PathMatch::Exact => path == pattern,
+            PathMatch::Elements => {
+                let base = pattern.trim_end_matches('/');
+                path.strip_prefix(base)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+            PathMatch::Fallback => true,
+        }
+    }
+
+    /// The order routes are tried in, first to last: the longest path first; at one
+    /// length `Exact` before the prefixes (the Ingress rule); fallbacks last.
+    pub fn precedence(self, pattern: &str) -> (bool, std::cmp::Reverse<usize>, bool) {
+        (
+            self == PathMatch::Fallback,
+            std::cmp::Reverse(pattern.len()),
+            self != PathMatch::Exact,
+        )
+    }
+}
+
+impl Route {
+    /// Where this route comes in the order routes are tried ([`PathMatch::precedence`]).
+    pub fn precedence(&self) -> (bool, std::cmp::Reverse<usize>, bool) {
+        self.matching.precedence(&self.path)
+    }
 }
 
 /// What a route does with a request.
@@ -565,8 +631,16 @@ impl Validator<'_> {
         let storage = self.storage(raw.storage)?;
         let acme = self.acme(raw.acme)?;
         let limits = self.limits(raw.limits)?;
-        if raw.site.is_empty() {
-            return Err(self.err("site", "at least one [[site]] is needed"));
+        let kubernetes = raw.kubernetes.map(|k| self.kubernetes(k)).transpose()?;
+        if raw.site.is_empty()
+            && kubernetes
+                .as_ref()
+                .is_none_or(|k| k.ingress_class.is_none())
+        {
+            return Err(self.err(
+                "site",
+                "at least one [[site]] is needed (or [kubernetes] ingress_class, to serve the cluster's Ingresses)",
+            ));
         }
         let mut sites: Vec<Site> = Vec::with_capacity(raw.site.len());
         // Host -> the site that has it: a scan of every earlier site per host made a
@@ -594,6 +668,7 @@ impl Validator<'_> {
             storage,
             acme,
             limits,
+            kubernetes,
             sites,
         })
     }
@@ -615,6 +690,63 @@ impl Validator<'_> {
                 key,
                 format!("{value:?} is not an address; write ip:port, such as \"0.0.0.0:443\" or \"[::]:443\""),
             )
+        })
+    }
+
+    fn kubernetes(&self, raw: raw::RawKubernetes) -> Result<Kubernetes, ConfigError> {
+        // Object names: RFC 1123 labels or subdomains, as the API server checks them.
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 253
+                && n.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                })
+        };
+        let class = |key: &str, value: Option<String>| -> Result<Option<String>, ConfigError> {
+            match value {
+                Some(v) if !name_ok(&v) => Err(self.err(
+                    key,
+                    format!("{v:?} is not a Kubernetes object name (lowercase letters, digits, '-' and '.')"),
+                )),
+                v => Ok(v),
+            }
+        };
+        let ingress_class = class("kubernetes.ingress_class", raw.ingress_class)?;
+        let gateway_class = class("kubernetes.gateway_class", raw.gateway_class)?;
+        let namespaces = raw.namespaces.unwrap_or_default();
+        for (i, ns) in namespaces.iter().enumerate() {
+            if !name_ok(ns) || ns.contains('.') || ns.len() > 63 {
+                return Err(self.err(
+                    format!("kubernetes.namespaces[{i}]"),
+                    format!("{ns:?} is not a namespace name"),
+                ));
+            }
+        }
+        let publish_service = match raw.publish_service {
+            None => None,
+            Some(v) => match v.split_once('/') {
+                Some((ns, name)) if name_ok(ns) && name_ok(name) && !ns.contains('.') => {
+                    Some((ns.to_string(), name.to_string()))
+                }
+                _ => {
+                    return Err(self.err(
+                        "kubernetes.publish_service",
+                        format!("{v:?}: write the Service as \"namespace/name\""),
+                    ));
+                }
+            },
+        };
+        Ok(Kubernetes {
+            ingress_class,
+            gateway_class,
+            namespaces,
+            publish_service,
         })
     }
 
@@ -868,6 +1000,7 @@ impl Validator<'_> {
                 self.protocol(&at("upstream_protocol"), raw.upstream_protocol.as_deref())?;
             routes.push(Route {
                 path: "/".to_string(),
+                matching: PathMatch::Prefix,
                 action: RouteAction::Proxy {
                     upstreams: self.upstreams(&at("upstreams"), &list)?,
                     protocol,
@@ -943,7 +1076,11 @@ impl Validator<'_> {
                     return Err(self.err(key("upstreams"), "a route needs upstreams or respond"));
                 }
             };
-            routes.push(Route { path, action });
+            routes.push(Route {
+                path,
+                matching: PathMatch::Prefix,
+                action,
+            });
         }
         if routes.is_empty() {
             return Err(self.err(
@@ -951,7 +1088,7 @@ impl Validator<'_> {
                 "a site needs upstreams or at least one [[site.route]]",
             ));
         }
-        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        routes.sort_by_key(Route::precedence);
         Ok(Site { hosts, tls, routes })
     }
 

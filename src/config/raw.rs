@@ -14,8 +14,18 @@ pub(super) struct RawConfig {
     pub acme: RawAcme,
     #[serde(default)]
     pub limits: RawLimits,
+    pub kubernetes: Option<RawKubernetes>,
     #[serde(default)]
     pub site: Vec<RawSite>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKubernetes {
+    pub ingress_class: Option<String>,
+    pub gateway_class: Option<String>,
+    pub namespaces: Option<Vec<String>>,
+    pub publish_service: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
