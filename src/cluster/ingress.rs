@@ -420,10 +420,7 @@ mod tests {
     }
 
     fn route<'s>(site: &'s Site, path: &str) -> &'s Route {
-        site.routes
-            .iter()
-            .find(|r| r.matching.matches(&r.path, path))
-            .unwrap()
+        site.routes.iter().find(|r| r.matches(path)).unwrap()
     }
 
     fn upstreams(route: &Route) -> Vec<String> {

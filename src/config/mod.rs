@@ -437,6 +437,11 @@ impl PathMatch {
 }
 
 impl Route {
+    /// Whether the route takes `path` (normalised).
+    pub fn matches(&self, path: &str) -> bool {
+        self.matching.matches(&self.path, path)
+    }
+
     /// Where this route comes in the order routes are tried ([`PathMatch::precedence`]).
     pub fn precedence(&self) -> (bool, std::cmp::Reverse<usize>, bool) {
         self.matching.precedence(&self.path)
@@ -543,6 +548,19 @@ impl Config {
                 .map(|a| format!(" admin {a}"))
                 .unwrap_or_default()
         );
+        if let Some(k) = &self.kubernetes {
+            let namespaces = if k.namespaces.is_empty() {
+                "all namespaces".to_string()
+            } else {
+                format!("namespaces {}", k.namespaces.join(", "))
+            };
+            match &k.ingress_class {
+                Some(class) => out.push_str(&format!(
+                    "kubernetes: Ingresses of class {class} in {namespaces}, as further sites\n"
+                )),
+                None => out.push_str("kubernetes: no ingress_class; Ingresses are ignored\n"),
+            }
+        }
         for (i, site) in self.sites.iter().enumerate() {
             let hosts: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
             let source = match &site.tls {
@@ -1266,6 +1284,98 @@ mod tests {
             e.to_string()
                 .starts_with("t.toml:3: site[0].upstreams: invalid type"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_kubernetes_table_is_checked_and_stands_in_for_sites() {
+        let c = parse(
+            "[kubernetes]\ningress_class = \"portico\"\nnamespaces = [\"shop\", \"blog\"]\npublish_service = \"portico/portico\"\n",
+        )
+        .unwrap();
+        let k = c.kubernetes.as_ref().unwrap();
+        assert_eq!(k.ingress_class.as_deref(), Some("portico"));
+        assert_eq!(k.namespaces, ["shop", "blog"]);
+        assert_eq!(
+            k.publish_service,
+            Some(("portico".to_string(), "portico".to_string()))
+        );
+        assert!(c.sites.is_empty());
+        assert!(
+            c.describe()
+                .contains("Ingresses of class portico in namespaces shop, blog")
+        );
+        for (text, line, key) in [
+            ("[kubernetes]\ngateway_class = \"x\"\n", 1, "site"),
+            (
+                "[kubernetes]\ningress_class = \"Portico\"\n",
+                2,
+                "kubernetes.ingress_class",
+            ),
+            (
+                "[kubernetes]\ningress_class = \"p\"\nnamespaces = [\"a.b\"]\n",
+                3,
+                "kubernetes.namespaces[0]",
+            ),
+            (
+                "[kubernetes]\ningress_class = \"p\"\npublish_service = \"portico\"\n",
+                3,
+                "kubernetes.publish_service",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key(), key, "{text}: {e}");
+            assert!(
+                e.to_string().starts_with(&format!("t.toml:{line}: ")),
+                "{text}: {e}"
+            );
+        }
+        let e = parse("[kubernetes]\ningress = \"p\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn ingress_path_types_match_and_order_as_the_ingress_spec_says() {
+        let route = |path: &str, matching| Route {
+            path: path.into(),
+            matching,
+            action: RouteAction::Respond {
+                status: StatusCode::OK,
+                body: String::new(),
+            },
+        };
+        let elements = route("/foo/", PathMatch::Elements);
+        for (path, want) in [
+            ("/foo", true),
+            ("/foo/", true),
+            ("/foo/bar", true),
+            ("/foobar", false),
+            ("/", false),
+        ] {
+            assert_eq!(elements.matches(path), want, "{path}");
+        }
+        assert!(route("/", PathMatch::Elements).matches("/anything"));
+        let exact = route("/foo", PathMatch::Exact);
+        assert!(exact.matches("/foo") && !exact.matches("/foo/"));
+        let mut routes = vec![
+            route("/", PathMatch::Fallback),
+            route("/foo", PathMatch::Elements),
+            route("/", PathMatch::Elements),
+            route("/foo", PathMatch::Exact),
+        ];
+        routes.sort_by_key(Route::precedence);
+        let order: Vec<_> = routes
+            .iter()
+            .map(|r| (r.path.as_str(), r.matching))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("/foo", PathMatch::Exact),
+                ("/foo", PathMatch::Elements),
+                ("/", PathMatch::Elements),
+                ("/", PathMatch::Fallback)
+            ]
         );
     }
 
