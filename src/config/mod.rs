@@ -1357,7 +1357,7 @@ mod tests {
         assert!(route("/", PathMatch::Elements).matches("/anything"));
         let exact = route("/foo", PathMatch::Exact);
         assert!(exact.matches("/foo") && !exact.matches("/foo/"));
-        let mut routes = vec![
+        let mut routes = [
             route("/", PathMatch::Fallback),
             route("/foo", PathMatch::Elements),
             route("/", PathMatch::Elements),
