@@ -445,6 +445,129 @@ async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
     );
 }
 
+/// A `kubernetes.io/tls` Secret holding a self-signed certificate for `names`; returns
+/// the object and the certificate (the client's root).
+fn tls_secret(name: &str, names: &[&str]) -> (Value, String) {
+    let (cert, key) = common::self_signed(names);
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": common::base64_encode(&cert), "tls.key": common::base64_encode(&key)},
+    });
+    (object, cert)
+}
+
+/// The leaf a handshake for `host` presents, trusting `root` (PEM), or the error.
+async fn leaf(replica: &Replica, host: &str, root: &str) -> Result<Vec<u8>, String> {
+    let config = common::edge::client_config(&[root.as_bytes()], &[b"h2"]);
+    common::edge::tls_connect(replica.https, host, config)
+        .await
+        .map(|tls| common::edge::leaf(&tls))
+        .map_err(|e| e.to_string())
+}
+
+/// A host listed in `spec.tls` is served the certificate of the Secret named there,
+/// swapped when the Secret changes; a replacement that does not cover the host is
+/// refused and the previous certificate keeps serving; a host whose Secret does not
+/// exist gets an automatic certificate (the local CA here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_tls_secret_is_served_and_swapped_when_it_changes() {
+    common::edge::install_provider();
+    let ns = control_plane().namespace("ingress-tls");
+    grant(&ns, "replica");
+    let web = backend_at(host_ip(), "web", Proto::Http1).await.0;
+    ns.create(service("web", json!([{"port": 80}])));
+    ns.create(slice("web-1", "web", "", &[(web, true)]));
+    let (secret, first) = tls_secret("secure-tls", &["secure.internal"]);
+    ns.create(secret);
+    let to_web = json!({"service": {"name": "web", "port": {"number": 80}}});
+    ns.create(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "secure"},
+        "spec": {
+            "ingressClassName": class(&ns),
+            "tls": [
+                {"hosts": ["secure.internal"], "secretName": "secure-tls"},
+                {"hosts": ["pending.internal"], "secretName": "not-there-yet"},
+            ],
+            "rules": [
+                {"host": "secure.internal", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": to_web}]}},
+                {"host": "pending.internal", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": to_web}]}},
+            ],
+        },
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Replica::start(&ns, dir.path(), "replica", "");
+    replica.ready().await;
+
+    let served = leaf(&replica, "secure.internal", &first).await.unwrap();
+    let mut send = common::edge::h2_over(
+        common::edge::tls_connect(
+            replica.https,
+            "secure.internal",
+            common::edge::client_config(&[first.as_bytes()], &[b"h2"]),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    let (status, body) = get_h2(&mut send, "secure.internal", "/").await;
+    assert_eq!((status, backend_of(&body)), (200, "web"), "{body}");
+
+    // The Secret is rotated: the next handshake gets the new certificate.
+    let (mut rotated, second) = tls_secret("secure-tls", &["secure.internal"]);
+    rotated["metadata"]["resourceVersion"] =
+        ns.get("secrets", "secure-tls").unwrap()["metadata"]["resourceVersion"].clone();
+    replace(&ns, rotated);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let swapped = loop {
+        if let Ok(leaf) = leaf(&replica, "secure.internal", &second).await {
+            break leaf;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not swapped:
+{}",
+            replica.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(served, swapped);
+
+    // A certificate for another name: refused, the rotated one keeps serving.
+    let (mut wrong, _) = tls_secret("secure-tls", &["other.internal"]);
+    wrong["metadata"]["resourceVersion"] =
+        ns.get("secrets", "secure-tls").unwrap()["metadata"]["resourceVersion"].clone();
+    replace(&ns, wrong);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !replica.log().contains("does not cover secure.internal") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:
+{}",
+            replica.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        leaf(&replica, "secure.internal", &second).await,
+        Ok(swapped)
+    );
+
+    // No Secret yet: the local CA's certificate for the name.
+    let root = String::from_utf8(replica.root()).unwrap();
+    assert!(leaf(&replica, "pending.internal", &root).await.is_ok());
+    let log = replica.log();
+    assert!(
+        log.contains("Secret") && log.contains("not-there-yet"),
+        "{log}"
+    );
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
+}
+
 /// [`slice`] carrying the stored object's resourceVersion, for `kubectl replace`.
 fn slice_with_version(
     ns: &Namespace,

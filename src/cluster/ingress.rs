@@ -17,19 +17,21 @@
 //!   number or name), an ExternalName Service's name, and no ready endpoint answers 503;
 //!   `h2c` by the Service annotation `portico.dev/upstream-protocol` or the port's
 //!   `appProtocol: kubernetes.io/h2c`;
-//! - certificates: ACME for public names, the local CA for cluster-local ones; a
-//!   wildcard host is refused (no certificate for it without a Secret).
+//! - certificates: the `kubernetes.io/tls` Secret that `spec.tls` names for the host
+//!   (the oldest Ingress's), else ACME for public names and the local CA for
+//!   cluster-local ones; a wildcard host is served only from a Secret.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use http::StatusCode;
-use k8s_openapi::api::core::v1::{Service, ServicePort};
+use k8s_openapi::api::core::v1::{Secret, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use kube::ResourceExt;
 
 use crate::config::{
-    HostPattern, PathMatch, Route, RouteAction, Site, TlsSource, Upstream, UpstreamProtocol,
+    HostPattern, PathMatch, Route, RouteAction, SecretPem, Site, TlsSource, Upstream,
+    UpstreamProtocol,
 };
 
 /// `spec.controller` of an IngressClass whose Ingresses portico serves.
@@ -52,6 +54,8 @@ pub(crate) struct View {
     pub(crate) ingresses: Vec<Ingress>,
     pub(crate) services: Vec<Service>,
     pub(crate) slices: Vec<EndpointSlice>,
+    /// `kubernetes.io/tls` Secrets only.
+    pub(crate) secrets: Vec<Secret>,
 }
 
 /// Something of an object that is not served, and why: logged, later an Event.
@@ -95,6 +99,8 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
     let backends = Backends::new(view);
     let mut refused = Vec::new();
     let mut hosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
+    // Host → the Secret (`namespace/name`) the oldest Ingress names for it in spec.tls.
+    let mut secret_of: BTreeMap<String, (String, String)> = BTreeMap::new();
     for ingress in ours {
         let object = format!(
             "{}/{}",
@@ -109,15 +115,25 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
             })
         };
         let Some(spec) = &ingress.spec else { continue };
+        for tls in spec.tls.iter().flatten() {
+            let Some(secret) = &tls.secret_name else {
+                continue;
+            };
+            for host in tls.hosts.iter().flatten() {
+                secret_of
+                    .entry(host.to_ascii_lowercase())
+                    .or_insert_with(|| (object.clone(), format!("{namespace}/{secret}")));
+            }
+        }
         let mut own_hosts = BTreeSet::new();
         for rule in spec.rules.iter().flatten() {
             let Some(host) = rule.host.as_deref().map(str::to_ascii_lowercase) else {
                 refuse("a rule without a host is not served: name the host".into());
                 continue;
             };
-            if host.starts_with("*.") {
+            if host.starts_with("*.") && !secret_of.contains_key(&host) {
                 refuse(format!(
-                    "{host}: a wildcard host needs a certificate from a Secret, which is not supported yet"
+                    "{host}: a wildcard host needs a certificate from a Secret named in spec.tls (no CA issues one over HTTP-01)"
                 ));
                 continue;
             }
@@ -184,26 +200,79 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
             }
         }
     }
+    let secrets: BTreeMap<String, &Secret> = view
+        .secrets
+        .iter()
+        .map(|s| {
+            (
+                format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()),
+                s,
+            )
+        })
+        .collect();
     let sites = hosts
         .into_iter()
         .filter(|(_, routes)| !routes.is_empty())
-        .map(|(host, mut routes)| {
+        .filter_map(|(host, mut routes)| {
             routes.sort_by_key(Route::precedence);
-            let tls = if is_local(&host) {
+            let automatic = if is_local(&host) {
                 TlsSource::Internal
             } else {
                 TlsSource::Acme
             };
-            Site {
-                hosts: vec![HostPattern::Exact(host)],
+            let wildcard = host.strip_prefix("*.").map(str::to_string);
+            let tls = match secret_of.get(&host) {
+                None => automatic,
+                Some((object, name)) => match secrets.get(name).and_then(|s| pem(name, s)) {
+                    Some(pem) => TlsSource::Secret(pem),
+                    None => {
+                        let instead = if wildcard.is_some() {
+                            "the wildcard host is not served until it exists"
+                        } else {
+                            "the host gets an automatic certificate instead (filling the Secret is not supported yet)"
+                        };
+                        refused.push(Refusal {
+                            object: object.clone(),
+                            reason: format!(
+                                "{host}: Secret {name} does not exist or holds no tls.crt and tls.key; {instead}"
+                            ),
+                        });
+                        if wildcard.is_some() {
+                            return None;
+                        }
+                        automatic
+                    }
+                },
+            };
+            let pattern = match wildcard {
+                Some(suffix) => HostPattern::Wildcard(suffix),
+                None => HostPattern::Exact(host),
+            };
+            Some(Site {
+                hosts: vec![pattern],
                 tls,
                 routes,
-            }
+            })
         })
         .collect();
     refused.sort();
     refused.dedup();
     (sites, refused)
+}
+
+/// The certificate and key of a `kubernetes.io/tls` Secret, when it has both.
+fn pem(origin: &str, secret: &Secret) -> Option<SecretPem> {
+    let data = secret.data.as_ref()?;
+    let chain = &data.get("tls.crt")?.0;
+    let key = &data.get("tls.key")?.0;
+    if chain.is_empty() || key.is_empty() {
+        return None;
+    }
+    Some(SecretPem {
+        origin: origin.to_string(),
+        chain: chain.as_slice().into(),
+        key: key.as_slice().into(),
+    })
 }
 
 /// Names no public CA issues for: the TOML defaults plus the cluster's own.
@@ -416,6 +485,7 @@ mod tests {
                 ),
                 slice("api", ("http", 9000), &[("10.0.1.1", Some(true))]),
             ],
+            secrets: vec![],
         }
     }
 
@@ -531,5 +601,52 @@ mod tests {
         assert_eq!(sites.len(), 2);
         assert_eq!(sites[1].tls, TlsSource::Internal);
         assert_eq!(refused.len(), 2, "{refused:?}");
+    }
+
+    #[test]
+    fn a_wildcard_host_is_served_from_its_secret_and_a_missing_secret_is_said() {
+        let mut view = view();
+        let spec = view.ingresses[0].spec.as_mut().unwrap();
+        let rules = spec.rules.as_mut().unwrap();
+        let mut wildcard = rules[0].clone();
+        wildcard.host = Some("*.example.com".into());
+        rules.push(wildcard);
+        spec.tls = Some(vec![
+            serde_json::from_value(json!({"hosts": ["*.example.com"], "secretName": "wild"}))
+                .unwrap(),
+            serde_json::from_value(json!({"hosts": ["app.example.com"], "secretName": "gone"}))
+                .unwrap(),
+        ]);
+        view.secrets.push(
+            serde_json::from_value(json!({
+                "metadata": {"name": "wild", "namespace": "ns"},
+                "type": "kubernetes.io/tls",
+                "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"},
+            }))
+            .unwrap(),
+        );
+        let (sites, refused) = sites("portico", &view);
+        let wild = sites
+            .iter()
+            .find(|s| s.hosts == [HostPattern::Wildcard("example.com".into())])
+            .unwrap();
+        match &wild.tls {
+            TlsSource::Secret(pem) => {
+                assert_eq!(pem.origin, "ns/wild");
+                assert_eq!(&pem.chain[..], b"cert");
+                assert!(!format!("{pem:?}").contains("key"), "{pem:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let app = sites
+            .iter()
+            .find(|s| s.names() == ["app.example.com"])
+            .unwrap();
+        assert_eq!(app.tls, TlsSource::Acme);
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(
+            refused[0].reason.contains("Secret ns/gone does not exist"),
+            "{refused:?}"
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The cluster's objects as config: the source of sites beside the TOML file when
 //! `[kubernetes]` is set. Reflectors ([`watch`]) keep IngressClasses, Ingresses,
-//! Services and EndpointSlices in memory (list, then watch); every change wakes one
+//! Services, EndpointSlices and `kubernetes.io/tls` Secrets in memory (list, then watch); every change wakes one
 //! builder, which turns them into sites ([`ingress`]) and hands those to the reload path
 //! ([`Reloader::apply_cluster`]), where they are merged with the TOML sites and swapped
 //! in like a reload: routes for the next request, certificates through the scheduler,
@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::Api;
@@ -67,6 +67,7 @@ where
     fn start(
         cluster: &Cluster,
         what: &'static str,
+        fields: Option<&'static str>,
         changed: &Arc<Notify>,
         synced: &mut Vec<channel::Receiver<bool>>,
         shutdown: &channel::Receiver<Phase>,
@@ -83,7 +84,7 @@ where
         };
         let parts = apis
             .into_iter()
-            .map(|api| spawn(api, what, changed, synced, shutdown))
+            .map(|api| spawn(api, what, fields, changed, synced, shutdown))
             .collect();
         Kind { parts }
     }
@@ -92,6 +93,7 @@ where
 fn spawn<K>(
     api: Api<K>,
     what: &'static str,
+    fields: Option<&'static str>,
     changed: &Arc<Notify>,
     synced: &mut Vec<channel::Receiver<bool>>,
     shutdown: &channel::Receiver<Phase>,
@@ -110,6 +112,7 @@ where
     let reflector = Reflector {
         api,
         what,
+        fields,
         objects: Arc::clone(&objects),
         changed: changed.clone(),
         synced: tx,
@@ -157,20 +160,39 @@ impl Cluster {
         let classes = spawn(
             Api::<IngressClass>::all(self.client.clone()),
             "IngressClass",
+            None,
             &changed,
             &mut synced,
             &shutdown,
         );
-        let ingresses = Kind::<Ingress>::start(&self, "Ingress", &changed, &mut synced, &shutdown);
-        let services = Kind::<Service>::start(&self, "Service", &changed, &mut synced, &shutdown);
-        let slices =
-            Kind::<EndpointSlice>::start(&self, "EndpointSlice", &changed, &mut synced, &shutdown);
+        let ingresses =
+            Kind::<Ingress>::start(&self, "Ingress", None, &changed, &mut synced, &shutdown);
+        let services =
+            Kind::<Service>::start(&self, "Service", None, &changed, &mut synced, &shutdown);
+        let slices = Kind::<EndpointSlice>::start(
+            &self,
+            "EndpointSlice",
+            None,
+            &changed,
+            &mut synced,
+            &shutdown,
+        );
+        // Only certificates: the Secrets `spec.tls` can name.
+        let secrets = Kind::<Secret>::start(
+            &self,
+            "Secret",
+            Some("type=kubernetes.io/tls"),
+            &changed,
+            &mut synced,
+            &shutdown,
+        );
         let builder = Builder {
             class,
             classes,
             ingresses,
             services,
             slices,
+            secrets,
             synced,
             changed,
             reloader,
@@ -194,6 +216,7 @@ struct Builder {
     ingresses: Kind<Ingress>,
     services: Kind<Service>,
     slices: Kind<EndpointSlice>,
+    secrets: Kind<Secret>,
     synced: Vec<channel::Receiver<bool>>,
     changed: Arc<Notify>,
     reloader: Reloader,
@@ -222,6 +245,7 @@ impl Builder {
             ingresses: snapshot(&self.ingresses.parts),
             services: snapshot(&self.services.parts),
             slices: snapshot(&self.slices.parts),
+            secrets: snapshot(&self.secrets.parts),
         };
         let (sites, refused) = ingress::sites(&self.class, &view);
         let refused: BTreeSet<Refusal> = refused.into_iter().collect();

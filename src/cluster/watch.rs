@@ -48,6 +48,8 @@ pub(super) fn snapshot<K: Clone>(parts: &[Objects<K>]) -> Vec<K> {
 pub(super) struct Reflector<K> {
     pub(super) api: Api<K>,
     pub(super) what: &'static str,
+    /// A field selector (Secrets: only `kubernetes.io/tls` ones).
+    pub(super) fields: Option<&'static str>,
     pub(super) objects: Objects<K>,
     /// Woken at every change.
     pub(super) changed: Arc<Notify>,
@@ -134,7 +136,10 @@ where
     }
 
     async fn watch_once(&self, version: &mut String) -> WatchEnd {
-        let params = WatchParams::default().timeout(WATCH_SECONDS);
+        let mut params = WatchParams::default().timeout(WATCH_SECONDS);
+        if let Some(fields) = self.fields {
+            params = params.fields(fields);
+        }
         let stream =
             match tokio::time::timeout(LIST_TIMEOUT, self.api.watch(&params, version)).await {
                 Err(_) => return WatchEnd::Failed(format!("no answer within {LIST_TIMEOUT:?}")),

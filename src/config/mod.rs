@@ -311,6 +311,29 @@ pub enum TlsSource {
         /// The private key.
         key: PathBuf,
     },
+    /// A `kubernetes.io/tls` Secret named by an Ingress's `spec.tls` (never written in
+    /// the file).
+    Secret(SecretPem),
+}
+
+/// The PEM of a Secret, as the cluster watch last read it. Its `Debug` shows only
+/// where it came from: the key never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretPem {
+    /// `namespace/name` of the Secret.
+    pub origin: String,
+    /// `tls.crt`: the chain, leaf first.
+    pub chain: std::sync::Arc<[u8]>,
+    /// `tls.key`.
+    pub key: std::sync::Arc<[u8]>,
+}
+
+impl fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretPem")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TlsSource {
@@ -320,6 +343,7 @@ impl TlsSource {
             TlsSource::Acme => "acme",
             TlsSource::Internal => "internal",
             TlsSource::Files { .. } => "files",
+            TlsSource::Secret(_) => "secret",
         }
     }
 }
@@ -576,6 +600,7 @@ impl Config {
                 TlsSource::Files { cert, key } => {
                     format!("files {} + {}", cert.display(), key.display())
                 }
+                TlsSource::Secret(pem) => format!("Secret {}", pem.origin),
             };
             out.push_str(&format!(
                 "site[{i}] {}\n  certificate: {source}\n",

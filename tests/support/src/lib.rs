@@ -516,3 +516,15 @@ pub fn get2(authority: &str, path: &str) -> Request<TestBody> {
         .body(empty())
         .unwrap()
 }
+
+/// A self-signed certificate for `names` (PEM chain, PEM key): a user's own
+/// certificate, as a Secret or files hold it; a client trusts it as its own root.
+pub fn self_signed(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
+}
