@@ -58,16 +58,17 @@ pub(crate) struct View {
     pub(crate) secrets: Vec<Secret>,
 }
 
-/// Something of an object that is not served, and why: logged, later an Event.
+/// Something of an Ingress that is not served as written, and why: logged once, later
+/// an Event.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Refusal {
+pub(crate) struct Notice {
     /// `namespace/name` of the Ingress.
     pub(crate) object: String,
     pub(crate) reason: String,
 }
 
 /// The sites the Ingresses of class `class` make, sorted by host, and what was refused.
-pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
+pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Notice>) {
     let default = view.classes.iter().any(|c| {
         c.name_any() == class
             && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
@@ -109,12 +110,24 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
         );
         let namespace = ingress.namespace().unwrap_or_default();
         let mut refuse = |reason: String| {
-            refused.push(Refusal {
+            refused.push(Notice {
                 object: object.clone(),
                 reason,
             })
         };
         let Some(spec) = &ingress.spec else { continue };
+        let protocol = match nginx_annotations(ingress) {
+            Ok((protocol, ignored)) => {
+                for why in ignored {
+                    refuse(why);
+                }
+                protocol
+            }
+            Err(why) => {
+                refuse(format!("the Ingress is not served: {why}"));
+                continue;
+            }
+        };
         for tls in spec.tls.iter().flatten() {
             let Some(secret) = &tls.secret_name else {
                 continue;
@@ -133,7 +146,7 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
             };
             if host.starts_with("*.") && !secret_of.contains_key(&host) {
                 refuse(format!(
-                    "{host}: a wildcard host needs a certificate from a Secret named in spec.tls (no CA issues one over HTTP-01)"
+                    "{host}: not served: a wildcard host needs a certificate from a Secret named in spec.tls (no CA issues one over HTTP-01)"
                 ));
                 continue;
             }
@@ -145,7 +158,9 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
                     "Exact" => PathMatch::Exact,
                     "Prefix" | "ImplementationSpecific" => PathMatch::Elements,
                     other => {
-                        refuse(format!("{host}{written}: pathType {other:?} is unknown"));
+                        refuse(format!(
+                            "{host}{written}: not served: pathType {other:?} is unknown"
+                        ));
                         continue;
                     }
                 };
@@ -153,7 +168,7 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
                     Ok(normal) if normal == written => {}
                     _ => {
                         refuse(format!(
-                            "{host}{written}: the path is not in normal form (requests are matched on their normalised path)"
+                            "{host}{written}: not served: the path is not in normal form (requests are matched on their normalised path)"
                         ));
                         continue;
                     }
@@ -164,14 +179,14 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
                 {
                     let _ = taken;
                     refuse(format!(
-                        "{host}{written}: an older Ingress already routes this host and path"
+                        "{host}{written}: not served: an older Ingress already routes this host and path"
                     ));
                     continue;
                 }
-                let action = match backends.action(&namespace, &path.backend) {
+                let action = match backends.action(&namespace, &path.backend, protocol) {
                     Ok(action) => action,
                     Err(why) => {
-                        refuse(format!("{host}{written}: {why}"));
+                        refuse(format!("{host}{written}: not served: {why}"));
                         continue;
                     }
                 };
@@ -183,7 +198,7 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
             }
         }
         if let Some(backend) = &spec.default_backend {
-            match backends.action(&namespace, backend) {
+            match backends.action(&namespace, backend, protocol) {
                 Ok(action) => {
                     for host in &own_hosts {
                         let routes = hosts.entry(host.clone()).or_default();
@@ -196,7 +211,7 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
                         }
                     }
                 }
-                Err(why) => refuse(format!("defaultBackend: {why}")),
+                Err(why) => refuse(format!("defaultBackend not served: {why}")),
             }
         }
     }
@@ -231,7 +246,7 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
                         } else {
                             "the host gets an automatic certificate instead (filling the Secret is not supported yet)"
                         };
-                        refused.push(Refusal {
+                        refused.push(Notice {
                             object: object.clone(),
                             reason: format!(
                                 "{host}: Secret {name} does not exist or holds no tls.crt and tls.key; {instead}"
@@ -258,6 +273,79 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
     refused.sort();
     refused.dedup();
     (sites, refused)
+}
+
+/// ingress-nginx's annotation prefix: Ingresses moved from it keep their annotations.
+const NGINX: &str = "nginx.ingress.kubernetes.io/";
+
+/// What ingress-nginx annotations mean here: the upstream protocol they set, and notes
+/// for those that are not honoured; an error when the Ingress must not be served
+/// without one (it would answer what its owner meant to refuse, or route otherwise).
+/// docs/kubernetes.md, "Moving from ingress-nginx", has the table.
+fn nginx_annotations(ingress: &Ingress) -> Result<(Option<UpstreamProtocol>, Vec<String>), String> {
+    let mut protocol = None;
+    let mut ignored = Vec::new();
+    for (key, value) in ingress.annotations() {
+        let Some(name) = key.strip_prefix(NGINX) else {
+            continue;
+        };
+        match name {
+            "backend-protocol" => {
+                protocol = Some(match value.to_ascii_uppercase().as_str() {
+                    "HTTP" => UpstreamProtocol::Http1,
+                    "GRPC" | "H2C" => UpstreamProtocol::H2c,
+                    other => {
+                        return Err(format!(
+                            "{key}: {other:?} is not supported (HTTP, GRPC and H2C are)"
+                        ));
+                    }
+                });
+            }
+            // portico redirects port 80 to https for every host it has a certificate for.
+            "ssl-redirect" | "force-ssl-redirect" if value == "true" => {}
+            "ssl-redirect" | "force-ssl-redirect" => ignored.push(format!(
+                "{key}: {value:?} is not honoured: port 80 redirects to https for every host served with a certificate"
+            )),
+            _ if refused_annotation(name) => {
+                return Err(format!(
+                    "{key} has no equivalent in portico, and serving without it would answer requests its owner meant to change or refuse; remove it to serve this Ingress"
+                ));
+            }
+            _ => ignored.push(format!("{key} is not honoured (no equivalent in portico yet)")),
+        }
+    }
+    Ok((protocol, ignored))
+}
+
+/// ingress-nginx annotations without which an Ingress must not be served: snippets
+/// (arbitrary nginx configuration: ingress-nginx's remote-code-execution hole, never
+/// taken), access control, rate limits, and anything that changes where a request goes.
+fn refused_annotation(name: &str) -> bool {
+    name.ends_with("snippet")
+        || [
+            "auth-",
+            "limit-",
+            "canary",
+            "mirror-",
+            "rewrite-target",
+            "use-regex",
+            "app-root",
+            "permanent-redirect",
+            "temporal-redirect",
+            "whitelist-source-range",
+            "allowlist-source-range",
+            "denylist-source-range",
+            "default-backend",
+            "custom-http-errors",
+            "server-alias",
+            "ssl-passthrough",
+            "upstream-vhost",
+            "x-forwarded-prefix",
+            "enable-global-auth",
+            "satisfy",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// The certificate and key of a `kubernetes.io/tls` Secret, when it has both.
@@ -310,7 +398,13 @@ impl<'v> Backends<'v> {
 
     /// What a route to `backend` does: forward to the ready endpoints, or 503 when
     /// there are none (the Service or its endpoints may come later).
-    fn action(&self, namespace: &str, backend: &IngressBackend) -> Result<RouteAction, String> {
+    /// `protocol`, when given (an annotation of the Ingress), wins over the Service's.
+    fn action(
+        &self,
+        namespace: &str,
+        backend: &IngressBackend,
+        protocol: Option<UpstreamProtocol>,
+    ) -> Result<RouteAction, String> {
         let Some(service) = &backend.service else {
             return Err("only Service backends are supported (not resource)".into());
         };
@@ -340,11 +434,11 @@ impl<'v> Backends<'v> {
             .map(String::as_str)
             == Some("h2c")
             || port.and_then(|p| p.app_protocol.as_deref()) == Some("kubernetes.io/h2c");
-        let protocol = if h2c {
+        let protocol = protocol.unwrap_or(if h2c {
             UpstreamProtocol::H2c
         } else {
             UpstreamProtocol::Http1
-        };
+        });
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             let name = spec.and_then(|s| s.external_name.as_deref()).unwrap_or("");
             let number = wanted.and_then(|p| p.number).or(port.map(|p| p.port));
@@ -647,6 +741,48 @@ mod tests {
         assert!(
             refused[0].reason.contains("Secret ns/gone does not exist"),
             "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn nginx_annotations_map_to_equivalents_or_refuse_the_ingress() {
+        let annotated = |pairs: &[(&str, &str)]| {
+            let mut view = view();
+            let annotations = pairs
+                .iter()
+                .map(|(k, v)| (format!("{NGINX}{k}"), v.to_string()))
+                .collect();
+            view.ingresses[0].metadata.annotations = Some(annotations);
+            sites("portico", &view)
+        };
+        let (sites, notices) = annotated(&[("backend-protocol", "GRPC"), ("ssl-redirect", "true")]);
+        assert!(notices.is_empty(), "{notices:?}");
+        assert!(matches!(
+            route(&sites[0], "/").action,
+            RouteAction::Proxy {
+                protocol: UpstreamProtocol::H2c,
+                ..
+            }
+        ));
+        for refused in [
+            ("configuration-snippet", "more_set_headers x;"),
+            ("server-snippet", "location / {}"),
+            ("auth-url", "http://auth"),
+            ("whitelist-source-range", "10.0.0.0/8"),
+            ("rewrite-target", "/$2"),
+            ("backend-protocol", "HTTPS"),
+        ] {
+            let (sites, notices) = annotated(&[refused]);
+            assert!(sites.is_empty(), "{refused:?}");
+            assert_eq!(notices.len(), 1, "{notices:?}");
+            assert!(notices[0].reason.contains("not served"), "{notices:?}");
+        }
+        let (sites, notices) = annotated(&[("proxy-buffer-size", "8k"), ("ssl-redirect", "false")]);
+        assert_eq!(sites.len(), 1);
+        assert_eq!(notices.len(), 2, "{notices:?}");
+        assert!(
+            notices.iter().all(|n| n.reason.contains("not honoured")),
+            "{notices:?}"
         );
     }
 }

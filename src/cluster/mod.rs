@@ -22,7 +22,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::Api;
 use tokio::sync::{Notify, watch as channel};
 
-use self::ingress::{Refusal, View};
+use self::ingress::{Notice, View};
 use self::watch::{Objects, Reflector, snapshot};
 use crate::config::Kubernetes;
 use crate::reload::Reloader;
@@ -222,7 +222,7 @@ struct Builder {
     reloader: Reloader,
     ready: channel::Sender<bool>,
     /// What was refused at the last build, so each refusal is logged once.
-    refused: BTreeSet<Refusal>,
+    refused: BTreeSet<Notice>,
 }
 
 impl Builder {
@@ -248,9 +248,9 @@ impl Builder {
             secrets: snapshot(&self.secrets.parts),
         };
         let (sites, refused) = ingress::sites(&self.class, &view);
-        let refused: BTreeSet<Refusal> = refused.into_iter().collect();
+        let refused: BTreeSet<Notice> = refused.into_iter().collect();
         for r in refused.difference(&self.refused) {
-            tracing::warn!(ingress = %r.object, "cluster: not served: {}", r.reason);
+            tracing::warn!(ingress = %r.object, "cluster: {}", r.reason);
         }
         self.refused = refused;
         self.reloader.apply_cluster(sites).await;
