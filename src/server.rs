@@ -104,6 +104,7 @@ pub struct Server {
     certs: Arc<CertManager>,
     reloader: Reloader,
     cluster: Option<Cluster>,
+    locker: Arc<dyn Locker>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
@@ -142,7 +143,7 @@ impl Server {
         let challenges = Arc::new(Challenges::with_store(store.clone()));
         let certs = Arc::new(CertManager::new(
             store,
-            locker,
+            locker.clone(),
             resolver.clone(),
             challenges.clone(),
             metrics.clone(),
@@ -170,6 +171,7 @@ impl Server {
             challenges,
             certs,
             cluster,
+            locker,
         })
     }
 
@@ -260,7 +262,12 @@ impl Server {
         match self.cluster {
             None => self.metrics.set_ready(true),
             Some(cluster) => {
-                let mut synced = cluster.start(self.reloader.clone(), stop_rx.clone());
+                let mut synced = cluster.start(
+                    self.reloader.clone(),
+                    self.locker.clone(),
+                    self.certs.clone(),
+                    stop_rx.clone(),
+                );
                 let metrics = self.metrics.clone();
                 let stop = stop_rx.clone();
                 tokio::spawn(async move {

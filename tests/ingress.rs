@@ -26,8 +26,9 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The rights the Ingress controller needs, bound to `who` in the test's namespace, and
-/// IngressClasses (cluster-scoped) cluster-wide.
+/// The rights the Ingress controller needs (those of config/kubernetes/clusterrole.yaml),
+/// bound to `who` in the test's namespace, and IngressClasses (cluster-scoped)
+/// cluster-wide.
 fn grant(ns: &Namespace, who: &str) {
     let user = ns.user(who);
     let plane = ns.plane();
@@ -39,6 +40,8 @@ fn grant(ns: &Namespace, who: &str) {
             {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses/status"], "verbs": ["patch"]},
+            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
         ],
     });
     ns.create(role);
@@ -129,13 +132,20 @@ impl Replica {
     /// `portico run` with `[kubernetes]` for the test's class and namespace, the file
     /// backend in a temp folder, and `toml` (sites) after it.
     fn start(ns: &Namespace, dir: &Path, who: &str, toml: &str) -> Replica {
+        Replica::start_with(ns, dir, who, "", toml)
+    }
+
+    /// [`Replica::start`] with more `[kubernetes]` keys.
+    fn start_with(ns: &Namespace, dir: &Path, who: &str, kubernetes: &str, toml: &str) -> Replica {
         let (http, https, admin) = (free_port(), free_port(), free_port());
         let kubeconfig = ns.kubeconfig(dir, who);
-        let config = dir.join("portico.toml");
+        // One file per replica: replicas of one test may share the folder (and with it
+        // the file store and its locks).
+        let config = dir.join(format!("portico-{who}.toml"));
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:{admin}\"\n[storage]\npath = \"data\"\n[kubernetes]\ningress_class = \"{}\"\nnamespaces = [\"{}\"]\n{toml}",
+                "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:{admin}\"\n[storage]\npath = \"data\"\n[kubernetes]\ningress_class = \"{}\"\nnamespaces = [\"{}\"]\n{kubernetes}{toml}",
                 class(ns),
                 ns.name
             ),
@@ -566,6 +576,139 @@ async fn a_spec_tls_secret_is_served_and_swapped_when_it_changes() {
         "{log}"
     );
     assert!(!log.contains("PRIVATE KEY"), "{log}");
+}
+
+/// Ingress status and Warning Events are written by one replica, the holder of the
+/// status lock: two replicas sharing one store, and only one of them ever patches an
+/// Ingress's status; the address is the publish Service's; an Ingress that is not
+/// served (a snippet annotation) gets one Warning Event that says why, not one per
+/// rebuild or per replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_events_are_written_by_the_holder_of_the_status_lock_only() {
+    common::edge::install_provider();
+    let ns = control_plane().namespace("ingress-status");
+    grant(&ns, "one");
+    grant_more(&ns, "two");
+    let web = backend_at(host_ip(), "web", Proto::Http1).await.0;
+    ns.create(service("web", json!([{"port": 80}])));
+    ns.create(slice("web-1", "web", "", &[(web, true)]));
+    let mut published = service("portico", json!([{"port": 443}]));
+    published["spec"]["type"] = json!("LoadBalancer");
+    ns.create(published);
+    ns.plane().kubectl(
+        &[
+            "patch",
+            "service",
+            "portico",
+            "-n",
+            &ns.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"203.0.113.10"}]}}}"#,
+        ],
+        b"",
+    );
+    let ingress = |name: &str, host: &str, annotations: Value| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"ingressClassName": class(&ns), "rules": [{"host": host, "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+            ]}}]},
+        })
+    };
+    ns.create(ingress("shop", "shop.internal", json!({})));
+    ns.create(ingress(
+        "snippet",
+        "snippet.internal",
+        json!({"nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers \"x: y\";"}),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let publish = format!("publish_service = \"{}/portico\"\n", ns.name);
+    let one = Replica::start_with(&ns, dir.path(), "one", &publish, "");
+    let two = Replica::start_with(&ns, dir.path(), "two", &publish, "");
+    one.ready().await;
+    two.ready().await;
+
+    let status_of = |name: &str| {
+        ns.get("ingresses", name).unwrap()["status"]["loadBalancer"]["ingress"].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status_of("shop") != json!([{"ip": "203.0.113.10"}]) {
+        assert!(
+            Instant::now() < deadline,
+            "no status:
+{}
+{}",
+            one.log(),
+            two.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let warnings = |name: &str| -> Vec<Value> {
+        ns.list("events")
+            .into_iter()
+            .filter(|e| e["involvedObject"]["name"] == name && e["type"] == "Warning")
+            .collect()
+    };
+    while warnings("snippet").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no Event:
+{}
+{}",
+            one.log(),
+            two.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let event = &warnings("snippet")[0];
+    assert_eq!(event["reason"], "NotServed");
+    let message = event["message"].as_str().unwrap();
+    assert!(message.contains("configuration-snippet"), "{message}");
+
+    // More changes, more rebuilds: a new Ingress gets its status, and the snippet's
+    // Event is not repeated.
+    ns.create(ingress("later", "later.internal", json!({})));
+    while status_of("later") != json!([{"ip": "203.0.113.10"}]) {
+        assert!(Instant::now() < deadline, "no status for the new Ingress");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(warnings("snippet").len(), 1, "{:?}", warnings("snippet"));
+    assert!(warnings("shop").is_empty(), "{:?}", warnings("shop"));
+    let writers: std::collections::BTreeSet<String> = ns
+        .audit(None)
+        .into_iter()
+        .filter(|a| a.verb == "patch" && a.resource == "ingresses" && a.code < 300)
+        .map(|a| a.user)
+        .collect();
+    assert_eq!(writers.len(), 1, "{writers:?}");
+    let writer = writers.into_iter().next().unwrap();
+    assert!(
+        [ns.user("one"), ns.user("two")].contains(&writer),
+        "{writer}"
+    );
+}
+
+/// [`grant`]'s Role and IngressClass access for a second identity of the same test.
+fn grant_more(ns: &Namespace, who: &str) {
+    let user = ns.user(who);
+    ns.plane().kubectl(
+        &[
+            "patch", "rolebinding", "portico-ingress", "-n", &ns.name, "--type=json", "-p",
+            &json!([{"op": "add", "path": "/subjects/-", "value": {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}}]).to_string(),
+        ],
+        b"",
+    );
+    ns.plane().kubectl(
+        &[
+            "patch", "clusterrolebinding", &format!("portico-classes-{}", ns.name), "--type=json", "-p",
+            &json!([{"op": "add", "path": "/subjects/-", "value": {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}}]).to_string(),
+        ],
+        b"",
+    );
 }
 
 /// [`slice`] carrying the stored object's resourceVersion, for `kubectl replace`.

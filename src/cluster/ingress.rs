@@ -67,8 +67,33 @@ pub(crate) struct Notice {
     pub(crate) reason: String,
 }
 
-/// The sites the Ingresses of class `class` make, sorted by host, and what was refused.
-pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Notice>) {
+/// What the Ingresses of one class make.
+#[derive(Debug, Default)]
+pub(crate) struct Built {
+    /// Sorted by host.
+    pub(crate) sites: Vec<Site>,
+    /// What is not served as written, sorted.
+    pub(crate) notices: Vec<Notice>,
+    /// The Ingresses of the class.
+    pub(crate) ingresses: Vec<Ingress>,
+    /// Host → `namespace/name` of the oldest Ingress naming it.
+    pub(crate) owners: Vec<(String, String)>,
+}
+
+/// The sites the Ingresses of class `class` make, and what was refused.
+pub(crate) fn build(class: &str, view: &View) -> Built {
+    let (sites, notices, ingresses, owners) = sites_of(class, view);
+    Built {
+        sites,
+        notices,
+        ingresses,
+        owners,
+    }
+}
+
+type Made = (Vec<Site>, Vec<Notice>, Vec<Ingress>, Vec<(String, String)>);
+
+fn sites_of(class: &str, view: &View) -> Made {
     let default = view.classes.iter().any(|c| {
         c.name_any() == class
             && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
@@ -98,6 +123,8 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Notice>) {
             .then_with(|| a.name_any().cmp(&b.name_any()))
     });
     let backends = Backends::new(view);
+    let served: Vec<Ingress> = ours.iter().map(|i| (*i).clone()).collect();
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
     let mut refused = Vec::new();
     let mut hosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
     // Host → the Secret (`namespace/name`) the oldest Ingress names for it in spec.tls.
@@ -151,6 +178,7 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Notice>) {
                 continue;
             }
             own_hosts.insert(host.clone());
+            owners.entry(host.clone()).or_insert_with(|| object.clone());
             let routes = hosts.entry(host.clone()).or_default();
             for path in rule.http.iter().flat_map(|h| &h.paths) {
                 let written = path.path.as_deref().unwrap_or("/");
@@ -272,7 +300,14 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Notice>) {
         .collect();
     refused.sort();
     refused.dedup();
-    (sites, refused)
+    (sites, refused, served, owners.into_iter().collect())
+}
+
+/// [`build`]'s sites and notices (the unit tests' view).
+#[cfg(test)]
+fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Notice>) {
+    let built = build(class, view);
+    (built.sites, built.notices)
 }
 
 /// ingress-nginx's annotation prefix: Ingresses moved from it keep their annotations.

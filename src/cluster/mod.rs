@@ -10,6 +10,7 @@
 //! replica that starts takes traffic only with the cluster's routes in place.
 
 mod ingress;
+mod status;
 mod watch;
 
 use std::collections::BTreeSet;
@@ -23,10 +24,13 @@ use kube::Api;
 use tokio::sync::{Notify, watch as channel};
 
 use self::ingress::{Notice, View};
+use self::status::{Published, StatusWriter};
 use self::watch::{Objects, Reflector, snapshot};
+use crate::certs::CertManager;
 use crate::config::Kubernetes;
 use crate::reload::Reloader;
 use crate::shutdown::Phase;
+use crate::store::Locker;
 use crate::store::StoreError;
 
 /// Changes that come together (a Deployment rolling, a `kubectl apply` of many objects)
@@ -121,6 +125,14 @@ where
     objects
 }
 
+/// Who this replica is, in Events: the pod's name when Kubernetes gives it, else the
+/// host's name.
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "portico".into())
+}
+
 impl Cluster {
     /// Loads the credentials (in-cluster service account, else `KUBECONFIG` /
     /// `~/.kube/config`); nothing is sent to the API server yet.
@@ -148,6 +160,8 @@ impl Cluster {
     pub(crate) fn start(
         self,
         reloader: Reloader,
+        locker: Arc<dyn Locker>,
+        certs: Arc<CertManager>,
         shutdown: channel::Receiver<Phase>,
     ) -> channel::Receiver<bool> {
         let (ready_tx, ready) = channel::channel(false);
@@ -186,7 +200,18 @@ impl Cluster {
             &mut synced,
             &shutdown,
         );
+        let (published, published_rx) = channel::channel(Arc::new(Published::default()));
+        let writer = StatusWriter {
+            client: self.client.clone(),
+            locker,
+            certs,
+            publish: self.settings.publish_service.clone(),
+            published: published_rx,
+            identity: identity(),
+        };
+        tokio::spawn(writer.run(shutdown.clone()));
         let builder = Builder {
+            published,
             class,
             classes,
             ingresses,
@@ -223,6 +248,8 @@ struct Builder {
     ready: channel::Sender<bool>,
     /// What was refused at the last build, so each refusal is logged once.
     refused: BTreeSet<Notice>,
+    /// For the status writer.
+    published: channel::Sender<Arc<Published>>,
 }
 
 impl Builder {
@@ -247,12 +274,17 @@ impl Builder {
             slices: snapshot(&self.slices.parts),
             secrets: snapshot(&self.secrets.parts),
         };
-        let (sites, refused) = ingress::sites(&self.class, &view);
-        let refused: BTreeSet<Notice> = refused.into_iter().collect();
+        let built = ingress::build(&self.class, &view);
+        let refused: BTreeSet<Notice> = built.notices.iter().cloned().collect();
         for r in refused.difference(&self.refused) {
             tracing::warn!(ingress = %r.object, "cluster: {}", r.reason);
         }
         self.refused = refused;
-        self.reloader.apply_cluster(sites).await;
+        self.reloader.apply_cluster(built.sites).await;
+        self.published.send_replace(Arc::new(Published {
+            ingresses: built.ingresses,
+            notices: built.notices,
+            owners: built.owners,
+        }));
     }
 }
