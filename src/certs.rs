@@ -217,6 +217,19 @@ impl CertManager {
         }
     }
 
+    /// The PEM chain and key of the certificate the store holds for `site` from its own
+    /// source (ACME or the local CA), if it holds one that loads: what a Secret named
+    /// by an Ingress is filled with.
+    pub(crate) async fn stored_pem(&self, site: &Site) -> Option<(Vec<u8>, Vec<u8>)> {
+        let name = cert_object_name(site);
+        let stored = self.store.get(Kind::Certificate, &name).await.ok()??;
+        stored_certificate(site, &stored.object).ok()??;
+        Some((
+            stored.object.get("tls.crt")?.to_vec(),
+            stored.object.get("tls.key")?.to_vec(),
+        ))
+    }
+
     /// The last ACME error of a site (by its id: sorted names joined by `,`), if its
     /// last attempt failed.
     pub fn acme_last_error(&self, site: &str) -> Option<String> {

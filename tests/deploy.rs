@@ -22,7 +22,7 @@ use portico::config::{Config, Storage, TlsSource};
 use serde_json::Value;
 
 /// docs/kubernetes.md, "RBAC": cluster-wide reads for serving Ingresses, and writes of
-/// their status and of Events about them.
+/// their status, of Events about them and of the Secrets portico fills.
 const DOCUMENTED_CLUSTER_RULES: [(&str, &str, &[&str]); 7] = [
     (
         "networking.k8s.io",
@@ -36,7 +36,7 @@ const DOCUMENTED_CLUSTER_RULES: [(&str, &str, &[&str]); 7] = [
         "endpointslices",
         &["get", "list", "watch"],
     ),
-    ("", "secrets", &["get", "list", "watch"]),
+    ("", "secrets", &["get", "list", "watch", "create", "update"]),
     ("networking.k8s.io", "ingresses/status", &["patch"]),
     ("", "events", &["create"]),
 ];
@@ -420,10 +420,11 @@ fn the_role_is_designs_and_bound_to_the_pods_service_account() {
     let cluster_role = object("ClusterRole");
     let rules = rules_of(cluster_role);
     assert_eq!(rules, documented(&DOCUMENTED_CLUSTER_RULES));
-    // Cluster-wide, portico writes nothing but status and Events.
+    // Cluster-wide, portico writes nothing but status, Events and the Secrets it fills.
     for (_, resource, verbs) in &rules {
         assert!(
-            *verbs == ["get", "list", "watch"] || ["ingresses/status", "events"].contains(resource),
+            *verbs == ["get", "list", "watch"]
+                || ["ingresses/status", "events", "secrets"].contains(resource),
             "{resource}: {verbs:?}"
         );
     }

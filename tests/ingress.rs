@@ -480,8 +480,9 @@ async fn leaf(replica: &Replica, host: &str, root: &str) -> Result<Vec<u8>, Stri
 
 /// A host listed in `spec.tls` is served the certificate of the Secret named there,
 /// swapped when the Secret changes; a replacement that does not cover the host is
-/// refused and the previous certificate keeps serving; a host whose Secret does not
-/// exist gets an automatic certificate (the local CA here).
+/// refused and the previous certificate keeps serving, and that Secret (not portico's)
+/// is never written; a host whose Secret does not exist gets an automatic certificate
+/// (the local CA here), which portico writes into that Secret, labelled as its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_tls_secret_is_served_and_swapped_when_it_changes() {
     common::edge::install_provider();

@@ -78,20 +78,47 @@ pub(crate) struct Built {
     pub(crate) ingresses: Vec<Ingress>,
     /// Host → `namespace/name` of the oldest Ingress naming it.
     pub(crate) owners: Vec<(String, String)>,
+    /// Secrets named by `spec.tls` that portico fills with the site's certificate.
+    pub(crate) fills: Vec<Fill>,
 }
+
+/// A `spec.tls` Secret portico fills: it did not exist (and no cert-manager annotation
+/// says another controller will make it), or portico made it.
+#[derive(Debug, Clone)]
+pub(crate) struct Fill {
+    /// The site whose certificate goes into the Secret.
+    pub(crate) site: Site,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    /// The Secret as last seen (portico's own), `None` when it does not exist.
+    pub(crate) existing: Option<Secret>,
+}
+
+/// The label portico's own objects carry, with value [`MANAGED_BY`].
+pub(crate) const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub(crate) const MANAGED_BY: &str = "portico";
+/// cert-manager's annotations: an Ingress with one has its Secret made by cert-manager.
+const CERT_MANAGER: [&str; 2] = ["cert-manager.io/issuer", "cert-manager.io/cluster-issuer"];
 
 /// The sites the Ingresses of class `class` make, and what was refused.
 pub(crate) fn build(class: &str, view: &View) -> Built {
-    let (sites, notices, ingresses, owners) = sites_of(class, view);
+    let (sites, notices, ingresses, owners, fills) = sites_of(class, view);
     Built {
         sites,
         notices,
         ingresses,
         owners,
+        fills,
     }
 }
 
-type Made = (Vec<Site>, Vec<Notice>, Vec<Ingress>, Vec<(String, String)>);
+type Made = (
+    Vec<Site>,
+    Vec<Notice>,
+    Vec<Ingress>,
+    Vec<(String, String)>,
+    Vec<Fill>,
+);
 
 fn sites_of(class: &str, view: &View) -> Made {
     let default = view.classes.iter().any(|c| {
@@ -127,8 +154,9 @@ fn sites_of(class: &str, view: &View) -> Made {
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
     let mut refused = Vec::new();
     let mut hosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
-    // Host → the Secret (`namespace/name`) the oldest Ingress names for it in spec.tls.
-    let mut secret_of: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // Host → the Ingress, the Secret (`namespace/name`) the oldest Ingress names for it
+    // in spec.tls, and whether cert-manager makes that Secret.
+    let mut secret_of: BTreeMap<String, (String, String, bool)> = BTreeMap::new();
     for ingress in ours {
         let object = format!(
             "{}/{}",
@@ -155,6 +183,9 @@ fn sites_of(class: &str, view: &View) -> Made {
                 continue;
             }
         };
+        let cert_manager = CERT_MANAGER
+            .iter()
+            .any(|a| ingress.annotations().contains_key(*a));
         for tls in spec.tls.iter().flatten() {
             let Some(secret) = &tls.secret_name else {
                 continue;
@@ -162,7 +193,13 @@ fn sites_of(class: &str, view: &View) -> Made {
             for host in tls.hosts.iter().flatten() {
                 secret_of
                     .entry(host.to_ascii_lowercase())
-                    .or_insert_with(|| (object.clone(), format!("{namespace}/{secret}")));
+                    .or_insert_with(|| {
+                        (
+                            object.clone(),
+                            format!("{namespace}/{secret}"),
+                            cert_manager,
+                        )
+                    });
             }
         }
         let mut own_hosts = BTreeSet::new();
@@ -253,6 +290,7 @@ fn sites_of(class: &str, view: &View) -> Made {
             )
         })
         .collect();
+    let mut fills = Vec::new();
     let sites = hosts
         .into_iter()
         .filter(|(_, routes)| !routes.is_empty())
@@ -264,43 +302,69 @@ fn sites_of(class: &str, view: &View) -> Made {
                 TlsSource::Acme
             };
             let wildcard = host.strip_prefix("*.").map(str::to_string);
+            let mut fill = None;
             let tls = match secret_of.get(&host) {
                 None => automatic,
-                Some((object, name)) => match secrets.get(name).and_then(|s| pem(name, s)) {
-                    Some(pem) => TlsSource::Secret(pem),
-                    None => {
-                        let instead = if wildcard.is_some() {
-                            "the wildcard host is not served until it exists"
-                        } else {
-                            "the host gets an automatic certificate instead (filling the Secret is not supported yet)"
-                        };
-                        refused.push(Notice {
-                            object: object.clone(),
-                            reason: format!(
-                                "{host}: Secret {name} does not exist or holds no tls.crt and tls.key; {instead}"
-                            ),
-                        });
-                        if wildcard.is_some() {
+                Some((object, name, cert_manager)) => {
+                    let found = secrets.get(name).copied();
+                    let ours = found.is_some_and(|s| {
+                        s.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+                    });
+                    match found.and_then(|s| pem(name, s)) {
+                        // A Secret of someone else's (cert-manager's, a team's): served.
+                        Some(pem) if !ours => TlsSource::Secret(pem),
+                        _ if wildcard.is_some() => {
+                            refused.push(Notice {
+                                object: object.clone(),
+                                reason: format!(
+                                    "{host}: not served: Secret {name} does not exist or holds no tls.crt and tls.key, and a wildcard certificate cannot be obtained over HTTP-01"
+                                ),
+                            });
                             return None;
                         }
-                        automatic
+                        // portico's own, or none yet: the site's automatic certificate,
+                        // written into it (unless cert-manager is to make it).
+                        _ => {
+                            if *cert_manager && !ours {
+                                refused.push(Notice {
+                                    object: object.clone(),
+                                    reason: format!(
+                                        "{host}: Secret {name} does not exist yet; cert-manager is to make it (annotation), and until then the host gets an automatic certificate"
+                                    ),
+                                });
+                            } else {
+                                let (namespace, secret) =
+                                    name.split_once('/').unwrap_or_default();
+                                fill = Some((namespace.to_string(), secret.to_string(), found.cloned()));
+                            }
+                            automatic
+                        }
                     }
-                },
+                }
             };
             let pattern = match wildcard {
                 Some(suffix) => HostPattern::Wildcard(suffix),
                 None => HostPattern::Exact(host),
             };
-            Some(Site {
+            let site = Site {
                 hosts: vec![pattern],
                 tls,
                 routes,
-            })
+            };
+            if let Some((namespace, name, existing)) = fill {
+                fills.push(Fill {
+                    site: site.clone(),
+                    namespace,
+                    name,
+                    existing,
+                });
+            }
+            Some(site)
         })
         .collect();
     refused.sort();
     refused.dedup();
-    (sites, refused, served, owners.into_iter().collect())
+    (sites, refused, served, owners.into_iter().collect(), fills)
 }
 
 /// [`build`]'s sites and notices (the unit tests' view).
@@ -733,7 +797,7 @@ mod tests {
     }
 
     #[test]
-    fn a_wildcard_host_is_served_from_its_secret_and_a_missing_secret_is_said() {
+    fn a_wildcard_host_is_served_from_its_secret_and_a_missing_secret_is_filled() {
         let mut view = view();
         let spec = view.ingresses[0].spec.as_mut().unwrap();
         let rules = spec.rules.as_mut().unwrap();
@@ -754,7 +818,8 @@ mod tests {
             }))
             .unwrap(),
         );
-        let (sites, refused) = sites("portico", &view);
+        let built = build("portico", &view);
+        let (sites, refused) = (built.sites, built.notices);
         let wild = sites
             .iter()
             .find(|s| s.hosts == [HostPattern::Wildcard("example.com".into())])
@@ -772,11 +837,16 @@ mod tests {
             .find(|s| s.names() == ["app.example.com"])
             .unwrap();
         assert_eq!(app.tls, TlsSource::Acme);
-        assert_eq!(refused.len(), 1, "{refused:?}");
-        assert!(
-            refused[0].reason.contains("Secret ns/gone does not exist"),
-            "{refused:?}"
+        // A missing Secret is filled with the automatic certificate.
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(built.fills.len(), 1);
+        let fill = &built.fills[0];
+        assert_eq!(
+            (fill.namespace.as_str(), fill.name.as_str()),
+            ("ns", "gone")
         );
+        assert_eq!(fill.site.names(), ["app.example.com"]);
+        assert!(fill.existing.is_none());
     }
 
     #[test]
@@ -819,5 +889,49 @@ mod tests {
             notices.iter().all(|n| n.reason.contains("not honoured")),
             "{notices:?}"
         );
+    }
+
+    #[test]
+    fn a_secret_portico_filled_stays_automatic_and_cert_manager_s_is_left_to_it() {
+        let mut view = view();
+        let ingress = &mut view.ingresses[0];
+        ingress.spec.as_mut().unwrap().tls = Some(vec![
+            serde_json::from_value(json!({"hosts": ["app.example.com"], "secretName": "ours"}))
+                .unwrap(),
+        ]);
+        let secret = |labels: serde_json::Value| -> Secret {
+            serde_json::from_value(json!({
+                "metadata": {"name": "ours", "namespace": "ns", "labels": labels},
+                "type": "kubernetes.io/tls",
+                "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"},
+            }))
+            .unwrap()
+        };
+        // Filled by portico before: renewed through the site's own source, and kept.
+        view.secrets = vec![secret(json!({LABEL_MANAGED_BY: MANAGED_BY}))];
+        let built = build("portico", &view);
+        assert_eq!(built.sites[0].tls, TlsSource::Acme);
+        assert!(built.fills[0].existing.is_some());
+        // Missing, but cert-manager is to make it: not filled, said.
+        view.secrets.clear();
+        view.ingresses[0].metadata.annotations = Some(
+            [(
+                "cert-manager.io/cluster-issuer".to_string(),
+                "le".to_string(),
+            )]
+            .into(),
+        );
+        let built = build("portico", &view);
+        assert!(built.fills.is_empty());
+        assert!(
+            built.notices[0].reason.contains("cert-manager"),
+            "{:?}",
+            built.notices
+        );
+        // Made by cert-manager: served as it is.
+        view.secrets = vec![secret(json!({}))];
+        let built = build("portico", &view);
+        assert!(matches!(built.sites[0].tls, TlsSource::Secret(_)));
+        assert!(built.fills.is_empty() && built.notices.is_empty());
     }
 }

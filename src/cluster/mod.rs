@@ -285,6 +285,7 @@ impl Builder {
             ingresses: built.ingresses,
             notices: built.notices,
             owners: built.owners,
+            fills: built.fills,
         }));
     }
 }

@@ -8,15 +8,19 @@
 //! - a Warning Event on the Ingress for what of it is not served (reason
 //!   [`REASON_NOT_SERVED`]) and for a host whose ACME order failed (reason
 //!   [`REASON_CERTIFICATE_FAILED`], with the CA's problem detail);
+//! - the certificate of a host whose `spec.tls` Secret did not exist is written into
+//!   that Secret (created labelled `app.kubernetes.io/managed-by: portico`, and kept up
+//!   to date after renewals); a Secret portico did not create is never written;
 //! - Events are rate-limited: one per Ingress and message until the message changes or
 //!   an hour has passed, and at most [`EVENTS_PER_MINUTE`] in all, so an Ingress that
 //!   keeps failing cannot flood the API server.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Service};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Secret, Service};
 use k8s_openapi::api::networking::v1::{
     Ingress, IngressLoadBalancerIngress, IngressLoadBalancerStatus,
 };
@@ -25,7 +29,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::watch;
 
-use super::ingress::Notice;
+use super::ingress::{Fill, LABEL_MANAGED_BY, MANAGED_BY, Notice};
 use crate::certs::CertManager;
 use crate::report::Chain;
 use crate::shutdown::Phase;
@@ -52,6 +56,8 @@ pub(crate) struct Published {
     pub(crate) notices: Vec<Notice>,
     /// Site id (the host) → `namespace/name` of the Ingress that asked for it first.
     pub(crate) owners: Vec<(String, String)>,
+    /// `spec.tls` Secrets to fill with the sites' certificates.
+    pub(crate) fills: Vec<Fill>,
 }
 
 pub(super) struct StatusWriter {
@@ -145,6 +151,9 @@ impl StatusWriter {
     }
 
     async fn write(&self, published: &Published, said: &mut Said) {
+        for fill in &published.fills {
+            self.fill(fill).await;
+        }
         if let Some(wanted) = self.load_balancer().await {
             for ingress in &published.ingresses {
                 let current = ingress
@@ -213,6 +222,60 @@ impl StatusWriter {
             );
             if said.allow(key, now) {
                 self.event(ingress, reason, message).await;
+            }
+        }
+    }
+
+    /// Writes the site's stored certificate into the Secret `spec.tls` names: creates
+    /// it when it does not exist, replaces it (at the version seen) when it is
+    /// portico's and holds another certificate. A Secret portico did not make is never
+    /// written: the builder only asks for those that are absent or labelled as ours.
+    async fn fill(&self, fill: &Fill) {
+        let Some((chain, key)) = self.certs.stored_pem(&fill.site).await else {
+            // Not obtained yet: the scheduler is on it; the next round writes it.
+            return;
+        };
+        let mut data = BTreeMap::new();
+        data.insert("tls.crt".to_string(), ByteString(chain));
+        data.insert("tls.key".to_string(), ByteString(key));
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &fill.namespace);
+        let what = format!("{}/{}", fill.namespace, fill.name);
+        let result = match &fill.existing {
+            Some(existing) if existing.data.as_ref() == Some(&data) => return,
+            Some(existing) => {
+                let mut secret = existing.clone();
+                secret.data = Some(data);
+                api.replace(&fill.name, &PostParams::default(), &secret)
+                    .await
+                    .map(drop)
+            }
+            None => {
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(fill.name.clone()),
+                        namespace: Some(fill.namespace.clone()),
+                        labels: Some(BTreeMap::from([(
+                            LABEL_MANAGED_BY.to_string(),
+                            MANAGED_BY.to_string(),
+                        )])),
+                        ..ObjectMeta::default()
+                    },
+                    type_: Some("kubernetes.io/tls".into()),
+                    data: Some(data),
+                    ..Secret::default()
+                };
+                api.create(&PostParams::default(), &secret).await.map(drop)
+            }
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(secret = %what, site = %crate::tls::resolver::site_id(&fill.site), "cluster: wrote the certificate into the Secret spec.tls names")
+            }
+            // Someone wrote first (another writer, or the Secret appeared): the next
+            // build sees it as it is now.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(secret = %what, error = %Chain(&e), "cluster: cannot write the Secret spec.tls names")
             }
         }
     }
