@@ -312,7 +312,20 @@ fn sites_of(class: &str, view: &View) -> Made {
                     });
                     match found.and_then(|s| pem(name, s)) {
                         // A Secret of someone else's (cert-manager's, a team's): served.
-                        Some(pem) if !ours => TlsSource::Secret(pem),
+                        Some(pem) if !ours => {
+                            // Served through the certificate path, which refuses it if
+                            // it does not load or cover the host and keeps what served
+                            // before; checked here too, so the owner hears of it.
+                            if let Err(why) = check_secret(&pem, &host) {
+                                refused.push(Notice {
+                                    object: object.clone(),
+                                    reason: format!(
+                                        "{host}: Secret {name} is not served ({why}); the certificate served before, if any, keeps serving"
+                                    ),
+                                });
+                            }
+                            TlsSource::Secret(pem)
+                        }
                         _ if wildcard.is_some() => {
                             refused.push(Notice {
                                 object: object.clone(),
@@ -460,6 +473,21 @@ fn pem(origin: &str, secret: &Secret) -> Option<SecretPem> {
         chain: chain.as_slice().into(),
         key: key.as_slice().into(),
     })
+}
+
+/// Whether a Secret's certificate loads (chain, key, the key fits) and names `host`.
+fn check_secret(pem: &SecretPem, host: &str) -> Result<(), String> {
+    let loaded = crate::tls::load_pem("the certificate", &pem.chain, &pem.key)
+        .map_err(|e| crate::report::Chain(&e).to_string())?;
+    let pattern = match host.strip_prefix("*.") {
+        Some(suffix) => HostPattern::Wildcard(suffix.to_string()),
+        None => HostPattern::Exact(host.to_string()),
+    };
+    if crate::tls::leaf_covers(&loaded, &pattern) {
+        Ok(())
+    } else {
+        Err(format!("the certificate does not cover {host}"))
+    }
 }
 
 /// Names no public CA issues for: the TOML defaults plus the cluster's own.
@@ -644,6 +672,25 @@ mod tests {
         .unwrap()
     }
 
+    /// A `kubernetes.io/tls` Secret `ns/name` holding a self-signed certificate for
+    /// `hosts`.
+    fn tls_secret(name: &str, labels: serde_json::Value, hosts: &[&str]) -> Secret {
+        use base64::Engine;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns", "labels": labels},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": b64(cert.pem()), "tls.key": b64(key.serialize_pem())},
+        }))
+        .unwrap()
+    }
+
     fn view() -> View {
         View {
             classes: vec![],
@@ -810,14 +857,8 @@ mod tests {
             serde_json::from_value(json!({"hosts": ["app.example.com"], "secretName": "gone"}))
                 .unwrap(),
         ]);
-        view.secrets.push(
-            serde_json::from_value(json!({
-                "metadata": {"name": "wild", "namespace": "ns"},
-                "type": "kubernetes.io/tls",
-                "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"},
-            }))
-            .unwrap(),
-        );
+        view.secrets
+            .push(tls_secret("wild", json!({}), &["*.example.com"]));
         let built = build("portico", &view);
         let (sites, refused) = (built.sites, built.notices);
         let wild = sites
@@ -827,7 +868,7 @@ mod tests {
         match &wild.tls {
             TlsSource::Secret(pem) => {
                 assert_eq!(pem.origin, "ns/wild");
-                assert_eq!(&pem.chain[..], b"cert");
+                assert!(pem.chain.starts_with(b"-----BEGIN CERTIFICATE"));
                 assert!(!format!("{pem:?}").contains("key"), "{pem:?}");
             }
             other => panic!("{other:?}"),
@@ -899,14 +940,7 @@ mod tests {
             serde_json::from_value(json!({"hosts": ["app.example.com"], "secretName": "ours"}))
                 .unwrap(),
         ]);
-        let secret = |labels: serde_json::Value| -> Secret {
-            serde_json::from_value(json!({
-                "metadata": {"name": "ours", "namespace": "ns", "labels": labels},
-                "type": "kubernetes.io/tls",
-                "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"},
-            }))
-            .unwrap()
-        };
+        let secret = |labels| tls_secret("ours", labels, &["app.example.com"]);
         // Filled by portico before: renewed through the site's own source, and kept.
         view.secrets = vec![secret(json!({LABEL_MANAGED_BY: MANAGED_BY}))];
         let built = build("portico", &view);
