@@ -162,9 +162,11 @@ impl CertManager {
     pub(crate) async fn reload(&self, old: &Config, new: &Config) {
         let batch = self.resolver.batch();
         self.resolver.set_sites(&new.sites);
+        // By id: one pass over each config, whatever the number of sites.
+        let old_sites: HashMap<SiteId, &Site> = old.sites.iter().map(|s| (site_id(s), s)).collect();
         for site in &new.sites {
             let id = site_id(site);
-            let before = old.sites.iter().find(|s| site_id(s) == id);
+            let before = old_sites.get(&id).copied();
             if before.is_some_and(|b| b.tls == site.tls) {
                 continue;
             }

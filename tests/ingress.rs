@@ -26,60 +26,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The rights the Ingress controller needs (those of config/kubernetes/clusterrole.yaml),
-/// bound to `who` in the test's namespace, and IngressClasses (cluster-scoped)
-/// cluster-wide.
+/// The shipped ClusterRole's rights for `who` (one identity), and the test's class.
 fn grant(ns: &Namespace, who: &str) {
-    let user = ns.user(who);
-    let plane = ns.plane();
-    let role = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": "portico-ingress"},
-        "rules": [
-            {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses/status"], "verbs": ["patch"]},
-            {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-        ],
-    });
-    ns.create(role);
-    ns.create(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": "portico-ingress"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "portico-ingress"},
-        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}],
-    }));
-    let name = format!("portico-classes-{}", ns.name);
-    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": name},
-            "rules": [{"apiGroups": ["networking.k8s.io"], "resources": ["ingressclasses"], "verbs": ["get", "list", "watch"]}],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}],
-        },
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "IngressClass",
-            "metadata": {"name": class(ns)},
-            "spec": {"controller": "portico.dev/ingress-controller"},
-        },
-    ]});
-    plane.kubectl(&["create", "-f", "-"], objects.to_string().as_bytes());
+    ns.grant_ingress_controller(&[who]);
 }
 
 /// The IngressClass of the test's namespace (IngressClasses are cluster-wide).
 fn class(ns: &Namespace) -> String {
-    format!("portico-{}", ns.name)
+    ns.ingress_class()
 }
 
 fn service(name: &str, ports: Value) -> Value {
@@ -225,7 +179,9 @@ impl Replica {
     ) -> (u16, String) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let config = common::edge::client_config(&[&self.root()], &[b"h2"]);
+            // The local CA may not exist yet either.
+            let root = std::fs::read(self.dir.join("data/ca/root.pem")).unwrap_or_default();
+            let config = common::edge::client_config(&[&root], &[b"h2"]);
             let (status, body) = match common::edge::tls_connect(self.https, host, config).await {
                 Ok(tls) => {
                     let mut send = common::edge::h2_over(tls).await;
@@ -611,8 +567,7 @@ async fn a_spec_tls_secret_is_served_and_swapped_when_it_changes() {
 async fn status_and_events_are_written_by_the_holder_of_the_status_lock_only() {
     common::edge::install_provider();
     let ns = control_plane().namespace("ingress-status");
-    grant(&ns, "one");
-    grant_more(&ns, "two");
+    ns.grant_ingress_controller(&["one", "two"]);
     let web = backend_at(host_ip(), "web", Proto::Http1).await.0;
     ns.create(service("web", json!([{"port": 80}])));
     ns.create(slice("web-1", "web", "", &[(web, true)]));
@@ -773,25 +728,6 @@ async fn an_api_outage_keeps_the_routes_and_a_410_on_resume_lists_again() {
         "resumed past revision {compacted} without a 410:\n{log}"
     );
     assert_eq!(get_h2(&mut send, "before.internal", "/").await.0, 200);
-}
-
-/// [`grant`]'s Role and IngressClass access for a second identity of the same test.
-fn grant_more(ns: &Namespace, who: &str) {
-    let user = ns.user(who);
-    ns.plane().kubectl(
-        &[
-            "patch", "rolebinding", "portico-ingress", "-n", &ns.name, "--type=json", "-p",
-            &json!([{"op": "add", "path": "/subjects/-", "value": {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}}]).to_string(),
-        ],
-        b"",
-    );
-    ns.plane().kubectl(
-        &[
-            "patch", "clusterrolebinding", &format!("portico-classes-{}", ns.name), "--type=json", "-p",
-            &json!([{"op": "add", "path": "/subjects/-", "value": {"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}}]).to_string(),
-        ],
-        b"",
-    );
 }
 
 /// [`slice`] carrying the stored object's resourceVersion, for `kubectl replace`.
