@@ -121,6 +121,7 @@ impl CertManager {
                 let result = match &site.tls {
                     TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
                     TlsSource::Secret(pem) => self.install_secret(site, pem),
+                    TlsSource::Off => Ok(()),
                     TlsSource::Internal | TlsSource::Acme => self.load_stored_parallel(site).await,
                 };
                 if let Err(e) = result {
@@ -178,6 +179,11 @@ impl CertManager {
             let result = match &site.tls {
                 TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
                 TlsSource::Secret(pem) => self.install_secret(site, pem),
+                TlsSource::Off => {
+                    // Served over plain HTTP now: whatever served it over TLS stops.
+                    self.resolver.retire(&id);
+                    Ok(())
+                }
                 TlsSource::Internal | TlsSource::Acme => {
                     self.load_stored(site).await.map(|served| {
                         if !served && before.is_some() {
@@ -205,7 +211,7 @@ impl CertManager {
             let result = match &site.tls {
                 TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
                 // Installed when the Secret changes (a reload of the cluster's sites).
-                TlsSource::Secret(_) => Ok(()),
+                TlsSource::Secret(_) | TlsSource::Off => Ok(()),
                 TlsSource::Internal => self.sync_internal(site, now).await,
                 // Runs in the background; failures are the ACME manager's to report.
                 TlsSource::Acme => {

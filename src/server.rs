@@ -249,6 +249,7 @@ impl Server {
             https_port,
             connections: connections.clone(),
             metrics: self.metrics.clone(),
+            proxy: self.proxy.clone(),
         };
         let admin_addr = self.admin.as_ref().and_then(|l| l.local_addr().ok());
         let admin = self.admin.map(|listener| AdminListener {

@@ -77,6 +77,7 @@ fn replace(ns: &Namespace, object: Value) {
 struct Replica {
     child: Child,
     dir: PathBuf,
+    http: SocketAddr,
     https: SocketAddr,
     admin: SocketAddr,
     log: Arc<Mutex<String>>,
@@ -141,6 +142,7 @@ impl Replica {
         Replica {
             child,
             dir: dir.to_path_buf(),
+            http: format!("127.0.0.1:{http}").parse().unwrap(),
             https: format!("127.0.0.1:{https}").parse().unwrap(),
             admin: format!("127.0.0.1:{admin}").parse().unwrap(),
             log,
@@ -668,6 +670,72 @@ async fn status_and_events_are_written_by_the_holder_of_the_status_lock_only() {
     assert!(
         [ns.user("one"), ns.user("two")].contains(&writer),
         "{writer}"
+    );
+}
+
+/// `portico.dev/tls: "off"`: the Ingress's host is proxied on port 80 as it came, with
+/// no certificate (a handshake for it fails) and no redirect; a host of another Ingress
+/// on the same port still redirects to https, request by request on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_off_serves_plain_http_on_port_80_without_a_redirect() {
+    common::edge::install_provider();
+    let ns = control_plane().namespace("ingress-plain");
+    grant(&ns, "replica");
+    let web = backend_at(host_ip(), "web", Proto::Http1).await.0;
+    ns.create(service("web", json!([{"port": 80}])));
+    ns.create(slice("web-1", "web", "", &[(web, true)]));
+    let ingress = |name: &str, annotations: Value| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"ingressClassName": class(&ns), "rules": [{"host": format!("{name}.internal"), "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+            ]}}]},
+        })
+    };
+    ns.create(ingress("plain", json!({"portico.dev/tls": "off"})));
+    ns.create(ingress("secure", json!({})));
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Replica::start(&ns, dir.path(), "replica", "");
+    replica.ready().await;
+    replica.until("secure.internal", "/", |s, _| s == 200).await;
+
+    let (status, location, body) =
+        common::edge::plain_get(replica.http, "plain.internal", "/a?b=c").await;
+    assert_eq!((status, location), (200, None), "{body}");
+    assert_eq!(backend_of(&body), "web", "{body}");
+    assert!(body.contains("uri: /a?b=c"), "{body}");
+    assert!(body.contains("header x-forwarded-proto: http"), "{body}");
+    let (status, location, _) =
+        common::edge::plain_get(replica.http, "secure.internal", "/a").await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (308, Some("https://secure.internal/a"))
+    );
+    let root = replica.root();
+    let handshake = common::edge::tls_connect(
+        replica.https,
+        "plain.internal",
+        common::edge::client_config(&[&root], &[b"h2"]),
+    )
+    .await;
+    assert!(handshake.is_err(), "no certificate for a plain host");
+
+    // One connection, two hosts: each request is judged by its own Host.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(replica.http).await.unwrap();
+    tcp.write_all(b"GET /1 HTTP/1.1\r\nHost: plain.internal\r\n\r\nGET /2 HTTP/1.1\r\nHost: secure.internal\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answers = String::new();
+    tcp.read_to_string(&mut answers).await.unwrap();
+    let first = answers.find("HTTP/1.1 200").expect(&answers);
+    let second = answers.find("HTTP/1.1 308").expect(&answers);
+    assert!(first < second, "{answers}");
+    assert!(
+        answers.contains("location: https://secure.internal/2"),
+        "{answers}"
     );
 }
 

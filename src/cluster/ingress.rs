@@ -17,6 +17,8 @@
 //!   number or name), an ExternalName Service's name, and no ready endpoint answers 503;
 //!   `h2c` by the Service annotation `portico.dev/upstream-protocol` or the port's
 //!   `appProtocol: kubernetes.io/h2c`;
+//! - `portico.dev/tls: "off"` on the Ingress that first names a host: plain HTTP on
+//!   port 80 for it, no certificate, no redirect;
 //! - certificates: the `kubernetes.io/tls` Secret that `spec.tls` names for the host
 //!   (the oldest Ingress's), else ACME for public names and the local CA for
 //!   cluster-local ones; a wildcard host is served only from a Secret.
@@ -42,6 +44,9 @@ const DEFAULT_CLASS: &str = "ingressclass.kubernetes.io/is-default-class";
 const LEGACY_CLASS: &str = "kubernetes.io/ingress.class";
 /// A Service annotation: `h2c` to speak HTTP/2 without TLS to its endpoints.
 const UPSTREAM_PROTOCOL: &str = "portico.dev/upstream-protocol";
+/// An Ingress annotation: `"off"` serves its hosts over plain HTTP on port 80, with no
+/// certificate and no redirect.
+const TLS_ANNOTATION: &str = "portico.dev/tls";
 /// The EndpointSlice label that names its Service.
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// The body of a route whose Service has no ready endpoint.
@@ -152,6 +157,8 @@ fn sites_of(class: &str, view: &View) -> Made {
     let backends = Backends::new(view);
     let served: Vec<Ingress> = ours.iter().map(|i| (*i).clone()).collect();
     let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    // Hosts whose first Ingress says `portico.dev/tls: "off"`.
+    let mut plain: BTreeSet<String> = BTreeSet::new();
     let mut refused = Vec::new();
     let mut hosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
     // Host → the Ingress, the Secret (`namespace/name`) the oldest Ingress names for it
@@ -186,6 +193,11 @@ fn sites_of(class: &str, view: &View) -> Made {
         let cert_manager = CERT_MANAGER
             .iter()
             .any(|a| ingress.annotations().contains_key(*a));
+        let tls_off = ingress
+            .annotations()
+            .get(TLS_ANNOTATION)
+            .map(String::as_str)
+            == Some("off");
         for tls in spec.tls.iter().flatten() {
             let Some(secret) = &tls.secret_name else {
                 continue;
@@ -215,7 +227,12 @@ fn sites_of(class: &str, view: &View) -> Made {
                 continue;
             }
             own_hosts.insert(host.clone());
-            owners.entry(host.clone()).or_insert_with(|| object.clone());
+            if !owners.contains_key(&host) {
+                owners.insert(host.clone(), object.clone());
+                if tls_off {
+                    plain.insert(host.clone());
+                }
+            }
             let routes = hosts.entry(host.clone()).or_default();
             for path in rule.http.iter().flat_map(|h| &h.paths) {
                 let written = path.path.as_deref().unwrap_or("/");
@@ -304,6 +321,7 @@ fn sites_of(class: &str, view: &View) -> Made {
             let wildcard = host.strip_prefix("*.").map(str::to_string);
             let mut fill = None;
             let tls = match secret_of.get(&host) {
+                _ if plain.contains(&host) => TlsSource::Off,
                 None => automatic,
                 Some((object, name, cert_manager)) => {
                     let found = secrets.get(name).copied();
@@ -967,5 +985,22 @@ mod tests {
         let built = build("portico", &view);
         assert!(matches!(built.sites[0].tls, TlsSource::Secret(_)));
         assert!(built.fills.is_empty() && built.notices.is_empty());
+    }
+
+    #[test]
+    fn tls_off_serves_the_ingress_s_hosts_without_a_certificate() {
+        let mut view = view();
+        view.ingresses[0].metadata.annotations =
+            Some([(TLS_ANNOTATION.to_string(), "off".to_string())].into());
+        view.ingresses[0].spec.as_mut().unwrap().tls = Some(vec![
+            serde_json::from_value(json!({"hosts": ["app.example.com"], "secretName": "x"}))
+                .unwrap(),
+        ]);
+        let built = build("portico", &view);
+        assert_eq!(built.sites[0].tls, TlsSource::Off);
+        assert!(
+            built.fills.is_empty(),
+            "no Secret is filled for a plain host"
+        );
     }
 }

@@ -314,6 +314,9 @@ pub enum TlsSource {
     /// A `kubernetes.io/tls` Secret named by an Ingress's `spec.tls` (never written in
     /// the file).
     Secret(SecretPem),
+    /// No TLS at all: plain HTTP on port 80, no redirect (an Ingress annotated
+    /// `portico.dev/tls: "off"`; never written in the file).
+    Off,
 }
 
 /// The PEM of a Secret, as the cluster watch last read it. Its `Debug` shows only
@@ -344,6 +347,7 @@ impl TlsSource {
             TlsSource::Internal => "internal",
             TlsSource::Files { .. } => "files",
             TlsSource::Secret(_) => "secret",
+            TlsSource::Off => "off",
         }
     }
 }
@@ -601,6 +605,7 @@ impl Config {
                     format!("files {} + {}", cert.display(), key.display())
                 }
                 TlsSource::Secret(pem) => format!("Secret {}", pem.origin),
+                TlsSource::Off => "none: plain HTTP on port 80".to_string(),
             };
             out.push_str(&format!(
                 "site[{i}] {}\n  certificate: {source}\n",
