@@ -23,7 +23,9 @@
 //!   (the oldest Ingress's), else ACME for public names and the local CA for
 //!   cluster-local ones; a wildcard host is served only from a Secret.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use http::StatusCode;
 use k8s_openapi::api::core::v1::{Secret, Service, ServicePort};
@@ -520,7 +522,14 @@ fn is_local(host: &str) -> bool {
 struct Backends<'v> {
     services: BTreeMap<(String, String), &'v Service>,
     slices: BTreeMap<(String, String), Vec<&'v EndpointSlice>>,
+    /// (namespace, Service, port name) → its ready endpoints, built once per build and
+    /// shared by every route to it: a Service with thousands of endpoints behind
+    /// hundreds of Ingresses is one list in memory.
+    endpoints: RefCell<HashMap<PortKey, Arc<[Upstream]>>>,
 }
+
+/// (namespace, Service, port name).
+type PortKey = (String, String, String);
 
 impl<'v> Backends<'v> {
     fn new(view: &'v View) -> Self {
@@ -538,7 +547,11 @@ impl<'v> Backends<'v> {
                     .push(slice);
             }
         }
-        Backends { services, slices }
+        Backends {
+            services,
+            slices,
+            endpoints: RefCell::default(),
+        }
     }
 
     /// What a route to `backend` does: forward to the ready endpoints, or 503 when
@@ -592,7 +605,7 @@ impl<'v> Backends<'v> {
                 .map(|authority| Upstream { authority });
             return match upstream {
                 Some(u) => Ok(RouteAction::Proxy {
-                    upstreams: vec![u],
+                    upstreams: vec![u].into(),
                     protocol,
                 }),
                 None => Err(format!(
@@ -610,10 +623,33 @@ impl<'v> Backends<'v> {
                     .unwrap_or_default()
             ));
         };
+        let key = (
+            namespace.to_string(),
+            service.name.clone(),
+            port.name.clone().unwrap_or_default(),
+        );
+        let upstreams = self
+            .endpoints
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| self.ready_endpoints(namespace, &service.name, port))
+            .clone();
+        if upstreams.is_empty() {
+            return Ok(unavailable);
+        }
+        Ok(RouteAction::Proxy {
+            upstreams,
+            protocol,
+        })
+    }
+
+    /// The ready endpoints of a Service's port, sorted, so an unchanged set builds an
+    /// equal route.
+    fn ready_endpoints(&self, namespace: &str, service: &str, port: &ServicePort) -> Arc<[Upstream]> {
         let mut upstreams = BTreeMap::new();
         for slice in self
             .slices
-            .get(&(namespace.to_string(), service.name.clone()))
+            .get(&(namespace.to_string(), service.to_string()))
             .into_iter()
             .flatten()
         {
@@ -647,13 +683,7 @@ impl<'v> Backends<'v> {
                 }
             }
         }
-        if upstreams.is_empty() {
-            return Ok(unavailable);
-        }
-        Ok(RouteAction::Proxy {
-            upstreams: upstreams.into_values().collect(),
-            protocol,
-        })
+        upstreams.into_values().collect()
     }
 }
 

@@ -481,8 +481,9 @@ impl Route {
 pub enum RouteAction {
     /// Forward it, round robin over the upstreams.
     Proxy {
-        /// At least one.
-        upstreams: Vec<Upstream>,
+        /// At least one. Shared: the routes of many Ingresses to one Service hold one
+        /// list, however many endpoints it has.
+        upstreams: std::sync::Arc<[Upstream]>,
         /// How to speak to them.
         protocol: UpstreamProtocol,
     },
@@ -1151,7 +1152,11 @@ impl Validator<'_> {
         }
     }
 
-    fn upstreams(&self, key: &str, list: &[String]) -> Result<Vec<Upstream>, ConfigError> {
+    fn upstreams(
+        &self,
+        key: &str,
+        list: &[String],
+    ) -> Result<std::sync::Arc<[Upstream]>, ConfigError> {
         if list.is_empty() {
             return Err(self.err(key, "needs at least one upstream"));
         }

@@ -42,7 +42,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::body::{Body, text};
-use crate::config::{Cidr, Config, HostPattern};
+use crate::config::{Cidr, Config, HostPattern, UpstreamProtocol};
 use crate::metrics::{Metrics, SiteCounters};
 use crate::report::Chain;
 use crate::router::{Action, RouteError, Router, request_host};
@@ -234,12 +234,22 @@ fn framing<B>(req: &Request<B>) -> Result<(), Refused> {
 
 fn build(config: &Config, pools: &Pools, metrics: &Metrics) -> Table {
     let connect_timeout = config.limits.upstream_connect_timeout;
+    // Routes that share one upstream list (the Ingresses of one Service) share one
+    // balancer: its endpoints are looked up once, not once per route.
+    let mut shared: std::collections::HashMap<(usize, usize, UpstreamProtocol), Arc<Balancer>> =
+        std::collections::HashMap::new();
     let router = Router::new(config, |upstreams, protocol| {
-        let endpoints = upstreams
-            .iter()
-            .map(|u| pools.endpoint(u, protocol, connect_timeout))
-            .collect();
-        Arc::new(Balancer::new(endpoints, protocol))
+        let key = (upstreams.as_ptr() as usize, upstreams.len(), protocol);
+        shared
+            .entry(key)
+            .or_insert_with(|| {
+                let endpoints = upstreams
+                    .iter()
+                    .map(|u| pools.endpoint(u, protocol, connect_timeout))
+                    .collect();
+                Arc::new(Balancer::new(endpoints, protocol))
+            })
+            .clone()
     });
     Table {
         router,
