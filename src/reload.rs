@@ -216,6 +216,16 @@ impl Reloader {
         outcome
     }
 
+    /// The hosts the config file's sites serve (which win over the cluster's).
+    pub(crate) async fn file_hosts(&self) -> std::collections::HashSet<HostPattern> {
+        let seen = self.inner.seen.lock().await;
+        seen.file
+            .sites
+            .iter()
+            .flat_map(|s| s.hosts.iter().cloned())
+            .collect()
+    }
+
     /// Looks at the config file every [`POLL_INTERVAL`] and reloads it when it changed,
     /// until shutdown begins.
     pub(crate) async fn watch(self, mut shutdown: watch::Receiver<Phase>) {
@@ -325,11 +335,9 @@ fn merged(mut file: Config, cluster: &[Site]) -> Config {
     for site in cluster {
         let mut site = site.clone();
         site.hosts.retain(|h| {
-            let free = !taken.contains(h);
-            if !free {
-                tracing::warn!(host = %h, "cluster: the host is a site of the config file, which wins over Ingresses");
-            }
-            free
+            // The cluster's builder already left these out and said so; this covers a
+            // file changed since its last build.
+            !taken.contains(h)
         });
         if !site.hosts.is_empty() {
             file.sites.push(site);

@@ -431,8 +431,15 @@ async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
     }
     let log = replica.log();
     assert!(
-        log.contains("toml.internal") && log.contains("wins over Ingresses"),
+        log.contains("toml.internal") && log.contains("config file has a site for it"),
         "the conflict is logged:\n{log}"
+    );
+    let events = ns.list("events");
+    assert!(
+        events.iter().any(|e| e["involvedObject"]["name"] == "taken"
+            && e["reason"] == "NotServed"
+            && e["message"].as_str().unwrap_or("").contains("config file")),
+        "the Ingress's owner is told: {events:?}"
     );
 }
 

@@ -24,7 +24,7 @@
 //!   cluster-local ones; a wildcard host is served only from a Secret.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use http::StatusCode;
@@ -107,9 +107,10 @@ pub(crate) const MANAGED_BY: &str = "portico";
 /// cert-manager's annotations: an Ingress with one has its Secret made by cert-manager.
 const CERT_MANAGER: [&str; 2] = ["cert-manager.io/issuer", "cert-manager.io/cluster-issuer"];
 
-/// The sites the Ingresses of class `class` make, and what was refused.
-pub(crate) fn build(class: &str, view: &View) -> Built {
-    let (sites, notices, ingresses, owners, fills) = sites_of(class, view);
+/// The sites the Ingresses of class `class` make, and what was refused. Hosts in
+/// `taken` are the config file's, which wins over any Ingress.
+pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Built {
+    let (sites, notices, ingresses, owners, fills) = sites_of(class, view, taken);
     Built {
         sites,
         notices,
@@ -127,7 +128,7 @@ type Made = (
     Vec<Fill>,
 );
 
-fn sites_of(class: &str, view: &View) -> Made {
+fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
     let default = view.classes.iter().any(|c| {
         c.name_any() == class
             && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
@@ -222,6 +223,16 @@ fn sites_of(class: &str, view: &View) -> Made {
                 refuse("a rule without a host is not served: name the host".into());
                 continue;
             };
+            let pattern = match host.strip_prefix("*.") {
+                Some(suffix) => HostPattern::Wildcard(suffix.to_string()),
+                None => HostPattern::Exact(host.clone()),
+            };
+            if taken.contains(&pattern) {
+                refuse(format!(
+                    "{host}: not served from this Ingress: portico's config file has a site for it, which wins"
+                ));
+                continue;
+            }
             if host.starts_with("*.") && !secret_of.contains_key(&host) {
                 refuse(format!(
                     "{host}: not served: a wildcard host needs a certificate from a Secret named in spec.tls (no CA issues one over HTTP-01)"
@@ -403,7 +414,7 @@ fn sites_of(class: &str, view: &View) -> Made {
 /// [`build`]'s sites and notices (the unit tests' view).
 #[cfg(test)]
 fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Notice>) {
-    let built = build(class, view);
+    let built = build(class, view, &HashSet::new());
     (built.sites, built.notices)
 }
 
@@ -645,7 +656,12 @@ impl<'v> Backends<'v> {
 
     /// The ready endpoints of a Service's port, sorted, so an unchanged set builds an
     /// equal route.
-    fn ready_endpoints(&self, namespace: &str, service: &str, port: &ServicePort) -> Arc<[Upstream]> {
+    fn ready_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        port: &ServicePort,
+    ) -> Arc<[Upstream]> {
         let mut upstreams = BTreeMap::new();
         for slice in self
             .slices
@@ -907,7 +923,7 @@ mod tests {
         ]);
         view.secrets
             .push(tls_secret("wild", json!({}), &["*.example.com"]));
-        let built = build("portico", &view);
+        let built = build("portico", &view, &HashSet::new());
         let (sites, refused) = (built.sites, built.notices);
         let wild = sites
             .iter()
@@ -991,7 +1007,7 @@ mod tests {
         let secret = |labels| tls_secret("ours", labels, &["app.example.com"]);
         // Filled by portico before: renewed through the site's own source, and kept.
         view.secrets = vec![secret(json!({LABEL_MANAGED_BY: MANAGED_BY}))];
-        let built = build("portico", &view);
+        let built = build("portico", &view, &HashSet::new());
         assert_eq!(built.sites[0].tls, TlsSource::Acme);
         assert!(built.fills[0].existing.is_some());
         // Missing, but cert-manager is to make it: not filled, said.
@@ -1003,7 +1019,7 @@ mod tests {
             )]
             .into(),
         );
-        let built = build("portico", &view);
+        let built = build("portico", &view, &HashSet::new());
         assert!(built.fills.is_empty());
         assert!(
             built.notices[0].reason.contains("cert-manager"),
@@ -1012,7 +1028,7 @@ mod tests {
         );
         // Made by cert-manager: served as it is.
         view.secrets = vec![secret(json!({}))];
-        let built = build("portico", &view);
+        let built = build("portico", &view, &HashSet::new());
         assert!(matches!(built.sites[0].tls, TlsSource::Secret(_)));
         assert!(built.fills.is_empty() && built.notices.is_empty());
     }
@@ -1026,7 +1042,7 @@ mod tests {
             serde_json::from_value(json!({"hosts": ["app.example.com"], "secretName": "x"}))
                 .unwrap(),
         ]);
-        let built = build("portico", &view);
+        let built = build("portico", &view, &HashSet::new());
         assert_eq!(built.sites[0].tls, TlsSource::Off);
         assert!(
             built.fills.is_empty(),

@@ -274,7 +274,8 @@ impl Builder {
             slices: snapshot(&self.slices.parts),
             secrets: snapshot(&self.secrets.parts),
         };
-        let built = ingress::build(&self.class, &view);
+        let taken = self.reloader.file_hosts().await;
+        let built = ingress::build(&self.class, &view, &taken);
         let refused: BTreeSet<Notice> = built.notices.iter().cloned().collect();
         for r in refused.difference(&self.refused) {
             tracing::warn!(ingress = %r.object, "cluster: {}", r.reason);
