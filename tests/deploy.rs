@@ -775,8 +775,8 @@ fn service_account_kubeconfig(dir: &Path) -> (std::path::PathBuf, String) {
 /// the probed paths, watches the certificate Secrets, takes and releases its issuance
 /// Lease, records the failed attempt on the certificate Secret, and serves an Ingress
 /// of the shipped IngressClass from another namespace (port 80 redirects its host to
-/// https, as for every served host) and writes its status (the published Service's
-/// address). Only the addresses change (`adapted_config`).
+/// https, as for every served host), writes its status (the published Service's
+/// address) and fills the missing Secret its `spec.tls` names. Only the addresses change (`adapted_config`).
 /// Removing any verb the start-up path uses from the Role makes this fail; the
 /// ClusterRole's rules are each tried in the next test. `portico certs` then reads the
 /// same store with the same rights.
@@ -808,7 +808,9 @@ async fn a_replica_with_only_the_shipped_rights_turns_ready_and_serves_an_ingres
     let class = object("IngressClass")["metadata"]["name"].as_str().unwrap();
     app.create(serde_json::json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "app"},
-        "spec": {"ingressClassName": class, "rules": [{"host": "app.deploy.internal", "http": {"paths": [
+        "spec": {"ingressClassName": class,
+            "tls": [{"hosts": ["app.deploy.internal"], "secretName": "app-tls"}],
+            "rules": [{"host": "app.deploy.internal", "http": {"paths": [
             {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}},
         ]}}]},
     }));
@@ -821,6 +823,13 @@ async fn a_replica_with_only_the_shipped_rights_turns_ready_and_serves_an_ingres
     let (child, log) = run_replica(&path, &kubeconfig);
     let app_status =
         || app.get("ingresses", "app").unwrap()["status"]["loadBalancer"]["ingress"].clone();
+    // The Secret its spec.tls names, missing: filled with the host's certificate.
+    let filled = || {
+        app.get("secrets", "app-tls").is_some_and(|s| {
+            s["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "portico"
+                && s["data"]["tls.crt"].as_str().is_some_and(|c| !c.is_empty())
+        })
+    };
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let released_issuance_lease = || {
@@ -857,6 +866,7 @@ async fn a_replica_with_only_the_shipped_rights_turns_ready_and_serves_an_ingres
             && recorded_the_failure()
             && status == 308
             && app_status() == serde_json::json!([{"ip": PUBLISHED_IP}])
+            && filled()
         {
             assert_eq!(location.as_deref(), Some("https://app.deploy.internal/x"));
             break;
@@ -911,7 +921,27 @@ async fn without_any_rule_of_the_cluster_role_a_replica_does_not_turn_ready() {
     apply_manifests();
     let ns = plane.namespace("deploy-rights");
     let refused = common::refused_addr().await;
-    publish_an_address();
+    // A Service of this test's own to publish, with another address than the shipped
+    // one's: the replica of the other test (which watches every namespace) writes that
+    // one into these Ingresses, so this one always has a status to write.
+    ns.create(
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "published"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 443}]}}),
+    );
+    plane.kubectl(
+        &[
+            "patch",
+            "service",
+            "published",
+            "-n",
+            &ns.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"203.0.113.20"}]}}}"#,
+        ],
+        b"",
+    );
     // An Ingress of the shipped class to write status for, and one to warn about.
     let class = object("IngressClass")["metadata"]["name"].as_str().unwrap();
     let ingress = |name: &str, annotations: Value| {
@@ -953,10 +983,27 @@ async fn without_any_rule_of_the_cluster_role_a_replica_does_not_turn_ready() {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = ns.kubeconfig(dir.path(), &who);
         let (mut text, [_, _, admin]) = adapted_config(refused);
-        // The store in the test's namespace, where this identity has the shipped Role.
+        // The store in the test's namespace, where this identity has the shipped Role;
+        // its own Service published.
         text = text.replacen(
             "backend = \"kubernetes\"",
             &format!("backend = \"kubernetes\"\nnamespace = \"{}\"", ns.name),
+            1,
+        );
+        // A replica missing a write rule reads everything and so writes status: only
+        // this namespace's Ingresses then, so it never writes into the other test's. (One
+        // missing a read rule never gets as far, and must list cluster-wide to be
+        // refused.)
+        let shipped = "publish_service = \"portico/portico\"";
+        assert!(text.contains(shipped));
+        let namespaces = if ["ingresses/status", "events"].contains(&missing.1) {
+            format!("\nnamespaces = [\"{}\"]", ns.name)
+        } else {
+            String::new()
+        };
+        text = text.replacen(
+            shipped,
+            &format!("publish_service = \"{}/published\"{namespaces}", ns.name),
             1,
         );
         let path = dir.path().join("portico.toml");
