@@ -153,6 +153,15 @@ impl Proxy {
                         return text(*status, body.clone());
                     }
                     Action::Proxy(balancer) => {
+                        if let Some(max) = m.route.limits.max_body_bytes
+                            && declared_length(&req).is_some_and(|n| n > max)
+                        {
+                            table.counters[m.site].count(StatusCode::PAYLOAD_TOO_LARGE);
+                            return error_response(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "the request body is larger than this route allows",
+                            );
+                        }
                         let trusts =
                             |ip| table.trusted_proxies.iter().any(|c: &Cidr| c.contains(ip));
                         let peer = conn.peer.ip();
@@ -162,7 +171,10 @@ impl Proxy {
                         };
                         (
                             balancer.clone(),
-                            table.upstream_timeout,
+                            m.route
+                                .limits
+                                .upstream_timeout
+                                .unwrap_or(table.upstream_timeout),
                             table.counters[m.site].clone(),
                             sender,
                         )
@@ -193,6 +205,16 @@ impl Proxy {
         counters.count(response.status());
         response
     }
+}
+
+/// The body length a request declares (`Content-Length`), if it declares one.
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// A request refused for its framing before routing.
