@@ -228,7 +228,7 @@ fn backend_of(body: &str) -> &str {
 }
 
 /// Path types as the Ingress spec defines them, rules of several Ingresses merged,
-/// `defaultBackend`, a Service port by name and by number, another class ignored, a
+/// `defaultBackend`, a Service port by name and by number, h2c by `appProtocol`, another class ignored, a
 /// TOML site winning over an Ingress for its host, and EndpointSlice changes (a new
 /// endpoint, none ready: 503) applied while an HTTP/2 client keeps asking, with no
 /// failed request.
@@ -242,9 +242,13 @@ async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
     let ip = host_ip();
     let web = backend_at(ip, "web", Proto::Http1).await.0;
     let web2 = backend_at(ip, "web2", Proto::Http1).await.0;
-    let api = backend_at(ip, "api", Proto::Http1).await.0;
+    // gRPC-style: h2c, said by the Service port's appProtocol.
+    let api = backend_at(ip, "api", Proto::H2c).await.0;
     ns.create(service("web", json!([{"name": "http", "port": 80}])));
-    ns.create(service("api", json!([{"port": 8080}])));
+    ns.create(service(
+        "api",
+        json!([{"port": 8080, "appProtocol": "kubernetes.io/h2c"}]),
+    ));
     ns.create(slice("web-1", "web", "http", &[(web, true)]));
     ns.create(slice("api-1", "api", "", &[(api, true)]));
     let ingress = |name: &str, class: &str, spec: Value| {
@@ -317,6 +321,15 @@ async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
     ] {
         let (status, body) = get_h2(&mut send, "shop.internal", path).await;
         assert_eq!((status, backend_of(&body)), (200, want), "{path}: {body}");
+        let version = if want == "api" {
+            "HTTP/2.0"
+        } else {
+            "HTTP/1.1"
+        };
+        assert!(
+            body.contains(&format!("version: {version}")),
+            "{path}: {body}"
+        );
     }
     let mut file = replica.h2("toml.internal").await;
     assert_eq!(
