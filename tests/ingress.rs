@@ -228,10 +228,10 @@ fn backend_of(body: &str) -> &str {
 }
 
 /// Path types as the Ingress spec defines them, rules of several Ingresses merged,
-/// `defaultBackend`, a Service port by name and by number, h2c by `appProtocol`, another class ignored, a
-/// TOML site winning over an Ingress for its host, and EndpointSlice changes (a new
-/// endpoint, none ready: 503) applied while an HTTP/2 client keeps asking, with no
-/// failed request.
+/// `defaultBackend`, a Service port by name and by number, h2c by `appProtocol`,
+/// another class ignored, a TOML site winning over an Ingress for its host, and
+/// EndpointSlice changes (a new endpoint, none ready: 503) applied while an HTTP/2
+/// client keeps asking, with no failed request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
     common::edge::install_provider();
