@@ -43,10 +43,12 @@
 //! certs, listener              the certificate scheduler; sockets, TLS, HTTP, port 80
 //! acme                         accounts, orders, challenges, renewal
 //! objects, proxy               store names and annotations; forwarding
-//! router, tls                  host and path → route; resolver, local CA, files
+//! router, tls, access_log      host and path → route; resolver, local CA, files;
+//!                                one line per request, written off the request path
 //! config, store, workers       TOML → model; persistence and locks; runtime per core
 //! body, metrics, report,       leaves: bodies and small answers, counters, error
-//!   shutdown, uri                chains, shutdown phases, path and host syntax
+//!   request_id, shutdown, uri    chains, X-Request-Id, shutdown phases, path and host
+//!                                syntax
 //! ```
 //!
 //! Public, for embedding portico and for its tests: [`config`], [`server`], [`store`],
@@ -54,6 +56,7 @@
 //! [`body`], [`report`]. The rest is the crate's own. The rules these modules
 //! implement, for users, are in the repository's `docs/`.
 
+mod access_log;
 pub mod acme;
 mod admin;
 pub mod body;
@@ -65,6 +68,7 @@ pub mod objects;
 pub mod proxy;
 pub mod reload;
 pub mod report;
+mod request_id;
 mod router;
 pub mod server;
 mod shutdown;

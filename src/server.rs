@@ -281,6 +281,8 @@ impl Server {
         }
         let _ = phase.send(Phase::Closed);
         workers.join().await;
+        // The last requests' access log lines, so a stop loses none of them.
+        self.proxy.flush_access_log(Duration::from_secs(2)).await;
         Ok(())
     }
 }

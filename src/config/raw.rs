@@ -15,7 +15,16 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
     pub site: Vec<RawSite>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub access: Option<bool>,
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

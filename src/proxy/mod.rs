@@ -34,17 +34,20 @@ mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::header;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::access_log::{AccessLog, Record};
 use crate::body::{Body, text};
-use crate::config::{Cidr, Config, HostPattern};
+use crate::config::{Cidr, Config, HostPattern, LogFormat};
 use crate::metrics::{Metrics, SiteCounters};
 use crate::report::Chain;
+use crate::request_id;
 use crate::router::{Action, RouteError, Router, request_host};
 use crate::tls::resolver::site_id;
 use balance::Balancer;
@@ -63,6 +66,11 @@ pub struct ConnInfo {
     /// connection for every name its certificate covers, and only for those.
     /// `None` = no TLS (tests, plain listeners): no such check.
     pub cert_hosts: Option<Arc<[HostPattern]>>,
+    /// The TLS version the handshake chose (`TLSv1.2`, `TLSv1.3`), for the access log;
+    /// `None` without TLS.
+    pub tls_version: Option<&'static str>,
+    /// The SNI name the client sent, for the access log.
+    pub sni: Option<Arc<str>>,
 }
 
 /// One config's routing table and the limits that apply to forwarding.
@@ -76,9 +84,20 @@ struct Table {
     unmatched: Arc<SiteCounters>,
     /// `listen.trusted_proxies`: peers whose forwarding headers are believed.
     trusted_proxies: Vec<Cidr>,
+    /// `log.access`: the format of access log lines, `None` when off.
+    access: Option<LogFormat>,
+    /// Site ids as the access log names them, indexed like `counters`.
+    site_names: Vec<Arc<str>>,
 }
 
 impl Table {
+    /// The access log's name of the site `raw_host` names.
+    fn site_name(&self, raw_host: Option<&str>) -> Option<Arc<str>> {
+        self.router
+            .site_of(raw_host)
+            .and_then(|i| self.site_names.get(i).cloned())
+    }
+
     /// The counters of the site `raw_host` names (`site=""` when none).
     fn counters_for(&self, raw_host: Option<&str>) -> &SiteCounters {
         match self.router.site_of(raw_host) {
@@ -93,6 +112,7 @@ pub struct Proxy {
     table: ArcSwap<Table>,
     pools: Pools,
     metrics: Arc<Metrics>,
+    access_log: Arc<AccessLog>,
 }
 
 impl Proxy {
@@ -108,8 +128,15 @@ impl Proxy {
         Proxy {
             table: ArcSwap::from_pointee(table),
             pools,
+            access_log: Arc::new(AccessLog::stdout(metrics.clone())),
             metrics,
         }
+    }
+
+    /// Waits, up to `deadline`, until the access log lines of finished requests are
+    /// written (at shutdown).
+    pub async fn flush_access_log(&self, deadline: Duration) {
+        self.access_log.drain(deadline).await;
     }
 
     /// Swaps in a new config's sites and routes. Pools (idle connections, health) of
@@ -124,17 +151,46 @@ impl Proxy {
 
     /// Handles one request completely. Never panics on network input and never fails:
     /// errors become responses (400, 421, 404, 502, 504).
-    pub async fn serve(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    pub async fn serve(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let start = Instant::now();
+        let request_id = request_id::ensure(req.headers_mut());
         let raw_host = request_host(&req).map(str::to_owned);
+        let mut record: Option<Record> = None;
         // The table guard is dropped before any await: a guard held across a slow
         // upstream would pin the old table and its pools through reloads.
         let (balancer, upstream_timeout, counters, sender) = {
             let table = self.table.load();
+            let trusts = |ip| table.trusted_proxies.iter().any(|c: &Cidr| c.contains(ip));
+            let peer = conn.peer.ip();
+            let client = headers::client_address(req.headers(), peer, trusts);
+            if let Some(format) = table.access {
+                record = Some(Record {
+                    format,
+                    time: SystemTime::now(),
+                    start,
+                    site: None,
+                    client,
+                    method: req.method().clone(),
+                    host: raw_host.clone(),
+                    // Never the query: it may carry tokens.
+                    path: req.uri().path().to_string(),
+                    version: req.version(),
+                    status: 0,
+                    bytes_in: Arc::new(AtomicU64::new(0)),
+                    bytes_out: 0,
+                    upstream: Default::default(),
+                    tls: conn.tls_version,
+                    sni: conn.sni.clone(),
+                    request_id: request_id.clone(),
+                });
+            }
             if let Err(refused) = framing(&req) {
                 table
                     .counters_for(raw_host.as_deref())
                     .count(refused.status);
-                return error_response(refused.status, refused.message);
+                let site = table.site_name(raw_host.as_deref());
+                let response = error_response(refused.status, refused.message);
+                return self.logged(record, site, response);
             }
             let matched = table.router.route(
                 raw_host.as_deref(),
@@ -145,20 +201,22 @@ impl Proxy {
                 Err(err) => {
                     // Errors are the rare path: a second host lookup finds the site.
                     table.counters_for(raw_host.as_deref()).count(err.status());
-                    return route_error(&err);
+                    let site = table.site_name(raw_host.as_deref());
+                    return self.logged(record, site, route_error(&err));
                 }
                 Ok(m) => match &m.route.action {
                     Action::Respond { status, body } => {
                         table.counters[m.site].count(*status);
-                        return text(*status, body.clone());
+                        let site = table.site_names.get(m.site).cloned();
+                        return self.logged(record, site, text(*status, body.clone()));
                     }
                     Action::Proxy(balancer) => {
-                        let trusts =
-                            |ip| table.trusted_proxies.iter().any(|c: &Cidr| c.contains(ip));
-                        let peer = conn.peer.ip();
+                        if let Some(r) = record.as_mut() {
+                            r.site = table.site_names.get(m.site).cloned();
+                        }
                         let sender = forward::Sender {
                             trusted: trusts(peer),
-                            client: headers::client_address(req.headers(), peer, trusts),
+                            client,
                         };
                         (
                             balancer.clone(),
@@ -172,6 +230,10 @@ impl Proxy {
         };
         // `route` succeeded, so there is a host.
         let original_host = raw_host.unwrap_or_default();
+        let traced = record.as_mut().map(|r| forward::Traced {
+            bytes_in: r.bytes_in.clone(),
+            upstream: &mut r.upstream,
+        });
         let response = match forward::forward(
             req,
             conn,
@@ -179,6 +241,7 @@ impl Proxy {
             &original_host,
             balancer,
             upstream_timeout,
+            traced,
         )
         .await
         {
@@ -191,7 +254,26 @@ impl Proxy {
         // Counted when the head is ready, as access logs do; a body cut short later
         // does not change the status the client got.
         counters.count(response.status());
-        response
+        match record {
+            Some(record) => record.finish(response, self.access_log.clone()),
+            None => response,
+        }
+    }
+
+    /// `response`, with its access log line to come when the log is on.
+    fn logged(
+        &self,
+        record: Option<Record>,
+        site: Option<Arc<str>>,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        match record {
+            Some(mut record) => {
+                record.site = site;
+                record.finish(response, self.access_log.clone())
+            }
+            None => response,
+        }
     }
 }
 
@@ -251,6 +333,12 @@ fn build(config: &Config, pools: &Pools, metrics: &Metrics) -> Table {
             .collect(),
         unmatched: metrics.unmatched_counters(),
         trusted_proxies: config.listen.trusted_proxies.clone(),
+        access: config.log.access.then_some(config.log.format),
+        site_names: config
+            .sites
+            .iter()
+            .map(|site| Arc::from(site_id(site)))
+            .collect(),
     }
 }
 

@@ -1,0 +1,557 @@
+//! The access log: one line per request on stdout, written once the response body has
+//! ended (or the client went away), for requests on the TLS listener. The proxy starts
+//! a [`Record`] when a request comes in (with `log.access` on), fills in the site, the
+//! upstream and the status as it learns them, and [`Record::finish`] wraps the response
+//! body so that the line goes out when the body ends or is dropped.
+//!
+//! Never blocking the request path: the line is formatted on the request's own task
+//! into a `String` and handed to one writer thread through a bounded queue
+//! ([`QUEUE`] lines). When the queue is full (stdout is a pipe nobody drains fast
+//! enough) the line is dropped and counted in `portico_access_log_dropped_total`; a
+//! request never waits for the log. The writer takes everything queued at once and
+//! writes it with one `write` to stdout.
+//!
+//! Fields (docs/configuration.md lists them for users): `time` (when the request came
+//! in, UTC, milliseconds), `site`, `client` (the address `X-Real-IP` gets: after
+//! `trusted_proxies` and PROXY protocol), `method`, `host`, `path` (without the query,
+//! which may carry secrets), `proto`, `status`, `bytes_in` and `bytes_out` (body bytes
+//! actually transferred), `duration_ms`, `upstream` and `upstream_ms` (to the
+//! response head), `tls` and `sni`, `request_id`. Never a header other than Host and
+//! `X-Request-Id`: no cookies, no authorization. Text lines are logfmt (`key=value`,
+//! quoted and escaped when a value has a space, a quote, `=`, `\` or anything but
+//! visible ASCII); JSON lines are one object each. No value can end a line early.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, Version};
+use http_body::{Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use crate::body::{Body, BoxError};
+use crate::config::LogFormat;
+use crate::metrics::Metrics;
+
+/// Lines the queue holds before new ones are dropped.
+pub(crate) const QUEUE: usize = 16 * 1024;
+
+/// The most bytes the writer gathers for one `write`.
+const BATCH: usize = 256 * 1024;
+
+type Sink = Box<dyn Write + Send>;
+
+/// The writer thread's end of the log, shared by every request.
+pub(crate) struct AccessLog {
+    /// Where lines go; taken by the writer thread when the first line comes.
+    sink: Mutex<Option<Sink>>,
+    /// Started on the first line, so a process whose config never turns the log on has
+    /// no thread for it; `None` when the thread could not be started.
+    queue: OnceLock<Option<SyncSender<String>>>,
+    /// Lines queued and lines written, so shutdown can wait for the queue to empty.
+    queued: AtomicU64,
+    written: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
+}
+
+impl AccessLog {
+    /// A log that writes to stdout.
+    pub(crate) fn stdout(metrics: Arc<Metrics>) -> AccessLog {
+        AccessLog::to(Box::new(std::io::stdout()), metrics)
+    }
+
+    /// A log that writes to `sink` (tests).
+    pub(crate) fn to(sink: Sink, metrics: Arc<Metrics>) -> AccessLog {
+        AccessLog {
+            sink: Mutex::new(Some(sink)),
+            queue: OnceLock::new(),
+            queued: AtomicU64::new(0),
+            written: Arc::new(AtomicU64::new(0)),
+            metrics,
+        }
+    }
+
+    fn queue(&self) -> Option<&SyncSender<String>> {
+        self.queue
+            .get_or_init(|| {
+                let sink = self
+                    .sink
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()?;
+                let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
+                let written = self.written.clone();
+                match std::thread::Builder::new()
+                    .name("portico-access-log".into())
+                    .spawn(move || write_lines(rx, sink, &written))
+                {
+                    Ok(_) => Some(tx),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start the access log writer; access log lines are dropped");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    /// Queues one line (ending in `\n`), or drops and counts it when the queue is full.
+    pub(crate) fn send(&self, line: String) {
+        let sent = match self.queue() {
+            Some(queue) => match queue.try_send(line) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
+            },
+            None => false,
+        };
+        if sent {
+            self.queued.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.metrics.access_log_dropped();
+        }
+    }
+
+    /// Waits, up to `deadline`, until every queued line is written (at shutdown).
+    pub(crate) async fn drain(&self, deadline: Duration) {
+        let until = Instant::now() + deadline;
+        while self.written.load(Ordering::Acquire) < self.queued.load(Ordering::Relaxed)
+            && Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// The writer thread: block for a line, take whatever else is queued, one write.
+fn write_lines(rx: Receiver<String>, mut sink: Sink, written: &AtomicU64) {
+    let mut batch = String::with_capacity(BATCH);
+    while let Ok(line) = rx.recv() {
+        batch.push_str(&line);
+        let mut lines = 1;
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(line) => {
+                    batch.push_str(&line);
+                    lines += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        // A closed stdout loses the log, not the proxy: the lines count as written so
+        // shutdown does not wait for them.
+        let _ = sink.write_all(batch.as_bytes()).and_then(|()| sink.flush());
+        written.fetch_add(lines, Ordering::Release);
+        batch.clear();
+    }
+}
+
+/// What the upstream did, for the log line.
+#[derive(Debug, Default)]
+pub(crate) struct UpstreamTrace {
+    /// The last upstream tried (`host:port` as configured).
+    pub upstream: Option<String>,
+    /// From sending the request to the response head, when one came.
+    pub head: Option<Duration>,
+}
+
+/// One request's line, filled in as the request goes.
+pub(crate) struct Record {
+    pub format: LogFormat,
+    pub time: SystemTime,
+    pub start: Instant,
+    pub site: Option<Arc<str>>,
+    pub client: IpAddr,
+    pub method: Method,
+    pub host: Option<String>,
+    pub path: String,
+    pub version: Version,
+    pub status: u16,
+    /// Request body bytes read so far; the forwarding body adds to it.
+    pub bytes_in: Arc<AtomicU64>,
+    pub bytes_out: u64,
+    pub upstream: UpstreamTrace,
+    pub tls: Option<&'static str>,
+    pub sni: Option<Arc<str>>,
+    pub request_id: HeaderValue,
+}
+
+impl Record {
+    /// Wraps `response`'s body: the line is sent when it ends or is dropped.
+    pub(crate) fn finish(
+        mut self,
+        response: Response<Body>,
+        log: Arc<AccessLog>,
+    ) -> Response<Body> {
+        self.status = response.status().as_u16();
+        let (parts, body) = response.into_parts();
+        let body = Logged {
+            inner: body,
+            record: Some(Box::new(self)),
+            log,
+        };
+        Response::from_parts(parts, body.boxed())
+    }
+
+    /// The line, `\n` included.
+    pub(crate) fn line(&self, duration: Duration) -> String {
+        match self.format {
+            LogFormat::Text => self.text(duration),
+            LogFormat::Json => self.json(duration),
+        }
+    }
+
+    fn text(&self, duration: Duration) -> String {
+        let mut out = String::with_capacity(320);
+        out.push_str("time=");
+        push_time(&mut out, self.time);
+        let mut field = |key: &str, value: Option<&str>| {
+            out.push(' ');
+            out.push_str(key);
+            out.push('=');
+            match value {
+                Some(v) => push_logfmt(&mut out, v),
+                None => out.push('-'),
+            }
+        };
+        field("site", self.site.as_deref());
+        field("client", Some(&self.client.to_string()));
+        field("method", Some(self.method.as_str()));
+        field("host", self.host.as_deref());
+        field("path", Some(&self.path));
+        field("proto", Some(protocol(self.version)));
+        field("status", Some(&self.status.to_string()));
+        field(
+            "bytes_in",
+            Some(&self.bytes_in.load(Ordering::Relaxed).to_string()),
+        );
+        field("bytes_out", Some(&self.bytes_out.to_string()));
+        field("duration_ms", Some(&millis(duration)));
+        field("upstream", self.upstream.upstream.as_deref());
+        field("upstream_ms", self.upstream.head.map(millis).as_deref());
+        field("tls", self.tls);
+        field("sni", self.sni.as_deref());
+        field("request_id", self.request_id.to_str().ok());
+        out.push('\n');
+        out
+    }
+
+    fn json(&self, duration: Duration) -> String {
+        let mut time = String::with_capacity(24);
+        push_time(&mut time, self.time);
+        let line = JsonLine {
+            time: &time,
+            site: self.site.as_deref(),
+            client: self.client,
+            method: self.method.as_str(),
+            host: self.host.as_deref(),
+            path: &self.path,
+            proto: protocol(self.version),
+            status: self.status,
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            upstream: self.upstream.upstream.as_deref(),
+            upstream_ms: self.upstream.head.map(|d| d.as_secs_f64() * 1000.0),
+            tls: self.tls,
+            sni: self.sni.as_deref(),
+            request_id: self.request_id.to_str().ok(),
+        };
+        // Serializing borrowed strings and numbers cannot fail.
+        let mut out = serde_json::to_string(&line).unwrap_or_default();
+        out.push('\n');
+        out
+    }
+}
+
+#[derive(serde::Serialize)]
+struct JsonLine<'a> {
+    time: &'a str,
+    site: Option<&'a str>,
+    client: IpAddr,
+    method: &'a str,
+    host: Option<&'a str>,
+    path: &'a str,
+    proto: &'static str,
+    status: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: f64,
+    upstream: Option<&'a str>,
+    upstream_ms: Option<f64>,
+    tls: Option<&'static str>,
+    sni: Option<&'a str>,
+    request_id: Option<&'a str>,
+}
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
+}
+
+fn millis(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1000.0)
+}
+
+/// `2026-12-06T19:47:37.123Z`.
+fn push_time(out: &mut String, time: SystemTime) {
+    let t = time::OffsetDateTime::from(time);
+    let _ = write!(
+        out,
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    );
+}
+
+/// A logfmt value: bare when it is visible ASCII without `"`, `=` and `\`; else
+/// quoted, with `"` and `\` escaped and every other byte outside visible ASCII written
+/// `\xNN`, so no value can start a field or a line of its own.
+fn push_logfmt(out: &mut String, value: &str) {
+    let bare = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'=' | b'\\'));
+    if bare {
+        out.push_str(value);
+        return;
+    }
+    out.push('"');
+    for b in value.bytes() {
+        match b {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b' ' => out.push(' '),
+            b if b.is_ascii_graphic() => out.push(char::from(b)),
+            b => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// A response body that counts what it passes and sends the log line when it ends or
+/// is dropped (the client went away), whichever comes first.
+struct Logged {
+    inner: Body,
+    record: Option<Box<Record>>,
+    log: Arc<AccessLog>,
+}
+
+impl Logged {
+    fn emit(&mut self) {
+        if let Some(record) = self.record.take() {
+            self.log.send(record.line(record.start.elapsed()));
+        }
+    }
+}
+
+impl http_body::Body for Logged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(record)) = (frame.data_ref(), self.record.as_mut()) {
+                    record.bytes_out += data.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.emit();
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.emit(),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        self.emit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::full;
+
+    /// A sink tests can read.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn record(format: LogFormat) -> Record {
+        Record {
+            format,
+            time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_765_050_457_123),
+            start: Instant::now(),
+            site: Some(Arc::from("a.test")),
+            client: "203.0.113.7".parse().unwrap(),
+            method: Method::POST,
+            host: Some("a.test".to_string()),
+            path: "/p".to_string(),
+            version: Version::HTTP_2,
+            status: 201,
+            bytes_in: Arc::new(AtomicU64::new(5)),
+            bytes_out: 0,
+            upstream: UpstreamTrace {
+                upstream: Some("127.0.0.1:3000".to_string()),
+                head: Some(Duration::from_micros(1500)),
+            },
+            tls: Some("TLSv1.3"),
+            sni: Some(Arc::from("a.test")),
+            request_id: HeaderValue::from_static("abc"),
+        }
+    }
+
+    #[test]
+    fn text_and_json_lines_carry_every_field() {
+        let mut r = record(LogFormat::Text);
+        r.bytes_out = 12;
+        let text = r.line(Duration::from_millis(2));
+        assert_eq!(
+            text,
+            "time=2025-12-06T19:47:37.123Z site=a.test client=203.0.113.7 method=POST host=a.test path=/p proto=HTTP/2 status=201 bytes_in=5 bytes_out=12 duration_ms=2.000 upstream=127.0.0.1:3000 upstream_ms=1.500 tls=TLSv1.3 sni=a.test request_id=abc\n"
+        );
+        let mut r = record(LogFormat::Json);
+        r.bytes_out = 12;
+        let json = r.line(Duration::from_millis(2));
+        assert!(json.ends_with("}\n") && json.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["time"], "2025-12-06T19:47:37.123Z");
+        assert_eq!(v["client"], "203.0.113.7");
+        assert_eq!(v["status"], 201);
+        assert_eq!(v["bytes_in"], 5);
+        assert_eq!(v["upstream_ms"], 1.5);
+        assert_eq!(v["request_id"], "abc");
+        assert_eq!(v.as_object().unwrap().len(), 16);
+    }
+
+    #[test]
+    fn missing_values_are_dashes_and_odd_ones_cannot_break_the_line() {
+        let mut r = record(LogFormat::Text);
+        r.site = None;
+        r.upstream = UpstreamTrace::default();
+        r.host = Some("a b\n=\"x\\".to_string());
+        r.path = "/é".to_string();
+        let line = r.line(Duration::ZERO);
+        assert!(line.contains(" site=- "), "{line}");
+        assert!(line.contains(" upstream=- upstream_ms=- "), "{line}");
+        assert!(line.contains(r#" host="a b\x0a=\"x\\" "#), "{line}");
+        assert!(line.contains(r#" path="/\xc3\xa9" "#), "{line}");
+        assert_eq!(line.matches('\n').count(), 1);
+        let mut r = record(LogFormat::Json);
+        r.host = Some("a\nb".to_string());
+        let line = r.line(Duration::ZERO);
+        assert_eq!(line.matches('\n').count(), 1, "{line}");
+    }
+
+    #[tokio::test]
+    async fn the_line_goes_out_when_the_body_ends_and_once() {
+        let sink = Shared::default();
+        let log = Arc::new(AccessLog::to(
+            Box::new(sink.clone()),
+            Arc::new(Metrics::new()),
+        ));
+        let response = Response::new(full("hello"));
+        let response = record(LogFormat::Text).finish(response, log.clone());
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "hello");
+        log.drain(Duration::from_secs(10)).await;
+        let written = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(written.lines().count(), 1, "{written}");
+        assert!(written.contains(" status=200 "), "{written}");
+        assert!(written.contains(" bytes_out=5 "), "{written}");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_body_is_logged_with_what_was_sent() {
+        let sink = Shared::default();
+        let log = Arc::new(AccessLog::to(
+            Box::new(sink.clone()),
+            Arc::new(Metrics::new()),
+        ));
+        let response = record(LogFormat::Json).finish(Response::new(full("x")), log.clone());
+        drop(response);
+        log.drain(Duration::from_secs(10)).await;
+        let written = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(written.trim()).unwrap();
+        assert_eq!(v["bytes_out"], 0);
+    }
+
+    /// A writer that never returns: the queue fills, and requests go on, counted.
+    #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        struct Stuck(std::sync::mpsc::Receiver<()>);
+        impl Write for Stuck {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                let _ = self.0.recv();
+                Err(std::io::ErrorKind::BrokenPipe.into())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (release, stuck) = std::sync::mpsc::channel();
+        let metrics = Arc::new(Metrics::new());
+        let log = AccessLog::to(Box::new(Stuck(stuck)), metrics.clone());
+        // The writer takes at most one batch off the queue before it is stuck.
+        let batch_lines = BATCH / 2 + 1;
+        for _ in 0..QUEUE + batch_lines + 10 {
+            log.send("xx\n".to_string());
+        }
+        assert!(
+            metrics.access_log_drops() >= 10,
+            "{}",
+            metrics.access_log_drops()
+        );
+        assert!(
+            metrics
+                .render()
+                .contains("portico_access_log_dropped_total ")
+        );
+        drop(release);
+    }
+}
