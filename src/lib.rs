@@ -39,6 +39,7 @@
 //!
 //! ```text
 //! server                       assembly, start-up order, graceful shutdown
+//! trust                        the local CA's root in the system trust store (CLI)
 //! admin, reload                the admin listener; SIGHUP and config file changes
 //! certs, listener              the certificate scheduler; sockets, TLS, HTTP, port 80
 //! acme                         accounts, orders, challenges, renewal
@@ -53,7 +54,7 @@
 //!
 //! Public, for embedding portico and for its tests: [`config`], [`server`], [`store`],
 //! [`certs`], [`acme`], [`tls`], [`metrics`], [`objects`], [`proxy`], [`reload`],
-//! [`body`], [`report`]. The rest is the crate's own. The rules these modules
+//! [`body`], [`report`], [`trust`]. The rest is the crate's own. The rules these modules
 //! implement, for users, are in the repository's `docs/`.
 
 mod access_log;
@@ -74,6 +75,7 @@ pub mod server;
 mod shutdown;
 pub mod store;
 pub mod tls;
+pub mod trust;
 mod uri;
 mod workers;
 
