@@ -2,7 +2,8 @@
 //! ended (or the client went away), for requests on the TLS listener. The proxy starts
 //! a [`Record`] when a request comes in (with `log.access` on), fills in the site, the
 //! upstream and the status as it learns them, and [`Record::finish`] wraps the response
-//! body so that the line goes out when the body ends or is dropped.
+//! body so that the line goes out when the body ends or is dropped. A request dropped
+//! before its response head (the client left first) is logged with status 499.
 //!
 //! Never blocking the request path: the line is formatted on the request's own task
 //! into a `String` and handed to one writer thread through a bounded queue
@@ -160,6 +161,45 @@ pub(crate) struct UpstreamTrace {
     /// From sending the request to the response head, when one came.
     pub head: Option<Duration>,
 }
+
+/// A request's line until its response head is ready. Dropped before that (the client
+/// went away while the upstream was still working: hyper drops the request's future),
+/// it sends the line with status 499, nginx's "client closed request". Holds nothing
+/// when the access log is off.
+#[derive(Default)]
+pub(crate) struct Pending(Option<(Record, Arc<AccessLog>)>);
+
+impl Pending {
+    /// A line to come for `record`, written to `log`.
+    pub(crate) fn new(record: Record, log: &Arc<AccessLog>) -> Pending {
+        Pending(Some((record, log.clone())))
+    }
+
+    /// The record, to fill in (`None` when the log is off).
+    pub(crate) fn record(&mut self) -> Option<&mut Record> {
+        self.0.as_mut().map(|(record, _)| record)
+    }
+
+    /// The response, whose body sends the line when it ends.
+    pub(crate) fn finish(mut self, response: Response<Body>) -> Response<Body> {
+        match self.0.take() {
+            Some((record, log)) => record.finish(response, log),
+            None => response,
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some((mut record, log)) = self.0.take() {
+            record.status = CLIENT_CLOSED;
+            log.send(record.line(record.start.elapsed()));
+        }
+    }
+}
+
+/// The status logged for a request whose client left before the response head.
+pub(crate) const CLIENT_CLOSED: u16 = 499;
 
 /// One request's line, filled in as the request goes.
 pub(crate) struct Record {
@@ -519,6 +559,25 @@ mod tests {
         let written = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         let v: serde_json::Value = serde_json::from_str(written.trim()).unwrap();
         assert_eq!(v["bytes_out"], 0);
+    }
+
+    #[tokio::test]
+    async fn a_request_dropped_before_its_head_is_logged_as_499() {
+        let sink = Shared::default();
+        let log = Arc::new(AccessLog::to(
+            Box::new(sink.clone()),
+            Arc::new(Metrics::new()),
+        ));
+        let mut pending = Pending::new(record(LogFormat::Text), &log);
+        pending.record().unwrap().path = "/gone".to_string();
+        drop(pending);
+        let off = Pending::default();
+        drop(off);
+        log.drain(Duration::from_secs(10)).await;
+        let written = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(written.lines().count(), 1, "{written}");
+        assert!(written.contains(" path=/gone "), "{written}");
+        assert!(written.contains(" status=499 "), "{written}");
     }
 
     /// A writer that never returns: the queue fills, and requests go on, counted.

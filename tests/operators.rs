@@ -169,6 +169,26 @@ async fn proxy_one_liner_logs_each_request_and_passes_request_ids() {
         replaced.push(id);
     }
 
+    // A client that gives up before the upstream answers (it waits a minute on /slow)
+    // still gets its line, with nginx's 499.
+    let (code, _, _) = curl(
+        &[
+            "--resolve",
+            &resolve,
+            "--cacert",
+            root.to_str().unwrap(),
+            "--max-time",
+            "2",
+            &format!("{base}/slow"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 28, "curl timed out");
+    let line = wait_line(&stdout, |l| l.contains(" path=/slow "));
+    assert!(line.contains(" status=499 "), "{line}");
+    assert!(line.contains(&format!(" upstream={upstream} ")), "{line}");
+    assert!(line.contains(" upstream_ms=- "), "{line}");
+
     let line = wait_line(&stdout, |l| l.contains(" path=/kept "));
     for field in [
         "site=app.localhost ",

@@ -42,7 +42,7 @@ use http::header;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::access_log::{AccessLog, Record};
+use crate::access_log::{AccessLog, Pending, Record};
 use crate::body::{Body, text};
 use crate::config::{Cidr, Config, HostPattern, LogFormat};
 use crate::metrics::{Metrics, SiteCounters};
@@ -155,7 +155,8 @@ impl Proxy {
         let start = Instant::now();
         let request_id = request_id::ensure(req.headers_mut());
         let raw_host = request_host(&req).map(str::to_owned);
-        let mut record: Option<Record> = None;
+        // Sends its line with status 499 if this future is dropped before the head.
+        let mut pending = Pending::default();
         // The table guard is dropped before any await: a guard held across a slow
         // upstream would pin the old table and its pools through reloads.
         let (balancer, upstream_timeout, counters, sender) = {
@@ -164,7 +165,7 @@ impl Proxy {
             let peer = conn.peer.ip();
             let client = headers::client_address(req.headers(), peer, trusts);
             if let Some(format) = table.access {
-                record = Some(Record {
+                let record = Record {
                     format,
                     time: SystemTime::now(),
                     start,
@@ -182,7 +183,8 @@ impl Proxy {
                     tls: conn.tls_version,
                     sni: conn.sni.clone(),
                     request_id: request_id.clone(),
-                });
+                };
+                pending = Pending::new(record, &self.access_log);
             }
             if let Err(refused) = framing(&req) {
                 table
@@ -190,7 +192,7 @@ impl Proxy {
                     .count(refused.status);
                 let site = table.site_name(raw_host.as_deref());
                 let response = error_response(refused.status, refused.message);
-                return self.logged(record, site, response);
+                return logged(pending, site, response);
             }
             let matched = table.router.route(
                 raw_host.as_deref(),
@@ -202,16 +204,16 @@ impl Proxy {
                     // Errors are the rare path: a second host lookup finds the site.
                     table.counters_for(raw_host.as_deref()).count(err.status());
                     let site = table.site_name(raw_host.as_deref());
-                    return self.logged(record, site, route_error(&err));
+                    return logged(pending, site, route_error(&err));
                 }
                 Ok(m) => match &m.route.action {
                     Action::Respond { status, body } => {
                         table.counters[m.site].count(*status);
                         let site = table.site_names.get(m.site).cloned();
-                        return self.logged(record, site, text(*status, body.clone()));
+                        return logged(pending, site, text(*status, body.clone()));
                     }
                     Action::Proxy(balancer) => {
-                        if let Some(r) = record.as_mut() {
+                        if let Some(r) = pending.record() {
                             r.site = table.site_names.get(m.site).cloned();
                         }
                         let sender = forward::Sender {
@@ -230,7 +232,7 @@ impl Proxy {
         };
         // `route` succeeded, so there is a host.
         let original_host = raw_host.unwrap_or_default();
-        let traced = record.as_mut().map(|r| forward::Traced {
+        let traced = pending.record().map(|r| forward::Traced {
             bytes_in: r.bytes_in.clone(),
             upstream: &mut r.upstream,
         });
@@ -254,27 +256,20 @@ impl Proxy {
         // Counted when the head is ready, as access logs do; a body cut short later
         // does not change the status the client got.
         counters.count(response.status());
-        match record {
-            Some(record) => record.finish(response, self.access_log.clone()),
-            None => response,
-        }
+        pending.finish(response)
     }
+}
 
-    /// `response`, with its access log line to come when the log is on.
-    fn logged(
-        &self,
-        record: Option<Record>,
-        site: Option<Arc<str>>,
-        response: Response<Body>,
-    ) -> Response<Body> {
-        match record {
-            Some(mut record) => {
-                record.site = site;
-                record.finish(response, self.access_log.clone())
-            }
-            None => response,
-        }
+/// `response`, with its access log line to come when the log is on.
+fn logged(
+    mut pending: Pending,
+    site: Option<Arc<str>>,
+    response: Response<Body>,
+) -> Response<Body> {
+    if let Some(record) = pending.record() {
+        record.site = site;
     }
+    pending.finish(response)
 }
 
 /// A request refused for its framing before routing.
