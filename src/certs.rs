@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 use crate::acme::AcmeManager;
 use crate::acme::Challenges;
 use crate::acme::Tuning;
-use crate::config::{Config, Site, TlsSource};
+use crate::config::{Config, SecretPem, Site, TlsSource};
 use crate::metrics::Metrics;
 use crate::objects::{
     ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT, ObjectError, cert_object, cert_object_name,
@@ -43,6 +43,14 @@ pub enum CertError {
     /// Replicas kept racing to create the local CA.
     #[error("the local CA was neither readable nor creatable in the store after 3 tries")]
     LocalCa,
+    /// A certificate handed over (a Secret) does not name one of the site's hosts.
+    #[error("{what}: the certificate does not cover {host}")]
+    NotCovered {
+        /// Where the certificate came from.
+        what: String,
+        /// The host it leaves out.
+        host: String,
+    },
 }
 
 /// Aborts a task when dropped, so it ends with its owner.
@@ -112,6 +120,7 @@ impl CertManager {
             .map(|site| async move {
                 let result = match &site.tls {
                     TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
+                    TlsSource::Secret(pem) => self.install_secret(site, pem),
                     TlsSource::Internal | TlsSource::Acme => self.load_stored_parallel(site).await,
                 };
                 if let Err(e) = result {
@@ -166,6 +175,7 @@ impl CertManager {
                 .remove(&id);
             let result = match &site.tls {
                 TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
+                TlsSource::Secret(pem) => self.install_secret(site, pem),
                 TlsSource::Internal | TlsSource::Acme => {
                     self.load_stored(site).await.map(|served| {
                         if !served && before.is_some() {
@@ -192,6 +202,8 @@ impl CertManager {
         for site in &config.sites {
             let result = match &site.tls {
                 TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
+                // Installed when the Secret changes (a reload of the cluster's sites).
+                TlsSource::Secret(_) => Ok(()),
                 TlsSource::Internal => self.sync_internal(site, now).await,
                 // Runs in the background; failures are the ACME manager's to report.
                 TlsSource::Acme => {
@@ -301,6 +313,28 @@ impl CertManager {
                 tracing::info!(site = %id, object = %name, "serving a certificate from the store");
             }
         }
+    }
+
+    /// Serves a Secret's certificate when it parses and covers every host of the site;
+    /// otherwise the error is returned and whatever served the site before keeps
+    /// serving.
+    fn install_secret(&self, site: &Site, pem: &SecretPem) -> Result<(), CertError> {
+        let what = format!("Secret {}", pem.origin);
+        let loaded = load_pem(&what, &pem.chain, &pem.key)?;
+        if let Some(host) = site
+            .hosts
+            .iter()
+            .find(|h| !crate::tls::leaf_covers(&loaded, h))
+        {
+            return Err(CertError::NotCovered {
+                what,
+                host: host.to_string(),
+            });
+        }
+        let id = site_id(site);
+        self.resolver.install(&id, loaded.key, loaded.not_after);
+        tracing::info!(site = %id, secret = %pem.origin, "serving the certificate of a Secret");
+        Ok(())
     }
 
     fn sync_files(&self, site: &Site) -> Result<bool, CertError> {

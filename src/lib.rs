@@ -62,6 +62,7 @@ pub mod acme;
 mod admin;
 pub mod body;
 pub mod certs;
+mod cluster;
 pub mod config;
 mod listener;
 pub mod metrics;

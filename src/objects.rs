@@ -134,6 +134,7 @@ fn source_name(tls: &TlsSource) -> &'static str {
         TlsSource::Acme => "acme",
         TlsSource::Internal => "internal",
         TlsSource::Files { .. } => "files",
+        TlsSource::Secret(_) => "secret",
     }
 }
 

@@ -60,7 +60,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::{Mutex, watch};
 
 use crate::certs::CertManager;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, HostPattern, Site};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::report::Chain;
@@ -102,7 +102,7 @@ struct Inner {
     seen: Mutex<Seen>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Seen {
     /// The content of the last version reloaded from (or the one running at start).
     /// `None`: unknown, so the watcher's first settled look reloads.
@@ -110,6 +110,10 @@ struct Seen {
     /// A version the watcher saw differ from `tried`; reloaded if still the same at the
     /// next look.
     pending: Option<FileVersion>,
+    /// The running config as the file makes it (without the cluster's sites).
+    file: Config,
+    /// The sites the cluster's objects make ([`Reloader::apply_cluster`]).
+    cluster: Vec<Site>,
 }
 
 /// The SHA-256 of the file's bytes, or why it could not be read.
@@ -164,6 +168,7 @@ impl Reloader {
             .and_then(|t| Config::parse(&path, &t).ok())
             .filter(|c| c == config.load().as_ref())
             .map(|_| version.content);
+        let file = config.load().as_ref().clone();
         Reloader {
             inner: Arc::new(Inner {
                 path,
@@ -174,6 +179,8 @@ impl Reloader {
                 seen: Mutex::new(Seen {
                     tried,
                     pending: None,
+                    file,
+                    cluster: Vec::new(),
                 }),
             }),
         }
@@ -190,6 +197,25 @@ impl Reloader {
         let mut seen = self.inner.seen.lock().await;
         let (version, text) = read(&self.inner.path);
         self.inner.reload(&mut seen, version, text).await
+    }
+
+    /// Replaces the sites made from the cluster's objects and applies them, merged with
+    /// the file's, as a reload does; returns what changed.
+    pub(crate) async fn apply_cluster(&self, sites: Vec<Site>) -> ReloadOutcome {
+        let mut seen = self.inner.seen.lock().await;
+        seen.cluster = sites;
+        let old = self.inner.config.load_full();
+        let (new, outcome) = plan(&old, merged(seen.file.clone(), &seen.cluster));
+        self.inner.apply(&old, new, &outcome).await;
+        if outcome.applied {
+            tracing::info!(
+                added = ?outcome.added,
+                removed = ?outcome.removed,
+                changed = ?outcome.changed,
+                "cluster: sites updated"
+            );
+        }
+        outcome
     }
 
     /// Looks at the config file every [`POLL_INTERVAL`] and reloads it when it changed,
@@ -253,7 +279,8 @@ impl Inner {
             }
         };
         let old = self.config.load_full();
-        let (new, outcome) = plan(&old, new);
+        let from_file = new.sites.len();
+        let (new, outcome) = plan(&old, merged(new, &seen.cluster));
         for key in &outcome.needs_restart {
             tracing::warn!(
                 key,
@@ -261,12 +288,10 @@ impl Inner {
                 "changing {key} needs a restart; the running value is kept and the rest applied"
             );
         }
-        if outcome.applied {
-            let new = Arc::new(new);
-            self.config.store(new.clone());
-            self.proxy.update(&new);
-            self.certs.reload(&old, &new).await;
-        }
+        let mut file = new.clone();
+        file.sites.truncate(from_file);
+        seen.file = file;
+        self.apply(&old, new, &outcome).await;
         self.metrics.config_reload(true);
         tracing::info!(
             file = %self.path.display(),
@@ -278,6 +303,41 @@ impl Inner {
         );
         Ok(outcome)
     }
+}
+
+impl Inner {
+    async fn apply(&self, old: &Config, new: Config, outcome: &ReloadOutcome) {
+        if outcome.applied {
+            let new = Arc::new(new);
+            self.config.store(new.clone());
+            self.proxy.update(&new);
+            self.certs.reload(old, &new).await;
+        }
+    }
+}
+
+/// `file` with the cluster's sites after its own; a host the file serves is taken out of
+/// the cluster's sites (the file wins), and a site left with no host is dropped.
+fn merged(mut file: Config, cluster: &[Site]) -> Config {
+    let taken: std::collections::HashSet<HostPattern> = file
+        .sites
+        .iter()
+        .flat_map(|s| s.hosts.iter().cloned())
+        .collect();
+    for site in cluster {
+        let mut site = site.clone();
+        site.hosts.retain(|h| {
+            let free = !taken.contains(h);
+            if !free {
+                tracing::warn!(host = %h, "cluster: the host is a site of the config file, which wins over Ingresses");
+            }
+            free
+        });
+        if !site.hosts.is_empty() {
+            file.sites.push(site);
+        }
+    }
+    file
 }
 
 /// The config to run after a reload from `old` to `new`, and what changes. Values that

@@ -14,9 +14,11 @@
 //! - the host comes from the request URI's authority when there is one (HTTP/2
 //!   `:authority`, HTTP/1.1 absolute-form), else from the `Host` header, as RFC 9112
 //!   §3.2.2 says; a request with neither gets 400;
-//! - route paths are plain byte prefixes of the normalised path ([`crate::uri::path`]: escapes of
+//! - TOML route paths are plain byte prefixes of the normalised path ([`crate::uri::path`]: escapes of
 //!   unreserved characters decoded, `//` merged, dot segments removed), like nginx's
 //!   `location /prefix` without regex; a path with no safe normal form gets 400;
+//! - Ingress paths match as the Ingress spec says ([`PathMatch`]): the longest path
+//!   first, `Exact` before `Prefix` at one length, a `defaultBackend` last;
 //! - a Host that no site covers and a Host that the connection's certificate does not
 //!   cover both get 421, with bodies that say which.
 
@@ -25,7 +27,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use http::{StatusCode, header};
 
-use crate::config::{Config, HostPattern, RouteAction, Upstream, UpstreamProtocol};
+use crate::config::{Config, HostPattern, PathMatch, RouteAction, Upstream, UpstreamProtocol};
 use crate::uri::host::normalize as normalize_host;
 use crate::uri::path;
 
@@ -67,14 +69,15 @@ pub(crate) enum Action<T> {
 
 #[derive(Debug)]
 pub(crate) struct Route<T> {
-    /// The path prefix, starting with `/`.
-    pub prefix: String,
+    /// The path, starting with `/`, and how it is matched.
+    pub path: String,
+    pub matching: PathMatch,
     pub action: Action<T>,
 }
 
 #[derive(Debug)]
 struct SiteRoutes<T> {
-    /// Longest prefix first, so the first match is the longest.
+    /// In [`PathMatch::precedence`] order, so the first match is the one to take.
     routes: Vec<Route<T>>,
 }
 
@@ -119,7 +122,8 @@ impl<T> Router<T> {
                 .routes
                 .iter()
                 .map(|route| Route {
-                    prefix: route.path.clone(),
+                    path: route.path.clone(),
+                    matching: route.matching,
                     action: match &route.action {
                         RouteAction::Respond { status, body } => Action::Respond {
                             status: *status,
@@ -133,7 +137,7 @@ impl<T> Router<T> {
                 })
                 .collect();
             // The config sorts already; sorting again keeps the router correct on its own.
-            routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+            routes.sort_by_key(|r| r.matching.precedence(&r.path));
             sites.push(SiteRoutes { routes });
         }
         Router {
@@ -167,7 +171,7 @@ impl<T> Router<T> {
         let route = self.sites[site]
             .routes
             .iter()
-            .find(|r| path.starts_with(r.prefix.as_str()))
+            .find(|r| r.matching.matches(&r.path, &path))
             .ok_or(RouteError::NoRoute)?;
         Ok(Matched { route, site })
     }

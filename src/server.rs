@@ -11,7 +11,8 @@
 //!
 //! Readiness (`/readyz` on the optional admin listener): set in [`Server::run`] just
 //! before accepting, i.e. once every listener is bound, the config is loaded and the
-//! stored certificates are in the resolver; cleared when shutdown starts.
+//! stored certificates are in the resolver, and with `[kubernetes]` once the cluster's
+//! objects are listed and their sites applied; cleared when shutdown starts.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,6 +27,8 @@ use crate::acme::Challenges;
 use crate::acme::Tuning;
 use crate::admin::AdminListener;
 use crate::certs::CertManager;
+use crate::cluster::Cluster;
+pub use crate::cluster::ClusterError;
 use crate::config::{Config, Storage};
 use crate::listener::Connections;
 pub use crate::listener::ListenError;
@@ -53,6 +56,10 @@ pub enum ServerError {
     /// The TLS configuration could not be built.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// `[kubernetes]` is set and the cluster cannot be reached with the credentials at
+    /// hand.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// The worker threads could not be started.
     #[error("cannot start the worker threads")]
     Workers {
@@ -96,6 +103,7 @@ pub struct Server {
     challenges: Arc<Challenges>,
     certs: Arc<CertManager>,
     reloader: Reloader,
+    cluster: Option<Cluster>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
@@ -119,6 +127,10 @@ impl Server {
         locker: Arc<dyn Locker>,
         tuning: Tuning,
     ) -> Result<Server, ServerError> {
+        let cluster = match &config.kubernetes {
+            Some(settings) => Some(Cluster::connect(settings).await?),
+            None => None,
+        };
         let https = bind(config.listen.https).await?;
         let http = bind(config.listen.http).await?;
         let admin = match config.listen.admin {
@@ -157,6 +169,7 @@ impl Server {
             resolver,
             challenges,
             certs,
+            cluster,
         })
     }
 
@@ -244,8 +257,23 @@ impl Server {
         });
         let admin = admin.map(|a| tokio::spawn(a.run(stop_rx.clone())));
         // Listeners bound, config loaded, stored certificates in the resolver (bind did
-        // both): ready.
-        self.metrics.set_ready(true);
+        // both): ready, once the cluster's objects (if any) are listed and applied.
+        match self.cluster {
+            None => self.metrics.set_ready(true),
+            Some(cluster) => {
+                let mut synced = cluster.start(self.reloader.clone(), stop_rx.clone());
+                let metrics = self.metrics.clone();
+                let stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    if synced.wait_for(|done| *done).await.is_ok()
+                        && *stop.borrow() == Phase::Serving
+                    {
+                        tracing::info!("cluster: every watched kind listed and applied");
+                        metrics.set_ready(true);
+                    }
+                });
+            }
+        }
         https
             .start(&workers, stop_rx.clone())
             .map_err(|source| ServerError::Workers { source })?;

@@ -2,7 +2,8 @@
 //! them) are valid Kubernetes objects and agree with the code, the Dockerfile and
 //! docs/kubernetes.md: the ConfigMap is a config portico accepts, the pod's ports and probes are
 //! the ones that config serves, the config folder is mounted the way reloads need, the
-//! Role grants exactly the documented rights, which are enough for a replica to turn ready,
+//! Role and the ClusterRole grant exactly the documented rights, which are enough for a
+//! replica to turn ready and serve an Ingress (and each ClusterRole rule is needed),
 //! and the pod runs as the image's user with nothing more than it needs.
 //!
 //! Facts about the Dockerfile alone live in `tests/packaging.rs`.
@@ -19,6 +20,49 @@ use common::control_plane::control_plane;
 use common::deploy::{manifests, object, role_rules};
 use portico::config::{Config, Storage, TlsSource};
 use serde_json::Value;
+
+/// docs/kubernetes.md, "RBAC": cluster-wide reads for serving Ingresses.
+const DOCUMENTED_CLUSTER_RULES: [(&str, &str, &[&str]); 5] = [
+    (
+        "networking.k8s.io",
+        "ingressclasses",
+        &["get", "list", "watch"],
+    ),
+    ("networking.k8s.io", "ingresses", &["get", "list", "watch"]),
+    ("", "services", &["get", "list", "watch"]),
+    (
+        "discovery.k8s.io",
+        "endpointslices",
+        &["get", "list", "watch"],
+    ),
+    ("", "secrets", &["get", "list", "watch"]),
+];
+
+/// The rules of a Role or ClusterRole as (group, resource, verbs), one group and one
+/// resource per rule, no `resourceNames`.
+fn rules_of(role: &Value) -> Vec<(&str, &str, Vec<&str>)> {
+    role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let groups = strings(&r["apiGroups"]);
+            let resources = strings(&r["resources"]);
+            assert_eq!((groups.len(), resources.len()), (1, 1), "{r}");
+            assert!(
+                r.get("resourceNames").is_none(),
+                "portico names its objects as it goes"
+            );
+            (groups[0], resources[0], strings(&r["verbs"]))
+        })
+        .collect()
+}
+
+fn documented(
+    rules: &[(&'static str, &'static str, &'static [&'static str])],
+) -> Vec<(&'static str, &'static str, Vec<&'static str>)> {
+    rules.iter().map(|(g, r, v)| (*g, *r, v.to_vec())).collect()
+}
 
 /// docs/kubernetes.md, "RBAC": in portico's own namespace, secrets
 /// get, list, watch, create, update, delete; leases get, create, update.
@@ -133,7 +177,7 @@ fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(value: &Value) 
 
 #[test]
 fn every_object_is_valid_for_the_kubernetes_api() {
-    use k8s_openapi::api::{apps, core, policy, rbac};
+    use k8s_openapi::api::{apps, core, networking, policy, rbac};
     let mut kinds = Vec::new();
     for object in manifests() {
         let kind = object["kind"].as_str().unwrap();
@@ -144,6 +188,9 @@ fn every_object_is_valid_for_the_kubernetes_api() {
             "Service" => round_trip::<core::v1::Service>(object),
             "Role" => round_trip::<rbac::v1::Role>(object),
             "RoleBinding" => round_trip::<rbac::v1::RoleBinding>(object),
+            "ClusterRole" => round_trip::<rbac::v1::ClusterRole>(object),
+            "ClusterRoleBinding" => round_trip::<rbac::v1::ClusterRoleBinding>(object),
+            "IngressClass" => round_trip::<networking::v1::IngressClass>(object),
             "Deployment" => round_trip::<apps::v1::Deployment>(object),
             "PodDisruptionBudget" => round_trip::<policy::v1::PodDisruptionBudget>(object),
             other => panic!("unexpected kind {other}"),
@@ -155,8 +202,11 @@ fn every_object_is_valid_for_the_kubernetes_api() {
     assert_eq!(
         kinds,
         [
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ConfigMap",
             "Deployment",
+            "IngressClass",
             "Namespace",
             "PodDisruptionBudget",
             "Role",
@@ -343,41 +393,36 @@ fn the_config_folder_is_mounted_whole_where_the_args_point() {
 #[test]
 fn the_role_is_designs_and_bound_to_the_pods_service_account() {
     let namespace = object("Namespace")["metadata"]["name"].as_str().unwrap();
+    // Cluster-wide: the namespace, the IngressClass, and the read-only ClusterRole.
+    const CLUSTER_SCOPED: [&str; 4] = [
+        "Namespace",
+        "IngressClass",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    ];
     for o in manifests() {
-        if o["kind"] != "Namespace" {
+        if CLUSTER_SCOPED.contains(&o["kind"].as_str().unwrap()) {
+            assert!(o["metadata"].get("namespace").is_none(), "{}", o["kind"]);
+        } else {
             assert_eq!(o["metadata"]["namespace"], namespace, "{}", o["kind"]);
         }
-        assert!(
-            !["ClusterRole", "ClusterRoleBinding"].contains(&o["kind"].as_str().unwrap()),
-            "nothing cluster-wide"
-        );
     }
     let role = object("Role");
-    let rules: Vec<(&str, &str, Vec<&str>)> = role["rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let groups = strings(&r["apiGroups"]);
-            let resources = strings(&r["resources"]);
-            assert_eq!((groups.len(), resources.len()), (1, 1), "{r}");
-            assert!(
-                r.get("resourceNames").is_none(),
-                "portico names its objects as it goes"
-            );
-            (groups[0], resources[0], strings(&r["verbs"]))
-        })
-        .collect();
-    let documented: Vec<(&str, &str, Vec<&str>)> = DOCUMENTED_RULES
-        .iter()
-        .map(|(g, r, v)| (*g, *r, v.to_vec()))
-        .collect();
-    assert_eq!(rules, documented);
-    let documented: Vec<(String, Vec<String>)> = DOCUMENTED_RULES
+    assert_eq!(rules_of(role), documented(&DOCUMENTED_RULES));
+    let documented_role: Vec<(String, Vec<String>)> = DOCUMENTED_RULES
         .iter()
         .map(|(_, r, v)| (r.to_string(), v.iter().map(|s| s.to_string()).collect()))
         .collect();
-    assert_eq!(role_rules(), documented);
+    assert_eq!(role_rules(), documented_role);
+    let cluster_role = object("ClusterRole");
+    let reads = rules_of(cluster_role);
+    assert_eq!(reads, documented(&DOCUMENTED_CLUSTER_RULES));
+    assert!(
+        reads
+            .iter()
+            .all(|(_, _, verbs)| *verbs == ["get", "list", "watch"]),
+        "cluster-wide, portico only reads"
+    );
 
     let account = pod_spec()["serviceAccountName"].as_str().unwrap();
     let service_account = object("ServiceAccount");
@@ -385,15 +430,32 @@ fn the_role_is_designs_and_bound_to_the_pods_service_account() {
     // The Kubernetes backend signs in with the mounted token.
     assert_ne!(service_account["automountServiceAccountToken"], false);
     assert_ne!(pod_spec()["automountServiceAccountToken"], false);
-    let binding = object("RoleBinding");
-    assert_eq!(binding["roleRef"]["kind"], "Role");
-    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
-    assert_eq!(binding["roleRef"]["apiGroup"], "rbac.authorization.k8s.io");
-    let subjects = binding["subjects"].as_array().unwrap();
-    assert_eq!(subjects.len(), 1);
-    assert_eq!(subjects[0]["kind"], "ServiceAccount");
-    assert_eq!(subjects[0]["name"], account);
-    assert_eq!(subjects[0]["namespace"], namespace);
+    for (binding, role) in [
+        (object("RoleBinding"), role),
+        (object("ClusterRoleBinding"), cluster_role),
+    ] {
+        assert_eq!(binding["roleRef"]["kind"], role["kind"]);
+        assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+        assert_eq!(binding["roleRef"]["apiGroup"], "rbac.authorization.k8s.io");
+        let subjects = binding["subjects"].as_array().unwrap();
+        assert_eq!(subjects.len(), 1);
+        assert_eq!(subjects[0]["kind"], "ServiceAccount");
+        assert_eq!(subjects[0]["name"], account);
+        assert_eq!(subjects[0]["namespace"], namespace);
+    }
+    // The class the config serves is the one shipped, and it is portico's.
+    let class = object("IngressClass");
+    let kubernetes = config()
+        .kubernetes
+        .expect("the shipped config serves Ingresses");
+    assert_eq!(
+        kubernetes.ingress_class.as_deref(),
+        class["metadata"]["name"].as_str()
+    );
+    assert_eq!(
+        class["spec"]["controller"],
+        "portico.dev/ingress-controller"
+    );
 }
 
 #[test]
@@ -577,67 +639,155 @@ fn the_gateway_api_crds_install_on_the_api_server() {
     }
 }
 
-/// A replica started from the ConfigMap's config with the Kubernetes backend, against
-/// the real API server after `kubectl apply -k config/kubernetes`, signed in as the
-/// Deployment's service account (a token from the TokenRequest API, as the kubelet
-/// mounts it), so with exactly the rights of the shipped Role and RoleBinding: it looks
-/// for its stored certificate, turns ready on the probed paths, watches the certificate
-/// Secrets, takes and releases its issuance Lease, and records the failed attempt on the
-/// certificate Secret. Only the addresses change: loopback ports the OS picks, and an
-/// ACME directory on a local port that refuses connections. Removing any verb the
-/// start-up path uses from the Role makes this fail. `portico certs` then reads the same
-/// store with the same rights.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() {
-    common::edge::install_provider();
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The ConfigMap's portico.toml with only its addresses changed: loopback ports the
+/// OS picks (http, https, admin), and an ACME directory on a local port that refuses
+/// connections.
+fn adapted_config(refused: SocketAddr) -> (String, [SocketAddr; 3]) {
+    let mut text = config_text().to_string();
+    let config = config();
+    let ports = [free_port(), free_port(), free_port()];
+    let addrs = ports.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+    for (from, to) in [
+        (config.listen.http, addrs[0]),
+        (config.listen.https, addrs[1]),
+        (config.listen.admin.unwrap(), addrs[2]),
+    ] {
+        let (from, to) = (format!("\"{from}\""), format!("\"{to}\""));
+        assert!(text.contains(&from), "{from} in the shipped config");
+        text = text.replacen(&from, &to, 1);
+    }
+    let directory = format!("directory = \"{}\"", config.acme.directory);
+    assert!(text.contains(&directory));
+    text = text.replacen(
+        &directory,
+        &format!("directory = \"https://{refused}/directory\""),
+        1,
+    );
+    (text, addrs)
+}
+
+/// `portico run` on `config` signed in with `kubeconfig`; stderr collected.
+fn run_replica(
+    config: &Path,
+    kubeconfig: &Path,
+) -> (std::process::Child, Arc<std::sync::Mutex<String>>) {
+    let mut child = common::portico()
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("POD_NAME", "portico-deploy-test")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    (child, log)
+}
+
+fn stop(mut child: std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
+
+/// `kubectl apply -k config/kubernetes` (the other tests of this binary may apply it
+/// at the same moment).
+fn apply_manifests() {
     let plane = control_plane();
-    let namespace = object("Namespace")["metadata"]["name"].as_str().unwrap();
-    // The other test of this binary may create the Namespace at the same moment.
     let folder = common::deploy::folder();
     let apply = || plane.kubectl_output(&["apply", "-k", folder.to_str().unwrap()], b"");
     if let Err(e) = apply() {
         assert!(e.contains("AlreadyExists"), "{e}");
         apply().unwrap();
     }
+}
+
+/// A token of the Deployment's service account (from the TokenRequest API, as the
+/// kubelet mounts it), in a kubeconfig in `dir`; and the user it signs in as.
+fn service_account_kubeconfig(dir: &Path) -> (std::path::PathBuf, String) {
+    let plane = control_plane();
+    let namespace = object("Namespace")["metadata"]["name"].as_str().unwrap();
     let account = pod_spec()["serviceAccountName"].as_str().unwrap();
     let token = plane.kubectl(&["create", "token", "-n", namespace, account], b"");
-    let user = format!("system:serviceaccount:{namespace}:{account}");
-
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("portico.toml");
-    std::fs::write(&path, config_text()).unwrap();
-    let mut adapted = Config::load(&path).unwrap();
-    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    adapted.listen.http = loopback;
-    adapted.listen.https = loopback;
-    adapted.listen.admin = Some(loopback);
-    let refused = common::refused_addr().await;
-    adapted.acme.directory = format!("https://{refused}/directory");
-    let Storage::Kubernetes { namespace: wanted } = adapted.storage.clone() else {
-        panic!("the ConfigMap's config stores in Kubernetes");
-    };
-    let kubeconfig = dir.path().join("kubeconfig");
+    let kubeconfig = dir.join("kubeconfig");
     plane.write_kubeconfig(&kubeconfig, plane.url(), namespace, token.trim());
-    let store = Arc::new(
-        portico::store::KubeStore::from_kubeconfig(&kubeconfig, wanted)
-            .await
-            .unwrap(),
-    );
-    let server = portico::server::Server::bind_with(
-        adapted,
-        store.clone(),
-        store,
-        portico::acme::Tuning::default(),
+    (
+        kubeconfig,
+        format!("system:serviceaccount:{namespace}:{account}"),
     )
-    .await
-    .unwrap();
-    let admin = server.admin_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(async {
-        let _ = stopped.await;
+}
+
+/// A replica started from the ConfigMap's config with the Kubernetes backend, against
+/// the real API server after `kubectl apply -k config/kubernetes`, signed in as the
+/// Deployment's service account, so with exactly the rights of the shipped Role,
+/// ClusterRole and their bindings: it looks for its stored certificate, turns ready on
+/// the probed paths, watches the certificate Secrets, takes and releases its issuance
+/// Lease, records the failed attempt on the certificate Secret, and serves an Ingress
+/// of the shipped IngressClass from another namespace (port 80 redirects its host to
+/// https, as for every served host). Only the addresses change (`adapted_config`).
+/// Removing any verb the start-up path uses from the Role makes this fail; the
+/// ClusterRole's rules are each tried in the next test. `portico certs` then reads the
+/// same store with the same rights.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_only_the_shipped_rights_turns_ready_and_serves_an_ingress() {
+    common::edge::install_provider();
+    let plane = control_plane();
+    let namespace = object("Namespace")["metadata"]["name"].as_str().unwrap();
+    apply_manifests();
+    let dir = tempfile::tempdir().unwrap();
+    let (kubeconfig, user) = service_account_kubeconfig(dir.path());
+
+    // An app team's Ingress, in its own namespace.
+    let app = plane.namespace("deploy-app");
+    let upstream = common::backend_at(common::host_ip(), "app", common::Proto::Http1)
+        .await
+        .0;
+    app.create(serde_json::json!({
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "app"},
+        "spec": {"ports": [{"port": 80}]},
+    }));
+    app.create(serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "app-1", "labels": {"kubernetes.io/service-name": "app"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "", "port": upstream.port()}],
+        "endpoints": [{"addresses": [upstream.ip().to_string()]}],
+    }));
+    let class = object("IngressClass")["metadata"]["name"].as_str().unwrap();
+    app.create(serde_json::json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "app"},
+        "spec": {"ingressClassName": class, "rules": [{"host": "app.deploy.internal", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}},
+        ]}}]},
     }));
 
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = common::refused_addr().await;
+    let (text, [http, _, admin]) = adapted_config(refused);
+    let path = dir.path().join("portico.toml");
+    std::fs::write(&path, &text).unwrap();
+    let (child, log) = run_replica(&path, &kubeconfig);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
     let released_issuance_lease = || {
         plane.list(namespace, "leases").iter().any(|lease| {
             let name = lease["metadata"]["name"].as_str().unwrap_or("");
@@ -660,19 +810,27 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
         let ready = admin_status(admin, "/readyz").await;
         // Following what other replicas issue: list, then watch, the certificate Secrets.
         let watching = plane.open_watches(namespace, &user, "secrets") >= 1;
+        let (status, location, _) = if ready == Some(200) {
+            common::edge::plain_get(http, "app.deploy.internal", "/x").await
+        } else {
+            (0, None, String::new())
+        };
         if health == Some(200)
             && ready == Some(200)
             && watching
             && released_issuance_lease()
             && recorded_the_failure()
+            && status == 308
         {
+            assert_eq!(location.as_deref(), Some("https://app.deploy.internal/x"));
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "healthz {health:?}, readyz {ready:?}, watching {watching}, leases {:?}, secrets {:?}",
+            "healthz {health:?}, readyz {ready:?}, watching {watching}, ingress {status}, leases {:?}, secrets {:?}\n{}",
             plane.list(namespace, "leases"),
-            plane.list(namespace, "secrets")
+            plane.list(namespace, "secrets"),
+            log.lock().unwrap()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -703,7 +861,80 @@ async fn a_replica_with_only_the_roles_rights_turns_ready_on_the_probed_paths() 
     let names = config().sites[0].names().join(",");
     assert!(table.contains(&names), "{table}");
     assert!(table.contains("last error: "), "{table}");
+    stop(child);
+}
 
-    let _ = stop.send(());
-    running.await.unwrap().unwrap();
+/// Each rule of the shipped ClusterRole is needed: a replica bound to the ClusterRole
+/// without it is refused the list of that kind (403) and does not turn ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_any_rule_of_the_cluster_role_a_replica_does_not_turn_ready() {
+    common::edge::install_provider();
+    let plane = control_plane();
+    apply_manifests();
+    let ns = plane.namespace("deploy-rights");
+    let refused = common::refused_addr().await;
+    for (i, missing) in DOCUMENTED_CLUSTER_RULES.iter().enumerate() {
+        // The shipped ClusterRole without one rule, bound to a replica identity of
+        // this test (which also has the shipped namespaced Role in its namespace).
+        let mut role = object("ClusterRole").clone();
+        let name = format!("portico-without-{}-{}", missing.1, ns.name);
+        role["metadata"] = serde_json::json!({"name": name});
+        role["rules"].as_array_mut().unwrap().remove(i);
+        let who = format!("replica-{i}");
+        let binding = serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": ns.user(&who)}],
+        });
+        let list =
+            serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [role, binding]});
+        plane.kubectl(&["create", "-f", "-"], list.to_string().as_bytes());
+
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = ns.kubeconfig(dir.path(), &who);
+        let (mut text, [_, _, admin]) = adapted_config(refused);
+        // The store in the test's namespace, where this identity has the shipped Role.
+        text = text.replacen(
+            "backend = \"kubernetes\"",
+            &format!("backend = \"kubernetes\"\nnamespace = \"{}\"", ns.name),
+            1,
+        );
+        let path = dir.path().join("portico.toml");
+        std::fs::write(&path, &text).unwrap();
+        let (child, log) = run_replica(&path, &kubeconfig);
+        let kind = match missing.1 {
+            "ingressclasses" => "IngressClass",
+            "ingresses" => "Ingress",
+            "services" => "Service",
+            "endpointslices" => "EndpointSlice",
+            "secrets" => "Secret",
+            other => panic!("{other}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let refused_list = log.lock().unwrap().lines().any(|l| {
+                l.contains("cannot list")
+                    && l.contains(&format!("\"{kind}\""))
+                    && (l.contains("403") || l.to_lowercase().contains("forbidden"))
+            });
+            if refused_list {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "without {}: no refused list of {kind}\n{}",
+                missing.1,
+                log.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_ne!(
+            admin_status(admin, "/readyz").await,
+            Some(200),
+            "ready without {}",
+            missing.1
+        );
+        stop(child);
+    }
 }

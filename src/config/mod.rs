@@ -167,7 +167,10 @@ pub struct Config {
     pub limits: Limits,
     /// `[log]`: the access log and the format of every log line.
     pub log: Log,
-    /// `[[site]]`, in the order written.
+    /// `[kubernetes]`: the cluster's Ingresses as further sites.
+    pub kubernetes: Option<Kubernetes>,
+    /// `[[site]]`, in the order written; in a cluster, the sites made from Ingresses
+    /// follow them.
     pub sites: Vec<Site>,
     /// Built from the command line (`portico proxy`, `portico respond`) rather than
     /// read from `path`: there is no file to watch or reload.
@@ -207,6 +210,19 @@ impl LogFormat {
 /// `KUBERNETES_SERVICE_HOST` in every container. The access log's default.
 pub fn in_pod() -> bool {
     std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty())
+}
+
+/// `[kubernetes]`: which of the cluster's objects configure portico.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kubernetes {
+    /// The IngressClass whose Ingresses are served; `None`: Ingresses are ignored.
+    pub ingress_class: Option<String>,
+    /// The GatewayClass whose Gateways are served (not acted on yet).
+    pub gateway_class: Option<String>,
+    /// The namespaces watched; empty: all of them.
+    pub namespaces: Vec<String>,
+    /// `namespace/name` of the Service whose address Ingress status reports.
+    pub publish_service: Option<(String, String)>,
 }
 
 /// `[listen]`: where portico listens and whom it believes.
@@ -399,6 +415,29 @@ pub enum TlsSource {
         /// The private key.
         key: PathBuf,
     },
+    /// A `kubernetes.io/tls` Secret named by an Ingress's `spec.tls` (never written in
+    /// the file).
+    Secret(SecretPem),
+}
+
+/// The PEM of a Secret, as the cluster watch last read it. Its `Debug` shows only
+/// where it came from: the key never reaches a log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretPem {
+    /// `namespace/name` of the Secret.
+    pub origin: String,
+    /// `tls.crt`: the chain, leaf first.
+    pub chain: std::sync::Arc<[u8]>,
+    /// `tls.key`.
+    pub key: std::sync::Arc<[u8]>,
+}
+
+impl fmt::Debug for SecretPem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretPem")
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TlsSource {
@@ -408,6 +447,7 @@ impl TlsSource {
             TlsSource::Acme => "acme",
             TlsSource::Internal => "internal",
             TlsSource::Files { .. } => "files",
+            TlsSource::Secret(_) => "secret",
         }
     }
 }
@@ -475,10 +515,65 @@ impl fmt::Display for HostPattern {
 /// `[[site.route]]` (or a site's `upstreams`, a route at `/`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
-    /// A prefix of the normalised request path, in normal form, starting with `/`.
+    /// The path matched against the normalised request path, in normal form, starting
+    /// with `/`.
     pub path: String,
+    /// How `path` is matched.
+    pub matching: PathMatch,
     /// What the route does.
     pub action: RouteAction,
+}
+
+/// How a route's path is matched against the normalised request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PathMatch {
+    /// A byte prefix (TOML routes: `/api` matches `/api`, `/api/x` and `/apix`).
+    Prefix,
+    /// The whole path (Ingress `Exact`).
+    Exact,
+    /// A prefix by path element (Ingress `Prefix`: `/api` and `/api/` match `/api` and
+    /// `/api/x`, not `/apix`).
+    Elements,
+    /// Everything, after every other route (an Ingress's `defaultBackend`).
+    Fallback,
+}
+
+impl PathMatch {
+    /// Whether a route at `pattern` takes `path` (normalised).
+    pub fn matches(self, pattern: &str, path: &str) -> bool {
+        match self {
+            PathMatch::Prefix => path.starts_with(pattern),
+            PathMatch::Exact => path == pattern,
+            PathMatch::Elements => {
+                let base = pattern.trim_end_matches('/');
+                path.strip_prefix(base)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+            PathMatch::Fallback => true,
+        }
+    }
+
+    /// The order routes are tried in, first to last: the longest path first; at one
+    /// length `Exact` before the prefixes (the Ingress rule); fallbacks last.
+    pub fn precedence(self, pattern: &str) -> (bool, std::cmp::Reverse<usize>, bool) {
+        (
+            self == PathMatch::Fallback,
+            std::cmp::Reverse(pattern.len()),
+            self != PathMatch::Exact,
+        )
+    }
+}
+
+impl Route {
+    /// Whether the route takes `path` (normalised).
+    pub fn matches(&self, path: &str) -> bool {
+        self.matching.matches(&self.path, path)
+    }
+
+    /// Where this route comes in the order routes are tried ([`PathMatch::precedence`]).
+    pub fn precedence(&self) -> (bool, std::cmp::Reverse<usize>, bool) {
+        self.matching.precedence(&self.path)
+    }
 }
 
 /// What a route does with a request.
@@ -668,6 +763,19 @@ impl Config {
             },
             self.log.format.name()
         ));
+        if let Some(k) = &self.kubernetes {
+            let namespaces = if k.namespaces.is_empty() {
+                "all namespaces".to_string()
+            } else {
+                format!("namespaces {}", k.namespaces.join(", "))
+            };
+            match &k.ingress_class {
+                Some(class) => out.push_str(&format!(
+                    "kubernetes: Ingresses of class {class} in {namespaces}, as further sites\n"
+                )),
+                None => out.push_str("kubernetes: no ingress_class; Ingresses are ignored\n"),
+            }
+        }
         for (i, site) in self.sites.iter().enumerate() {
             let hosts: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
             let source = match &site.tls {
@@ -683,6 +791,7 @@ impl Config {
                 TlsSource::Files { cert, key } => {
                     format!("files {} + {}", cert.display(), key.display())
                 }
+                TlsSource::Secret(pem) => format!("Secret {}", pem.origin),
             };
             out.push_str(&format!(
                 "site[{i}] {}\n  certificate: {source}\n",
@@ -757,8 +866,16 @@ impl Validator<'_> {
         let acme = self.acme(raw.acme)?;
         let limits = self.limits(raw.limits)?;
         let log = self.log(raw.log, in_pod())?;
-        if raw.site.is_empty() {
-            return Err(self.err("site", "at least one [[site]] is needed"));
+        let kubernetes = raw.kubernetes.map(|k| self.kubernetes(k)).transpose()?;
+        if raw.site.is_empty()
+            && kubernetes
+                .as_ref()
+                .is_none_or(|k| k.ingress_class.is_none())
+        {
+            return Err(self.err(
+                "site",
+                "at least one [[site]] is needed (or [kubernetes] ingress_class, to serve the cluster's Ingresses)",
+            ));
         }
         let mut sites: Vec<Site> = Vec::with_capacity(raw.site.len());
         // Host -> the site that has it: a scan of every earlier site per host made a
@@ -787,6 +904,7 @@ impl Validator<'_> {
             acme,
             limits,
             log,
+            kubernetes,
             sites,
             from_command_line: false,
         })
@@ -826,6 +944,63 @@ impl Validator<'_> {
                 key,
                 format!("{value:?} is not an address; write ip:port, such as \"0.0.0.0:443\" or \"[::]:443\""),
             )
+        })
+    }
+
+    fn kubernetes(&self, raw: raw::RawKubernetes) -> Result<Kubernetes, ConfigError> {
+        // Object names: RFC 1123 labels or subdomains, as the API server checks them.
+        let name_ok = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 253
+                && n.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                })
+        };
+        let class = |key: &str, value: Option<String>| -> Result<Option<String>, ConfigError> {
+            match value {
+                Some(v) if !name_ok(&v) => Err(self.err(
+                    key,
+                    format!("{v:?} is not a Kubernetes object name (lowercase letters, digits, '-' and '.')"),
+                )),
+                v => Ok(v),
+            }
+        };
+        let ingress_class = class("kubernetes.ingress_class", raw.ingress_class)?;
+        let gateway_class = class("kubernetes.gateway_class", raw.gateway_class)?;
+        let namespaces = raw.namespaces.unwrap_or_default();
+        for (i, ns) in namespaces.iter().enumerate() {
+            if !name_ok(ns) || ns.contains('.') || ns.len() > 63 {
+                return Err(self.err(
+                    format!("kubernetes.namespaces[{i}]"),
+                    format!("{ns:?} is not a namespace name"),
+                ));
+            }
+        }
+        let publish_service = match raw.publish_service {
+            None => None,
+            Some(v) => match v.split_once('/') {
+                Some((ns, name)) if name_ok(ns) && name_ok(name) && !ns.contains('.') => {
+                    Some((ns.to_string(), name.to_string()))
+                }
+                _ => {
+                    return Err(self.err(
+                        "kubernetes.publish_service",
+                        format!("{v:?}: write the Service as \"namespace/name\""),
+                    ));
+                }
+            },
+        };
+        Ok(Kubernetes {
+            ingress_class,
+            gateway_class,
+            namespaces,
+            publish_service,
         })
     }
 
@@ -1079,6 +1254,7 @@ impl Validator<'_> {
                 self.protocol(&at("upstream_protocol"), raw.upstream_protocol.as_deref())?;
             routes.push(Route {
                 path: "/".to_string(),
+                matching: PathMatch::Prefix,
                 action: RouteAction::Proxy {
                     upstreams: self.upstreams(&at("upstreams"), &list)?,
                     protocol,
@@ -1154,7 +1330,11 @@ impl Validator<'_> {
                     return Err(self.err(key("upstreams"), "a route needs upstreams or respond"));
                 }
             };
-            routes.push(Route { path, action });
+            routes.push(Route {
+                path,
+                matching: PathMatch::Prefix,
+                action,
+            });
         }
         if routes.is_empty() {
             return Err(self.err(
@@ -1162,7 +1342,7 @@ impl Validator<'_> {
                 "a site needs upstreams or at least one [[site.route]]",
             ));
         }
-        routes.sort_by_key(|r| std::cmp::Reverse(r.path.len()));
+        routes.sort_by_key(Route::precedence);
         Ok(Site { hosts, tls, routes })
     }
 
@@ -1340,6 +1520,98 @@ mod tests {
             e.to_string()
                 .starts_with("t.toml:3: site[0].upstreams: invalid type"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn the_kubernetes_table_is_checked_and_stands_in_for_sites() {
+        let c = parse(
+            "[kubernetes]\ningress_class = \"portico\"\nnamespaces = [\"shop\", \"blog\"]\npublish_service = \"portico/portico\"\n",
+        )
+        .unwrap();
+        let k = c.kubernetes.as_ref().unwrap();
+        assert_eq!(k.ingress_class.as_deref(), Some("portico"));
+        assert_eq!(k.namespaces, ["shop", "blog"]);
+        assert_eq!(
+            k.publish_service,
+            Some(("portico".to_string(), "portico".to_string()))
+        );
+        assert!(c.sites.is_empty());
+        assert!(
+            c.describe()
+                .contains("Ingresses of class portico in namespaces shop, blog")
+        );
+        for (text, line, key) in [
+            ("[kubernetes]\ngateway_class = \"x\"\n", 1, "site"),
+            (
+                "[kubernetes]\ningress_class = \"Portico\"\n",
+                2,
+                "kubernetes.ingress_class",
+            ),
+            (
+                "[kubernetes]\ningress_class = \"p\"\nnamespaces = [\"a.b\"]\n",
+                3,
+                "kubernetes.namespaces[0]",
+            ),
+            (
+                "[kubernetes]\ningress_class = \"p\"\npublish_service = \"portico\"\n",
+                3,
+                "kubernetes.publish_service",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert_eq!(e.key(), key, "{text}: {e}");
+            assert!(
+                e.to_string().starts_with(&format!("t.toml:{line}: ")),
+                "{text}: {e}"
+            );
+        }
+        let e = parse("[kubernetes]\ningress = \"p\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn ingress_path_types_match_and_order_as_the_ingress_spec_says() {
+        let route = |path: &str, matching| Route {
+            path: path.into(),
+            matching,
+            action: RouteAction::Respond {
+                status: StatusCode::OK,
+                body: String::new(),
+            },
+        };
+        let elements = route("/foo/", PathMatch::Elements);
+        for (path, want) in [
+            ("/foo", true),
+            ("/foo/", true),
+            ("/foo/bar", true),
+            ("/foobar", false),
+            ("/", false),
+        ] {
+            assert_eq!(elements.matches(path), want, "{path}");
+        }
+        assert!(route("/", PathMatch::Elements).matches("/anything"));
+        let exact = route("/foo", PathMatch::Exact);
+        assert!(exact.matches("/foo") && !exact.matches("/foo/"));
+        let mut routes = [
+            route("/", PathMatch::Fallback),
+            route("/foo", PathMatch::Elements),
+            route("/", PathMatch::Elements),
+            route("/foo", PathMatch::Exact),
+        ];
+        routes.sort_by_key(Route::precedence);
+        let order: Vec<_> = routes
+            .iter()
+            .map(|r| (r.path.as_str(), r.matching))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("/foo", PathMatch::Exact),
+                ("/foo", PathMatch::Elements),
+                ("/", PathMatch::Elements),
+                ("/", PathMatch::Fallback)
+            ]
         );
     }
 

@@ -14,6 +14,7 @@ pub(super) struct RawConfig {
     pub acme: RawAcme,
     #[serde(default)]
     pub limits: RawLimits,
+    pub kubernetes: Option<RawKubernetes>,
     #[serde(default)]
     pub log: RawLog,
     #[serde(default)]
@@ -25,6 +26,15 @@ pub(super) struct RawConfig {
 pub(super) struct RawLog {
     pub access: Option<bool>,
     pub format: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawKubernetes {
+    pub ingress_class: Option<String>,
+    pub gateway_class: Option<String>,
+    pub namespaces: Option<Vec<String>>,
+    pub publish_service: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -57,6 +57,7 @@ use tokio::task::JoinHandle;
 
 pub use file::FileStore;
 pub use kube::KubeStore;
+pub(crate) use kube::{Backoff, credentials};
 pub use memory::MemoryStore;
 
 /// A boxed, sendable future: what the object-safe async traits of this module return.

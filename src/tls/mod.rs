@@ -10,6 +10,7 @@ pub(crate) mod files;
 mod internal;
 pub(crate) mod resolver;
 
+use crate::config::HostPattern;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -189,6 +190,39 @@ pub fn load_pem(what: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<Loaded, 
         key: Arc::new(certified),
         not_before,
         not_after,
+    })
+}
+
+/// Whether the leaf of `loaded` names `host` among its DNS names (a wildcard name
+/// covering one label), or its IP address.
+pub(crate) fn leaf_covers(loaded: &Loaded, host: &HostPattern) -> bool {
+    use x509_parser::extensions::GeneralName;
+    let Some(leaf) = loaded.key.cert.first() else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(leaf) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    san.value.general_names.iter().any(|name| match name {
+        GeneralName::DNSName(dns) => {
+            let dns = dns.to_ascii_lowercase();
+            match (host, dns.strip_prefix("*.")) {
+                (HostPattern::Exact(h), Some(suffix)) => {
+                    HostPattern::Wildcard(suffix.to_string()).matches(h)
+                }
+                (HostPattern::Exact(h), None) => *h == dns,
+                (HostPattern::Wildcard(w), Some(suffix)) => w == suffix,
+                (HostPattern::Wildcard(_), None) => false,
+            }
+        }
+        GeneralName::IPAddress(bytes) => host.ip().is_some_and(|ip| match ip {
+            std::net::IpAddr::V4(v4) => bytes[..] == v4.octets(),
+            std::net::IpAddr::V6(v6) => bytes[..] == v6.octets(),
+        }),
+        _ => false,
     })
 }
 

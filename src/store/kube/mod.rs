@@ -70,11 +70,32 @@ use tokio::sync::mpsc;
 use self::api::{ApiClient, KubeError, Resource, resource_version};
 use self::lease::{Clock, Leases};
 use self::secrets::{from_secret, list_secrets, read_secret, secret_name, to_secret};
-use self::watch::{Backoff, Watcher};
+pub(crate) use self::watch::Backoff;
+use self::watch::Watcher;
 use crate::store::{
     BoxFuture, Change, Kind, Lease, LockError, Locker, Object, Store, StoreError, Stored, Version,
     WATCH_BUFFER, check, check_object, conflict,
 };
+
+/// The cluster's address and credentials: the in-cluster service account when there is
+/// one, else `KUBECONFIG` / `~/.kube/config` (the store and the cluster watch share this).
+pub(crate) async fn credentials() -> Result<::kube::Config, StoreError> {
+    let action = || "load credentials".to_owned();
+    match ::kube::Config::incluster() {
+        Ok(config) => Ok(config),
+        Err(in_cluster) => ::kube::Config::from_kubeconfig(&KubeConfigOptions::default())
+            .await
+            .map_err(|kubeconfig| StoreError::Unavailable {
+                action: action(),
+                source: Box::new(KubeError::Config {
+                    what: format!(
+                        "not in a cluster ({in_cluster}), and no usable KUBECONFIG or ~/.kube/config"
+                    ),
+                    source: Box::new(kubeconfig),
+                }),
+            }),
+    }
+}
 
 const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
 
@@ -100,21 +121,7 @@ impl KubeStore {
     ///
     /// Makes no request: a wrong address or missing permission shows at the first use.
     pub async fn connect(namespace: Option<String>) -> Result<KubeStore, StoreError> {
-        let action = || "load credentials".to_owned();
-        let config = match ::kube::Config::incluster() {
-            Ok(config) => config,
-            Err(in_cluster) => ::kube::Config::from_kubeconfig(&KubeConfigOptions::default())
-                .await
-                .map_err(|kubeconfig| StoreError::Unavailable {
-                    action: action(),
-                    source: Box::new(KubeError::Config {
-                        what: format!(
-                            "not in a cluster ({in_cluster}), and no usable KUBECONFIG or ~/.kube/config"
-                        ),
-                        source: Box::new(kubeconfig),
-                    }),
-                })?,
-        };
+        let config = credentials().await?;
         let namespace = namespace
             .or_else(service_account_namespace)
             .unwrap_or_else(|| config.default_namespace.clone());

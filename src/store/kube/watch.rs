@@ -23,7 +23,7 @@ pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(250);
 pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
 /// Capped exponential back-off with jitter, for reconnecting a watch.
-pub(super) struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
 }
 
@@ -34,7 +34,7 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    pub(super) async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         tokio::time::sleep(self.step()).await;
     }
 
@@ -47,7 +47,7 @@ impl Backoff {
         Duration::from_millis(jittered)
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.next = BACKOFF_MIN;
     }
 }

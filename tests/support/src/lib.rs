@@ -161,6 +161,29 @@ pub enum Proto {
     H2c,
 }
 
+/// An IPv4 address of this machine that is not loopback: the API server refuses
+/// loopback addresses in EndpointSlices, so upstreams the tests list there listen on it.
+pub fn host_ip() -> std::net::IpAddr {
+    let out = std::process::Command::new("hostname").arg("-I").output();
+    let listed = out
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let from_route = || {
+        // No packet is sent: connecting a UDP socket only picks the source address.
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+        socket.connect("192.0.2.1:9").ok()?;
+        Some(socket.local_addr().ok()?.ip())
+    };
+    listed
+        .split_whitespace()
+        .filter_map(|a| a.parse::<std::net::IpAddr>().ok())
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .or_else(from_route)
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .expect("this machine has no IPv4 address besides loopback; the Ingress tests need one (the API server refuses loopback endpoints)")
+}
+
 /// Starts the test backend `name`. For any request it answers with a [`Report`] of
 /// what it received, except:
 /// - `/slow...`: waits a minute first;
@@ -175,7 +198,16 @@ pub async fn backend(name: &'static str, proto: Proto) -> SocketAddr {
 
 /// [`backend`], with the number of connections it accepted.
 pub async fn backend_counted(name: &'static str, proto: Proto) -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backend_at([127, 0, 0, 1].into(), name, proto).await
+}
+
+/// [`backend_counted`] on a port of `ip` (an address of this machine).
+pub async fn backend_at(
+    ip: std::net::IpAddr,
+    name: &'static str,
+    proto: Proto,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
@@ -485,4 +517,16 @@ pub fn get2(authority: &str, path: &str) -> Request<TestBody> {
     Request::get(format!("http://{authority}{path}"))
         .body(empty())
         .unwrap()
+}
+
+/// A self-signed certificate for `names` (PEM chain, PEM key): a user's own
+/// certificate, as a Secret or files hold it; a client trusts it as its own root.
+pub fn self_signed(names: &[&str]) -> (String, String) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    (cert.pem(), key.serialize_pem())
 }

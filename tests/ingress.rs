@@ -1,0 +1,623 @@
+//! Ingresses configure portico, against the real API server: the `portico` binary signs
+//! in as a replica identity with only the rights the Ingress controller needs, watches
+//! IngressClasses, Ingresses, Services and EndpointSlices, and serves the Ingress rules
+//! over real TLS and HTTP/2 to upstreams on loopback (there is no kubelet: the tests
+//! write the EndpointSlices a kubelet's endpoints controller would).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use portico_test_support as common;
+
+use common::control_plane::{Namespace, control_plane};
+use common::edge::{H2, get_h2};
+use common::{Proto, backend_at, host_ip};
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The rights the Ingress controller needs, bound to `who` in the test's namespace, and
+/// IngressClasses (cluster-scoped) cluster-wide.
+fn grant(ns: &Namespace, who: &str) {
+    let user = ns.user(who);
+    let plane = ns.plane();
+    let role = json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "portico-ingress"},
+        "rules": [
+            {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
+        ],
+    });
+    ns.create(role);
+    ns.create(json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "portico-ingress"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "portico-ingress"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}],
+    }));
+    let name = format!("portico-classes-{}", ns.name);
+    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": name},
+            "rules": [{"apiGroups": ["networking.k8s.io"], "resources": ["ingressclasses"], "verbs": ["get", "list", "watch"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}],
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "IngressClass",
+            "metadata": {"name": class(ns)},
+            "spec": {"controller": "portico.dev/ingress-controller"},
+        },
+    ]});
+    plane.kubectl(&["create", "-f", "-"], objects.to_string().as_bytes());
+}
+
+/// The IngressClass of the test's namespace (IngressClasses are cluster-wide).
+fn class(ns: &Namespace) -> String {
+    format!("portico-{}", ns.name)
+}
+
+fn service(name: &str, ports: Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {"ports": ports},
+    })
+}
+
+/// An EndpointSlice of Service `service` with one named port and these upstreams
+/// (ready or not).
+fn slice(name: &str, service: &str, port_name: &str, endpoints: &[(SocketAddr, bool)]) -> Value {
+    let port = endpoints.first().map_or(1, |(a, _)| a.port());
+    assert!(
+        endpoints.iter().all(|(a, _)| a.port() == port),
+        "one port per slice"
+    );
+    json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
+        "endpoints": endpoints.iter().map(|(a, ready)| json!({
+            "addresses": [a.ip().to_string()],
+            "conditions": {"ready": ready},
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Replaces an object as the admin (`kubectl replace`).
+fn replace(ns: &Namespace, object: Value) {
+    ns.plane().kubectl(
+        &["replace", "-n", &ns.name, "-f", "-"],
+        object.to_string().as_bytes(),
+    );
+}
+
+struct Replica {
+    child: Child,
+    dir: PathBuf,
+    https: SocketAddr,
+    admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Replica {
+    /// `portico run` with `[kubernetes]` for the test's class and namespace, the file
+    /// backend in a temp folder, and `toml` (sites) after it.
+    fn start(ns: &Namespace, dir: &Path, who: &str, toml: &str) -> Replica {
+        let (http, https, admin) = (free_port(), free_port(), free_port());
+        let kubeconfig = ns.kubeconfig(dir, who);
+        let config = dir.join("portico.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:{admin}\"\n[storage]\npath = \"data\"\n[kubernetes]\ningress_class = \"{}\"\nnamespaces = [\"{}\"]\n{toml}",
+                class(ns),
+                ns.name
+            ),
+        )
+        .unwrap();
+        let mut child = common::portico()
+            .args(["run", "--config", config.to_str().unwrap()])
+            .current_dir(dir)
+            .env("KUBECONFIG", &kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Replica {
+            child,
+            dir: dir.to_path_buf(),
+            https: format!("127.0.0.1:{https}").parse().unwrap(),
+            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    async fn ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if readyz(self.admin).await == Some(200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "not ready; log:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn root(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("data/ca/root.pem")).unwrap()
+    }
+
+    async fn h2(&self, host: &str) -> H2 {
+        common::edge::h2(self.https, host, &self.root()).await
+    }
+
+    /// Asks `host` for `path` on a new connection until `want` holds of the answer.
+    async fn until(
+        &self,
+        host: &str,
+        path: &str,
+        want: impl Fn(u16, &str) -> bool,
+    ) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut send = self.h2(host).await;
+            let (status, body) = get_h2(&mut send, host, path).await;
+            if want(status, &body) {
+                return (status, body);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{host}{path}: still {status} {body}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+async fn readyz(admin: SocketAddr) -> Option<u16> {
+    // Not listening yet (the process is starting).
+    tokio::net::TcpStream::connect(admin).await.ok()?;
+    let (status, _, _) = tokio::time::timeout(
+        Duration::from_secs(2),
+        common::edge::plain_get(admin, "localhost", "/readyz"),
+    )
+    .await
+    .ok()?;
+    Some(status)
+}
+
+fn backend_of(body: &str) -> &str {
+    body.lines()
+        .find_map(|l| l.strip_prefix("backend: "))
+        .unwrap_or("")
+}
+
+/// Path types as the Ingress spec defines them, rules of several Ingresses merged,
+/// `defaultBackend`, a Service port by name and by number, another class ignored, a
+/// TOML site winning over an Ingress for its host, and EndpointSlice changes (a new
+/// endpoint, none ready: 503) applied while an HTTP/2 client keeps asking, with no
+/// failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
+    common::edge::install_provider();
+    let ns = control_plane().namespace("ingress-routing");
+    grant(&ns, "replica");
+    // The API server refuses loopback endpoints: the upstreams listen on this
+    // machine's own address.
+    let ip = host_ip();
+    let web = backend_at(ip, "web", Proto::Http1).await.0;
+    let web2 = backend_at(ip, "web2", Proto::Http1).await.0;
+    let api = backend_at(ip, "api", Proto::Http1).await.0;
+    ns.create(service("web", json!([{"name": "http", "port": 80}])));
+    ns.create(service("api", json!([{"port": 8080}])));
+    ns.create(slice("web-1", "web", "http", &[(web, true)]));
+    ns.create(slice("api-1", "api", "", &[(api, true)]));
+    let ingress = |name: &str, class: &str, spec: Value| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": name},
+            "spec": {"ingressClassName": class, "rules": spec["rules"], "defaultBackend": spec["defaultBackend"]},
+        })
+    };
+    let to = |service: &str, port: Value| json!({"service": {"name": service, "port": port}});
+    let ours = class(&ns);
+    ns.create(ingress(
+        "shop",
+        &ours,
+        json!({
+            "defaultBackend": to("web", json!({"number": 80})),
+            "rules": [{"host": "shop.internal", "http": {"paths": [
+                {"path": "/api", "pathType": "Prefix", "backend": to("api", json!({"number": 8080}))},
+                {"path": "/", "pathType": "Exact", "backend": to("web", json!({"name": "http"}))},
+            ]}}],
+        }),
+    ));
+    // A second Ingress adds a path to the same host.
+    ns.create(ingress(
+        "shop-admin",
+        &ours,
+        json!({"rules": [{"host": "shop.internal", "http": {"paths": [
+            {"path": "/admin", "pathType": "Exact", "backend": to("api", json!({"number": 8080}))},
+        ]}}]}),
+    ));
+    ns.create(ingress(
+        "elsewhere",
+        "nginx",
+        json!({"rules": [{"host": "other.internal", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": to("web", json!({"number": 80}))},
+        ]}}]}),
+    ));
+    ns.create(ingress(
+        "taken",
+        &ours,
+        json!({"rules": [{"host": "toml.internal", "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": to("web", json!({"number": 80}))},
+        ]}}]}),
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Replica::start(
+        &ns,
+        dir.path(),
+        "replica",
+        "[[site]]\nhosts = [\"toml.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"from the file\" }\n",
+    );
+    replica.ready().await;
+
+    let mut send = replica.h2("shop.internal").await;
+    for (path, want) in [
+        ("/api", "api"),
+        ("/api/v1/items", "api"),
+        ("/admin", "api"),
+        ("/", "web"),
+        // Prefix is by path element: /apix is not under /api; the default backend.
+        ("/apix", "web"),
+        ("/admin/x", "web"),
+        ("/elsewhere", "web"),
+    ] {
+        let (status, body) = get_h2(&mut send, "shop.internal", path).await;
+        assert_eq!((status, backend_of(&body)), (200, want), "{path}: {body}");
+    }
+    let mut file = replica.h2("toml.internal").await;
+    assert_eq!(
+        get_h2(&mut file, "toml.internal", "/").await,
+        (200, "from the file".to_string()),
+        "the file's site wins over an Ingress"
+    );
+    let other = common::edge::tls_connect(
+        replica.https,
+        "other.internal",
+        common::edge::client_config(&[&replica.root()], &[b"h2"]),
+    )
+    .await;
+    assert!(other.is_err(), "an Ingress of another class is not served");
+
+    // Load on one HTTP/2 connection while the endpoints change under it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, failed) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let load = {
+        let (stop, served, failed) = (stop.clone(), served.clone(), failed.clone());
+        let mut send = replica.h2("shop.internal").await;
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let (status, body) = get_h2(&mut send, "shop.internal", "/").await;
+                if status == 200 && ["web", "web2"].contains(&backend_of(&body)) {
+                    served.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    failed.lock().unwrap().push((status, body));
+                }
+            }
+        })
+    };
+    // A second endpoint joins, in a slice of its own (one port per slice): both serve.
+    ns.create(slice("web-2", "web", "http", &[(web2, true)]));
+    replica
+        .until("shop.internal", "/", |s, b| {
+            s == 200 && backend_of(b) == "web2"
+        })
+        .await;
+    // The first turns unready: only the second.
+    replace(
+        &ns,
+        slice_with_version(&ns, "web-1", "web", "http", &[(web, false)]),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut send = replica.h2("shop.internal").await;
+        let mut only_web2 = true;
+        for _ in 0..10 {
+            let (_, body) = get_h2(&mut send, "shop.internal", "/").await;
+            only_web2 &= backend_of(&body) == "web2";
+        }
+        if only_web2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "web still served:\n{}",
+            replica.log()
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+    load.await.unwrap();
+    assert!(served.load(Ordering::SeqCst) > 0);
+    assert_eq!(
+        *failed.lock().unwrap(),
+        Vec::<(u16, String)>::new(),
+        "failed requests under endpoint changes"
+    );
+
+    // No ready endpoint: 503, and the route comes back with one.
+    replace(
+        &ns,
+        slice_with_version(&ns, "web-2", "web", "http", &[(web2, false)]),
+    );
+    let (_, body) = replica.until("shop.internal", "/", |s, _| s == 503).await;
+    assert!(body.contains("no ready endpoint"), "{body}");
+    replace(
+        &ns,
+        slice_with_version(&ns, "web-1", "web", "http", &[(web, true)]),
+    );
+    replica
+        .until("shop.internal", "/", |s, b| {
+            s == 200 && backend_of(b) == "web"
+        })
+        .await;
+
+    // A deleted Ingress takes its host away: the handshake fails like any unknown name.
+    ns.plane().kubectl(
+        &["delete", "ingress", "-n", &ns.name, "shop", "shop-admin"],
+        b"",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while common::edge::tls_connect(
+        replica.https,
+        "shop.internal",
+        common::edge::client_config(&[&replica.root()], &[b"h2"]),
+    )
+    .await
+    .is_ok()
+    {
+        assert!(Instant::now() < deadline, "shop.internal still served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = replica.log();
+    assert!(
+        log.contains("toml.internal") && log.contains("wins over Ingresses"),
+        "the conflict is logged:\n{log}"
+    );
+}
+
+/// A `kubernetes.io/tls` Secret holding a self-signed certificate for `names`; returns
+/// the object and the certificate (the client's root).
+fn tls_secret(name: &str, names: &[&str]) -> (Value, String) {
+    let (cert, key) = common::self_signed(names);
+    let object = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "kubernetes.io/tls",
+        "data": {"tls.crt": common::base64_encode(&cert), "tls.key": common::base64_encode(&key)},
+    });
+    (object, cert)
+}
+
+/// The leaf a handshake for `host` presents, trusting `root` (PEM), or the error.
+async fn leaf(replica: &Replica, host: &str, root: &str) -> Result<Vec<u8>, String> {
+    let config = common::edge::client_config(&[root.as_bytes()], &[b"h2"]);
+    common::edge::tls_connect(replica.https, host, config)
+        .await
+        .map(|tls| common::edge::leaf(&tls))
+        .map_err(|e| e.to_string())
+}
+
+/// A host listed in `spec.tls` is served the certificate of the Secret named there,
+/// swapped when the Secret changes; a replacement that does not cover the host is
+/// refused and the previous certificate keeps serving; a host whose Secret does not
+/// exist gets an automatic certificate (the local CA here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_tls_secret_is_served_and_swapped_when_it_changes() {
+    common::edge::install_provider();
+    let ns = control_plane().namespace("ingress-tls");
+    grant(&ns, "replica");
+    let web = backend_at(host_ip(), "web", Proto::Http1).await.0;
+    ns.create(service("web", json!([{"port": 80}])));
+    ns.create(slice("web-1", "web", "", &[(web, true)]));
+    let (secret, first) = tls_secret("secure-tls", &["secure.internal"]);
+    ns.create(secret);
+    let to_web = json!({"service": {"name": "web", "port": {"number": 80}}});
+    ns.create(json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "secure"},
+        "spec": {
+            "ingressClassName": class(&ns),
+            "tls": [
+                {"hosts": ["secure.internal"], "secretName": "secure-tls"},
+                {"hosts": ["pending.internal"], "secretName": "not-there-yet"},
+            ],
+            "rules": [
+                {"host": "secure.internal", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": to_web}]}},
+                {"host": "pending.internal", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": to_web}]}},
+            ],
+        },
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Replica::start(&ns, dir.path(), "replica", "");
+    replica.ready().await;
+
+    let served = leaf(&replica, "secure.internal", &first).await.unwrap();
+    let mut send = common::edge::h2_over(
+        common::edge::tls_connect(
+            replica.https,
+            "secure.internal",
+            common::edge::client_config(&[first.as_bytes()], &[b"h2"]),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    let (status, body) = get_h2(&mut send, "secure.internal", "/").await;
+    assert_eq!((status, backend_of(&body)), (200, "web"), "{body}");
+
+    // The Secret is rotated: the next handshake gets the new certificate.
+    let (mut rotated, second) = tls_secret("secure-tls", &["secure.internal"]);
+    rotated["metadata"]["resourceVersion"] =
+        ns.get("secrets", "secure-tls").unwrap()["metadata"]["resourceVersion"].clone();
+    replace(&ns, rotated);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let swapped = loop {
+        if let Ok(leaf) = leaf(&replica, "secure.internal", &second).await {
+            break leaf;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not swapped:
+{}",
+            replica.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_ne!(served, swapped);
+
+    // A certificate for another name: refused, the rotated one keeps serving.
+    let (mut wrong, _) = tls_secret("secure-tls", &["other.internal"]);
+    wrong["metadata"]["resourceVersion"] =
+        ns.get("secrets", "secure-tls").unwrap()["metadata"]["resourceVersion"].clone();
+    replace(&ns, wrong);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !replica.log().contains("does not cover secure.internal") {
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:
+{}",
+            replica.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        leaf(&replica, "secure.internal", &second).await,
+        Ok(swapped)
+    );
+
+    // No Secret yet: the local CA's certificate for the name.
+    let root = String::from_utf8(replica.root()).unwrap();
+    assert!(leaf(&replica, "pending.internal", &root).await.is_ok());
+    let log = replica.log();
+    assert!(
+        log.contains("Secret") && log.contains("not-there-yet"),
+        "{log}"
+    );
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
+}
+
+/// [`slice`] carrying the stored object's resourceVersion, for `kubectl replace`.
+fn slice_with_version(
+    ns: &Namespace,
+    name: &str,
+    service: &str,
+    port_name: &str,
+    endpoints: &[(SocketAddr, bool)],
+) -> Value {
+    let mut object = slice(name, service, port_name, endpoints);
+    let stored = ns.get("endpointslices", name).unwrap();
+    object["metadata"]["resourceVersion"] = stored["metadata"]["resourceVersion"].clone();
+    object
+}
+
+/// `/readyz` answers 200 only after the first list of every watched kind: a replica
+/// that cannot list Ingresses (no right to) stays unready, and turns ready once the
+/// right is granted, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_the_first_list_of_every_kind() {
+    common::edge::install_provider();
+    let ns = control_plane().namespace("ingress-ready");
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Replica::start(
+        &ns,
+        dir.path(),
+        "replica",
+        "[[site]]\nhosts = [\"file.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"ok\" }\n",
+    );
+    // The file's site serves while the cluster cannot be read.
+    let root = dir.path().join("data/ca/root.pem");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !root.exists() {
+        assert!(Instant::now() < deadline, "no local CA:\n{}", replica.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    replica.until("file.internal", "/", |s, _| s == 200).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !replica.log().contains("cannot list") {
+        assert!(
+            Instant::now() < deadline,
+            "no list refused:\n{}",
+            replica.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(
+        readyz(replica.admin).await,
+        Some(200),
+        "ready without the cluster's objects"
+    );
+    grant(&ns, "replica");
+    replica.ready().await;
+}
