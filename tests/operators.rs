@@ -415,3 +415,46 @@ fn trust_lets_curl_verify_with_the_store_bundle_and_untrust_undoes_it() {
     );
     stop(&mut child);
 }
+
+/// `proxy` and `respond` validate their one site like a file: a bad flag exits 64 and
+/// the error names the flag.
+#[test]
+fn quick_commands_refuse_bad_flags_with_exit_64_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["proxy", "--from", "bad host/", "--to", ":3000"],
+            "portico proxy:1: --from: ",
+        ),
+        (
+            &["proxy", "--from", "app.localhost", "--to", "nowhere"],
+            "portico proxy:1: --to: ",
+        ),
+        (
+            &[
+                "respond",
+                "--from",
+                "localhost",
+                "--body",
+                "x",
+                "--https",
+                "nope",
+            ],
+            "portico respond:1: --https: ",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = common::portico()
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+    }
+    assert!(
+        !dir.path().join("portico-data").exists(),
+        "nothing was started"
+    );
+}
