@@ -176,7 +176,7 @@ fn write_lines(rx: Receiver<String>, mut sink: Sink, written: &AtomicU64) {
 #[derive(Debug, Default)]
 pub(crate) struct UpstreamTrace {
     /// The last upstream tried (`host:port` as configured).
-    pub upstream: Option<String>,
+    pub upstream: Option<http::uri::Authority>,
     /// From sending the request to the response head, when one came.
     pub head: Option<Duration>,
 }
@@ -288,13 +288,18 @@ impl Record {
         push_u64(&mut out, self.bytes_out);
         out.push_str(" duration_ms=");
         push_millis(&mut out, duration);
-        text_field(&mut out, "upstream", self.upstream.upstream.as_deref());
+        text_field(
+            &mut out,
+            "upstream",
+            self.upstream.upstream.as_ref().map(|a| a.as_str()),
+        );
         out.push_str(" upstream_ms=");
         match self.upstream.head {
             Some(head) => push_millis(&mut out, head),
             None => out.push('-'),
         }
-        text_field(&mut out, "tls", self.tls);
+        out.push_str(" tls=");
+        out.push_str(self.tls.unwrap_or("-"));
         text_field(&mut out, "sni", self.sni.as_deref());
         text_field(&mut out, "request_id", self.request_id.to_str().ok());
         out.push('\n');
@@ -316,7 +321,7 @@ impl Record {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out,
             duration_ms: duration.as_secs_f64() * 1000.0,
-            upstream: self.upstream.upstream.as_deref(),
+            upstream: self.upstream.upstream.as_ref().map(|a| a.as_str()),
             upstream_ms: self.upstream.head.map(|d| d.as_secs_f64() * 1000.0),
             tls: self.tls,
             sni: self.sni.as_deref(),
@@ -381,7 +386,7 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or("0"));
+    out.extend(buf[at..].iter().map(|&d| char::from(d)));
 }
 
 /// `n` in exactly `width` digits (zero-padded; higher digits are cut).
@@ -582,7 +587,7 @@ mod tests {
             bytes_in: Arc::new(AtomicU64::new(5)),
             bytes_out: 0,
             upstream: UpstreamTrace {
-                upstream: Some("127.0.0.1:3000".to_string()),
+                upstream: Some(http::uri::Authority::from_static("127.0.0.1:3000")),
                 head: Some(Duration::from_micros(1500)),
             },
             tls: Some("TLSv1.3"),

@@ -179,7 +179,8 @@ pub(super) async fn forward(
         let retry_body = retry_body.counting(traced.as_ref().map(|t| t.bytes_in.clone()));
         let request = head.request(&endpoint.upstream.authority, retry_body, last);
         let sent_at = traced.as_mut().map(|t| {
-            t.upstream.upstream = Some(endpoint.upstream.to_string());
+            // A clone of the parsed authority: a reference count, not a new string.
+            t.upstream.upstream = Some(endpoint.upstream.authority.clone());
             Instant::now()
         });
         let result = tokio::time::timeout(upstream_timeout, endpoint.send(request)).await;
