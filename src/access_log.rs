@@ -6,7 +6,7 @@
 //! before its response head (the client left first) is logged with status 499.
 //!
 //! Never blocking the request path: the line is formatted on the request's own task
-//! into a `String` and handed to one writer thread through a bounded queue
+//! into a byte buffer and handed to one writer thread through a bounded queue
 //! ([`QUEUE`] lines). When the queue is full (stdout is a pipe nobody drains fast
 //! enough) the line is dropped and counted in `portico_access_log_dropped_total`; a
 //! request never waits for the log. The writer takes everything queued at once and
@@ -23,7 +23,6 @@
 //! quoted and escaped when a value has a space, a quote, `=`, `\` or anything but
 //! visible ASCII); JSON lines are one object each. No value can end a line early.
 
-use std::fmt::Write as _;
 use std::io::Write;
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -56,7 +55,7 @@ pub(crate) struct AccessLog {
     sink: Mutex<Option<Sink>>,
     /// Started on the first line, so a process whose config never turns the log on has
     /// no thread for it; `None` when the thread could not be started.
-    queue: OnceLock<Option<SyncSender<String>>>,
+    queue: OnceLock<Option<SyncSender<Vec<u8>>>>,
     /// Lines queued and lines written, so shutdown can wait for the queue to empty.
     queued: AtomicU64,
     written: Arc<AtomicU64>,
@@ -80,7 +79,7 @@ impl AccessLog {
         }
     }
 
-    fn queue(&self) -> Option<&SyncSender<String>> {
+    fn queue(&self) -> Option<&SyncSender<Vec<u8>>> {
         self.queue
             .get_or_init(|| {
                 let sink = self
@@ -105,7 +104,7 @@ impl AccessLog {
     }
 
     /// Queues one line (ending in `\n`), or drops and counts it when the queue is full.
-    pub(crate) fn send(&self, line: String) {
+    pub(crate) fn send(&self, line: Vec<u8>) {
         let sent = match self.queue() {
             Some(queue) => match queue.try_send(line) {
                 Ok(()) => true,
@@ -138,15 +137,15 @@ const IDLE: Duration = Duration::from_millis(10);
 /// moment when there was nothing. It never blocks in `recv`: a receiver waiting there
 /// would make every request's `send` wake it (a futex call and a context switch per
 /// line, measured as most of the log's cost); polling costs one wake-up per 10 ms.
-fn write_lines(rx: Receiver<String>, mut sink: Sink, written: &AtomicU64) {
-    let mut batch = String::with_capacity(BATCH);
+fn write_lines(rx: Receiver<Vec<u8>>, mut sink: Sink, written: &AtomicU64) {
+    let mut batch = Vec::with_capacity(BATCH);
     loop {
         let mut lines = 0;
         let mut closed = false;
         while batch.len() < BATCH {
             match rx.try_recv() {
                 Ok(line) => {
-                    batch.push_str(&line);
+                    batch.extend_from_slice(&line);
                     lines += 1;
                 }
                 Err(TryRecvError::Empty) => break,
@@ -159,7 +158,7 @@ fn write_lines(rx: Receiver<String>, mut sink: Sink, written: &AtomicU64) {
         if lines > 0 {
             // A closed stdout loses the log, not the proxy: the lines count as written
             // so shutdown does not wait for them.
-            let _ = sink.write_all(batch.as_bytes()).and_then(|()| sink.flush());
+            let _ = sink.write_all(&batch).and_then(|()| sink.flush());
             written.fetch_add(lines, Ordering::Release);
             batch.clear();
         }
@@ -259,56 +258,57 @@ impl Record {
     }
 
     /// The line, `\n` included.
-    pub(crate) fn line(&self, duration: Duration) -> String {
+    pub(crate) fn line(&self, duration: Duration) -> Vec<u8> {
         match self.format {
             LogFormat::Text => self.text(duration),
             LogFormat::Json => self.json(duration),
         }
     }
 
-    fn text(&self, duration: Duration) -> String {
+    fn text(&self, duration: Duration) -> Vec<u8> {
         // Written straight into one buffer: numbers and addresses need no escaping and
         // no string of their own.
-        let mut out = String::with_capacity(384);
-        out.push_str("time=");
+        let mut out = Vec::with_capacity(384);
+        out.extend_from_slice(b"time=");
         push_time(&mut out, self.time);
         text_field(&mut out, "site", self.site.as_deref());
-        out.push_str(" client=");
+        out.extend_from_slice(b" client=");
         push_ip(&mut out, self.client);
         text_field(&mut out, "method", Some(self.method.as_str()));
         text_field(&mut out, "host", self.host.as_deref());
         text_field(&mut out, "path", Some(&self.path));
-        out.push_str(" proto=");
-        out.push_str(protocol(self.version));
-        out.push_str(" status=");
+        out.extend_from_slice(b" proto=");
+        out.extend_from_slice(protocol(self.version).as_bytes());
+        out.extend_from_slice(b" status=");
         push_u64(&mut out, u64::from(self.status));
-        out.push_str(" bytes_in=");
+        out.extend_from_slice(b" bytes_in=");
         push_u64(&mut out, self.bytes_in.load(Ordering::Relaxed));
-        out.push_str(" bytes_out=");
+        out.extend_from_slice(b" bytes_out=");
         push_u64(&mut out, self.bytes_out);
-        out.push_str(" duration_ms=");
+        out.extend_from_slice(b" duration_ms=");
         push_millis(&mut out, duration);
         text_field(
             &mut out,
             "upstream",
             self.upstream.upstream.as_ref().map(|a| a.as_str()),
         );
-        out.push_str(" upstream_ms=");
+        out.extend_from_slice(b" upstream_ms=");
         match self.upstream.head {
             Some(head) => push_millis(&mut out, head),
-            None => out.push('-'),
+            None => out.push(b'-'),
         }
-        out.push_str(" tls=");
-        out.push_str(self.tls.unwrap_or("-"));
+        out.extend_from_slice(b" tls=");
+        out.extend_from_slice(self.tls.unwrap_or("-").as_bytes());
         text_field(&mut out, "sni", self.sni.as_deref());
         text_field(&mut out, "request_id", self.request_id.to_str().ok());
-        out.push('\n');
+        out.push(b'\n');
         out
     }
 
-    fn json(&self, duration: Duration) -> String {
-        let mut time = String::with_capacity(24);
+    fn json(&self, duration: Duration) -> Vec<u8> {
+        let mut time = Vec::with_capacity(24);
         push_time(&mut time, self.time);
+        let time = String::from_utf8(time).unwrap_or_default();
         let line = JsonLine {
             time: &time,
             site: self.site.as_deref(),
@@ -328,8 +328,8 @@ impl Record {
             request_id: self.request_id.to_str().ok(),
         };
         // Serializing borrowed strings and numbers cannot fail.
-        let mut out = serde_json::to_string(&line).unwrap_or_default();
-        out.push('\n');
+        let mut out = serde_json::to_vec(&line).unwrap_or_default();
+        out.push(b'\n');
         out
     }
 }
@@ -366,16 +366,16 @@ fn protocol(version: Version) -> &'static str {
 }
 
 /// Milliseconds with three decimals (microseconds).
-fn push_millis(out: &mut String, d: Duration) {
+fn push_millis(out: &mut Vec<u8>, d: Duration) {
     let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
     push_u64(out, micros / 1000);
-    out.push('.');
+    out.push(b'.');
     push_digits(out, micros % 1000, 3);
 }
 
 /// A number in decimal, without `core::fmt` (a third of the line's cost when it was
 /// written with `write!`, scripts/profile ACCESS_LOG=1).
-fn push_u64(out: &mut String, mut n: u64) {
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut buf = [0u8; 20];
     let mut at = buf.len();
     loop {
@@ -386,23 +386,23 @@ fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    out.extend(buf[at..].iter().map(|&d| char::from(d)));
+    out.extend_from_slice(&buf[at..]);
 }
 
 /// `n` in exactly `width` digits (zero-padded; higher digits are cut).
-fn push_digits(out: &mut String, n: u64, width: u32) {
+fn push_digits(out: &mut Vec<u8>, n: u64, width: u32) {
     for i in (0..width).rev() {
-        out.push(char::from(b'0' + (n / 10u64.pow(i) % 10) as u8));
+        out.push(b'0' + (n / 10u64.pow(i) % 10) as u8);
     }
 }
 
 /// An address as `Display` writes it; IPv4 by hand, the usual case.
-fn push_ip(out: &mut String, ip: IpAddr) {
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push('.');
+                    out.push(b'.');
                 }
                 push_u64(out, u64::from(octet));
             }
@@ -414,23 +414,23 @@ fn push_ip(out: &mut String, ip: IpAddr) {
 }
 
 /// ` key=value`, the value in logfmt, or `-` when there is none.
-fn text_field(out: &mut String, key: &str, value: Option<&str>) {
-    out.push(' ');
-    out.push_str(key);
-    out.push('=');
+fn text_field(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
+    out.push(b' ');
+    out.extend_from_slice(key.as_bytes());
+    out.push(b'=');
     match value {
         Some(v) => push_logfmt(out, v),
-        None => out.push('-'),
+        None => out.push(b'-'),
     }
 }
 
 /// `2026-12-06T19:47:37.123Z`.
-fn push_time(out: &mut String, time: SystemTime) {
+fn push_time(out: &mut Vec<u8>, time: SystemTime) {
     thread_local! {
         /// The last second formatted on this thread and its text up to the seconds:
         /// requests in the same second reuse it.
-        static SECOND: std::cell::RefCell<(u64, String)> =
-            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        static SECOND: std::cell::RefCell<(u64, Vec<u8>)> =
+            const { std::cell::RefCell::new((u64::MAX, Vec::new())) };
     }
     let since = time
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -441,50 +441,50 @@ fn push_time(out: &mut String, time: SystemTime) {
             let t = time::OffsetDateTime::from(time);
             text.clear();
             push_digits(text, u64::try_from(t.year()).unwrap_or(0), 4);
-            text.push('-');
+            text.push(b'-');
             push_digits(text, u64::from(u8::from(t.month())), 2);
-            text.push('-');
+            text.push(b'-');
             push_digits(text, u64::from(t.day()), 2);
-            text.push('T');
+            text.push(b'T');
             push_digits(text, u64::from(t.hour()), 2);
-            text.push(':');
+            text.push(b':');
             push_digits(text, u64::from(t.minute()), 2);
-            text.push(':');
+            text.push(b':');
             push_digits(text, u64::from(t.second()), 2);
             *second = secs;
         }
-        out.push_str(text);
+        out.extend_from_slice(text);
     });
-    out.push('.');
+    out.push(b'.');
     push_digits(out, u64::from(since.subsec_millis()), 3);
-    out.push('Z');
+    out.push(b'Z');
 }
 
 /// A logfmt value: bare when it is visible ASCII without `"`, `=` and `\`; else
 /// quoted, with `"` and `\` escaped and every other byte outside visible ASCII written
 /// `\xNN`, so no value can start a field or a line of its own.
-fn push_logfmt(out: &mut String, value: &str) {
+fn push_logfmt(out: &mut Vec<u8>, value: &str) {
     let bare = !value.is_empty() && value.bytes().all(|b| BARE[usize::from(b)]);
     if bare {
-        out.push_str(value);
+        out.extend_from_slice(value.as_bytes());
         return;
     }
-    out.push('"');
+    out.push(b'"');
     for b in value.bytes() {
         match b {
-            b'"' => out.push_str("\\\""),
-            b'\\' => out.push_str("\\\\"),
-            b' ' => out.push(' '),
-            b if b.is_ascii_graphic() => out.push(char::from(b)),
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b' ' => out.push(b' '),
+            b if b.is_ascii_graphic() => out.push(b),
             b => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.push_str("\\x");
-                out.push(char::from(HEX[usize::from(b >> 4)]));
-                out.push(char::from(HEX[usize::from(b & 0xf)]));
+                out.extend_from_slice(b"\\x");
+                out.push(HEX[usize::from(b >> 4)]);
+                out.push(HEX[usize::from(b & 0xf)]);
             }
         }
     }
-    out.push('"');
+    out.push(b'"');
 }
 
 /// Bytes a logfmt value may hold unquoted: visible ASCII but `"`, `=` and `\`.
@@ -558,6 +558,10 @@ mod tests {
     use super::*;
     use crate::body::full;
 
+    fn line_of(r: &Record, d: Duration) -> String {
+        String::from_utf8(r.line(d)).unwrap()
+    }
+
     /// A sink tests can read.
     #[derive(Clone, Default)]
     struct Shared(Arc<Mutex<Vec<u8>>>);
@@ -600,14 +604,14 @@ mod tests {
     fn text_and_json_lines_carry_every_field() {
         let mut r = record(LogFormat::Text);
         r.bytes_out = 12;
-        let text = r.line(Duration::from_millis(2));
+        let text = line_of(&r, Duration::from_millis(2));
         assert_eq!(
             text,
             "time=2025-12-06T19:47:37.123Z site=a.test client=203.0.113.7 method=POST host=a.test path=/p proto=HTTP/2 status=201 bytes_in=5 bytes_out=12 duration_ms=2.000 upstream=127.0.0.1:3000 upstream_ms=1.500 tls=TLSv1.3 sni=a.test request_id=abc\n"
         );
         let mut r = record(LogFormat::Json);
         r.bytes_out = 12;
-        let json = r.line(Duration::from_millis(2));
+        let json = line_of(&r, Duration::from_millis(2));
         assert!(json.ends_with("}\n") && json.matches('\n').count() == 1);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["time"], "2025-12-06T19:47:37.123Z");
@@ -626,7 +630,7 @@ mod tests {
         r.upstream = UpstreamTrace::default();
         r.host = Some("a b\n=\"x\\".to_string());
         r.path = "/é".to_string();
-        let line = r.line(Duration::ZERO);
+        let line = line_of(&r, Duration::ZERO);
         assert!(line.contains(" site=- "), "{line}");
         assert!(line.contains(" upstream=- upstream_ms=- "), "{line}");
         assert!(line.contains(r#" host="a b\x0a=\"x\\" "#), "{line}");
@@ -634,25 +638,25 @@ mod tests {
         assert_eq!(line.matches('\n').count(), 1);
         let mut r = record(LogFormat::Json);
         r.host = Some("a\nb".to_string());
-        let line = r.line(Duration::ZERO);
+        let line = line_of(&r, Duration::ZERO);
         assert_eq!(line.matches('\n').count(), 1, "{line}");
     }
 
     #[test]
     fn numbers_addresses_and_times_are_written_by_hand_correctly() {
-        let mut out = String::new();
+        let mut out = Vec::new();
         for n in [0, 7, 10, 999, 1000, u64::MAX] {
             out.clear();
             push_u64(&mut out, n);
-            assert_eq!(out, n.to_string());
+            assert_eq!(out, n.to_string().as_bytes());
         }
         out.clear();
         push_millis(&mut out, Duration::from_micros(12_034_005));
-        assert_eq!(out, "12034.005");
+        assert_eq!(out, b"12034.005");
         for ip in ["0.0.0.0", "203.0.113.255", "2001:db8::1", "::ffff:10.0.0.1"] {
             out.clear();
             push_ip(&mut out, ip.parse().unwrap());
-            assert_eq!(out, ip);
+            assert_eq!(out, ip.as_bytes());
         }
         // The cached second is not reused for another second, nor for another day.
         for (ms, want) in [
@@ -663,7 +667,7 @@ mod tests {
         ] {
             out.clear();
             push_time(&mut out, SystemTime::UNIX_EPOCH + Duration::from_millis(ms));
-            assert_eq!(out, want);
+            assert_eq!(out, want.as_bytes());
         }
     }
 
@@ -738,7 +742,7 @@ mod tests {
         // The writer takes at most one batch off the queue before it is stuck.
         let batch_lines = BATCH / 2 + 1;
         for _ in 0..QUEUE + batch_lines + 10 {
-            log.send("xx\n".to_string());
+            log.send(b"xx\n".to_vec());
         }
         assert!(
             metrics.access_log_drops() >= 10,
