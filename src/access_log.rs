@@ -503,8 +503,9 @@ fn is_bare(value: &[u8]) -> bool {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         let x = u64::from_le_bytes(word);
-        // Any byte >= 0x7f (DEL and non-ASCII)...
-        let above = (x.wrapping_add(ONES * (0x80 - 0x7f)) | x) & HIGH;
+        // Any byte >= 0x7f (DEL and non-ASCII): adding 0x80 - 0x7f = 1 to each byte
+        // sets its high bit...
+        let above = (x.wrapping_add(ONES) | x) & HIGH;
         // ...or < 0x21 (space and controls)...
         let below = x.wrapping_sub(ONES * 0x21) & !x & HIGH;
         if above | below != 0 {
