@@ -231,8 +231,9 @@ pub(crate) struct Record {
     pub path: String,
     pub version: Version,
     pub status: u16,
-    /// Request body bytes read so far; the forwarding body adds to it.
-    pub bytes_in: Arc<AtomicU64>,
+    /// Request body bytes read so far; the forwarding body adds to it. `None` for a
+    /// request without a body (most): 0, and no counter to allocate.
+    pub bytes_in: Option<Arc<AtomicU64>>,
     pub bytes_out: u64,
     pub upstream: UpstreamTrace,
     pub tls: Option<&'static str>,
@@ -251,10 +252,16 @@ impl Record {
         let (parts, body) = response.into_parts();
         let body = Logged {
             inner: body,
-            record: Some(Box::new(self)),
+            record: Some(self),
             log,
         };
         Response::from_parts(parts, body.boxed())
+    }
+
+    fn bytes_in(&self) -> u64 {
+        self.bytes_in
+            .as_ref()
+            .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     /// The line, `\n` included.
@@ -282,7 +289,7 @@ impl Record {
         out.extend_from_slice(b" status=");
         push_u64(&mut out, u64::from(self.status));
         out.extend_from_slice(b" bytes_in=");
-        push_u64(&mut out, self.bytes_in.load(Ordering::Relaxed));
+        push_u64(&mut out, self.bytes_in());
         out.extend_from_slice(b" bytes_out=");
         push_u64(&mut out, self.bytes_out);
         out.extend_from_slice(b" duration_ms=");
@@ -318,7 +325,7 @@ impl Record {
             path: &self.path,
             proto: protocol(self.version),
             status: self.status,
-            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in(),
             bytes_out: self.bytes_out,
             duration_ms: duration.as_secs_f64() * 1000.0,
             upstream: self.upstream.upstream.as_ref().map(|a| a.as_str()),
@@ -538,7 +545,9 @@ static BARE: [bool; 256] = {
 /// is dropped (the client went away), whichever comes first.
 struct Logged {
     inner: Body,
-    record: Option<Box<Record>>,
+    /// Inline: the body wrapper is boxed already, a second box would be one more
+    /// allocation per request.
+    record: Option<Record>,
     log: Arc<AccessLog>,
 }
 
@@ -624,7 +633,7 @@ mod tests {
             path: "/p".to_string(),
             version: Version::HTTP_2,
             status: 201,
-            bytes_in: Arc::new(AtomicU64::new(5)),
+            bytes_in: Some(Arc::new(AtomicU64::new(5))),
             bytes_out: 0,
             upstream: UpstreamTrace {
                 upstream: Some(http::uri::Authority::from_static("127.0.0.1:3000")),

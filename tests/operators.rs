@@ -186,6 +186,10 @@ async fn proxy_one_liner_logs_each_request_and_passes_request_ids() {
     assert_eq!(code, 28, "curl timed out");
     let line = wait_line(&stdout, |l| l.contains(" path=/slow "));
     assert!(line.contains(" status=499 "), "{line}");
+    assert!(
+        line.contains(&format!(" host=app.localhost:{https} ")),
+        "{line}"
+    );
     assert!(line.contains(&format!(" upstream={upstream} ")), "{line}");
     assert!(line.contains(" upstream_ms=- "), "{line}");
 

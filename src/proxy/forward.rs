@@ -86,8 +86,8 @@ pub(super) struct Sender {
 
 /// What the access log wants to know of a forwarded request, when it is on.
 pub(super) struct Traced<'a> {
-    /// Request body bytes read.
-    pub bytes_in: Arc<AtomicU64>,
+    /// Request body bytes read, when the request has a body.
+    pub bytes_in: Option<Arc<AtomicU64>>,
     /// The upstream tried last, and its time to the response head.
     pub upstream: &'a mut UpstreamTrace,
 }
@@ -176,7 +176,7 @@ pub(super) async fn forward(
             let (retry_body, reclaim) = RetryBody::new(body);
             (retry_body, Some(reclaim))
         };
-        let retry_body = retry_body.counting(traced.as_ref().map(|t| t.bytes_in.clone()));
+        let retry_body = retry_body.counting(traced.as_ref().and_then(|t| t.bytes_in.clone()));
         let request = head.request(&endpoint.upstream.authority, retry_body, last);
         let sent_at = traced.as_mut().map(|t| {
             // A clone of the parsed authority: a reference count, not a new string.

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use http::header;
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, Pending, Record};
@@ -172,12 +173,13 @@ impl Proxy {
                     site: None,
                     client,
                     method: req.method().clone(),
-                    host: raw_host.clone(),
+                    // Moved in below, not copied.
+                    host: None,
                     // Never the query: it may carry tokens.
                     path: req.uri().path().to_string(),
                     version: req.version(),
                     status: 0,
-                    bytes_in: Arc::new(AtomicU64::new(0)),
+                    bytes_in: (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0))),
                     bytes_out: 0,
                     upstream: Default::default(),
                     tls: conn.tls_version,
@@ -192,7 +194,7 @@ impl Proxy {
                     .count(refused.status);
                 let site = table.site_name(raw_host.as_deref());
                 let response = error_response(refused.status, refused.message);
-                return logged(pending, site, response);
+                return logged(pending, site, raw_host, response);
             }
             let matched = table.router.route(
                 raw_host.as_deref(),
@@ -204,13 +206,13 @@ impl Proxy {
                     // Errors are the rare path: a second host lookup finds the site.
                     table.counters_for(raw_host.as_deref()).count(err.status());
                     let site = table.site_name(raw_host.as_deref());
-                    return logged(pending, site, route_error(&err));
+                    return logged(pending, site, raw_host, route_error(&err));
                 }
                 Ok(m) => match &m.route.action {
                     Action::Respond { status, body } => {
                         table.counters[m.site].count(*status);
                         let site = table.site_names.get(m.site).cloned();
-                        return logged(pending, site, text(*status, body.clone()));
+                        return logged(pending, site, raw_host, text(*status, body.clone()));
                     }
                     Action::Proxy(balancer) => {
                         if let Some(r) = pending.record() {
@@ -231,16 +233,31 @@ impl Proxy {
             }
         };
         // `route` succeeded, so there is a host.
-        let original_host = raw_host.unwrap_or_default();
-        let traced = pending.record().map(|r| forward::Traced {
-            bytes_in: r.bytes_in.clone(),
-            upstream: &mut r.upstream,
-        });
+        // With the access log on, the host lives in the record (also for a request
+        // dropped before its head) and forward borrows it from there: not copied.
+        let mut own_host = Some(raw_host.unwrap_or_default());
+        let (original_host, traced) = match pending.record() {
+            Some(r) => {
+                r.host = own_host.take();
+                let Record {
+                    host,
+                    upstream,
+                    bytes_in,
+                    ..
+                } = r;
+                let traced = forward::Traced {
+                    bytes_in: bytes_in.clone(),
+                    upstream,
+                };
+                (host.as_deref().unwrap_or_default(), Some(traced))
+            }
+            None => (own_host.as_deref().unwrap_or_default(), None),
+        };
         let response = match forward::forward(
             req,
             conn,
             sender,
-            &original_host,
+            original_host,
             balancer,
             upstream_timeout,
             traced,
@@ -264,10 +281,12 @@ impl Proxy {
 fn logged(
     mut pending: Pending,
     site: Option<Arc<str>>,
+    host: Option<String>,
     response: Response<Body>,
 ) -> Response<Body> {
     if let Some(record) = pending.record() {
         record.site = site;
+        record.host = host;
     }
     pending.finish(response)
 }
