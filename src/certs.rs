@@ -121,6 +121,7 @@ impl CertManager {
                 let result = match &site.tls {
                     TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
                     TlsSource::Secret(pem) => self.install_secret(site, pem),
+                    TlsSource::Off => Ok(()),
                     TlsSource::Internal | TlsSource::Acme => self.load_stored_parallel(site).await,
                 };
                 if let Err(e) = result {
@@ -162,9 +163,11 @@ impl CertManager {
     pub(crate) async fn reload(&self, old: &Config, new: &Config) {
         let batch = self.resolver.batch();
         self.resolver.set_sites(&new.sites);
+        // By id: one pass over each config, whatever the number of sites.
+        let old_sites: HashMap<SiteId, &Site> = old.sites.iter().map(|s| (site_id(s), s)).collect();
         for site in &new.sites {
             let id = site_id(site);
-            let before = old.sites.iter().find(|s| site_id(s) == id);
+            let before = old_sites.get(&id).copied();
             if before.is_some_and(|b| b.tls == site.tls) {
                 continue;
             }
@@ -176,6 +179,11 @@ impl CertManager {
             let result = match &site.tls {
                 TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
                 TlsSource::Secret(pem) => self.install_secret(site, pem),
+                TlsSource::Off => {
+                    // Served over plain HTTP now: whatever served it over TLS stops.
+                    self.resolver.retire(&id);
+                    Ok(())
+                }
                 TlsSource::Internal | TlsSource::Acme => {
                     self.load_stored(site).await.map(|served| {
                         if !served && before.is_some() {
@@ -203,7 +211,7 @@ impl CertManager {
             let result = match &site.tls {
                 TlsSource::Files { .. } => self.sync_files(site).map(|_| ()),
                 // Installed when the Secret changes (a reload of the cluster's sites).
-                TlsSource::Secret(_) => Ok(()),
+                TlsSource::Secret(_) | TlsSource::Off => Ok(()),
                 TlsSource::Internal => self.sync_internal(site, now).await,
                 // Runs in the background; failures are the ACME manager's to report.
                 TlsSource::Acme => {
@@ -215,6 +223,19 @@ impl CertManager {
                 tracing::warn!(site = %site_id(site), error = %Chain(&e), "certificate not renewed; the current one keeps serving");
             }
         }
+    }
+
+    /// The PEM chain and key of the certificate the store holds for `site` from its own
+    /// source (ACME or the local CA), if it holds one that loads: what a Secret named
+    /// by an Ingress is filled with.
+    pub(crate) async fn stored_pem(&self, site: &Site) -> Option<(Vec<u8>, Vec<u8>)> {
+        let name = cert_object_name(site);
+        let stored = self.store.get(Kind::Certificate, &name).await.ok()??;
+        stored_certificate(site, &stored.object).ok()??;
+        Some((
+            stored.object.get("tls.crt")?.to_vec(),
+            stored.object.get("tls.key")?.to_vec(),
+        ))
     }
 
     /// The last ACME error of a site (by its id: sorted names joined by `,`), if its

@@ -30,6 +30,10 @@
 //! reload (SIGHUP, or the config file changed): validate the whole file, then swap
 //!   config ─► router + proxy table (pools of kept upstreams stay) ─► resolver sites,
 //!   and wake certs::CertManager for new sites; nothing is closed
+//!
+//! cluster ([kubernetes]): IngressClasses, Ingresses, Services, EndpointSlices, TLS
+//!   Secrets (list, then watch) ─► sites ─► the reload path above, merged with the
+//!   file's; one replica (lock `status`) writes Ingress status, Events, filled Secrets
 //! ```
 //!
 //! # Modules, as they import each other
@@ -40,6 +44,7 @@
 //! ```text
 //! server                       assembly, start-up order, graceful shutdown
 //! trust                        the local CA's root in the system trust store (CLI)
+//! cluster                      Ingresses as sites; their status, Events, Secrets
 //! admin, reload                the admin listener; SIGHUP and config file changes
 //! certs, listener              the certificate scheduler; sockets, TLS, HTTP, port 80
 //! acme                         accounts, orders, challenges, renewal

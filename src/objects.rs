@@ -135,6 +135,7 @@ fn source_name(tls: &TlsSource) -> &'static str {
         TlsSource::Internal => "internal",
         TlsSource::Files { .. } => "files",
         TlsSource::Secret(_) => "secret",
+        TlsSource::Off => "off",
     }
 }
 

@@ -218,6 +218,16 @@ impl Reloader {
         outcome
     }
 
+    /// The hosts the config file's sites serve (which win over the cluster's).
+    pub(crate) async fn file_hosts(&self) -> std::collections::HashSet<HostPattern> {
+        let seen = self.inner.seen.lock().await;
+        seen.file
+            .sites
+            .iter()
+            .flat_map(|s| s.hosts.iter().cloned())
+            .collect()
+    }
+
     /// Looks at the config file every [`POLL_INTERVAL`] and reloads it when it changed,
     /// until shutdown begins.
     pub(crate) async fn watch(self, mut shutdown: watch::Receiver<Phase>) {
@@ -327,11 +337,9 @@ fn merged(mut file: Config, cluster: &[Site]) -> Config {
     for site in cluster {
         let mut site = site.clone();
         site.hosts.retain(|h| {
-            let free = !taken.contains(h);
-            if !free {
-                tracing::warn!(host = %h, "cluster: the host is a site of the config file, which wins over Ingresses");
-            }
-            free
+            // The cluster's builder already left these out and said so; this covers a
+            // file changed since its last build.
+            !taken.contains(h)
         });
         if !site.hosts.is_empty() {
             file.sites.push(site);
@@ -368,25 +376,30 @@ fn plan(old: &Config, mut new: Config) -> (Config, ReloadOutcome) {
     new.limits.max_connections = old.limits.max_connections;
     new.log.format = old.log.format;
 
-    let ids = |c: &Config| -> Vec<SiteId> { c.sites.iter().map(site_id).collect() };
-    let (old_ids, new_ids) = (ids(old), ids(&new));
+    // By id, so a change of one site among thousands (an Ingress edited) costs one
+    // pass over each list, not a pass over the old list per new site.
+    let old_sites: std::collections::HashMap<SiteId, &Site> =
+        old.sites.iter().map(|s| (site_id(s), s)).collect();
+    let new_ids: Vec<SiteId> = new.sites.iter().map(site_id).collect();
+    let new_set: std::collections::HashSet<&SiteId> = new_ids.iter().collect();
     let added = new_ids
         .iter()
-        .filter(|id| !old_ids.contains(id))
+        .filter(|id| !old_sites.contains_key(*id))
         .cloned()
         .collect();
-    let removed = old_ids
+    let removed = old
+        .sites
         .iter()
-        .filter(|id| !new_ids.contains(id))
-        .cloned()
+        .map(site_id)
+        .filter(|id| !new_set.contains(id))
         .collect();
     let changed = new
         .sites
         .iter()
-        .filter_map(|site| {
-            let id = site_id(site);
-            let before = old.sites.iter().find(|s| site_id(s) == id)?;
-            (before != site).then_some(id)
+        .zip(&new_ids)
+        .filter_map(|(site, id)| {
+            let before = old_sites.get(id)?;
+            (*before != site).then(|| id.clone())
         })
         .collect();
     let applied = new != *old;

@@ -104,6 +104,7 @@ pub struct Server {
     certs: Arc<CertManager>,
     reloader: Reloader,
     cluster: Option<Cluster>,
+    locker: Arc<dyn Locker>,
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
@@ -142,7 +143,7 @@ impl Server {
         let challenges = Arc::new(Challenges::with_store(store.clone()));
         let certs = Arc::new(CertManager::new(
             store,
-            locker,
+            locker.clone(),
             resolver.clone(),
             challenges.clone(),
             metrics.clone(),
@@ -170,6 +171,7 @@ impl Server {
             challenges,
             certs,
             cluster,
+            locker,
         })
     }
 
@@ -248,6 +250,7 @@ impl Server {
             https_port,
             connections: connections.clone(),
             metrics: self.metrics.clone(),
+            proxy: self.proxy.clone(),
         };
         let admin_addr = self.admin.as_ref().and_then(|l| l.local_addr().ok());
         let admin = self.admin.map(|listener| AdminListener {
@@ -261,7 +264,12 @@ impl Server {
         match self.cluster {
             None => self.metrics.set_ready(true),
             Some(cluster) => {
-                let mut synced = cluster.start(self.reloader.clone(), stop_rx.clone());
+                let mut synced = cluster.start(
+                    self.reloader.clone(),
+                    self.locker.clone(),
+                    self.certs.clone(),
+                    stop_rx.clone(),
+                );
                 let metrics = self.metrics.clone();
                 let stop = stop_rx.clone();
                 tokio::spawn(async move {

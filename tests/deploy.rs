@@ -21,8 +21,9 @@ use common::deploy::{manifests, object, role_rules};
 use portico::config::{Config, Storage, TlsSource};
 use serde_json::Value;
 
-/// docs/kubernetes.md, "RBAC": cluster-wide reads for serving Ingresses.
-const DOCUMENTED_CLUSTER_RULES: [(&str, &str, &[&str]); 5] = [
+/// docs/kubernetes.md, "RBAC": cluster-wide reads for serving Ingresses, and writes of
+/// their status, of Events about them and of the Secrets portico fills.
+const DOCUMENTED_CLUSTER_RULES: [(&str, &str, &[&str]); 7] = [
     (
         "networking.k8s.io",
         "ingressclasses",
@@ -35,7 +36,9 @@ const DOCUMENTED_CLUSTER_RULES: [(&str, &str, &[&str]); 5] = [
         "endpointslices",
         &["get", "list", "watch"],
     ),
-    ("", "secrets", &["get", "list", "watch"]),
+    ("", "secrets", &["get", "list", "watch", "create", "update"]),
+    ("networking.k8s.io", "ingresses/status", &["patch"]),
+    ("", "events", &["create"]),
 ];
 
 /// The rules of a Role or ClusterRole as (group, resource, verbs), one group and one
@@ -415,14 +418,16 @@ fn the_role_is_designs_and_bound_to_the_pods_service_account() {
         .collect();
     assert_eq!(role_rules(), documented_role);
     let cluster_role = object("ClusterRole");
-    let reads = rules_of(cluster_role);
-    assert_eq!(reads, documented(&DOCUMENTED_CLUSTER_RULES));
-    assert!(
-        reads
-            .iter()
-            .all(|(_, _, verbs)| *verbs == ["get", "list", "watch"]),
-        "cluster-wide, portico only reads"
-    );
+    let rules = rules_of(cluster_role);
+    assert_eq!(rules, documented(&DOCUMENTED_CLUSTER_RULES));
+    // Cluster-wide, portico writes nothing but status, Events and the Secrets it fills.
+    for (_, resource, verbs) in &rules {
+        assert!(
+            *verbs == ["get", "list", "watch"]
+                || ["ingresses/status", "events", "secrets"].contains(resource),
+            "{resource}: {verbs:?}"
+        );
+    }
 
     let account = pod_spec()["serviceAccountName"].as_str().unwrap();
     let service_account = object("ServiceAccount");
@@ -710,6 +715,32 @@ fn stop(mut child: std::process::Child) {
     let _ = child.wait();
 }
 
+/// The address a cloud's load balancer controller would give the shipped Service.
+const PUBLISHED_IP: &str = "203.0.113.10";
+
+/// Writes [`PUBLISHED_IP`] into the shipped Service's status, as a cloud's load
+/// balancer controller would.
+fn publish_an_address() {
+    let namespace = object("Namespace")["metadata"]["name"].as_str().unwrap();
+    let service = object("Service")["metadata"]["name"].as_str().unwrap();
+    let patch =
+        serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": PUBLISHED_IP}]}}});
+    control_plane().kubectl(
+        &[
+            "patch",
+            "service",
+            service,
+            "-n",
+            namespace,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch.to_string(),
+        ],
+        b"",
+    );
+}
+
 /// `kubectl apply -k config/kubernetes` (the other tests of this binary may apply it
 /// at the same moment).
 fn apply_manifests() {
@@ -744,7 +775,8 @@ fn service_account_kubeconfig(dir: &Path) -> (std::path::PathBuf, String) {
 /// the probed paths, watches the certificate Secrets, takes and releases its issuance
 /// Lease, records the failed attempt on the certificate Secret, and serves an Ingress
 /// of the shipped IngressClass from another namespace (port 80 redirects its host to
-/// https, as for every served host). Only the addresses change (`adapted_config`).
+/// https, as for every served host), writes its status (the published Service's
+/// address) and fills the missing Secret its `spec.tls` names. Only the addresses change (`adapted_config`).
 /// Removing any verb the start-up path uses from the Role makes this fail; the
 /// ClusterRole's rules are each tried in the next test. `portico certs` then reads the
 /// same store with the same rights.
@@ -776,16 +808,28 @@ async fn a_replica_with_only_the_shipped_rights_turns_ready_and_serves_an_ingres
     let class = object("IngressClass")["metadata"]["name"].as_str().unwrap();
     app.create(serde_json::json!({
         "apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "app"},
-        "spec": {"ingressClassName": class, "rules": [{"host": "app.deploy.internal", "http": {"paths": [
+        "spec": {"ingressClassName": class,
+            "tls": [{"hosts": ["app.deploy.internal"], "secretName": "app-tls"}],
+            "rules": [{"host": "app.deploy.internal", "http": {"paths": [
             {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}},
         ]}}]},
     }));
 
+    publish_an_address();
     let refused = common::refused_addr().await;
     let (text, [http, _, admin]) = adapted_config(refused);
     let path = dir.path().join("portico.toml");
     std::fs::write(&path, &text).unwrap();
     let (child, log) = run_replica(&path, &kubeconfig);
+    let app_status =
+        || app.get("ingresses", "app").unwrap()["status"]["loadBalancer"]["ingress"].clone();
+    // The Secret its spec.tls names, missing: filled with the host's certificate.
+    let filled = || {
+        app.get("secrets", "app-tls").is_some_and(|s| {
+            s["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "portico"
+                && s["data"]["tls.crt"].as_str().is_some_and(|c| !c.is_empty())
+        })
+    };
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let released_issuance_lease = || {
@@ -821,13 +865,16 @@ async fn a_replica_with_only_the_shipped_rights_turns_ready_and_serves_an_ingres
             && released_issuance_lease()
             && recorded_the_failure()
             && status == 308
+            && app_status() == serde_json::json!([{"ip": PUBLISHED_IP}])
+            && filled()
         {
             assert_eq!(location.as_deref(), Some("https://app.deploy.internal/x"));
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "healthz {health:?}, readyz {ready:?}, watching {watching}, ingress {status}, leases {:?}, secrets {:?}\n{}",
+            "healthz {health:?}, readyz {ready:?}, watching {watching}, ingress {status} {}, leases {:?}, secrets {:?}\n{}",
+            app_status(),
             plane.list(namespace, "leases"),
             plane.list(namespace, "secrets"),
             log.lock().unwrap()
@@ -865,7 +912,8 @@ async fn a_replica_with_only_the_shipped_rights_turns_ready_and_serves_an_ingres
 }
 
 /// Each rule of the shipped ClusterRole is needed: a replica bound to the ClusterRole
-/// without it is refused the list of that kind (403) and does not turn ready.
+/// without a read rule is refused the list of that kind (403) and does not turn ready;
+/// without a write rule it is refused the status patch or the Event (403).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_any_rule_of_the_cluster_role_a_replica_does_not_turn_ready() {
     common::edge::install_provider();
@@ -873,11 +921,52 @@ async fn without_any_rule_of_the_cluster_role_a_replica_does_not_turn_ready() {
     apply_manifests();
     let ns = plane.namespace("deploy-rights");
     let refused = common::refused_addr().await;
+    // A Service of this test's own to publish, with another address than the shipped
+    // one's: the replica of the other test (which watches every namespace) writes that
+    // one into these Ingresses, so this one always has a status to write.
+    ns.create(
+        serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "published"},
+        "spec": {"type": "LoadBalancer", "ports": [{"port": 443}]}}),
+    );
+    plane.kubectl(
+        &[
+            "patch",
+            "service",
+            "published",
+            "-n",
+            &ns.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"203.0.113.20"}]}}}"#,
+        ],
+        b"",
+    );
+    // An Ingress of the shipped class to write status for, and one to warn about.
+    let class = object("IngressClass")["metadata"]["name"].as_str().unwrap();
+    let ingress = |name: &str, annotations: Value| {
+        serde_json::json!({
+            "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"ingressClassName": class, "rules": [{"host": format!("{name}.rights.internal"), "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "none", "port": {"number": 80}}}},
+            ]}}]},
+        })
+    };
+    ns.create(ingress("plain", serde_json::json!({})));
+    ns.create(ingress(
+        "snippet",
+        serde_json::json!({"nginx.ingress.kubernetes.io/server-snippet": "return 200;"}),
+    ));
     for (i, missing) in DOCUMENTED_CLUSTER_RULES.iter().enumerate() {
         // The shipped ClusterRole without one rule, bound to a replica identity of
         // this test (which also has the shipped namespaced Role in its namespace).
         let mut role = object("ClusterRole").clone();
-        let name = format!("portico-without-{}-{}", missing.1, ns.name);
+        let name = format!(
+            "portico-without-{}-{}",
+            missing.1.replace('/', "-"),
+            ns.name
+        );
         role["metadata"] = serde_json::json!({"name": name});
         role["rules"].as_array_mut().unwrap().remove(i);
         let who = format!("replica-{i}");
@@ -894,28 +983,48 @@ async fn without_any_rule_of_the_cluster_role_a_replica_does_not_turn_ready() {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = ns.kubeconfig(dir.path(), &who);
         let (mut text, [_, _, admin]) = adapted_config(refused);
-        // The store in the test's namespace, where this identity has the shipped Role.
+        // The store in the test's namespace, where this identity has the shipped Role;
+        // its own Service published.
         text = text.replacen(
             "backend = \"kubernetes\"",
             &format!("backend = \"kubernetes\"\nnamespace = \"{}\"", ns.name),
             1,
         );
+        // A replica missing a write rule reads everything and so writes status: only
+        // this namespace's Ingresses then, so it never writes into the other test's. (One
+        // missing a read rule never gets as far, and must list cluster-wide to be
+        // refused.)
+        let shipped = "publish_service = \"portico/portico\"";
+        assert!(text.contains(shipped));
+        let namespaces = if ["ingresses/status", "events"].contains(&missing.1) {
+            format!("\nnamespaces = [\"{}\"]", ns.name)
+        } else {
+            String::new()
+        };
+        text = text.replacen(
+            shipped,
+            &format!("publish_service = \"{}/published\"{namespaces}", ns.name),
+            1,
+        );
         let path = dir.path().join("portico.toml");
         std::fs::write(&path, &text).unwrap();
         let (child, log) = run_replica(&path, &kubeconfig);
-        let kind = match missing.1 {
-            "ingressclasses" => "IngressClass",
-            "ingresses" => "Ingress",
-            "services" => "Service",
-            "endpointslices" => "EndpointSlice",
-            "secrets" => "Secret",
+        // What the log says when the rule is missing.
+        let (says, kind) = match missing.1 {
+            "ingressclasses" => ("cannot list", "\"IngressClass\""),
+            "ingresses" => ("cannot list", "\"Ingress\""),
+            "services" => ("cannot list", "\"Service\""),
+            "endpointslices" => ("cannot list", "\"EndpointSlice\""),
+            "secrets" => ("cannot list", "\"Secret\""),
+            "ingresses/status" => ("cannot write Ingress status", ""),
+            "events" => ("cannot write an Event", ""),
             other => panic!("{other}"),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let refused_list = log.lock().unwrap().lines().any(|l| {
-                l.contains("cannot list")
-                    && l.contains(&format!("\"{kind}\""))
+                l.contains(says)
+                    && l.contains(kind)
                     && (l.contains("403") || l.to_lowercase().contains("forbidden"))
             });
             if refused_list {
@@ -923,18 +1032,20 @@ async fn without_any_rule_of_the_cluster_role_a_replica_does_not_turn_ready() {
             }
             assert!(
                 Instant::now() < deadline,
-                "without {}: no refused list of {kind}\n{}",
+                "without {}: the log never says {says:?} {kind}\n{}",
                 missing.1,
                 log.lock().unwrap()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_ne!(
-            admin_status(admin, "/readyz").await,
-            Some(200),
-            "ready without {}",
-            missing.1
-        );
+        if says == "cannot list" {
+            assert_ne!(
+                admin_status(admin, "/readyz").await,
+                Some(200),
+                "ready without {}",
+                missing.1
+            );
+        }
         stop(child);
     }
 }

@@ -26,57 +26,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The rights the Ingress controller needs, bound to `who` in the test's namespace, and
-/// IngressClasses (cluster-scoped) cluster-wide.
+/// The shipped ClusterRole's rights for `who` (one identity), and the test's class.
 fn grant(ns: &Namespace, who: &str) {
-    let user = ns.user(who);
-    let plane = ns.plane();
-    let role = json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": {"name": "portico-ingress"},
-        "rules": [
-            {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
-        ],
-    });
-    ns.create(role);
-    ns.create(json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": {"name": "portico-ingress"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "portico-ingress"},
-        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}],
-    }));
-    let name = format!("portico-classes-{}", ns.name);
-    let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRole",
-            "metadata": {"name": name},
-            "rules": [{"apiGroups": ["networking.k8s.io"], "resources": ["ingressclasses"], "verbs": ["get", "list", "watch"]}],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": name},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": user}],
-        },
-        {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "IngressClass",
-            "metadata": {"name": class(ns)},
-            "spec": {"controller": "portico.dev/ingress-controller"},
-        },
-    ]});
-    plane.kubectl(&["create", "-f", "-"], objects.to_string().as_bytes());
+    ns.grant_ingress_controller(&[who]);
 }
 
 /// The IngressClass of the test's namespace (IngressClasses are cluster-wide).
 fn class(ns: &Namespace) -> String {
-    format!("portico-{}", ns.name)
+    ns.ingress_class()
 }
 
 fn service(name: &str, ports: Value) -> Value {
@@ -120,6 +77,7 @@ fn replace(ns: &Namespace, object: Value) {
 struct Replica {
     child: Child,
     dir: PathBuf,
+    http: SocketAddr,
     https: SocketAddr,
     admin: SocketAddr,
     log: Arc<Mutex<String>>,
@@ -129,13 +87,32 @@ impl Replica {
     /// `portico run` with `[kubernetes]` for the test's class and namespace, the file
     /// backend in a temp folder, and `toml` (sites) after it.
     fn start(ns: &Namespace, dir: &Path, who: &str, toml: &str) -> Replica {
-        let (http, https, admin) = (free_port(), free_port(), free_port());
+        Replica::start_with(ns, dir, who, "", toml)
+    }
+
+    /// [`Replica::start`] with more `[kubernetes]` keys.
+    fn start_with(ns: &Namespace, dir: &Path, who: &str, kubernetes: &str, toml: &str) -> Replica {
         let kubeconfig = ns.kubeconfig(dir, who);
-        let config = dir.join("portico.toml");
+        Replica::start_full(ns, dir, who, &kubeconfig, kubernetes, toml)
+    }
+
+    /// [`Replica::start_with`] signed in with `kubeconfig`.
+    fn start_full(
+        ns: &Namespace,
+        dir: &Path,
+        who: &str,
+        kubeconfig: &Path,
+        kubernetes: &str,
+        toml: &str,
+    ) -> Replica {
+        let (http, https, admin) = (free_port(), free_port(), free_port());
+        // One file per replica: replicas of one test may share the folder (and with it
+        // the file store and its locks).
+        let config = dir.join(format!("portico-{who}.toml"));
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:{admin}\"\n[storage]\npath = \"data\"\n[kubernetes]\ningress_class = \"{}\"\nnamespaces = [\"{}\"]\n{toml}",
+                "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:{admin}\"\n[storage]\npath = \"data\"\n[kubernetes]\ningress_class = \"{}\"\nnamespaces = [\"{}\"]\n{kubernetes}{toml}",
                 class(ns),
                 ns.name
             ),
@@ -144,7 +121,7 @@ impl Replica {
         let mut child = common::portico()
             .args(["run", "--config", config.to_str().unwrap()])
             .current_dir(dir)
-            .env("KUBECONFIG", &kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -165,6 +142,7 @@ impl Replica {
         Replica {
             child,
             dir: dir.to_path_buf(),
+            http: format!("127.0.0.1:{http}").parse().unwrap(),
             https: format!("127.0.0.1:{https}").parse().unwrap(),
             admin: format!("127.0.0.1:{admin}").parse().unwrap(),
             log,
@@ -203,8 +181,17 @@ impl Replica {
     ) -> (u16, String) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let mut send = self.h2(host).await;
-            let (status, body) = get_h2(&mut send, host, path).await;
+            // The local CA may not exist yet either.
+            let root = std::fs::read(self.dir.join("data/ca/root.pem")).unwrap_or_default();
+            let config = common::edge::client_config(&[&root], &[b"h2"]);
+            let (status, body) = match common::edge::tls_connect(self.https, host, config).await {
+                Ok(tls) => {
+                    let mut send = common::edge::h2_over(tls).await;
+                    get_h2(&mut send, host, path).await
+                }
+                // No certificate for the name yet.
+                Err(e) => (0, e.to_string()),
+            };
             if want(status, &body) {
                 return (status, body);
             }
@@ -317,6 +304,10 @@ async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
         "[[site]]\nhosts = [\"toml.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"from the file\" }\n",
     );
     replica.ready().await;
+    // Ready means routed; the local CA's first certificate for a new host may still be
+    // on its way.
+    replica.until("shop.internal", "/", |s, _| s == 200).await;
+    replica.until("toml.internal", "/", |s, _| s == 200).await;
 
     let mut send = replica.h2("shop.internal").await;
     for (path, want) in [
@@ -440,8 +431,15 @@ async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
     }
     let log = replica.log();
     assert!(
-        log.contains("toml.internal") && log.contains("wins over Ingresses"),
+        log.contains("toml.internal") && log.contains("config file has a site for it"),
         "the conflict is logged:\n{log}"
+    );
+    let events = ns.list("events");
+    assert!(
+        events.iter().any(|e| e["involvedObject"]["name"] == "taken"
+            && e["reason"] == "NotServed"
+            && e["message"].as_str().unwrap_or("").contains("config file")),
+        "the Ingress's owner is told: {events:?}"
     );
 }
 
@@ -470,8 +468,9 @@ async fn leaf(replica: &Replica, host: &str, root: &str) -> Result<Vec<u8>, Stri
 
 /// A host listed in `spec.tls` is served the certificate of the Secret named there,
 /// swapped when the Secret changes; a replacement that does not cover the host is
-/// refused and the previous certificate keeps serving; a host whose Secret does not
-/// exist gets an automatic certificate (the local CA here).
+/// refused and the previous certificate keeps serving, and that Secret (not portico's)
+/// is never written; a host whose Secret does not exist gets an automatic certificate
+/// (the local CA here), which portico writes into that Secret, labelled as its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spec_tls_secret_is_served_and_swapped_when_it_changes() {
     common::edge::install_provider();
@@ -566,6 +565,244 @@ async fn a_spec_tls_secret_is_served_and_swapped_when_it_changes() {
         "{log}"
     );
     assert!(!log.contains("PRIVATE KEY"), "{log}");
+}
+
+/// Ingress status and Warning Events are written by one replica, the holder of the
+/// status lock: two replicas sharing one store, and only one of them ever patches an
+/// Ingress's status; the address is the publish Service's; an Ingress that is not
+/// served (a snippet annotation) gets one Warning Event that says why, not one per
+/// rebuild or per replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_events_are_written_by_the_holder_of_the_status_lock_only() {
+    common::edge::install_provider();
+    let ns = control_plane().namespace("ingress-status");
+    ns.grant_ingress_controller(&["one", "two"]);
+    let web = backend_at(host_ip(), "web", Proto::Http1).await.0;
+    ns.create(service("web", json!([{"port": 80}])));
+    ns.create(slice("web-1", "web", "", &[(web, true)]));
+    let mut published = service("portico", json!([{"port": 443}]));
+    published["spec"]["type"] = json!("LoadBalancer");
+    ns.create(published);
+    ns.plane().kubectl(
+        &[
+            "patch",
+            "service",
+            "portico",
+            "-n",
+            &ns.name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"203.0.113.10"}]}}}"#,
+        ],
+        b"",
+    );
+    let ingress = |name: &str, host: &str, annotations: Value| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"ingressClassName": class(&ns), "rules": [{"host": host, "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+            ]}}]},
+        })
+    };
+    ns.create(ingress("shop", "shop.internal", json!({})));
+    ns.create(ingress(
+        "snippet",
+        "snippet.internal",
+        json!({"nginx.ingress.kubernetes.io/configuration-snippet": "more_set_headers \"x: y\";"}),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let publish = format!("publish_service = \"{}/portico\"\n", ns.name);
+    let one = Replica::start_with(&ns, dir.path(), "one", &publish, "");
+    let two = Replica::start_with(&ns, dir.path(), "two", &publish, "");
+    one.ready().await;
+    two.ready().await;
+
+    let status_of = |name: &str| {
+        ns.get("ingresses", name).unwrap()["status"]["loadBalancer"]["ingress"].clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status_of("shop") != json!([{"ip": "203.0.113.10"}]) {
+        assert!(
+            Instant::now() < deadline,
+            "no status:
+{}
+{}",
+            one.log(),
+            two.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let warnings = |name: &str| -> Vec<Value> {
+        ns.list("events")
+            .into_iter()
+            .filter(|e| e["involvedObject"]["name"] == name && e["type"] == "Warning")
+            .collect()
+    };
+    while warnings("snippet").is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no Event:
+{}
+{}",
+            one.log(),
+            two.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let event = &warnings("snippet")[0];
+    assert_eq!(event["reason"], "NotServed");
+    let message = event["message"].as_str().unwrap();
+    assert!(message.contains("configuration-snippet"), "{message}");
+
+    // More changes, more rebuilds: a new Ingress gets its status, and the snippet's
+    // Event is not repeated.
+    ns.create(ingress("later", "later.internal", json!({})));
+    while status_of("later") != json!([{"ip": "203.0.113.10"}]) {
+        assert!(Instant::now() < deadline, "no status for the new Ingress");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(warnings("snippet").len(), 1, "{:?}", warnings("snippet"));
+    assert!(warnings("shop").is_empty(), "{:?}", warnings("shop"));
+    let writers: std::collections::BTreeSet<String> = ns
+        .audit(None)
+        .into_iter()
+        .filter(|a| a.verb == "patch" && a.resource == "ingresses" && a.code < 300)
+        .map(|a| a.user)
+        .collect();
+    assert_eq!(writers.len(), 1, "{writers:?}");
+    let writer = writers.into_iter().next().unwrap();
+    assert!(
+        [ns.user("one"), ns.user("two")].contains(&writer),
+        "{writer}"
+    );
+}
+
+/// `portico.dev/tls: "off"`: the Ingress's host is proxied on port 80 as it came, with
+/// no certificate (a handshake for it fails) and no redirect; a host of another Ingress
+/// on the same port still redirects to https, request by request on one connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_off_serves_plain_http_on_port_80_without_a_redirect() {
+    common::edge::install_provider();
+    let ns = control_plane().namespace("ingress-plain");
+    grant(&ns, "replica");
+    let web = backend_at(host_ip(), "web", Proto::Http1).await.0;
+    ns.create(service("web", json!([{"port": 80}])));
+    ns.create(slice("web-1", "web", "", &[(web, true)]));
+    let ingress = |name: &str, annotations: Value| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"ingressClassName": class(&ns), "rules": [{"host": format!("{name}.internal"), "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+            ]}}]},
+        })
+    };
+    ns.create(ingress("plain", json!({"portico.dev/tls": "off"})));
+    ns.create(ingress("secure", json!({})));
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Replica::start(&ns, dir.path(), "replica", "");
+    replica.ready().await;
+    replica.until("secure.internal", "/", |s, _| s == 200).await;
+
+    let (status, location, body) =
+        common::edge::plain_get(replica.http, "plain.internal", "/a?b=c").await;
+    assert_eq!((status, location), (200, None), "{body}");
+    assert_eq!(backend_of(&body), "web", "{body}");
+    assert!(body.contains("uri: /a?b=c"), "{body}");
+    assert!(body.contains("header x-forwarded-proto: http"), "{body}");
+    let (status, location, _) =
+        common::edge::plain_get(replica.http, "secure.internal", "/a").await;
+    assert_eq!(
+        (status, location.as_deref()),
+        (308, Some("https://secure.internal/a"))
+    );
+    let root = replica.root();
+    let handshake = common::edge::tls_connect(
+        replica.https,
+        "plain.internal",
+        common::edge::client_config(&[&root], &[b"h2"]),
+    )
+    .await;
+    assert!(handshake.is_err(), "no certificate for a plain host");
+
+    // One connection, two hosts: each request is judged by its own Host.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(replica.http).await.unwrap();
+    tcp.write_all(b"GET /1 HTTP/1.1\r\nHost: plain.internal\r\n\r\nGET /2 HTTP/1.1\r\nHost: secure.internal\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answers = String::new();
+    tcp.read_to_string(&mut answers).await.unwrap();
+    let first = answers.find("HTTP/1.1 200").expect(&answers);
+    let second = answers.find("HTTP/1.1 308").expect(&answers);
+    assert!(first < second, "{answers}");
+    assert!(
+        answers.contains("location: https://secure.internal/2"),
+        "{answers}"
+    );
+}
+
+/// An outage of the API server takes nothing down: the routes last seen keep serving
+/// (no failed request while it lasts), and the watches resume when it ends; an Ingress
+/// created meanwhile, after etcd compacted the history the replica was watching from
+/// (410 Gone on resume), is found by listing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_outage_keeps_the_routes_and_a_410_on_resume_lists_again() {
+    use common::api_front::Front;
+    common::edge::install_provider();
+    let ns = control_plane().namespace("ingress-outage");
+    grant(&ns, "replica");
+    let web = backend_at(host_ip(), "web", Proto::Http1).await.0;
+    ns.create(service("web", json!([{"port": 80}])));
+    ns.create(slice("web-1", "web", "", &[(web, true)]));
+    let ingress = |name: &str| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": name},
+            "spec": {"ingressClassName": class(&ns), "rules": [{"host": format!("{name}.internal"), "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+            ]}}]},
+        })
+    };
+    ns.create(ingress("before"));
+    let front = Front::start(ns.plane()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = ns.kubeconfig_via(dir.path(), "replica", &front.url());
+    let replica = Replica::start_full(&ns, dir.path(), "replica", &kubeconfig, "", "");
+    replica.ready().await;
+    replica.until("before.internal", "/", |s, _| s == 200).await;
+    let mut send = replica.h2("before.internal").await;
+    assert_eq!(get_h2(&mut send, "before.internal", "/").await.0, 200);
+
+    front.set_down(true);
+    ns.create(ingress("during"));
+    let compacted = ns.plane().compact();
+    for _ in 0..20 {
+        let (status, body) = get_h2(&mut send, "before.internal", "/").await;
+        assert_eq!(
+            (status, backend_of(&body)),
+            (200, "web"),
+            "during the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    front.set_down(false);
+    replica
+        .until("during.internal", "/", |s, b| {
+            s == 200 && backend_of(b) == "web"
+        })
+        .await;
+    let log = replica.log();
+    assert!(
+        log.contains("410 Gone"),
+        "resumed past revision {compacted} without a 410:\n{log}"
+    );
+    assert_eq!(get_h2(&mut send, "before.internal", "/").await.0, 200);
 }
 
 /// [`slice`] carrying the stored object's resourceVersion, for `kubectl replace`.

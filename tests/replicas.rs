@@ -984,3 +984,93 @@ async fn a_certificate_write_on_a_stale_resource_version_is_retried_not_forced()
     );
     assert_eq!(world.pebble.orders(), 1, "exactly one order");
 }
+
+/// An Ingress whose `spec.tls` Secret does not exist, served by two replicas (the
+/// binary, each its own identity with the shipped Role and the shipped ClusterRole's
+/// rules): the CA (Pebble) validates HTTP-01 against 127.0.0.2, both
+/// replicas serve the certificate, and the one that writes status fills the Secret
+/// with it, labelled as portico's. Another Ingress's host points where nobody listens:
+/// its failed order is a `CertificateFailed` Event on it with the CA's problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_secret_is_filled_over_acme_and_served_by_every_replica() {
+    let world = World::start().await;
+    let ns = &world.ns;
+    world.pebble.set_a(HOST, ip(2)).await;
+    ns.grant_ingress_controller(&["replica-2", "replica-3"]);
+    let upstream = common::backend_at(common::host_ip(), "app", common::Proto::Http1)
+        .await
+        .0;
+    ns.create(
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app"},
+        "spec": {"ports": [{"port": 80}]}}),
+    );
+    ns.create(
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "app-1", "labels": {"kubernetes.io/service-name": "app"}},
+        "addressType": "IPv4", "ports": [{"name": "", "port": upstream.port()}],
+        "endpoints": [{"addresses": [upstream.ip().to_string()]}]}),
+    );
+    ns.create(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "shared"},
+        "spec": {"ingressClassName": ns.ingress_class(),
+            "tls": [{"hosts": [HOST], "secretName": "shared-tls"}],
+            "rules": [{"host": HOST, "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}}]}}));
+    // Resolves to Pebble's default answer, 127.0.0.1, where nobody listens.
+    const NOWHERE: &str = "nowhere.example.test";
+    ns.create(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "nowhere"},
+        "spec": {"ingressClassName": ns.ingress_class(),
+            "rules": [{"host": NOWHERE, "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}}]}}));
+    let kubernetes = format!(
+        "[kubernetes]\ningress_class = \"{}\"\nnamespaces = [\"{}\"]\n",
+        ns.ingress_class(),
+        ns.name
+    );
+    let replicas = [world.spawn(2, &kubernetes), world.spawn(3, &kubernetes)];
+    let roots = world.pebble.issuing_roots().await;
+    let leaf = served_leaf_at(world.https_of(2), HOST, &roots, || logs(&replicas)).await;
+    assert_eq!(
+        served_leaf_at(world.https_of(3), HOST, &roots, || logs(&replicas)).await,
+        leaf,
+        "both replicas serve the one certificate"
+    );
+    let mut send = edge::h2(world.https_of(3), HOST, &roots).await;
+    let (status, body) = edge::get_h2(&mut send, HOST, "/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("backend: app"), "{body}");
+
+    let secret = eventually(
+        "the Secret spec.tls names is filled",
+        Duration::from_millis(100),
+        || ns.get("secrets", "shared-tls"),
+        || logs(&replicas),
+    )
+    .await;
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(
+        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "portico"
+    );
+    assert_eq!(secret_leaf(&secret), Some(leaf));
+
+    let failed = eventually(
+        "a CertificateFailed Event on the Ingress whose host cannot be validated",
+        Duration::from_millis(100),
+        || {
+            ns.list("events").into_iter().find(|e| {
+                e["involvedObject"]["name"] == "nowhere" && e["reason"] == "CertificateFailed"
+            })
+        },
+        || logs(&replicas),
+    )
+    .await;
+    let message = failed["message"].as_str().unwrap();
+    assert!(message.contains(NOWHERE), "{message}");
+    assert!(
+        message.contains("urn:ietf:params:acme:error:"),
+        "the CA's problem: {message}"
+    );
+    assert_eq!(failed["type"], "Warning");
+}

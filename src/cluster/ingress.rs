@@ -17,11 +17,15 @@
 //!   number or name), an ExternalName Service's name, and no ready endpoint answers 503;
 //!   `h2c` by the Service annotation `portico.dev/upstream-protocol` or the port's
 //!   `appProtocol: kubernetes.io/h2c`;
+//! - `portico.dev/tls: "off"` on the Ingress that first names a host: plain HTTP on
+//!   port 80 for it, no certificate, no redirect;
 //! - certificates: the `kubernetes.io/tls` Secret that `spec.tls` names for the host
 //!   (the oldest Ingress's), else ACME for public names and the local CA for
 //!   cluster-local ones; a wildcard host is served only from a Secret.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
 use http::StatusCode;
 use k8s_openapi::api::core::v1::{Secret, Service, ServicePort};
@@ -42,6 +46,9 @@ const DEFAULT_CLASS: &str = "ingressclass.kubernetes.io/is-default-class";
 const LEGACY_CLASS: &str = "kubernetes.io/ingress.class";
 /// A Service annotation: `h2c` to speak HTTP/2 without TLS to its endpoints.
 const UPSTREAM_PROTOCOL: &str = "portico.dev/upstream-protocol";
+/// An Ingress annotation: `"off"` serves its hosts over plain HTTP on port 80, with no
+/// certificate and no redirect.
+const TLS_ANNOTATION: &str = "portico.dev/tls";
 /// The EndpointSlice label that names its Service.
 const SERVICE_NAME: &str = "kubernetes.io/service-name";
 /// The body of a route whose Service has no ready endpoint.
@@ -58,16 +65,70 @@ pub(crate) struct View {
     pub(crate) secrets: Vec<Secret>,
 }
 
-/// Something of an object that is not served, and why: logged, later an Event.
+/// Something of an Ingress that is not served as written, and why: logged once, later
+/// an Event.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Refusal {
+pub(crate) struct Notice {
     /// `namespace/name` of the Ingress.
     pub(crate) object: String,
     pub(crate) reason: String,
 }
 
-/// The sites the Ingresses of class `class` make, sorted by host, and what was refused.
-pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
+/// What the Ingresses of one class make.
+#[derive(Debug, Default)]
+pub(crate) struct Built {
+    /// Sorted by host.
+    pub(crate) sites: Vec<Site>,
+    /// What is not served as written, sorted.
+    pub(crate) notices: Vec<Notice>,
+    /// The Ingresses of the class.
+    pub(crate) ingresses: Vec<Ingress>,
+    /// Host → `namespace/name` of the oldest Ingress naming it.
+    pub(crate) owners: Vec<(String, String)>,
+    /// Secrets named by `spec.tls` that portico fills with the site's certificate.
+    pub(crate) fills: Vec<Fill>,
+}
+
+/// A `spec.tls` Secret portico fills: it did not exist (and no cert-manager annotation
+/// says another controller will make it), or portico made it.
+#[derive(Debug, Clone)]
+pub(crate) struct Fill {
+    /// The site whose certificate goes into the Secret.
+    pub(crate) site: Site,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    /// The Secret as last seen (portico's own), `None` when it does not exist.
+    pub(crate) existing: Option<Secret>,
+}
+
+/// The label portico's own objects carry, with value [`MANAGED_BY`].
+pub(crate) const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub(crate) const MANAGED_BY: &str = "portico";
+/// cert-manager's annotations: an Ingress with one has its Secret made by cert-manager.
+const CERT_MANAGER: [&str; 2] = ["cert-manager.io/issuer", "cert-manager.io/cluster-issuer"];
+
+/// The sites the Ingresses of class `class` make, and what was refused. Hosts in
+/// `taken` are the config file's, which wins over any Ingress.
+pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Built {
+    let (sites, notices, ingresses, owners, fills) = sites_of(class, view, taken);
+    Built {
+        sites,
+        notices,
+        ingresses,
+        owners,
+        fills,
+    }
+}
+
+type Made = (
+    Vec<Site>,
+    Vec<Notice>,
+    Vec<Ingress>,
+    Vec<(String, String)>,
+    Vec<Fill>,
+);
+
+fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
     let default = view.classes.iter().any(|c| {
         c.name_any() == class
             && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
@@ -97,10 +158,15 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
             .then_with(|| a.name_any().cmp(&b.name_any()))
     });
     let backends = Backends::new(view);
+    let served: Vec<Ingress> = ours.iter().map(|i| (*i).clone()).collect();
+    let mut owners: BTreeMap<String, String> = BTreeMap::new();
+    // Hosts whose first Ingress says `portico.dev/tls: "off"`.
+    let mut plain: BTreeSet<String> = BTreeSet::new();
     let mut refused = Vec::new();
     let mut hosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
-    // Host → the Secret (`namespace/name`) the oldest Ingress names for it in spec.tls.
-    let mut secret_of: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // Host → the Ingress, the Secret (`namespace/name`) the oldest Ingress names for it
+    // in spec.tls, and whether cert-manager makes that Secret.
+    let mut secret_of: BTreeMap<String, (String, String, bool)> = BTreeMap::new();
     for ingress in ours {
         let object = format!(
             "{}/{}",
@@ -109,12 +175,32 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
         );
         let namespace = ingress.namespace().unwrap_or_default();
         let mut refuse = |reason: String| {
-            refused.push(Refusal {
+            refused.push(Notice {
                 object: object.clone(),
                 reason,
             })
         };
         let Some(spec) = &ingress.spec else { continue };
+        let protocol = match nginx_annotations(ingress) {
+            Ok((protocol, ignored)) => {
+                for why in ignored {
+                    refuse(why);
+                }
+                protocol
+            }
+            Err(why) => {
+                refuse(format!("the Ingress is not served: {why}"));
+                continue;
+            }
+        };
+        let cert_manager = CERT_MANAGER
+            .iter()
+            .any(|a| ingress.annotations().contains_key(*a));
+        let tls_off = ingress
+            .annotations()
+            .get(TLS_ANNOTATION)
+            .map(String::as_str)
+            == Some("off");
         for tls in spec.tls.iter().flatten() {
             let Some(secret) = &tls.secret_name else {
                 continue;
@@ -122,7 +208,13 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
             for host in tls.hosts.iter().flatten() {
                 secret_of
                     .entry(host.to_ascii_lowercase())
-                    .or_insert_with(|| (object.clone(), format!("{namespace}/{secret}")));
+                    .or_insert_with(|| {
+                        (
+                            object.clone(),
+                            format!("{namespace}/{secret}"),
+                            cert_manager,
+                        )
+                    });
             }
         }
         let mut own_hosts = BTreeSet::new();
@@ -131,13 +223,29 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
                 refuse("a rule without a host is not served: name the host".into());
                 continue;
             };
+            let pattern = match host.strip_prefix("*.") {
+                Some(suffix) => HostPattern::Wildcard(suffix.to_string()),
+                None => HostPattern::Exact(host.clone()),
+            };
+            if taken.contains(&pattern) {
+                refuse(format!(
+                    "{host}: not served from this Ingress: portico's config file has a site for it, which wins"
+                ));
+                continue;
+            }
             if host.starts_with("*.") && !secret_of.contains_key(&host) {
                 refuse(format!(
-                    "{host}: a wildcard host needs a certificate from a Secret named in spec.tls (no CA issues one over HTTP-01)"
+                    "{host}: not served: a wildcard host needs a certificate from a Secret named in spec.tls (no CA issues one over HTTP-01)"
                 ));
                 continue;
             }
             own_hosts.insert(host.clone());
+            if !owners.contains_key(&host) {
+                owners.insert(host.clone(), object.clone());
+                if tls_off {
+                    plain.insert(host.clone());
+                }
+            }
             let routes = hosts.entry(host.clone()).or_default();
             for path in rule.http.iter().flat_map(|h| &h.paths) {
                 let written = path.path.as_deref().unwrap_or("/");
@@ -145,7 +253,9 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
                     "Exact" => PathMatch::Exact,
                     "Prefix" | "ImplementationSpecific" => PathMatch::Elements,
                     other => {
-                        refuse(format!("{host}{written}: pathType {other:?} is unknown"));
+                        refuse(format!(
+                            "{host}{written}: not served: pathType {other:?} is unknown"
+                        ));
                         continue;
                     }
                 };
@@ -153,7 +263,7 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
                     Ok(normal) if normal == written => {}
                     _ => {
                         refuse(format!(
-                            "{host}{written}: the path is not in normal form (requests are matched on their normalised path)"
+                            "{host}{written}: not served: the path is not in normal form (requests are matched on their normalised path)"
                         ));
                         continue;
                     }
@@ -164,14 +274,14 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
                 {
                     let _ = taken;
                     refuse(format!(
-                        "{host}{written}: an older Ingress already routes this host and path"
+                        "{host}{written}: not served: an older Ingress already routes this host and path"
                     ));
                     continue;
                 }
-                let action = match backends.action(&namespace, &path.backend) {
+                let action = match backends.action(&namespace, &path.backend, protocol) {
                     Ok(action) => action,
                     Err(why) => {
-                        refuse(format!("{host}{written}: {why}"));
+                        refuse(format!("{host}{written}: not served: {why}"));
                         continue;
                     }
                 };
@@ -183,7 +293,7 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
             }
         }
         if let Some(backend) = &spec.default_backend {
-            match backends.action(&namespace, backend) {
+            match backends.action(&namespace, backend, protocol) {
                 Ok(action) => {
                     for host in &own_hosts {
                         let routes = hosts.entry(host.clone()).or_default();
@@ -196,7 +306,7 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
                         }
                     }
                 }
-                Err(why) => refuse(format!("defaultBackend: {why}")),
+                Err(why) => refuse(format!("defaultBackend not served: {why}")),
             }
         }
     }
@@ -210,6 +320,7 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
             )
         })
         .collect();
+    let mut fills = Vec::new();
     let sites = hosts
         .into_iter()
         .filter(|(_, routes)| !routes.is_empty())
@@ -221,43 +332,163 @@ pub(crate) fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Refusal>) {
                 TlsSource::Acme
             };
             let wildcard = host.strip_prefix("*.").map(str::to_string);
+            let mut fill = None;
             let tls = match secret_of.get(&host) {
+                _ if plain.contains(&host) => TlsSource::Off,
                 None => automatic,
-                Some((object, name)) => match secrets.get(name).and_then(|s| pem(name, s)) {
-                    Some(pem) => TlsSource::Secret(pem),
-                    None => {
-                        let instead = if wildcard.is_some() {
-                            "the wildcard host is not served until it exists"
-                        } else {
-                            "the host gets an automatic certificate instead (filling the Secret is not supported yet)"
-                        };
-                        refused.push(Refusal {
-                            object: object.clone(),
-                            reason: format!(
-                                "{host}: Secret {name} does not exist or holds no tls.crt and tls.key; {instead}"
-                            ),
-                        });
-                        if wildcard.is_some() {
+                Some((object, name, cert_manager)) => {
+                    let found = secrets.get(name).copied();
+                    let ours = found.is_some_and(|s| {
+                        s.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
+                    });
+                    match found.and_then(|s| pem(name, s)) {
+                        // A Secret of someone else's (cert-manager's, a team's): served.
+                        Some(pem) if !ours => {
+                            // Served through the certificate path, which refuses it if
+                            // it does not load or cover the host and keeps what served
+                            // before; checked here too, so the owner hears of it.
+                            if let Err(why) = check_secret(&pem, &host) {
+                                refused.push(Notice {
+                                    object: object.clone(),
+                                    reason: format!(
+                                        "{host}: Secret {name} is not served ({why}); the certificate served before, if any, keeps serving"
+                                    ),
+                                });
+                            }
+                            TlsSource::Secret(pem)
+                        }
+                        _ if wildcard.is_some() => {
+                            refused.push(Notice {
+                                object: object.clone(),
+                                reason: format!(
+                                    "{host}: not served: Secret {name} does not exist or holds no tls.crt and tls.key, and a wildcard certificate cannot be obtained over HTTP-01"
+                                ),
+                            });
                             return None;
                         }
-                        automatic
+                        // portico's own, or none yet: the site's automatic certificate,
+                        // written into it (unless cert-manager is to make it).
+                        _ => {
+                            if *cert_manager && !ours {
+                                refused.push(Notice {
+                                    object: object.clone(),
+                                    reason: format!(
+                                        "{host}: Secret {name} does not exist yet; cert-manager is to make it (annotation), and until then the host gets an automatic certificate"
+                                    ),
+                                });
+                            } else {
+                                let (namespace, secret) =
+                                    name.split_once('/').unwrap_or_default();
+                                fill = Some((namespace.to_string(), secret.to_string(), found.cloned()));
+                            }
+                            automatic
+                        }
                     }
-                },
+                }
             };
             let pattern = match wildcard {
                 Some(suffix) => HostPattern::Wildcard(suffix),
                 None => HostPattern::Exact(host),
             };
-            Some(Site {
+            let site = Site {
                 hosts: vec![pattern],
                 tls,
                 routes,
-            })
+            };
+            if let Some((namespace, name, existing)) = fill {
+                fills.push(Fill {
+                    site: site.clone(),
+                    namespace,
+                    name,
+                    existing,
+                });
+            }
+            Some(site)
         })
         .collect();
     refused.sort();
     refused.dedup();
-    (sites, refused)
+    (sites, refused, served, owners.into_iter().collect(), fills)
+}
+
+/// [`build`]'s sites and notices (the unit tests' view).
+#[cfg(test)]
+fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Notice>) {
+    let built = build(class, view, &HashSet::new());
+    (built.sites, built.notices)
+}
+
+/// ingress-nginx's annotation prefix: Ingresses moved from it keep their annotations.
+const NGINX: &str = "nginx.ingress.kubernetes.io/";
+
+/// What ingress-nginx annotations mean here: the upstream protocol they set, and notes
+/// for those that are not honoured; an error when the Ingress must not be served
+/// without one (it would answer what its owner meant to refuse, or route otherwise).
+/// docs/kubernetes.md, "Moving from ingress-nginx", has the table.
+fn nginx_annotations(ingress: &Ingress) -> Result<(Option<UpstreamProtocol>, Vec<String>), String> {
+    let mut protocol = None;
+    let mut ignored = Vec::new();
+    for (key, value) in ingress.annotations() {
+        let Some(name) = key.strip_prefix(NGINX) else {
+            continue;
+        };
+        match name {
+            "backend-protocol" => {
+                protocol = Some(match value.to_ascii_uppercase().as_str() {
+                    "HTTP" => UpstreamProtocol::Http1,
+                    "GRPC" | "H2C" => UpstreamProtocol::H2c,
+                    other => {
+                        return Err(format!(
+                            "{key}: {other:?} is not supported (HTTP, GRPC and H2C are)"
+                        ));
+                    }
+                });
+            }
+            // portico redirects port 80 to https for every host it has a certificate for.
+            "ssl-redirect" | "force-ssl-redirect" if value == "true" => {}
+            "ssl-redirect" | "force-ssl-redirect" => ignored.push(format!(
+                "{key}: {value:?} is not honoured: port 80 redirects to https for every host served with a certificate"
+            )),
+            _ if refused_annotation(name) => {
+                return Err(format!(
+                    "{key} has no equivalent in portico, and serving without it would answer requests its owner meant to change or refuse; remove it to serve this Ingress"
+                ));
+            }
+            _ => ignored.push(format!("{key} is not honoured (no equivalent in portico yet)")),
+        }
+    }
+    Ok((protocol, ignored))
+}
+
+/// ingress-nginx annotations without which an Ingress must not be served: snippets
+/// (arbitrary nginx configuration: ingress-nginx's remote-code-execution hole, never
+/// taken), access control, rate limits, and anything that changes where a request goes.
+fn refused_annotation(name: &str) -> bool {
+    name.ends_with("snippet")
+        || [
+            "auth-",
+            "limit-",
+            "canary",
+            "mirror-",
+            "rewrite-target",
+            "use-regex",
+            "app-root",
+            "permanent-redirect",
+            "temporal-redirect",
+            "whitelist-source-range",
+            "allowlist-source-range",
+            "denylist-source-range",
+            "default-backend",
+            "custom-http-errors",
+            "server-alias",
+            "ssl-passthrough",
+            "upstream-vhost",
+            "x-forwarded-prefix",
+            "enable-global-auth",
+            "satisfy",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
 /// The certificate and key of a `kubernetes.io/tls` Secret, when it has both.
@@ -275,6 +506,21 @@ fn pem(origin: &str, secret: &Secret) -> Option<SecretPem> {
     })
 }
 
+/// Whether a Secret's certificate loads (chain, key, the key fits) and names `host`.
+fn check_secret(pem: &SecretPem, host: &str) -> Result<(), String> {
+    let loaded = crate::tls::load_pem("the certificate", &pem.chain, &pem.key)
+        .map_err(|e| crate::report::Chain(&e).to_string())?;
+    let pattern = match host.strip_prefix("*.") {
+        Some(suffix) => HostPattern::Wildcard(suffix.to_string()),
+        None => HostPattern::Exact(host.to_string()),
+    };
+    if crate::tls::leaf_covers(&loaded, &pattern) {
+        Ok(())
+    } else {
+        Err(format!("the certificate does not cover {host}"))
+    }
+}
+
 /// Names no public CA issues for: the TOML defaults plus the cluster's own.
 fn is_local(host: &str) -> bool {
     HostPattern::Exact(host.to_string()).is_local()
@@ -287,7 +533,14 @@ fn is_local(host: &str) -> bool {
 struct Backends<'v> {
     services: BTreeMap<(String, String), &'v Service>,
     slices: BTreeMap<(String, String), Vec<&'v EndpointSlice>>,
+    /// (namespace, Service, port name) → its ready endpoints, built once per build and
+    /// shared by every route to it: a Service with thousands of endpoints behind
+    /// hundreds of Ingresses is one list in memory.
+    endpoints: RefCell<HashMap<PortKey, Arc<[Upstream]>>>,
 }
+
+/// (namespace, Service, port name).
+type PortKey = (String, String, String);
 
 impl<'v> Backends<'v> {
     fn new(view: &'v View) -> Self {
@@ -305,12 +558,22 @@ impl<'v> Backends<'v> {
                     .push(slice);
             }
         }
-        Backends { services, slices }
+        Backends {
+            services,
+            slices,
+            endpoints: RefCell::default(),
+        }
     }
 
     /// What a route to `backend` does: forward to the ready endpoints, or 503 when
     /// there are none (the Service or its endpoints may come later).
-    fn action(&self, namespace: &str, backend: &IngressBackend) -> Result<RouteAction, String> {
+    /// `protocol`, when given (an annotation of the Ingress), wins over the Service's.
+    fn action(
+        &self,
+        namespace: &str,
+        backend: &IngressBackend,
+        protocol: Option<UpstreamProtocol>,
+    ) -> Result<RouteAction, String> {
         let Some(service) = &backend.service else {
             return Err("only Service backends are supported (not resource)".into());
         };
@@ -340,11 +603,11 @@ impl<'v> Backends<'v> {
             .map(String::as_str)
             == Some("h2c")
             || port.and_then(|p| p.app_protocol.as_deref()) == Some("kubernetes.io/h2c");
-        let protocol = if h2c {
+        let protocol = protocol.unwrap_or(if h2c {
             UpstreamProtocol::H2c
         } else {
             UpstreamProtocol::Http1
-        };
+        });
         if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
             let name = spec.and_then(|s| s.external_name.as_deref()).unwrap_or("");
             let number = wanted.and_then(|p| p.number).or(port.map(|p| p.port));
@@ -353,7 +616,7 @@ impl<'v> Backends<'v> {
                 .map(|authority| Upstream { authority });
             return match upstream {
                 Some(u) => Ok(RouteAction::Proxy {
-                    upstreams: vec![u],
+                    upstreams: vec![u].into(),
                     protocol,
                 }),
                 None => Err(format!(
@@ -371,10 +634,38 @@ impl<'v> Backends<'v> {
                     .unwrap_or_default()
             ));
         };
+        let key = (
+            namespace.to_string(),
+            service.name.clone(),
+            port.name.clone().unwrap_or_default(),
+        );
+        let upstreams = self
+            .endpoints
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| self.ready_endpoints(namespace, &service.name, port))
+            .clone();
+        if upstreams.is_empty() {
+            return Ok(unavailable);
+        }
+        Ok(RouteAction::Proxy {
+            upstreams,
+            protocol,
+        })
+    }
+
+    /// The ready endpoints of a Service's port, sorted, so an unchanged set builds an
+    /// equal route.
+    fn ready_endpoints(
+        &self,
+        namespace: &str,
+        service: &str,
+        port: &ServicePort,
+    ) -> Arc<[Upstream]> {
         let mut upstreams = BTreeMap::new();
         for slice in self
             .slices
-            .get(&(namespace.to_string(), service.name.clone()))
+            .get(&(namespace.to_string(), service.to_string()))
             .into_iter()
             .flatten()
         {
@@ -408,13 +699,7 @@ impl<'v> Backends<'v> {
                 }
             }
         }
-        if upstreams.is_empty() {
-            return Ok(unavailable);
-        }
-        Ok(RouteAction::Proxy {
-            upstreams: upstreams.into_values().collect(),
-            protocol,
-        })
+        upstreams.into_values().collect()
     }
 }
 
@@ -447,6 +732,25 @@ mod tests {
             "addressType": "IPv4",
             "ports": [{"name": port.0, "port": port.1}],
             "endpoints": endpoints,
+        }))
+        .unwrap()
+    }
+
+    /// A `kubernetes.io/tls` Secret `ns/name` holding a self-signed certificate for
+    /// `hosts`.
+    fn tls_secret(name: &str, labels: serde_json::Value, hosts: &[&str]) -> Secret {
+        use base64::Engine;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "ns", "labels": labels},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": b64(cert.pem()), "tls.key": b64(key.serialize_pem())},
         }))
         .unwrap()
     }
@@ -604,7 +908,7 @@ mod tests {
     }
 
     #[test]
-    fn a_wildcard_host_is_served_from_its_secret_and_a_missing_secret_is_said() {
+    fn a_wildcard_host_is_served_from_its_secret_and_a_missing_secret_is_filled() {
         let mut view = view();
         let spec = view.ingresses[0].spec.as_mut().unwrap();
         let rules = spec.rules.as_mut().unwrap();
@@ -617,15 +921,10 @@ mod tests {
             serde_json::from_value(json!({"hosts": ["app.example.com"], "secretName": "gone"}))
                 .unwrap(),
         ]);
-        view.secrets.push(
-            serde_json::from_value(json!({
-                "metadata": {"name": "wild", "namespace": "ns"},
-                "type": "kubernetes.io/tls",
-                "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"},
-            }))
-            .unwrap(),
-        );
-        let (sites, refused) = sites("portico", &view);
+        view.secrets
+            .push(tls_secret("wild", json!({}), &["*.example.com"]));
+        let built = build("portico", &view, &HashSet::new());
+        let (sites, refused) = (built.sites, built.notices);
         let wild = sites
             .iter()
             .find(|s| s.hosts == [HostPattern::Wildcard("example.com".into())])
@@ -633,7 +932,7 @@ mod tests {
         match &wild.tls {
             TlsSource::Secret(pem) => {
                 assert_eq!(pem.origin, "ns/wild");
-                assert_eq!(&pem.chain[..], b"cert");
+                assert!(pem.chain.starts_with(b"-----BEGIN CERTIFICATE"));
                 assert!(!format!("{pem:?}").contains("key"), "{pem:?}");
             }
             other => panic!("{other:?}"),
@@ -643,10 +942,111 @@ mod tests {
             .find(|s| s.names() == ["app.example.com"])
             .unwrap();
         assert_eq!(app.tls, TlsSource::Acme);
-        assert_eq!(refused.len(), 1, "{refused:?}");
+        // A missing Secret is filled with the automatic certificate.
+        assert!(refused.is_empty(), "{refused:?}");
+        assert_eq!(built.fills.len(), 1);
+        let fill = &built.fills[0];
+        assert_eq!(
+            (fill.namespace.as_str(), fill.name.as_str()),
+            ("ns", "gone")
+        );
+        assert_eq!(fill.site.names(), ["app.example.com"]);
+        assert!(fill.existing.is_none());
+    }
+
+    #[test]
+    fn nginx_annotations_map_to_equivalents_or_refuse_the_ingress() {
+        let annotated = |pairs: &[(&str, &str)]| {
+            let mut view = view();
+            let annotations = pairs
+                .iter()
+                .map(|(k, v)| (format!("{NGINX}{k}"), v.to_string()))
+                .collect();
+            view.ingresses[0].metadata.annotations = Some(annotations);
+            sites("portico", &view)
+        };
+        let (sites, notices) = annotated(&[("backend-protocol", "GRPC"), ("ssl-redirect", "true")]);
+        assert!(notices.is_empty(), "{notices:?}");
+        assert!(matches!(
+            route(&sites[0], "/").action,
+            RouteAction::Proxy {
+                protocol: UpstreamProtocol::H2c,
+                ..
+            }
+        ));
+        for refused in [
+            ("configuration-snippet", "more_set_headers x;"),
+            ("server-snippet", "location / {}"),
+            ("auth-url", "http://auth"),
+            ("whitelist-source-range", "10.0.0.0/8"),
+            ("rewrite-target", "/$2"),
+            ("backend-protocol", "HTTPS"),
+        ] {
+            let (sites, notices) = annotated(&[refused]);
+            assert!(sites.is_empty(), "{refused:?}");
+            assert_eq!(notices.len(), 1, "{notices:?}");
+            assert!(notices[0].reason.contains("not served"), "{notices:?}");
+        }
+        let (sites, notices) = annotated(&[("proxy-buffer-size", "8k"), ("ssl-redirect", "false")]);
+        assert_eq!(sites.len(), 1);
+        assert_eq!(notices.len(), 2, "{notices:?}");
         assert!(
-            refused[0].reason.contains("Secret ns/gone does not exist"),
-            "{refused:?}"
+            notices.iter().all(|n| n.reason.contains("not honoured")),
+            "{notices:?}"
+        );
+    }
+
+    #[test]
+    fn a_secret_portico_filled_stays_automatic_and_cert_manager_s_is_left_to_it() {
+        let mut view = view();
+        let ingress = &mut view.ingresses[0];
+        ingress.spec.as_mut().unwrap().tls = Some(vec![
+            serde_json::from_value(json!({"hosts": ["app.example.com"], "secretName": "ours"}))
+                .unwrap(),
+        ]);
+        let secret = |labels| tls_secret("ours", labels, &["app.example.com"]);
+        // Filled by portico before: renewed through the site's own source, and kept.
+        view.secrets = vec![secret(json!({LABEL_MANAGED_BY: MANAGED_BY}))];
+        let built = build("portico", &view, &HashSet::new());
+        assert_eq!(built.sites[0].tls, TlsSource::Acme);
+        assert!(built.fills[0].existing.is_some());
+        // Missing, but cert-manager is to make it: not filled, said.
+        view.secrets.clear();
+        view.ingresses[0].metadata.annotations = Some(
+            [(
+                "cert-manager.io/cluster-issuer".to_string(),
+                "le".to_string(),
+            )]
+            .into(),
+        );
+        let built = build("portico", &view, &HashSet::new());
+        assert!(built.fills.is_empty());
+        assert!(
+            built.notices[0].reason.contains("cert-manager"),
+            "{:?}",
+            built.notices
+        );
+        // Made by cert-manager: served as it is.
+        view.secrets = vec![secret(json!({}))];
+        let built = build("portico", &view, &HashSet::new());
+        assert!(matches!(built.sites[0].tls, TlsSource::Secret(_)));
+        assert!(built.fills.is_empty() && built.notices.is_empty());
+    }
+
+    #[test]
+    fn tls_off_serves_the_ingress_s_hosts_without_a_certificate() {
+        let mut view = view();
+        view.ingresses[0].metadata.annotations =
+            Some([(TLS_ANNOTATION.to_string(), "off".to_string())].into());
+        view.ingresses[0].spec.as_mut().unwrap().tls = Some(vec![
+            serde_json::from_value(json!({"hosts": ["app.example.com"], "secretName": "x"}))
+                .unwrap(),
+        ]);
+        let built = build("portico", &view, &HashSet::new());
+        assert_eq!(built.sites[0].tls, TlsSource::Off);
+        assert!(
+            built.fills.is_empty(),
+            "no Secret is filled for a plain host"
         );
     }
 }

@@ -10,6 +10,7 @@
 //! replica that starts takes traffic only with the cluster's routes in place.
 
 mod ingress;
+mod status;
 mod watch;
 
 use std::collections::BTreeSet;
@@ -22,11 +23,14 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::Api;
 use tokio::sync::{Notify, watch as channel};
 
-use self::ingress::{Refusal, View};
+use self::ingress::{Notice, View};
+use self::status::{Published, StatusWriter};
 use self::watch::{Objects, Reflector, snapshot};
+use crate::certs::CertManager;
 use crate::config::Kubernetes;
 use crate::reload::Reloader;
 use crate::shutdown::Phase;
+use crate::store::Locker;
 use crate::store::StoreError;
 
 /// Changes that come together (a Deployment rolling, a `kubectl apply` of many objects)
@@ -121,6 +125,14 @@ where
     objects
 }
 
+/// Who this replica is, in Events: the pod's name when Kubernetes gives it, else the
+/// host's name.
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "portico".into())
+}
+
 impl Cluster {
     /// Loads the credentials (in-cluster service account, else `KUBECONFIG` /
     /// `~/.kube/config`); nothing is sent to the API server yet.
@@ -148,6 +160,8 @@ impl Cluster {
     pub(crate) fn start(
         self,
         reloader: Reloader,
+        locker: Arc<dyn Locker>,
+        certs: Arc<CertManager>,
         shutdown: channel::Receiver<Phase>,
     ) -> channel::Receiver<bool> {
         let (ready_tx, ready) = channel::channel(false);
@@ -186,7 +200,18 @@ impl Cluster {
             &mut synced,
             &shutdown,
         );
+        let (published, published_rx) = channel::channel(Arc::new(Published::default()));
+        let writer = StatusWriter {
+            client: self.client.clone(),
+            locker,
+            certs,
+            publish: self.settings.publish_service.clone(),
+            published: published_rx,
+            identity: identity(),
+        };
+        tokio::spawn(writer.run(shutdown.clone()));
         let builder = Builder {
+            published,
             class,
             classes,
             ingresses,
@@ -222,7 +247,9 @@ struct Builder {
     reloader: Reloader,
     ready: channel::Sender<bool>,
     /// What was refused at the last build, so each refusal is logged once.
-    refused: BTreeSet<Refusal>,
+    refused: BTreeSet<Notice>,
+    /// For the status writer.
+    published: channel::Sender<Arc<Published>>,
 }
 
 impl Builder {
@@ -247,12 +274,19 @@ impl Builder {
             slices: snapshot(&self.slices.parts),
             secrets: snapshot(&self.secrets.parts),
         };
-        let (sites, refused) = ingress::sites(&self.class, &view);
-        let refused: BTreeSet<Refusal> = refused.into_iter().collect();
+        let taken = self.reloader.file_hosts().await;
+        let built = ingress::build(&self.class, &view, &taken);
+        let refused: BTreeSet<Notice> = built.notices.iter().cloned().collect();
         for r in refused.difference(&self.refused) {
-            tracing::warn!(ingress = %r.object, "cluster: not served: {}", r.reason);
+            tracing::warn!(ingress = %r.object, "cluster: {}", r.reason);
         }
         self.refused = refused;
-        self.reloader.apply_cluster(sites).await;
+        self.reloader.apply_cluster(built.sites).await;
+        self.published.send_replace(Arc::new(Published {
+            ingresses: built.ingresses,
+            notices: built.notices,
+            owners: built.owners,
+            fills: built.fills,
+        }));
     }
 }

@@ -418,6 +418,9 @@ pub enum TlsSource {
     /// A `kubernetes.io/tls` Secret named by an Ingress's `spec.tls` (never written in
     /// the file).
     Secret(SecretPem),
+    /// No TLS at all: plain HTTP on port 80, no redirect (an Ingress annotated
+    /// `portico.dev/tls: "off"`; never written in the file).
+    Off,
 }
 
 /// The PEM of a Secret, as the cluster watch last read it. Its `Debug` shows only
@@ -448,6 +451,7 @@ impl TlsSource {
             TlsSource::Internal => "internal",
             TlsSource::Files { .. } => "files",
             TlsSource::Secret(_) => "secret",
+            TlsSource::Off => "off",
         }
     }
 }
@@ -581,8 +585,9 @@ impl Route {
 pub enum RouteAction {
     /// Forward it, round robin over the upstreams.
     Proxy {
-        /// At least one.
-        upstreams: Vec<Upstream>,
+        /// At least one. Shared: the routes of many Ingresses to one Service hold one
+        /// list, however many endpoints it has.
+        upstreams: std::sync::Arc<[Upstream]>,
         /// How to speak to them.
         protocol: UpstreamProtocol,
     },
@@ -792,6 +797,7 @@ impl Config {
                     format!("files {} + {}", cert.display(), key.display())
                 }
                 TlsSource::Secret(pem) => format!("Secret {}", pem.origin),
+                TlsSource::Off => "none: plain HTTP on port 80".to_string(),
             };
             out.push_str(&format!(
                 "site[{i}] {}\n  certificate: {source}\n",
@@ -1357,7 +1363,11 @@ impl Validator<'_> {
         }
     }
 
-    fn upstreams(&self, key: &str, list: &[String]) -> Result<Vec<Upstream>, ConfigError> {
+    fn upstreams(
+        &self,
+        key: &str,
+        list: &[String],
+    ) -> Result<std::sync::Arc<[Upstream]>, ConfigError> {
         if list.is_empty() {
             return Err(self.err(key, "needs at least one upstream"));
         }

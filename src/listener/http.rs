@@ -1,5 +1,7 @@
 //! The :80 listener: HTTP-01 answers for the certificate path, and for everything else a
-//! 308 to the same URL over https (308 keeps the method and body, unlike 301).
+//! 308 to the same URL over https (308 keeps the method and body, unlike 301); except
+//! for a site without TLS (an Ingress with `portico.dev/tls: "off"`), whose requests
+//! go to the proxy as they came.
 
 use std::sync::Arc;
 
@@ -13,8 +15,9 @@ use super::proxy_protocol::{self, Prefixed};
 use super::{Connections, serve_connection};
 use crate::acme::Challenges;
 use crate::body::{Body, full, text};
-use crate::config::Config;
+use crate::config::{Config, TlsSource};
 use crate::metrics::{ConnectionError, Metrics};
+use crate::proxy::{ConnInfo, Proxy};
 use crate::report::Chain;
 use crate::shutdown::Phase;
 use crate::uri::host;
@@ -30,6 +33,8 @@ pub(crate) struct HttpListener {
     pub connections: Connections,
     /// Counts connections ended for protocol errors.
     pub metrics: Arc<Metrics>,
+    /// For sites served without TLS.
+    pub proxy: Arc<Proxy>,
 }
 
 impl HttpListener {
@@ -44,12 +49,14 @@ impl HttpListener {
                 let _permit = permit;
                 let config = this.config.load_full();
                 let limits = config.limits.clone();
-                // Only the bytes after a PROXY header matter here: port 80 answers
-                // challenges and redirects, neither of which depends on the client.
-                let prefix = if config.listen.proxy_protocol && config.listen.trusts(peer.ip()) {
+                // The client's address matters only to sites without TLS, which are
+                // proxied from here.
+                let (client, prefix) = if config.listen.proxy_protocol
+                    && config.listen.trusts(peer.ip())
+                {
                     let read = proxy_protocol::read(&mut tcp);
                     match tokio::time::timeout(limits.header_read_timeout, read).await {
-                        Ok(Ok((_, rest))) => rest,
+                        Ok(Ok((source, rest))) => (source.unwrap_or(peer), rest),
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %Chain(&e), "PROXY header refused");
                             super::protocol_error(&this.metrics, ConnectionError::ProxyProtocol);
@@ -58,14 +65,22 @@ impl HttpListener {
                         Err(_) => return,
                     }
                 } else {
-                    Vec::new()
+                    (peer, Vec::new())
                 };
                 drop(config);
+                let conn = Arc::new(ConnInfo {
+                    peer: client,
+                    proto: "http",
+                    cert_hosts: None,
+                    tls_version: None,
+                    sni: None,
+                });
                 let handler = {
                     let this = this.clone();
                     move |req| {
                         let this = this.clone();
-                        async move { this.answer(req).await }
+                        let conn = conn.clone();
+                        async move { this.answer(req, &conn).await }
                     }
                 };
                 let io = Prefixed::new(tcp, prefix);
@@ -74,8 +89,16 @@ impl HttpListener {
         }
     }
 
-    async fn answer(&self, req: hyper::Request<Incoming>) -> Response<Body> {
+    async fn answer(&self, req: hyper::Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
         let config = self.config.load();
+        let plain = crate::router::request_host(&req)
+            .map(host::normalize)
+            .and_then(|h| config.site_for(&h).map(|s| s.tls == TlsSource::Off))
+            .unwrap_or(false);
+        if plain && !req.uri().path().starts_with(CHALLENGE_PREFIX) {
+            drop(config);
+            return self.proxy.serve(req, conn).await;
+        }
         let decision = decide(
             &req,
             |host| config.site_for(host).is_some(),

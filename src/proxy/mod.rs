@@ -45,7 +45,7 @@ use hyper::body::Incoming;
 
 use crate::access_log::{AccessLog, Pending, Record};
 use crate::body::{Body, text};
-use crate::config::{Cidr, Config, HostPattern, LogFormat};
+use crate::config::{Cidr, Config, HostPattern, LogFormat, UpstreamProtocol};
 use crate::metrics::{Metrics, SiteCounters};
 use crate::report::Chain;
 use crate::request_id;
@@ -330,12 +330,22 @@ fn framing<B>(req: &Request<B>) -> Result<(), Refused> {
 
 fn build(config: &Config, pools: &Pools, metrics: &Metrics) -> Table {
     let connect_timeout = config.limits.upstream_connect_timeout;
+    // Routes that share one upstream list (the Ingresses of one Service) share one
+    // balancer: its endpoints are looked up once, not once per route.
+    let mut shared: std::collections::HashMap<(usize, usize, UpstreamProtocol), Arc<Balancer>> =
+        std::collections::HashMap::new();
     let router = Router::new(config, |upstreams, protocol| {
-        let endpoints = upstreams
-            .iter()
-            .map(|u| pools.endpoint(u, protocol, connect_timeout))
-            .collect();
-        Arc::new(Balancer::new(endpoints, protocol))
+        let key = (upstreams.as_ptr() as usize, upstreams.len(), protocol);
+        shared
+            .entry(key)
+            .or_insert_with(|| {
+                let endpoints = upstreams
+                    .iter()
+                    .map(|u| pools.endpoint(u, protocol, connect_timeout))
+                    .collect();
+                Arc::new(Balancer::new(endpoints, protocol))
+            })
+            .clone()
     });
     Table {
         router,

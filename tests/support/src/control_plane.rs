@@ -640,6 +640,67 @@ impl Namespace {
         );
     }
 
+    /// The IngressClass of this namespace's tests (IngressClasses are cluster-wide, so
+    /// each namespace has its own): `portico-<namespace>`, controller portico's.
+    pub fn ingress_class(&self) -> String {
+        format!("portico-{}", self.name)
+    }
+
+    /// The rights of the shipped ClusterRole (config/kubernetes/clusterrole.yaml) for
+    /// the identities `who`: its namespaced rules as a Role of this namespace (bound
+    /// cluster-wide they would reach every other test), its IngressClass rule through a
+    /// ClusterRole of this namespace's own; and the IngressClass
+    /// [`Namespace::ingress_class`].
+    pub fn grant_ingress_controller(&self, who: &[&str]) {
+        let path = crate::repo_root().join("config/kubernetes/clusterrole.yaml");
+        let shipped: Value = serde_json::from_str(&self.plane.kubectl(
+            &[
+                "create",
+                "--dry-run=client",
+                "-o",
+                "json",
+                "-f",
+                path.to_str().unwrap(),
+            ],
+            b"",
+        ))
+        .unwrap();
+        let rules = shipped["rules"].as_array().unwrap();
+        let (classes, namespaced): (Vec<Value>, Vec<Value>) = rules
+            .iter()
+            .cloned()
+            .partition(|r| r["resources"] == json!(["ingressclasses"]));
+        assert_eq!(
+            classes.len(),
+            1,
+            "the shipped ClusterRole reads IngressClasses"
+        );
+        let subjects: Vec<Value> = who
+            .iter()
+            .map(|w| json!({"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": self.user(w)}))
+            .collect();
+        let cluster_name = format!("portico-classes-{}", self.name);
+        let objects = json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+             "metadata": {"name": "portico-ingress", "namespace": self.name}, "rules": namespaced},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "portico-ingress", "namespace": self.name},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "portico-ingress"},
+             "subjects": subjects},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": cluster_name}, "rules": classes},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": cluster_name},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name},
+             "subjects": subjects},
+            {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+             "metadata": {"name": self.ingress_class()},
+             "spec": {"controller": "portico.dev/ingress-controller"}},
+        ]});
+        self.plane
+            .kubectl(&["create", "-f", "-"], objects.to_string().as_bytes());
+    }
+
     /// The object `name` of `resource` (`secrets`, `leases`), as the admin reads it.
     pub fn get(&self, resource: &str, name: &str) -> Option<Value> {
         self.plane.get(&self.name, resource, name)

@@ -1,0 +1,349 @@
+//! What the cluster is told back: Ingress status and Warning Events, written by one
+//! replica only, the holder of the lock `status` (Lease `portico-status` with the
+//! Kubernetes backend), so that N replicas neither fight over `status` nor repeat every
+//! Event N times.
+//!
+//! - `status.loadBalancer.ingress` of every Ingress served is the `status.loadBalancer`
+//!   of the `publish_service` Service (nothing is written without one);
+//! - a Warning Event on the Ingress for what of it is not served (reason
+//!   [`REASON_NOT_SERVED`]) and for a host whose ACME order failed (reason
+//!   [`REASON_CERTIFICATE_FAILED`], with the CA's problem detail);
+//! - the certificate of a host whose `spec.tls` Secret did not exist is written into
+//!   that Secret (created labelled `app.kubernetes.io/managed-by: portico`, and kept up
+//!   to date after renewals); a Secret portico did not create is never written;
+//! - Events are rate-limited: one per Ingress and message until the message changes or
+//!   an hour has passed, and at most [`EVENTS_PER_MINUTE`] in all, so an Ingress that
+//!   keeps failing cannot flood the API server.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Secret, Service};
+use k8s_openapi::api::networking::v1::{
+    Ingress, IngressLoadBalancerIngress, IngressLoadBalancerStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use tokio::sync::watch;
+
+use super::ingress::{Fill, LABEL_MANAGED_BY, MANAGED_BY, Notice};
+use crate::certs::CertManager;
+use crate::report::Chain;
+use crate::shutdown::Phase;
+use crate::store::{Lease, Locker};
+
+/// The Event reason for a part of an Ingress that is not served as written.
+pub(crate) const REASON_NOT_SERVED: &str = "NotServed";
+/// The Event reason for a host whose certificate could not be obtained.
+pub(crate) const REASON_CERTIFICATE_FAILED: &str = "CertificateFailed";
+/// The most Events written in one minute, over every Ingress.
+const EVENTS_PER_MINUTE: usize = 20;
+/// An unchanged message is repeated at most this often.
+const REPEAT_AFTER: Duration = Duration::from_secs(3600);
+const LOCK: &str = "status";
+const LOCK_TTL: Duration = Duration::from_secs(15);
+/// How often the holder renews and looks at the publish Service and the ACME errors.
+const TICK: Duration = Duration::from_secs(5);
+
+/// What the builder last made of the Ingresses, for the status writer.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    /// The Ingresses served (of our class).
+    pub(crate) ingresses: Vec<Ingress>,
+    pub(crate) notices: Vec<Notice>,
+    /// Site id (the host) → `namespace/name` of the Ingress that asked for it first.
+    pub(crate) owners: Vec<(String, String)>,
+    /// `spec.tls` Secrets to fill with the sites' certificates.
+    pub(crate) fills: Vec<Fill>,
+}
+
+pub(super) struct StatusWriter {
+    pub(super) client: kube::Client,
+    pub(super) locker: Arc<dyn Locker>,
+    pub(super) certs: Arc<CertManager>,
+    pub(super) publish: Option<(String, String)>,
+    pub(super) published: watch::Receiver<Arc<Published>>,
+    pub(super) identity: String,
+}
+
+/// Rate limit of Events: what was said of each Ingress, and when.
+#[derive(Default)]
+struct Said {
+    /// (Ingress, reason, message) → when.
+    last: HashMap<(String, String, String), Instant>,
+    /// Times of the Events of the last minute.
+    recent: Vec<Instant>,
+}
+
+impl Said {
+    /// Whether an Event may be written now, and if so, counts it.
+    fn allow(&mut self, key: (String, String, String), now: Instant) -> bool {
+        if self
+            .last
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < REPEAT_AFTER)
+        {
+            return false;
+        }
+        self.recent
+            .retain(|at| now.duration_since(*at) < Duration::from_secs(60));
+        if self.recent.len() >= EVENTS_PER_MINUTE {
+            return false;
+        }
+        self.recent.push(now);
+        self.last.insert(key, now);
+        true
+    }
+}
+
+impl StatusWriter {
+    pub(super) async fn run(mut self, mut shutdown: watch::Receiver<Phase>) {
+        let mut said = Said::default();
+        loop {
+            let lease = tokio::select! {
+                lease = self.locker.try_acquire(LOCK, LOCK_TTL) => lease,
+                _ = shutdown.changed() => return,
+            };
+            match lease {
+                Ok(Some(lease)) => {
+                    tracing::info!("cluster: this replica writes Ingress status and Events");
+                    let ended = self.hold(&lease, &mut said, &mut shutdown).await;
+                    if ended {
+                        let _ = self.locker.release(lease).await;
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %Chain(&e), "cluster: cannot take the status lock")
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    /// Writes while the lease holds; returns true at shutdown, false when it was lost.
+    async fn hold(
+        &mut self,
+        lease: &Lease,
+        said: &mut Said,
+        shutdown: &mut watch::Receiver<Phase>,
+    ) -> bool {
+        loop {
+            let published = self.published.borrow_and_update().clone();
+            self.write(&published, said).await;
+            tokio::select! {
+                _ = tokio::time::sleep(TICK) => {}
+                _ = self.published.changed() => {}
+                _ = shutdown.changed() => return true,
+            }
+            if let Err(e) = self.locker.renew(lease).await {
+                tracing::info!(error = %Chain(&e), "cluster: status lock lost; another replica writes status");
+                return false;
+            }
+        }
+    }
+
+    async fn write(&self, published: &Published, said: &mut Said) {
+        for fill in &published.fills {
+            self.fill(fill).await;
+        }
+        if let Some(wanted) = self.load_balancer().await {
+            for ingress in &published.ingresses {
+                let current = ingress
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.load_balancer.as_ref())
+                    .and_then(|lb| lb.ingress.clone())
+                    .unwrap_or_default();
+                if current == wanted {
+                    continue;
+                }
+                let namespace = ingress.namespace().unwrap_or_default();
+                let api: Api<Ingress> = Api::namespaced(self.client.clone(), &namespace);
+                let patch = serde_json::json!({
+                    "status": {"loadBalancer": IngressLoadBalancerStatus { ingress: Some(wanted.clone()) }},
+                });
+                if let Err(e) = api
+                    .patch_status(
+                        &ingress.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
+                    .await
+                {
+                    tracing::warn!(ingress = %format!("{namespace}/{}", ingress.name_any()), error = %Chain(&e), "cluster: cannot write Ingress status");
+                }
+            }
+        }
+        let now = Instant::now();
+        let by_key: HashMap<String, &Ingress> = published
+            .ingresses
+            .iter()
+            .map(|i| {
+                (
+                    format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any()),
+                    i,
+                )
+            })
+            .collect();
+        let mut events: Vec<(&Ingress, &str, String)> = Vec::new();
+        for notice in &published.notices {
+            if let Some(ingress) = by_key.get(&notice.object) {
+                events.push((ingress, REASON_NOT_SERVED, notice.reason.clone()));
+            }
+        }
+        for (site, owner) in &published.owners {
+            if let (Some(error), Some(ingress)) =
+                (self.certs.acme_last_error(site), by_key.get(owner))
+            {
+                events.push((
+                    ingress,
+                    REASON_CERTIFICATE_FAILED,
+                    format!("{site}: no certificate yet: {error}"),
+                ));
+            }
+        }
+        for (ingress, reason, message) in events {
+            let key = (
+                format!(
+                    "{}/{}",
+                    ingress.namespace().unwrap_or_default(),
+                    ingress.name_any()
+                ),
+                reason.to_string(),
+                message.clone(),
+            );
+            if said.allow(key, now) {
+                self.event(ingress, reason, message).await;
+            }
+        }
+    }
+
+    /// Writes the site's stored certificate into the Secret `spec.tls` names: creates
+    /// it when it does not exist, replaces it (at the version seen) when it is
+    /// portico's and holds another certificate. A Secret portico did not make is never
+    /// written: the builder only asks for those that are absent or labelled as ours.
+    async fn fill(&self, fill: &Fill) {
+        let Some((chain, key)) = self.certs.stored_pem(&fill.site).await else {
+            // Not obtained yet: the scheduler is on it; the next round writes it.
+            return;
+        };
+        let mut data = BTreeMap::new();
+        data.insert("tls.crt".to_string(), ByteString(chain));
+        data.insert("tls.key".to_string(), ByteString(key));
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &fill.namespace);
+        let what = format!("{}/{}", fill.namespace, fill.name);
+        let result = match &fill.existing {
+            Some(existing) if existing.data.as_ref() == Some(&data) => return,
+            Some(existing) => {
+                let mut secret = existing.clone();
+                secret.data = Some(data);
+                api.replace(&fill.name, &PostParams::default(), &secret)
+                    .await
+                    .map(drop)
+            }
+            None => {
+                let secret = Secret {
+                    metadata: ObjectMeta {
+                        name: Some(fill.name.clone()),
+                        namespace: Some(fill.namespace.clone()),
+                        labels: Some(BTreeMap::from([(
+                            LABEL_MANAGED_BY.to_string(),
+                            MANAGED_BY.to_string(),
+                        )])),
+                        ..ObjectMeta::default()
+                    },
+                    type_: Some("kubernetes.io/tls".into()),
+                    data: Some(data),
+                    ..Secret::default()
+                };
+                api.create(&PostParams::default(), &secret).await.map(drop)
+            }
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(secret = %what, site = %crate::tls::resolver::site_id(&fill.site), "cluster: wrote the certificate into the Secret spec.tls names")
+            }
+            // Someone wrote first (another writer, or the Secret appeared): the next
+            // build sees it as it is now.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(secret = %what, error = %Chain(&e), "cluster: cannot write the Secret spec.tls names")
+            }
+        }
+    }
+
+    /// The publish Service's load balancer addresses, as Ingress status takes them.
+    async fn load_balancer(&self) -> Option<Vec<IngressLoadBalancerIngress>> {
+        let (namespace, name) = self.publish.as_ref()?;
+        let api: Api<Service> = Api::namespaced(self.client.clone(), namespace);
+        let service = match api.get(name).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(service = %format!("{namespace}/{name}"), error = %Chain(&e), "cluster: cannot read publish_service");
+                return None;
+            }
+        };
+        let ingress = service
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .unwrap_or_default();
+        Some(
+            ingress
+                .into_iter()
+                .map(|i| IngressLoadBalancerIngress {
+                    ip: i.ip,
+                    hostname: i.hostname,
+                    ports: None,
+                })
+                .collect(),
+        )
+    }
+
+    async fn event(&self, ingress: &Ingress, reason: &str, message: String) {
+        let namespace = ingress.namespace().unwrap_or_default();
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let event = Event {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", ingress.name_any())),
+                namespace: Some(namespace.clone()),
+                ..ObjectMeta::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("networking.k8s.io/v1".into()),
+                kind: Some("Ingress".into()),
+                name: Some(ingress.name_any()),
+                namespace: Some(namespace.clone()),
+                uid: ingress.uid(),
+                resource_version: ingress.resource_version(),
+                field_path: None,
+            },
+            reason: Some(reason.into()),
+            // The API server refuses messages over 1 KiB.
+            message: Some(message.chars().take(1000).collect()),
+            type_: Some("Warning".into()),
+            source: Some(EventSource {
+                component: Some("portico".into()),
+                host: None,
+            }),
+            reporting_component: Some(super::ingress::CONTROLLER.into()),
+            reporting_instance: Some(self.identity.clone()),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            ..Event::default()
+        };
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &namespace);
+        if let Err(e) = api.create(&PostParams::default(), &event).await {
+            tracing::warn!(error = %Chain(&e), "cluster: cannot write an Event");
+        }
+    }
+}
