@@ -27,7 +27,9 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use http::{StatusCode, header};
 
-use crate::config::{Config, HostPattern, PathMatch, RouteAction, Upstream, UpstreamProtocol};
+use crate::config::{
+    Config, HostPattern, PathMatch, RouteAction, RouteLimits, Upstream, UpstreamProtocol,
+};
 use crate::uri::host::normalize as normalize_host;
 use crate::uri::path;
 
@@ -73,6 +75,8 @@ pub(crate) struct Route<T> {
     pub path: String,
     pub matching: PathMatch,
     pub action: Action<T>,
+    /// Its own limits over `[limits]`.
+    pub limits: RouteLimits,
 }
 
 #[derive(Debug)]
@@ -124,6 +128,7 @@ impl<T> Router<T> {
                 .map(|route| Route {
                     path: route.path.clone(),
                     matching: route.matching,
+                    limits: route.limits,
                     action: match &route.action {
                         RouteAction::Respond { status, body } => Action::Respond {
                             status: *status,

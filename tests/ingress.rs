@@ -746,6 +746,82 @@ async fn tls_off_serves_plain_http_on_port_80_without_a_redirect() {
     );
 }
 
+/// ingress-nginx's `proxy-body-size` and `proxy-read-timeout` are the routes' limits:
+/// a body declared larger gets 413 before anything reaches the upstream, an upstream
+/// slower than the timeout 504; other Ingresses keep `[limits]`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_body_size_and_read_timeout_annotations_limit_the_routes() {
+    common::edge::install_provider();
+    let ns = control_plane().namespace("ingress-limits");
+    grant(&ns, "replica");
+    let (web, accepted) = backend_at(host_ip(), "web", Proto::Http1).await;
+    ns.create(service("web", json!([{"port": 80}])));
+    ns.create(slice("web-1", "web", "", &[(web, true)]));
+    let ingress = |name: &str, annotations: Value| {
+        json!({
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress",
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"ingressClassName": class(&ns), "rules": [{"host": format!("{name}.internal"), "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+            ]}}]},
+        })
+    };
+    ns.create(ingress(
+        "limited",
+        json!({
+            "nginx.ingress.kubernetes.io/proxy-body-size": "1k",
+            "nginx.ingress.kubernetes.io/proxy-read-timeout": "1",
+        }),
+    ));
+    ns.create(ingress("open", json!({})));
+    let dir = tempfile::tempdir().unwrap();
+    let replica = Replica::start(&ns, dir.path(), "replica", "");
+    replica.ready().await;
+    replica
+        .until("limited.internal", "/", |s, _| s == 200)
+        .await;
+    replica.until("open.internal", "/", |s, _| s == 200).await;
+
+    let post = |host: &str, len: usize| {
+        hyper::Request::post(format!("https://{host}/upload"))
+            .header("content-length", len.to_string())
+            .body(http_body_util::Full::new(bytes::Bytes::from(vec![
+                b'x';
+                len
+            ])))
+            .unwrap()
+    };
+    let mut limited = replica.h2("limited.internal").await;
+    let before = accepted.load(Ordering::SeqCst);
+    let response = limited
+        .send_request(post("limited.internal", 2048))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        before,
+        "nothing reached the upstream"
+    );
+    let response = limited
+        .send_request(post("limited.internal", 1024))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let (status, _) = get_h2(&mut limited, "limited.internal", "/delay/3000").await;
+    assert_eq!(status, 504, "slower than proxy-read-timeout");
+
+    let mut open = replica.h2("open.internal").await;
+    let response = open
+        .send_request(post("open.internal", 2048))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "[limits] for the other Ingress");
+    let (status, _) = get_h2(&mut open, "open.internal", "/delay/1500").await;
+    assert_eq!(status, 200);
+}
+
 /// An outage of the API server takes nothing down: the routes last seen keep serving
 /// (no failed request while it lasts), and the watches resume when it ends; an Ingress
 /// created meanwhile, after etcd compacted the history the replica was watching from

@@ -26,6 +26,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
 use k8s_openapi::api::core::v1::{Secret, Service, ServicePort};
@@ -34,7 +35,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use kube::ResourceExt;
 
 use crate::config::{
-    HostPattern, PathMatch, Route, RouteAction, SecretPem, Site, TlsSource, Upstream,
+    HostPattern, PathMatch, Route, RouteAction, RouteLimits, SecretPem, Site, TlsSource, Upstream,
     UpstreamProtocol,
 };
 
@@ -181,12 +182,16 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
             })
         };
         let Some(spec) = &ingress.spec else { continue };
-        let protocol = match nginx_annotations(ingress) {
-            Ok((protocol, ignored)) => {
+        let (protocol, limits) = match nginx_annotations(ingress) {
+            Ok(Annotated {
+                protocol,
+                limits,
+                ignored,
+            }) => {
                 for why in ignored {
                     refuse(why);
                 }
-                protocol
+                (protocol, limits)
             }
             Err(why) => {
                 refuse(format!("the Ingress is not served: {why}"));
@@ -289,6 +294,7 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
                     path: written.to_string(),
                     matching,
                     action,
+                    limits,
                 });
             }
         }
@@ -302,6 +308,7 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
                                 path: "/".into(),
                                 matching: PathMatch::Fallback,
                                 action: action.clone(),
+                                limits,
                             });
                         }
                     }
@@ -421,12 +428,24 @@ fn sites(class: &str, view: &View) -> (Vec<Site>, Vec<Notice>) {
 /// ingress-nginx's annotation prefix: Ingresses moved from it keep their annotations.
 const NGINX: &str = "nginx.ingress.kubernetes.io/";
 
-/// What ingress-nginx annotations mean here: the upstream protocol they set, and notes
-/// for those that are not honoured; an error when the Ingress must not be served
-/// without one (it would answer what its owner meant to refuse, or route otherwise).
-/// docs/kubernetes.md, "Moving from ingress-nginx", has the table.
-fn nginx_annotations(ingress: &Ingress) -> Result<(Option<UpstreamProtocol>, Vec<String>), String> {
+/// What an Ingress's ingress-nginx annotations set.
+#[derive(Debug, Default)]
+struct Annotated {
+    /// `backend-protocol`.
+    protocol: Option<UpstreamProtocol>,
+    /// `proxy-body-size`, `proxy-read-timeout`.
+    limits: RouteLimits,
+    /// Notes for those not honoured.
+    ignored: Vec<String>,
+}
+
+/// What ingress-nginx annotations mean here; an error when the Ingress must not be
+/// served without one (it would answer what its owner meant to refuse, or route
+/// otherwise), or one has a value that means nothing (a limit left out would be no
+/// limit). docs/kubernetes.md, "Moving from ingress-nginx", has the table.
+fn nginx_annotations(ingress: &Ingress) -> Result<Annotated, String> {
     let mut protocol = None;
+    let mut limits = RouteLimits::default();
     let mut ignored = Vec::new();
     for (key, value) in ingress.annotations() {
         let Some(name) = key.strip_prefix(NGINX) else {
@@ -444,6 +463,30 @@ fn nginx_annotations(ingress: &Ingress) -> Result<(Option<UpstreamProtocol>, Vec
                     }
                 });
             }
+            "proxy-body-size" => {
+                limits.max_body_bytes = match nginx_size(value) {
+                    Some(0) => None,
+                    Some(bytes) => Some(bytes),
+                    None => {
+                        return Err(format!(
+                            "{key}: {value:?} is not a size (bytes, or a number with k, m or g)"
+                        ));
+                    }
+                };
+            }
+            "proxy-read-timeout" => {
+                let (min, max) = crate::config::Limits::duration_range("limits.upstream_timeout");
+                let seconds = value.strip_suffix('s').unwrap_or(value).parse::<u64>().ok();
+                limits.upstream_timeout = match seconds.map(Duration::from_secs) {
+                    Some(d) if d >= min && d <= max => Some(d),
+                    _ => {
+                        return Err(format!(
+                            "{key}: {value:?} is not a number of seconds from 1 to {}",
+                            max.as_secs()
+                        ));
+                    }
+                };
+            }
             // portico redirects port 80 to https for every host it has a certificate for.
             "ssl-redirect" | "force-ssl-redirect" if value == "true" => {}
             "ssl-redirect" | "force-ssl-redirect" => ignored.push(format!(
@@ -457,7 +500,28 @@ fn nginx_annotations(ingress: &Ingress) -> Result<(Option<UpstreamProtocol>, Vec
             _ => ignored.push(format!("{key} is not honoured (no equivalent in portico yet)")),
         }
     }
-    Ok((protocol, ignored))
+    Ok(Annotated {
+        protocol,
+        limits,
+        ignored,
+    })
+}
+
+/// An nginx size: bytes, or a number with `k`, `m` or `g` (either case).
+fn nginx_size(value: &str) -> Option<u64> {
+    let (digits, unit) = match value.char_indices().last()? {
+        (i, c) if c.is_ascii_alphabetic() => (&value[..i], c.to_ascii_lowercase()),
+        _ => (value, 'b'),
+    };
+    let number: u64 = digits.parse().ok()?;
+    let scale: u64 = match unit {
+        'b' => 1,
+        'k' => 1 << 10,
+        'm' => 1 << 20,
+        'g' => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(scale)
 }
 
 /// ingress-nginx annotations without which an Ingress must not be served: snippets
@@ -981,6 +1045,8 @@ mod tests {
             ("whitelist-source-range", "10.0.0.0/8"),
             ("rewrite-target", "/$2"),
             ("backend-protocol", "HTTPS"),
+            ("proxy-body-size", "8 megabytes"),
+            ("proxy-read-timeout", "0"),
         ] {
             let (sites, notices) = annotated(&[refused]);
             assert!(sites.is_empty(), "{refused:?}");
@@ -1048,5 +1114,32 @@ mod tests {
             built.fills.is_empty(),
             "no Secret is filled for a plain host"
         );
+    }
+
+    #[test]
+    fn body_size_and_read_timeout_annotations_are_the_routes_limits() {
+        let mut view = view();
+        view.ingresses[0].metadata.annotations = Some(
+            [
+                (format!("{NGINX}proxy-body-size"), "8m".to_string()),
+                (format!("{NGINX}proxy-read-timeout"), "120".to_string()),
+            ]
+            .into(),
+        );
+        let (sites, notices) = sites("portico", &view);
+        assert!(notices.is_empty(), "{notices:?}");
+        for route in &sites[0].routes {
+            assert_eq!(route.limits.max_body_bytes, Some(8 << 20), "{}", route.path);
+            assert_eq!(
+                route.limits.upstream_timeout,
+                Some(Duration::from_secs(120))
+            );
+        }
+        assert_eq!(nginx_size("0"), Some(0));
+        assert_eq!(nginx_size("1024"), Some(1024));
+        assert_eq!(nginx_size("10K"), Some(10 << 10));
+        assert_eq!(nginx_size("2g"), Some(2 << 30));
+        assert_eq!(nginx_size("m"), None);
+        assert_eq!(nginx_size("99999999999999999999g"), None);
     }
 }

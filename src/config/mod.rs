@@ -526,6 +526,17 @@ pub struct Route {
     pub matching: PathMatch,
     /// What the route does.
     pub action: RouteAction,
+    /// Its own limits over `[limits]` (an Ingress's annotations; none for the file's).
+    pub limits: RouteLimits,
+}
+
+/// A route's own limits, over the `[limits]` ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct RouteLimits {
+    /// The largest request body, in bytes; `None`: no limit.
+    pub max_body_bytes: Option<u64>,
+    /// The wait for the upstream's response head, instead of `limits.upstream_timeout`.
+    pub upstream_timeout: Option<Duration>,
 }
 
 /// How a route's path is matched against the normalised request path.
@@ -1265,6 +1276,7 @@ impl Validator<'_> {
                     upstreams: self.upstreams(&at("upstreams"), &list)?,
                     protocol,
                 },
+                limits: RouteLimits::default(),
             });
         } else if raw.upstream_protocol.is_some() {
             return Err(self.err(
@@ -1340,6 +1352,7 @@ impl Validator<'_> {
                 path,
                 matching: PathMatch::Prefix,
                 action,
+                limits: RouteLimits::default(),
             });
         }
         if routes.is_empty() {
@@ -1589,6 +1602,7 @@ mod tests {
                 status: StatusCode::OK,
                 body: String::new(),
             },
+            limits: RouteLimits::default(),
         };
         let elements = route("/foo/", PathMatch::Elements);
         for (path, want) in [

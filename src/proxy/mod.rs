@@ -215,6 +215,17 @@ impl Proxy {
                         return logged(pending, site, raw_host, text(*status, body.clone()));
                     }
                     Action::Proxy(balancer) => {
+                        if let Some(max) = m.route.limits.max_body_bytes
+                            && declared_length(&req).is_some_and(|n| n > max)
+                        {
+                            table.counters[m.site].count(StatusCode::PAYLOAD_TOO_LARGE);
+                            let response = error_response(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                "the request body is larger than this route allows",
+                            );
+                            let site = table.site_names.get(m.site).cloned();
+                            return logged(pending, site, raw_host, response);
+                        }
                         if let Some(r) = pending.record() {
                             r.site = table.site_names.get(m.site).cloned();
                         }
@@ -224,7 +235,10 @@ impl Proxy {
                         };
                         (
                             balancer.clone(),
-                            table.upstream_timeout,
+                            m.route
+                                .limits
+                                .upstream_timeout
+                                .unwrap_or(table.upstream_timeout),
                             table.counters[m.site].clone(),
                             sender,
                         )
@@ -289,6 +303,16 @@ fn logged(
         record.host = host;
     }
     pending.finish(response)
+}
+
+/// The body length a request declares (`Content-Length`), if it declares one.
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// A request refused for its framing before routing.
