@@ -13,6 +13,7 @@ use crate::config::{Config, ConfigError};
 use crate::listener::http::{Answer, decide};
 use crate::listener::proxy_protocol::{Parsed, parse as parse_proxy_header};
 use crate::proxy::headers::{add_forwarded, client_address, strip_hop_by_hop};
+use crate::request_id;
 use crate::router::{Action, Router};
 use crate::uri::{host, path};
 
@@ -88,8 +89,10 @@ fn trusted(ip: IpAddr) -> bool {
 }
 
 /// The header rewrite of a forwarded request: whatever a client sends, no hop-by-hop
-/// header survives, and an untrusted client's forwarding headers are replaced. The
-/// first byte says whether the peer is trusted; then one `name: value` per line.
+/// header survives, an untrusted client's forwarding headers are replaced, and the
+/// request ends with exactly one sane `X-Request-Id` (the client's only when it was
+/// sane and alone). The first byte says whether the peer is trusted; then one
+/// `name: value` per line.
 pub fn headers(data: &[u8]) {
     let (flags, lines) = data.split_first().unwrap_or((&0, &[]));
     let mut headers = HeaderMap::new();
@@ -124,6 +127,20 @@ pub fn headers(data: &[u8]) {
     }
     if let Some(te) = headers.get("te") {
         assert_eq!(te, "trailers");
+    }
+    let sent: Vec<Vec<u8>> = headers
+        .get_all("x-request-id")
+        .iter()
+        .map(|v| v.as_bytes().to_vec())
+        .collect();
+    let id = request_id::ensure(&mut headers);
+    assert!(request_id::is_sane(id.as_bytes()), "{id:?}");
+    let now: Vec<&HeaderValue> = headers.get_all("x-request-id").iter().collect();
+    assert_eq!(now, [&id]);
+    if let [one] = &sent[..]
+        && request_id::is_sane(one)
+    {
+        assert_eq!(id.as_bytes(), &one[..]);
     }
     let is_trusted = trusted(peer);
     let client = client_address(&headers, peer, trusted);

@@ -43,22 +43,26 @@
 //!
 //! ```text
 //! server                       assembly, start-up order, graceful shutdown
+//! trust                        the local CA's root in the system trust store (CLI)
 //! cluster                      Ingresses as sites; their status, Events, Secrets
 //! admin, reload                the admin listener; SIGHUP and config file changes
 //! certs, listener              the certificate scheduler; sockets, TLS, HTTP, port 80
 //! acme                         accounts, orders, challenges, renewal
 //! objects, proxy               store names and annotations; forwarding
-//! router, tls                  host and path → route; resolver, local CA, files
+//! router, tls, access_log      host and path → route; resolver, local CA, files;
+//!                                one line per request, written off the request path
 //! config, store, workers       TOML → model; persistence and locks; runtime per core
 //! body, metrics, report,       leaves: bodies and small answers, counters, error
-//!   shutdown, uri                chains, shutdown phases, path and host syntax
+//!   request_id, shutdown, uri    chains, X-Request-Id, shutdown phases, path and host
+//!                                syntax
 //! ```
 //!
 //! Public, for embedding portico and for its tests: [`config`], [`server`], [`store`],
 //! [`certs`], [`acme`], [`tls`], [`metrics`], [`objects`], [`proxy`], [`reload`],
-//! [`body`], [`report`]. The rest is the crate's own. The rules these modules
+//! [`body`], [`report`], [`trust`]. The rest is the crate's own. The rules these modules
 //! implement, for users, are in the repository's `docs/`.
 
+mod access_log;
 pub mod acme;
 mod admin;
 pub mod body;
@@ -71,11 +75,13 @@ pub mod objects;
 pub mod proxy;
 pub mod reload;
 pub mod report;
+mod request_id;
 mod router;
 pub mod server;
 mod shutdown;
 pub mod store;
 pub mod tls;
+pub mod trust;
 mod uri;
 mod workers;
 

@@ -1,17 +1,19 @@
-//! The `portico` command: parse the CLI, start logging, load the config, build, run until
-//! SIGTERM or SIGINT; SIGHUP asks for a config reload. Everything else lives in the
-//! library.
+//! The `portico` command: parse the CLI, load the config (a file, or the one site of
+//! `proxy` / `respond`), start logging in the format it asks for, build, run until
+//! SIGTERM or SIGINT; SIGHUP asks for a config reload. `trust` / `untrust` hand the local
+//! CA's root to [`portico::trust`]. Everything else lives in the library.
 //!
 //! Exit codes: 0 success, 64 bad config (EX_USAGE), 1 any other failure.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::SystemTime;
 
-use clap::{Parser, Subcommand};
-use portico::config::Config;
+use clap::{Args, Parser, Subcommand};
+use portico::config::{Config, LogFormat, QuickAction, QuickStart, Storage};
 use portico::report::Chain;
 use portico::server::{self, Server};
+use portico::trust::{TrustError, TrustStore};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
 #[derive(Parser)]
@@ -42,6 +44,70 @@ enum Command {
         #[arg(long, default_value = "portico.toml")]
         config: PathBuf,
     },
+    /// Serve HTTPS for one host and forward it to one upstream, without a config file.
+    Proxy {
+        /// The host to serve (local names get the local CA, public ones ACME).
+        #[arg(long)]
+        from: String,
+        /// The upstream: host:port, :port or http://host:port.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        quick: QuickArgs,
+    },
+    /// Serve HTTPS for one host with a fixed answer, without a config file.
+    Respond {
+        /// The host to serve (local names get the local CA, public ones ACME).
+        #[arg(long)]
+        from: String,
+        /// The answer's body (status 200, text/plain).
+        #[arg(long)]
+        body: String,
+        #[command(flatten)]
+        quick: QuickArgs,
+    },
+    /// Install the local CA's root into the system trust store.
+    Trust {
+        #[command(flatten)]
+        ca: CaArgs,
+    },
+    /// Remove the local CA's root from the system trust store.
+    Untrust {
+        #[command(flatten)]
+        ca: CaArgs,
+    },
+}
+
+/// What `proxy` and `respond` take besides their own flags.
+#[derive(Args)]
+struct QuickArgs {
+    /// The TLS listener (default 127.0.0.1:8443 for local names, 0.0.0.0:443 otherwise).
+    #[arg(long)]
+    https: Option<String>,
+    /// The HTTP listener (default 127.0.0.1:8080 for local names, 0.0.0.0:80 otherwise).
+    #[arg(long)]
+    http: Option<String>,
+    /// The data folder (certificates, the local CA); default ./portico-data.
+    #[arg(long)]
+    data: Option<String>,
+    /// Write an access log line per request to stdout.
+    #[arg(long)]
+    access_log: bool,
+}
+
+/// Where `trust` and `untrust` find the root, and which trust store they change.
+#[derive(Args)]
+struct CaArgs {
+    /// The config whose storage.path holds the CA (default: ./portico.toml if it exists,
+    /// else ./portico-data, the default data folder).
+    #[arg(long, conflicts_with = "data")]
+    config: Option<PathBuf>,
+    /// The data folder that holds the CA (ca/root.pem).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Change a trust store laid out like / under this folder instead of the system's.
+    #[arg(long)]
+    store_root: Option<PathBuf>,
 }
 
 /// mimalloc: fewer instructions per request than glibc's malloc and a lower, returned
@@ -56,32 +122,28 @@ const EX_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // h2 warns once per connection it ends for too many resets; under a rapid-reset
-    // attack that is thousands of lines. portico counts and logs those itself, once a
-    // second (`portico_connection_errors_total`), so h2's own are off unless RUST_LOG
-    // names h2.
-    let mut filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("h2")) {
-        filter = filter.add_directive("h2=error".parse().expect("a valid directive"));
-    }
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Escape codes only for a terminal: collected logs (kubectl logs, journald,
-        // files) should read as plain `key=value` text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let path = match &cli.command {
-        Command::Run { config } | Command::Check { config } | Command::Certs { config } => config,
+    let config = match &cli.command {
+        Command::Run { config } | Command::Check { config } | Command::Certs { config } => {
+            Config::load(config)
+        }
+        Command::Proxy { from, to, quick } => {
+            Config::quick(&quick.start(from, QuickAction::Proxy { to: to.clone() }))
+        }
+        Command::Respond { from, body, quick } => {
+            Config::quick(&quick.start(from, QuickAction::Respond { body: body.clone() }))
+        }
+        Command::Trust { ca } => return trust(ca, true),
+        Command::Untrust { ca } => return trust(ca, false),
     };
-    let config = match Config::load(path) {
+    // The config comes first: its `log.format` decides how every line is written.
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {}", Chain(&e));
             return ExitCode::from(EX_CONFIG);
         }
     };
+    init_logging(config.log.format);
     if let Command::Check { .. } = cli.command {
         print!("{}", config.describe());
         return ExitCode::SUCCESS;
@@ -109,8 +171,10 @@ fn main() -> ExitCode {
                 // Registered before binding: from here on SIGHUP (whose default action
                 // ends the process) only asks for a reload, even during start-up.
                 let hangups = signal(SignalKind::hangup());
+                let from_file = !config.from_command_line;
                 let server = Server::bind(config).await?;
-                tokio::spawn(reload_on_sighup(hangups, server.reloader()));
+                let reloader = from_file.then(|| server.reloader());
+                tokio::spawn(reload_on_sighup(hangups, reloader));
                 server.run(shutdown_signal()).await?;
                 Ok(())
             }
@@ -125,12 +189,129 @@ fn main() -> ExitCode {
     }
 }
 
-async fn reload_on_sighup(hangups: std::io::Result<Signal>, reloader: portico::reload::Reloader) {
+impl QuickArgs {
+    fn start(&self, from: &str, action: QuickAction) -> QuickStart {
+        QuickStart {
+            from: from.to_string(),
+            action,
+            https: self.https.clone(),
+            http: self.http.clone(),
+            data: self.data.clone(),
+            access: self.access_log.then_some(true),
+        }
+    }
+}
+
+/// portico's own log on stderr: `key=value` text, or one JSON object per line
+/// (`log.format = "json"`) with the event's fields at the top level.
+fn init_logging(format: LogFormat) {
+    // h2 warns once per connection it ends for too many resets; under a rapid-reset
+    // attack that is thousands of lines. portico counts and logs those itself, once a
+    // second (`portico_connection_errors_total`), so h2's own are off unless RUST_LOG
+    // names h2.
+    let mut filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("h2")) {
+        filter = filter.add_directive("h2=error".parse().expect("a valid directive"));
+    }
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs
+            // Escape codes only for a terminal: collected logs (kubectl logs, journald,
+            // files) should read as plain `key=value` text.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+/// `portico trust` / `portico untrust`.
+fn trust(ca: &CaArgs, install: bool) -> ExitCode {
+    let root = match ca_root(ca) {
+        Ok(root) => root,
+        Err(code) => return code,
+    };
+    let store = match &ca.store_root {
+        Some(dir) => TrustStore::under(dir),
+        None => TrustStore::system(),
+    };
+    let result = if install {
+        store.trust(&root)
+    } else {
+        store.untrust(&root)
+    };
+    match result {
+        Ok(done) => {
+            let what = match (install, done.changed) {
+                (true, true) => "installed as",
+                (true, false) => "already installed as",
+                (false, true) => "removed:",
+                (false, false) => "was not installed:",
+            };
+            println!(
+                "{}: {what} {}; bundle: {}",
+                root.display(),
+                done.file.display(),
+                done.bundle.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ TrustError::Unsupported { .. }) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {}", Chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The local CA's root file: `--data`, else the config's storage, else the default
+/// data folder.
+fn ca_root(ca: &CaArgs) -> Result<PathBuf, ExitCode> {
+    if let Some(data) = &ca.data {
+        return Ok(data.join("ca").join("root.pem"));
+    }
+    let default = Path::new("portico.toml");
+    let file = ca
+        .config
+        .clone()
+        .or_else(|| default.exists().then(|| default.to_path_buf()));
+    let Some(file) = file else {
+        return Ok(Path::new("portico-data").join("ca").join("root.pem"));
+    };
+    let config = Config::load(&file).map_err(|e| {
+        eprintln!("error: {}", Chain(&e));
+        ExitCode::from(EX_CONFIG)
+    })?;
+    match config.storage {
+        Storage::File { path } => Ok(path.join("ca").join("root.pem")),
+        Storage::Kubernetes { .. } => {
+            eprintln!(
+                "error: with the kubernetes backend the local CA is the Secret portico-local-ca; \
+                 save its tls.crt to a file and trust that file"
+            );
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn reload_on_sighup(
+    hangups: std::io::Result<Signal>,
+    reloader: Option<portico::reload::Reloader>,
+) {
     let Ok(mut hup) = hangups else {
         tracing::warn!("cannot handle SIGHUP; config file changes are still picked up");
         return;
     };
     while hup.recv().await.is_some() {
+        let Some(reloader) = &reloader else {
+            tracing::info!("SIGHUP: no config file to reload (started from the command line)");
+            continue;
+        };
         tracing::info!(file = %reloader.path().display(), "SIGHUP: reloading the config");
         // The reloader logs the outcome, and the error with file, line and key.
         let _ = reloader.reload_now().await;

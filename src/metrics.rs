@@ -11,6 +11,7 @@
 //! | `portico_tls_handshake_failures_total` | counter | `reason` (`no_certificate`, `error`, `timeout`) | handshakes on :443 that did not complete |
 //! | `portico_connection_errors_total` | counter | `reason` (`h2_too_many_resets`, `h2_protocol`, `h1_protocol`, `header_timeout`, `proxy_protocol`) | client connections ended for a protocol violation, a flood or a slow request head |
 //! | `portico_config_reloads_total` | counter | `result` (`ok`, `error`) | config reloads (SIGHUP, file change); `error`: the file was refused and the running config kept |
+//! | `portico_access_log_dropped_total` | counter | | access log lines dropped because the writer fell behind (its queue was full) |
 //!
 //! Labels: `site` is the site's id ([`crate::tls::resolver::site_id`]: its sorted names
 //! joined by `,`); requests that match no site (unknown or missing Host) count under
@@ -230,6 +231,8 @@ pub struct Metrics {
     acme_orders: Mutex<BTreeMap<(String, OrderResult), u64>>,
     /// Config reloads: `[ok, error]`.
     config_reloads: [AtomicU64; 2],
+    /// Access log lines dropped for a full queue (`crate::access_log`).
+    access_log_dropped: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -243,6 +246,7 @@ impl Default for Metrics {
             certificates: Mutex::new(BTreeMap::new()),
             acme_orders: Mutex::new(BTreeMap::new()),
             config_reloads: std::array::from_fn(|_| AtomicU64::new(0)),
+            access_log_dropped: AtomicU64::new(0),
         }
     }
 }
@@ -345,6 +349,15 @@ impl Metrics {
     /// Counts one config reload: applied (`ok`) or refused.
     pub(crate) fn config_reload(&self, ok: bool) {
         self.config_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn access_log_dropped(&self) {
+        self.access_log_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Access log lines dropped so far because the writer's queue was full.
+    pub fn access_log_drops(&self) -> u64 {
+        self.access_log_dropped.load(Ordering::Relaxed)
     }
 
     /// Config reloads so far that were applied (`ok`) or refused.
@@ -498,6 +511,19 @@ impl Metrics {
                 self.config_reloads(ok),
             );
         }
+
+        family(
+            &mut out,
+            "portico_access_log_dropped_total",
+            "counter",
+            "Access log lines dropped because the log writer fell behind (its queue was full).",
+        );
+        sample_u(
+            &mut out,
+            "portico_access_log_dropped_total",
+            &[],
+            self.access_log_drops(),
+        );
         out
     }
 }
@@ -584,6 +610,7 @@ mod tests {
             ("portico_requests_total", "counter"),
             ("portico_tls_handshake_failures_total", "counter"),
             ("portico_config_reloads_total", "counter"),
+            ("portico_access_log_dropped_total", "counter"),
         ];
         for (name, kind) in families {
             let help = format!("# HELP {name} ");

@@ -30,10 +30,12 @@
 //! - `limits` other than `max_connections`: new connections (timeouts, header size,
 //!   HTTP/2 streams), the next request (upstream timeouts), the next shutdown;
 //! - `acme`: the next order;
-//! - `listen.trusted_proxies` and `listen.proxy_protocol`: the next connection and request.
+//! - `listen.trusted_proxies` and `listen.proxy_protocol`: the next connection and request;
+//! - `log.access`: the next request.
 //!
 //! What needs a restart: `listen.http`, `listen.https`, `listen.admin` (the sockets are
-//! bound once), `storage` (the store
+//! bound once), `log.format` (portico's own log is set up once, and the access log
+//! keeps the same format), `storage` (the store
 //! and its locks are opened once) and `limits.max_connections` (the connection cap is
 //! sized once). A change there is logged as a warning naming the key; the running value
 //! is kept and the rest of the file is applied.
@@ -363,6 +365,8 @@ fn plan(old: &Config, mut new: Config) -> (Config, ReloadOutcome) {
         "limits.max_connections",
         new.limits.max_connections != old.limits.max_connections,
     );
+    // The subscriber of portico's own log is installed once; both logs keep one format.
+    keep("log.format", new.log.format != old.log.format);
     // Sockets are bound once; who is trusted (`trusted_proxies`, `proxy_protocol`)
     // applies to the next connection and request.
     new.listen.http = old.listen.http;
@@ -370,6 +374,7 @@ fn plan(old: &Config, mut new: Config) -> (Config, ReloadOutcome) {
     new.listen.admin = old.listen.admin;
     new.storage = old.storage.clone();
     new.limits.max_connections = old.limits.max_connections;
+    new.log.format = old.log.format;
 
     // By id, so a change of one site among thousands (an Ingress edited) costs one
     // pass over each list, not a pass over the old list per new site.
@@ -441,7 +446,7 @@ mod tests {
         let (new, outcome) = plan(
             &old,
             config(
-                "[listen]\nhttps = \"127.0.0.1:9443\"\nadmin = \"127.0.0.1:2019\"\n[storage]\npath = \"elsewhere\"\n[limits]\nmax_connections = 5\nidle_timeout = \"5s\"\n[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"one:1\"]\n[[site]]\nhosts = [\"c.test\"]\nupstreams = [\"one:1\"]\n",
+                "[listen]\nhttps = \"127.0.0.1:9443\"\nadmin = \"127.0.0.1:2019\"\n[storage]\npath = \"elsewhere\"\n[limits]\nmax_connections = 5\nidle_timeout = \"5s\"\n[log]\naccess = true\nformat = \"json\"\n[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"one:1\"]\n[[site]]\nhosts = [\"c.test\"]\nupstreams = [\"one:1\"]\n",
             ),
         );
         assert_eq!(
@@ -450,9 +455,13 @@ mod tests {
                 "listen.https",
                 "listen.admin",
                 "storage",
-                "limits.max_connections"
+                "limits.max_connections",
+                "log.format"
             ]
         );
+        // The access log turns on at once, in the format running.
+        assert!(new.log.access);
+        assert_eq!(new.log.format, old.log.format);
         assert_eq!(new.listen, old.listen);
         assert_eq!(new.storage, old.storage);
         assert_eq!(new.limits.max_connections, old.limits.max_connections);

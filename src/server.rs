@@ -224,7 +224,8 @@ impl Server {
     /// requests for up to `limits.shutdown_timeout`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let config = self.config.load_full();
-        let https_port = self.https_addr().port();
+        let https_addr = self.https_addr();
+        let https_port = https_addr.port();
         let connections = Connections::new(config.limits.max_connections);
         let (phase, stop_rx) = watch::channel(Phase::Serving);
         let workers = Workers::start(workers::count(), stop_rx.clone())
@@ -286,8 +287,16 @@ impl Server {
             .map_err(|source| ServerError::Workers { source })?;
         let accepting = [tokio::spawn(http.run(stop_rx.clone()))];
         let renewing = tokio::spawn(self.certs.clone().run(self.config.clone(), stop_rx.clone()));
-        let watching = tokio::spawn(self.reloader.clone().watch(stop_rx.clone()));
-        tracing::info!(sites = config.sites.len(), admin = ?admin_addr, "portico is serving");
+        // A config built from the command line has no file to watch.
+        let watching = (!config.from_command_line)
+            .then(|| tokio::spawn(self.reloader.clone().watch(stop_rx.clone())));
+        tracing::info!(
+            sites = config.sites.len(),
+            https = %https_addr,
+            admin = ?admin_addr,
+            access_log = config.log.access,
+            "portico is serving"
+        );
 
         shutdown.await;
         tracing::info!(
@@ -300,7 +309,9 @@ impl Server {
             let _ = task.await;
         }
         let _ = renewing.await;
-        let _ = watching.await;
+        if let Some(watching) = watching {
+            let _ = watching.await;
+        }
         // The deadline in force now: a reload may have changed it.
         let shutdown_timeout = self.config.load().limits.shutdown_timeout;
         if tokio::time::timeout(shutdown_timeout, connections.drained())
@@ -317,6 +328,8 @@ impl Server {
         }
         let _ = phase.send(Phase::Closed);
         workers.join().await;
+        // The last requests' access log lines, so a stop loses none of them.
+        self.proxy.flush_access_log(Duration::from_secs(2)).await;
         Ok(())
     }
 }

@@ -88,6 +88,70 @@ impl ConfigError {
     }
 }
 
+/// What `portico proxy` and `portico respond` take on the command line
+/// ([`Config::quick`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuickStart {
+    /// The site's one host (`--from`).
+    pub from: String,
+    /// Forward, or answer.
+    pub action: QuickAction,
+    /// `--https`: the TLS listener, instead of the default.
+    pub https: Option<String>,
+    /// `--http`: the port-80 listener, instead of the default.
+    pub http: Option<String>,
+    /// `--data`: the file store's folder; default `./portico-data`, as in a config file.
+    pub data: Option<String>,
+    /// `--access-log`: `Some(true)` turns the access log on (default as in a file).
+    pub access: Option<bool>,
+}
+
+/// What the one site of [`QuickStart`] does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QuickAction {
+    /// `portico proxy --to ADDR`: forward to `host:port` (also `:port`, `http://host:port`).
+    Proxy {
+        /// The upstream as written.
+        to: String,
+    },
+    /// `portico respond --body TEXT`: answer every request with 200 and `body`.
+    Respond {
+        /// The body.
+        body: String,
+    },
+}
+
+impl QuickAction {
+    /// The command, which errors name in place of a file.
+    fn command(&self) -> &'static str {
+        match self {
+            QuickAction::Proxy { .. } => "portico proxy",
+            QuickAction::Respond { .. } => "portico respond",
+        }
+    }
+}
+
+impl QuickStart {
+    /// The flag that set the config key `key`.
+    fn flag_of(key: &str) -> &str {
+        if key.starts_with("site[0].hosts") {
+            "--from"
+        } else if key.starts_with("site[0].upstreams") {
+            "--to"
+        } else if key.starts_with("site[0].route") {
+            "--body"
+        } else if key == "listen.https" {
+            "--https"
+        } else if key == "listen.http" {
+            "--http"
+        } else if key.starts_with("storage") {
+            "--data"
+        } else {
+            key
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -101,11 +165,51 @@ pub struct Config {
     pub acme: Acme,
     /// `[limits]`, with defaults for what the file leaves out.
     pub limits: Limits,
+    /// `[log]`: the access log and the format of every log line.
+    pub log: Log,
     /// `[kubernetes]`: the cluster's Ingresses as further sites.
     pub kubernetes: Option<Kubernetes>,
     /// `[[site]]`, in the order written; in a cluster, the sites made from Ingresses
     /// follow them.
     pub sites: Vec<Site>,
+    /// Built from the command line (`portico proxy`, `portico respond`) rather than
+    /// read from `path`: there is no file to watch or reload.
+    pub from_command_line: bool,
+}
+
+/// `[log]`: what portico logs, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Log {
+    /// One line per request on stdout. Default: on in a Kubernetes pod
+    /// (`KUBERNETES_SERVICE_HOST` set), off elsewhere.
+    pub access: bool,
+    /// The format of access log lines and of portico's own log (stderr).
+    pub format: LogFormat,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `key=value` text, for people.
+    Text,
+    /// One JSON object per line, for log shippers (Loki, Elastic, Cloud Logging).
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`, as the config writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Whether this process runs in a Kubernetes pod: the kubelet sets
+/// `KUBERNETES_SERVICE_HOST` in every container. The access log's default.
+pub fn in_pod() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty())
 }
 
 /// `[kubernetes]`: which of the cluster's objects configure portico.
@@ -559,6 +663,84 @@ impl Config {
         .config(raw)
     }
 
+    /// The config of `portico proxy` and `portico respond`: one site for `from`, built as
+    /// the raw tables a file would give and validated the same way. A local name (see
+    /// [`HostPattern::is_local`]) gets the local CA and listens on loopback like
+    /// `config/local.toml` (`127.0.0.1:8443`, `127.0.0.1:8080`); a public one gets ACME
+    /// and `0.0.0.0:443` and `0.0.0.0:80`, which the CA has to reach. Errors name the
+    /// flag (`--from`, `--to`, `--https`, `--http`, `--data`).
+    pub fn quick(start: &QuickStart) -> Result<Config, ConfigError> {
+        let local = parse_host(&start.from).is_ok_and(|h| h.is_local());
+        let (http, https) = if local {
+            ("127.0.0.1:8080", "127.0.0.1:8443")
+        } else {
+            ("0.0.0.0:80", "0.0.0.0:443")
+        };
+        let mut site = raw::RawSite {
+            hosts: vec![start.from.clone()],
+            ..Default::default()
+        };
+        match &start.action {
+            QuickAction::Proxy { to } => {
+                // `:3000` and `http://host:port` as Caddy's `--to` takes them.
+                let to = to.strip_prefix("http://").unwrap_or(to);
+                let to = match to.strip_prefix(':') {
+                    Some(port) => format!("127.0.0.1:{port}"),
+                    None => to.to_string(),
+                };
+                site.upstreams = Some(vec![to]);
+            }
+            QuickAction::Respond { body } => site.route.push(raw::RawRoute {
+                path: Some("/".to_string()),
+                respond: Some(raw::RawRespond {
+                    status: Some(200),
+                    body: Some(body.clone()),
+                }),
+                ..Default::default()
+            }),
+        }
+        let raw = RawConfig {
+            listen: raw::RawListen {
+                http: Some(start.http.clone().unwrap_or_else(|| http.to_string())),
+                https: Some(start.https.clone().unwrap_or_else(|| https.to_string())),
+                ..Default::default()
+            },
+            storage: raw::RawStorage {
+                path: start.data.clone(),
+                ..Default::default()
+            },
+            log: raw::RawLog {
+                access: start.access,
+                format: None,
+            },
+            site: vec![site],
+            ..Default::default()
+        };
+        let path = Path::new(start.action.command());
+        let located = Located::new("");
+        let mut config = Validator {
+            path,
+            located: &located,
+        }
+        .config(raw)
+        .map_err(|e| match e {
+            ConfigError::Invalid {
+                path,
+                line,
+                key,
+                message,
+            } => ConfigError::Invalid {
+                path,
+                line,
+                key: QuickStart::flag_of(&key).to_string(),
+                message,
+            },
+            other => other,
+        })?;
+        config.from_command_line = true;
+        Ok(config)
+    }
+
     /// The site whose hosts match `host` (already normalized). Exact names win over
     /// wildcards, as in the certificate resolver.
     pub(crate) fn site_for(&self, host: &str) -> Option<&Site> {
@@ -588,6 +770,15 @@ impl Config {
                 .map(|a| format!(" admin {a}"))
                 .unwrap_or_default()
         );
+        out.push_str(&format!(
+            "log: access {}, format {}\n",
+            if self.log.access {
+                "on (stdout)"
+            } else {
+                "off"
+            },
+            self.log.format.name()
+        ));
         if let Some(k) = &self.kubernetes {
             let namespaces = if k.namespaces.is_empty() {
                 "all namespaces".to_string()
@@ -691,6 +882,7 @@ impl Validator<'_> {
         let storage = self.storage(raw.storage)?;
         let acme = self.acme(raw.acme)?;
         let limits = self.limits(raw.limits)?;
+        let log = self.log(raw.log, in_pod())?;
         let kubernetes = raw.kubernetes.map(|k| self.kubernetes(k)).transpose()?;
         if raw.site.is_empty()
             && kubernetes
@@ -728,8 +920,27 @@ impl Validator<'_> {
             storage,
             acme,
             limits,
+            log,
             kubernetes,
             sites,
+            from_command_line: false,
+        })
+    }
+
+    fn log(&self, raw: raw::RawLog, in_pod: bool) -> Result<Log, ConfigError> {
+        let format = match raw.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(self.err(
+                    "log.format",
+                    format!("{other:?} is not a log format; use \"text\" or \"json\""),
+                ));
+            }
+        };
+        Ok(Log {
+            access: raw.access.unwrap_or(in_pod),
+            format,
         })
     }
 
@@ -1488,6 +1699,99 @@ mod tests {
                 "{local}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn log_table_defaults_and_errors() {
+        let site = "[[site]]\nhosts = [\"a.test\"]\nupstreams = [\"h:1\"]\n";
+        let c = parse(&format!("[log]\naccess = true\nformat = \"json\"\n{site}")).unwrap();
+        assert_eq!(
+            c.log,
+            Log {
+                access: true,
+                format: LogFormat::Json
+            }
+        );
+        assert!(
+            c.describe()
+                .contains("log: access on (stdout), format json\n"),
+            "{}",
+            c.describe()
+        );
+        let c = parse(&format!("[log]\naccess = false\n{site}")).unwrap();
+        assert_eq!(c.log.format, LogFormat::Text);
+        assert!(c.describe().contains("log: access off, format text\n"));
+        let e = parse(&format!("[log]\nformat = \"xml\"\n{site}")).unwrap_err();
+        assert_eq!(e.key(), "log.format");
+        assert!(e.to_string().starts_with("t.toml:2: log.format: "), "{e}");
+        let e = parse(&format!("[log]\nlevel = \"debug\"\n{site}")).unwrap_err();
+        assert!(e.to_string().contains("level"), "{e}");
+        // Unwritten, `access` follows where portico runs: on in a pod, off elsewhere.
+        let located = Located::new("");
+        let v = Validator {
+            path: Path::new("t.toml"),
+            located: &located,
+        };
+        assert!(v.log(raw::RawLog::default(), true).unwrap().access);
+        assert!(!v.log(raw::RawLog::default(), false).unwrap().access);
+        let off = raw::RawLog {
+            access: Some(false),
+            format: None,
+        };
+        assert!(!v.log(off, true).unwrap().access);
+    }
+
+    #[test]
+    fn quick_configs_are_validated_like_files() {
+        let start = |from: &str, action: QuickAction| QuickStart {
+            from: from.to_string(),
+            action,
+            https: None,
+            http: None,
+            data: None,
+            access: None,
+        };
+        let proxy = |to: &str| QuickAction::Proxy { to: to.to_string() };
+        let c = Config::quick(&start("app.localhost", proxy(":3000"))).unwrap();
+        assert!(c.from_command_line);
+        assert_eq!(c.listen.https, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.listen.http, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.sites[0].tls, TlsSource::Internal);
+        assert_eq!(
+            c.storage,
+            Storage::File {
+                path: "./portico-data".into()
+            }
+        );
+        match &c.sites[0].routes[0].action {
+            RouteAction::Proxy { upstreams, .. } => {
+                assert_eq!(upstreams[0].to_string(), "127.0.0.1:3000")
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = Config::quick(&start("example.com", proxy("http://10.0.0.1:80"))).unwrap();
+        assert_eq!(c.sites[0].tls, TlsSource::Acme);
+        assert_eq!(c.listen.https, "0.0.0.0:443".parse().unwrap());
+        let body = QuickAction::Respond {
+            body: "hi".to_string(),
+        };
+        let c = Config::quick(&start("localhost", body)).unwrap();
+        assert_eq!(
+            c.sites[0].routes[0].action,
+            RouteAction::Respond {
+                status: StatusCode::OK,
+                body: "hi".to_string()
+            }
+        );
+        // Errors name the flag and the command.
+        let e = Config::quick(&start("app.localhost", proxy("nope"))).unwrap_err();
+        assert_eq!(e.key(), "--to");
+        assert!(e.to_string().starts_with("portico proxy:"), "{e}");
+        let e = Config::quick(&start("bad host/", proxy(":1"))).unwrap_err();
+        assert_eq!(e.key(), "--from");
+        let mut s = start("localhost", proxy(":1"));
+        s.https = Some("nowhere".to_string());
+        assert_eq!(Config::quick(&s).unwrap_err().key(), "--https");
     }
 
     #[test]

@@ -16,7 +16,16 @@ pub(super) struct RawConfig {
     pub limits: RawLimits,
     pub kubernetes: Option<RawKubernetes>,
     #[serde(default)]
+    pub log: RawLog,
+    #[serde(default)]
     pub site: Vec<RawSite>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub access: Option<bool>,
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

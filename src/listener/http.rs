@@ -72,6 +72,8 @@ impl HttpListener {
                     peer: client,
                     proto: "http",
                     cert_hosts: None,
+                    tls_version: None,
+                    sni: None,
                 });
                 let handler = {
                     let this = this.clone();

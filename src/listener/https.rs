@@ -98,12 +98,19 @@ impl HttpsListener {
                     return;
                 }
                 let h2 = session.alpn_protocol() == Some(b"h2");
+                let tls_version = match session.protocol_version() {
+                    Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+                    Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+                    _ => None,
+                };
                 let conn = Arc::new(ConnInfo {
                     peer,
                     proto: "https",
                     // A reload may have removed the site since the handshake: then the
                     // cover is empty and every request gets 421 rather than a guess.
                     cert_hosts: Some(cert_hosts.unwrap_or_else(|| Arc::from(Vec::new()))),
+                    tls_version,
+                    sni: session.server_name().map(Arc::from),
                 });
                 let proxy = this.proxy.clone();
                 let handler = move |req| {

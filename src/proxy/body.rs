@@ -9,6 +9,7 @@
 //! attempt and cannot be replayed (we never buffer bodies).
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -28,6 +29,8 @@ pub(super) struct RetryBody {
     /// and answering from a copy keeps the slot untouched until the first poll.
     hint: SizeHint,
     end_stream: bool,
+    /// Body bytes read, for the access log (when it is on).
+    counted: Option<Arc<AtomicU64>>,
 }
 
 /// Gets an unpolled body back after a failed attempt.
@@ -47,6 +50,13 @@ pub(super) struct ClientBodyError(#[source] pub hyper::Error);
 pub(super) struct Reclaimed;
 
 impl RetryBody {
+    /// Counts the body's bytes into `counter` as they are read (the access log's
+    /// `bytes_in`).
+    pub(super) fn counting(mut self, counter: Option<Arc<AtomicU64>>) -> RetryBody {
+        self.counted = counter;
+        self
+    }
+
     pub(super) fn new(body: Incoming) -> (RetryBody, Reclaim) {
         let hint = body.size_hint();
         let end_stream = body.is_end_stream();
@@ -57,6 +67,7 @@ impl RetryBody {
                 slot: Some(slot.clone()),
                 hint,
                 end_stream,
+                counted: None,
             },
             Reclaim(slot),
         )
@@ -69,6 +80,7 @@ impl RetryBody {
             end_stream: body.is_end_stream(),
             polled: Some(body),
             slot: None,
+            counted: None,
         }
     }
 }
@@ -102,10 +114,17 @@ impl Body for RetryBody {
                 None => return Poll::Ready(Some(Err(Reclaimed.into()))),
             }
         }
-        match self.polled.as_mut() {
-            Some(body) => Pin::new(body)
-                .poll_frame(cx)
-                .map_err(|e| ClientBodyError(e).into()),
+        let this = &mut *self;
+        match this.polled.as_mut() {
+            Some(body) => {
+                let polled = Pin::new(body).poll_frame(cx);
+                if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (&this.counted, &polled)
+                    && let Some(data) = frame.data_ref()
+                {
+                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                polled.map_err(|e| ClientBodyError(e).into())
+            }
             None => Poll::Ready(None),
         }
     }

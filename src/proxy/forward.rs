@@ -16,7 +16,8 @@
 //! - A connect timeout answers 504 (as nginx does); refused, reset, DNS failure: 502.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -28,6 +29,7 @@ use super::body::RetryBody;
 use super::error::ProxyError;
 use super::headers::{add_forwarded, join_cookies, strip_hop_by_hop};
 use super::{Body, ConnInfo, upgrade};
+use crate::access_log::UpstreamTrace;
 use crate::config::UpstreamProtocol;
 use crate::report::Chain;
 
@@ -82,6 +84,14 @@ pub(super) struct Sender {
     pub client: std::net::IpAddr,
 }
 
+/// What the access log wants to know of a forwarded request, when it is on.
+pub(super) struct Traced<'a> {
+    /// Request body bytes read, when the request has a body.
+    pub bytes_in: Option<Arc<AtomicU64>>,
+    /// The upstream tried last, and its time to the response head.
+    pub upstream: &'a mut UpstreamTrace,
+}
+
 /// Forwards `req` (routed to `balancer`) and returns the upstream's response.
 pub(super) async fn forward(
     mut req: Request<Incoming>,
@@ -90,6 +100,7 @@ pub(super) async fn forward(
     original_host: &str,
     balancer: Arc<Balancer>,
     upstream_timeout: Duration,
+    mut traced: Option<Traced<'_>>,
 ) -> Result<Response<Body>, ProxyError> {
     let protocol = balancer.protocol;
     let upgrade = match protocol {
@@ -165,11 +176,20 @@ pub(super) async fn forward(
             let (retry_body, reclaim) = RetryBody::new(body);
             (retry_body, Some(reclaim))
         };
+        let retry_body = retry_body.counting(traced.as_ref().and_then(|t| t.bytes_in.clone()));
         let request = head.request(&endpoint.upstream.authority, retry_body, last);
+        let sent_at = traced.as_mut().map(|t| {
+            // A clone of the parsed authority: a reference count, not a new string.
+            t.upstream.upstream = Some(endpoint.upstream.authority.clone());
+            Instant::now()
+        });
         let result = tokio::time::timeout(upstream_timeout, endpoint.send(request)).await;
         match result {
             Ok(Ok(response)) => {
                 endpoint.mark_ok();
+                if let (Some(t), Some(at)) = (traced.as_mut(), sent_at) {
+                    t.upstream.head = Some(at.elapsed());
+                }
                 break response;
             }
             Err(_elapsed) => {

@@ -34,17 +34,21 @@ mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::header;
 use http::{Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 
+use crate::access_log::{AccessLog, Pending, Record};
 use crate::body::{Body, text};
-use crate::config::{Cidr, Config, HostPattern, UpstreamProtocol};
+use crate::config::{Cidr, Config, HostPattern, LogFormat, UpstreamProtocol};
 use crate::metrics::{Metrics, SiteCounters};
 use crate::report::Chain;
+use crate::request_id;
 use crate::router::{Action, RouteError, Router, request_host};
 use crate::tls::resolver::site_id;
 use balance::Balancer;
@@ -63,6 +67,11 @@ pub struct ConnInfo {
     /// connection for every name its certificate covers, and only for those.
     /// `None` = no TLS (tests, plain listeners): no such check.
     pub cert_hosts: Option<Arc<[HostPattern]>>,
+    /// The TLS version the handshake chose (`TLSv1.2`, `TLSv1.3`), for the access log;
+    /// `None` without TLS.
+    pub tls_version: Option<&'static str>,
+    /// The SNI name the client sent, for the access log.
+    pub sni: Option<Arc<str>>,
 }
 
 /// One config's routing table and the limits that apply to forwarding.
@@ -76,9 +85,20 @@ struct Table {
     unmatched: Arc<SiteCounters>,
     /// `listen.trusted_proxies`: peers whose forwarding headers are believed.
     trusted_proxies: Vec<Cidr>,
+    /// `log.access`: the format of access log lines, `None` when off.
+    access: Option<LogFormat>,
+    /// Site ids as the access log names them, indexed like `counters`.
+    site_names: Vec<Arc<str>>,
 }
 
 impl Table {
+    /// The access log's name of the site `raw_host` names.
+    fn site_name(&self, raw_host: Option<&str>) -> Option<Arc<str>> {
+        self.router
+            .site_of(raw_host)
+            .and_then(|i| self.site_names.get(i).cloned())
+    }
+
     /// The counters of the site `raw_host` names (`site=""` when none).
     fn counters_for(&self, raw_host: Option<&str>) -> &SiteCounters {
         match self.router.site_of(raw_host) {
@@ -93,6 +113,7 @@ pub struct Proxy {
     table: ArcSwap<Table>,
     pools: Pools,
     metrics: Arc<Metrics>,
+    access_log: Arc<AccessLog>,
 }
 
 impl Proxy {
@@ -108,8 +129,15 @@ impl Proxy {
         Proxy {
             table: ArcSwap::from_pointee(table),
             pools,
+            access_log: Arc::new(AccessLog::stdout(metrics.clone())),
             metrics,
         }
+    }
+
+    /// Waits, up to `deadline`, until the access log lines of finished requests are
+    /// written (at shutdown).
+    pub async fn flush_access_log(&self, deadline: Duration) {
+        self.access_log.drain(deadline).await;
     }
 
     /// Swaps in a new config's sites and routes. Pools (idle connections, health) of
@@ -124,17 +152,49 @@ impl Proxy {
 
     /// Handles one request completely. Never panics on network input and never fails:
     /// errors become responses (400, 421, 404, 502, 504).
-    pub async fn serve(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    pub async fn serve(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+        let start = Instant::now();
+        let request_id = request_id::ensure(req.headers_mut());
         let raw_host = request_host(&req).map(str::to_owned);
+        // Sends its line with status 499 if this future is dropped before the head.
+        let mut pending = Pending::default();
         // The table guard is dropped before any await: a guard held across a slow
         // upstream would pin the old table and its pools through reloads.
         let (balancer, upstream_timeout, counters, sender) = {
             let table = self.table.load();
+            let trusts = |ip| table.trusted_proxies.iter().any(|c: &Cidr| c.contains(ip));
+            let peer = conn.peer.ip();
+            let client = headers::client_address(req.headers(), peer, trusts);
+            if let Some(format) = table.access {
+                let record = Record {
+                    format,
+                    time: SystemTime::now(),
+                    start,
+                    site: None,
+                    client,
+                    method: req.method().clone(),
+                    // Moved in below, not copied.
+                    host: None,
+                    // Never the query: it may carry tokens.
+                    path: req.uri().path().to_string(),
+                    version: req.version(),
+                    status: 0,
+                    bytes_in: (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0))),
+                    bytes_out: 0,
+                    upstream: Default::default(),
+                    tls: conn.tls_version,
+                    sni: conn.sni.clone(),
+                    request_id: request_id.clone(),
+                };
+                pending = Pending::new(record, &self.access_log);
+            }
             if let Err(refused) = framing(&req) {
                 table
                     .counters_for(raw_host.as_deref())
                     .count(refused.status);
-                return error_response(refused.status, refused.message);
+                let site = table.site_name(raw_host.as_deref());
+                let response = error_response(refused.status, refused.message);
+                return logged(pending, site, raw_host, response);
             }
             let matched = table.router.route(
                 raw_host.as_deref(),
@@ -145,29 +205,33 @@ impl Proxy {
                 Err(err) => {
                     // Errors are the rare path: a second host lookup finds the site.
                     table.counters_for(raw_host.as_deref()).count(err.status());
-                    return route_error(&err);
+                    let site = table.site_name(raw_host.as_deref());
+                    return logged(pending, site, raw_host, route_error(&err));
                 }
                 Ok(m) => match &m.route.action {
                     Action::Respond { status, body } => {
                         table.counters[m.site].count(*status);
-                        return text(*status, body.clone());
+                        let site = table.site_names.get(m.site).cloned();
+                        return logged(pending, site, raw_host, text(*status, body.clone()));
                     }
                     Action::Proxy(balancer) => {
                         if let Some(max) = m.route.limits.max_body_bytes
                             && declared_length(&req).is_some_and(|n| n > max)
                         {
                             table.counters[m.site].count(StatusCode::PAYLOAD_TOO_LARGE);
-                            return error_response(
+                            let response = error_response(
                                 StatusCode::PAYLOAD_TOO_LARGE,
                                 "the request body is larger than this route allows",
                             );
+                            let site = table.site_names.get(m.site).cloned();
+                            return logged(pending, site, raw_host, response);
                         }
-                        let trusts =
-                            |ip| table.trusted_proxies.iter().any(|c: &Cidr| c.contains(ip));
-                        let peer = conn.peer.ip();
+                        if let Some(r) = pending.record() {
+                            r.site = table.site_names.get(m.site).cloned();
+                        }
                         let sender = forward::Sender {
                             trusted: trusts(peer),
-                            client: headers::client_address(req.headers(), peer, trusts),
+                            client,
                         };
                         (
                             balancer.clone(),
@@ -183,14 +247,34 @@ impl Proxy {
             }
         };
         // `route` succeeded, so there is a host.
-        let original_host = raw_host.unwrap_or_default();
+        // With the access log on, the host lives in the record (also for a request
+        // dropped before its head) and forward borrows it from there: not copied.
+        let mut own_host = Some(raw_host.unwrap_or_default());
+        let (original_host, traced) = match pending.record() {
+            Some(r) => {
+                r.host = own_host.take();
+                let Record {
+                    host,
+                    upstream,
+                    bytes_in,
+                    ..
+                } = r;
+                let traced = forward::Traced {
+                    bytes_in: bytes_in.clone(),
+                    upstream,
+                };
+                (host.as_deref().unwrap_or_default(), Some(traced))
+            }
+            None => (own_host.as_deref().unwrap_or_default(), None),
+        };
         let response = match forward::forward(
             req,
             conn,
             sender,
-            &original_host,
+            original_host,
             balancer,
             upstream_timeout,
+            traced,
         )
         .await
         {
@@ -203,8 +287,22 @@ impl Proxy {
         // Counted when the head is ready, as access logs do; a body cut short later
         // does not change the status the client got.
         counters.count(response.status());
-        response
+        pending.finish(response)
     }
+}
+
+/// `response`, with its access log line to come when the log is on.
+fn logged(
+    mut pending: Pending,
+    site: Option<Arc<str>>,
+    host: Option<String>,
+    response: Response<Body>,
+) -> Response<Body> {
+    if let Some(record) = pending.record() {
+        record.site = site;
+        record.host = host;
+    }
+    pending.finish(response)
 }
 
 /// The body length a request declares (`Content-Length`), if it declares one.
@@ -283,6 +381,12 @@ fn build(config: &Config, pools: &Pools, metrics: &Metrics) -> Table {
             .collect(),
         unmatched: metrics.unmatched_counters(),
         trusted_proxies: config.listen.trusted_proxies.clone(),
+        access: config.log.access.then_some(config.log.format),
+        site_names: config
+            .sites
+            .iter()
+            .map(|site| Arc::from(site_id(site)))
+            .collect(),
     }
 }
 

@@ -125,6 +125,8 @@ pub async fn start_proxy_with(
                 peer,
                 proto: "https",
                 cert_hosts: cert_hosts.clone(),
+                tls_version: None,
+                sni: None,
             });
             let proxy = serving.clone();
             tokio::spawn(async move {
