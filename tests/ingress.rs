@@ -799,6 +799,36 @@ async fn nginx_body_size_and_read_timeout_annotations_limit_the_routes() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // The bypass: a body sent without a length is counted as it streams and cut at the
+    // limit.
+    let chunks = (0..8).map(|_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(vec![
+            b'y';
+            512
+        ])))
+    });
+    let streamed = hyper::Request::post("https://limited.internal/upload")
+        .body(http_body_util::BodyExt::boxed(
+            http_body_util::StreamBody::new(futures_util::stream::iter(chunks)),
+        ))
+        .unwrap();
+    let (mut send_stream, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(
+            common::edge::tls_connect(
+                replica.https,
+                "limited.internal",
+                common::edge::client_config(&[&replica.root()], &[b"h2"]),
+            )
+            .await
+            .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let response = send_stream.send_request(streamed).await.unwrap();
+    assert_eq!(response.status(), 413, "a streamed body past the limit");
     let (status, _) = get_h2(&mut limited, "limited.internal", "/delay/3000").await;
     assert_eq!(status, 504, "slower than proxy-read-timeout");
 

@@ -31,6 +31,10 @@ pub(super) struct RetryBody {
     end_stream: bool,
     /// Body bytes read, for the access log (when it is on).
     counted: Option<Arc<AtomicU64>>,
+    /// The route's largest body (`proxy-body-size`), and what was read so far: a body
+    /// sent without a length is cut where it passes the limit.
+    limit: Option<u64>,
+    read: u64,
 }
 
 /// Gets an unpolled body back after a failed attempt.
@@ -42,6 +46,14 @@ pub(super) struct Reclaim(Slot);
 #[derive(Debug, thiserror::Error)]
 #[error("the client's request body failed")]
 pub(super) struct ClientBodyError(#[source] pub hyper::Error);
+
+/// The request body passed its route's limit while it was being sent: the upstream
+/// request is aborted and the client gets 413.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body is larger than the route allows ({limit} bytes)")]
+pub(super) struct BodyTooLarge {
+    pub limit: u64,
+}
 
 /// The reclaimed body was polled again: a bug in the retry logic, reported as a body
 /// error rather than a panic.
@@ -57,6 +69,12 @@ impl RetryBody {
         self
     }
 
+    /// Fails the body once more than `limit` bytes have been read.
+    pub(super) fn limited(mut self, limit: Option<u64>) -> RetryBody {
+        self.limit = limit;
+        self
+    }
+
     pub(super) fn new(body: Incoming) -> (RetryBody, Reclaim) {
         let hint = body.size_hint();
         let end_stream = body.is_end_stream();
@@ -68,6 +86,8 @@ impl RetryBody {
                 hint,
                 end_stream,
                 counted: None,
+                limit: None,
+                read: 0,
             },
             Reclaim(slot),
         )
@@ -81,6 +101,8 @@ impl RetryBody {
             polled: Some(body),
             slot: None,
             counted: None,
+            limit: None,
+            read: 0,
         }
     }
 }
@@ -118,10 +140,19 @@ impl Body for RetryBody {
         match this.polled.as_mut() {
             Some(body) => {
                 let polled = Pin::new(body).poll_frame(cx);
-                if let (Some(counter), Poll::Ready(Some(Ok(frame)))) = (&this.counted, &polled)
+                if let Poll::Ready(Some(Ok(frame))) = &polled
                     && let Some(data) = frame.data_ref()
                 {
-                    counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let len = data.len() as u64;
+                    if let Some(counter) = &this.counted {
+                        counter.fetch_add(len, Ordering::Relaxed);
+                    }
+                    this.read = this.read.saturating_add(len);
+                    if let Some(limit) = this.limit
+                        && this.read > limit
+                    {
+                        return Poll::Ready(Some(Err(BodyTooLarge { limit }.into())));
+                    }
                 }
                 polled.map_err(|e| ClientBodyError(e).into())
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use super::body::ClientBodyError;
+use super::body::{BodyTooLarge, ClientBodyError};
 use super::pool::UpstreamError;
 
 /// Why a request could not be forwarded.
@@ -49,6 +49,14 @@ pub(crate) enum ProxyError {
         #[source]
         source: UpstreamError,
     },
+    /// The request body passed the route's limit while it was sent: 413, the upstream
+    /// request aborted.
+    #[error("the request body passed the route's limit while forwarding to {upstream}")]
+    BodyTooLarge {
+        upstream: String,
+        #[source]
+        source: UpstreamError,
+    },
     /// The upstream switched protocols on a request that asked for no upgrade: 502.
     #[error("upstream {upstream} answered 101 to a request without Upgrade")]
     UnexpectedUpgrade { upstream: String },
@@ -64,7 +72,9 @@ impl ProxyError {
             } else {
                 ProxyError::Connect { upstream, source }
             }
-        } else if caused_by_client_body(&source) {
+        } else if caused_by::<BodyTooLarge>(&source) {
+            ProxyError::BodyTooLarge { upstream, source }
+        } else if caused_by::<ClientBodyError>(&source) {
             ProxyError::ClientBody { upstream, source }
         } else {
             ProxyError::Upstream { upstream, source }
@@ -73,7 +83,10 @@ impl ProxyError {
 
     /// True for failures of the client, not of the upstream: logged at debug, not warn.
     pub(crate) fn is_client(&self) -> bool {
-        matches!(self, ProxyError::ClientBody { .. })
+        matches!(
+            self,
+            ProxyError::ClientBody { .. } | ProxyError::BodyTooLarge { .. }
+        )
     }
 
     /// True when the upstream was never reached: mark it unhealthy, try another.
@@ -90,6 +103,7 @@ impl ProxyError {
                 StatusCode::GATEWAY_TIMEOUT
             }
             ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Connect { .. }
             | ProxyError::NoUpstream
             | ProxyError::Upstream { .. }
@@ -106,15 +120,16 @@ impl ProxyError {
             ProxyError::Upstream { .. } => "upstream connection failed",
             ProxyError::NoUpstream => "no upstream for this route",
             ProxyError::ClientBody { .. } => "malformed or incomplete request body",
+            ProxyError::BodyTooLarge { .. } => "the request body is larger than this route allows",
             ProxyError::UnexpectedUpgrade { .. } => "upstream answered with an unexpected upgrade",
         }
     }
 }
 
-fn caused_by_client_body(err: &(dyn std::error::Error + 'static)) -> bool {
+fn caused_by<E: std::error::Error + 'static>(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(err);
     while let Some(e) = cur {
-        if e.is::<ClientBodyError>() {
+        if e.is::<E>() {
             return true;
         }
         cur = e.source();

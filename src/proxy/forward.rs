@@ -92,6 +92,15 @@ pub(super) struct Traced<'a> {
     pub upstream: &'a mut UpstreamTrace,
 }
 
+/// The limits of one forwarded request: its route's, else `[limits]`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Bounds {
+    /// From sending to the response head, per attempt.
+    pub upstream_timeout: Duration,
+    /// The request body's largest size: past it the request is aborted with 413.
+    pub max_body_bytes: Option<u64>,
+}
+
 /// Forwards `req` (routed to `balancer`) and returns the upstream's response.
 pub(super) async fn forward(
     mut req: Request<Incoming>,
@@ -99,9 +108,10 @@ pub(super) async fn forward(
     sender: Sender,
     original_host: &str,
     balancer: Arc<Balancer>,
-    upstream_timeout: Duration,
+    bounds: Bounds,
     mut traced: Option<Traced<'_>>,
 ) -> Result<Response<Body>, ProxyError> {
+    let upstream_timeout = bounds.upstream_timeout;
     let protocol = balancer.protocol;
     let upgrade = match protocol {
         UpstreamProtocol::Http1 => upgrade::requested(&req),
@@ -176,7 +186,9 @@ pub(super) async fn forward(
             let (retry_body, reclaim) = RetryBody::new(body);
             (retry_body, Some(reclaim))
         };
-        let retry_body = retry_body.counting(traced.as_ref().and_then(|t| t.bytes_in.clone()));
+        let retry_body = retry_body
+            .counting(traced.as_ref().and_then(|t| t.bytes_in.clone()))
+            .limited(bounds.max_body_bytes);
         let request = head.request(&endpoint.upstream.authority, retry_body, last);
         let sent_at = traced.as_mut().map(|t| {
             // A clone of the parsed authority: a reference count, not a new string.

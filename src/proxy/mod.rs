@@ -160,7 +160,7 @@ impl Proxy {
         let mut pending = Pending::default();
         // The table guard is dropped before any await: a guard held across a slow
         // upstream would pin the old table and its pools through reloads.
-        let (balancer, upstream_timeout, counters, sender) = {
+        let (balancer, bounds, counters, sender) = {
             let table = self.table.load();
             let trusts = |ip| table.trusted_proxies.iter().any(|c: &Cidr| c.contains(ip));
             let peer = conn.peer.ip();
@@ -233,12 +233,17 @@ impl Proxy {
                             trusted: trusts(peer),
                             client,
                         };
-                        (
-                            balancer.clone(),
-                            m.route
+                        let bounds = forward::Bounds {
+                            upstream_timeout: m
+                                .route
                                 .limits
                                 .upstream_timeout
                                 .unwrap_or(table.upstream_timeout),
+                            max_body_bytes: m.route.limits.max_body_bytes,
+                        };
+                        (
+                            balancer.clone(),
+                            bounds,
                             table.counters[m.site].clone(),
                             sender,
                         )
@@ -273,7 +278,7 @@ impl Proxy {
             sender,
             original_host,
             balancer,
-            upstream_timeout,
+            bounds,
             traced,
         )
         .await
