@@ -388,23 +388,6 @@ async fn a_1_gib_upload_streams_through_with_flat_memory() {
     );
 }
 
-/// Collects a child's stderr as it is written, so a test can wait for a log line.
-fn collect_stderr(child: &mut std::process::Child) -> std::sync::Arc<std::sync::Mutex<String>> {
-    use std::io::BufRead;
-    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
-    log
-}
-
 /// Polls `probe` every 100 ms until it returns true; fails after a generous guard.
 fn wait_for(what: &str, mut probe: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -440,7 +423,7 @@ fn sighup_applies_a_changed_file_and_keeps_serving_through_a_broken_one() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let log = collect_stderr(&mut child);
+    let log = common::collect_stderr(&mut child);
     let root = dir.path().join("data/ca/root.pem");
     let resolve = format!("app.internal:{https}:127.0.0.1");
     let url = format!("https://app.internal:{https}/");
@@ -611,7 +594,7 @@ async fn a_rapid_reset_flood_is_logged_once_a_second_with_a_count() {
         dir.path(),
         "[[site]]\nhosts = [\"flood.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"hi\" }\n",
     );
-    let log = collect_stderr(&mut child);
+    let log = common::collect_stderr(&mut child);
     let addr: std::net::SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
     let root_path = dir.path().join("data/ca/root.pem");
     wait_for("the local CA root", || root_path.exists());

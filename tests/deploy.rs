@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::control_plane::control_plane;
 use common::deploy::{manifests, object, role_rules};
+use common::pebble::free_port;
 use portico::config::{Config, Storage, TlsSource};
 use serde_json::Value;
 
@@ -644,14 +645,6 @@ fn the_gateway_api_crds_install_on_the_api_server() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The ConfigMap's portico.toml with only its addresses changed: loopback ports the
 /// OS picks (http, https, admin), and an ACME directory on a local port that refuses
 /// connections.
@@ -693,18 +686,7 @@ fn run_replica(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let log = Arc::new(std::sync::Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let mut log = sink.lock().unwrap();
-            log.push_str(&line);
-            log.push('\n');
-        }
-    });
+    let log = common::collect_stderr(&mut child);
     (child, log)
 }
 

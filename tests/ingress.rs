@@ -15,20 +15,26 @@ use portico_test_support as common;
 
 use common::control_plane::{Namespace, control_plane};
 use common::edge::{H2, get_h2};
+use common::pebble::free_port;
 use common::{Proto, backend_at, host_ip};
 use serde_json::{Value, json};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The shipped ClusterRole's rights for `who` (one identity), and the test's class.
 fn grant(ns: &Namespace, who: &str) {
     ns.grant_ingress_controller(&[who]);
+}
+
+/// An Ingress of the test's class: host `<name>.internal`, every path to Service `web`
+/// port 80.
+fn web_ingress(ns: &Namespace, name: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"ingressClassName": class(ns), "rules": [{"host": format!("{name}.internal"), "http": {"paths": [
+            {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
+        ]}}]},
+    })
 }
 
 /// The IngressClass of the test's namespace (IngressClasses are cluster-wide).
@@ -127,18 +133,7 @@ impl Replica {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
+        let log = common::collect_stderr(&mut child);
         Replica {
             child,
             dir: dir.to_path_buf(),
@@ -233,10 +228,10 @@ fn backend_of(body: &str) -> &str {
 }
 
 /// Path types as the Ingress spec defines them, rules of several Ingresses merged,
-/// `defaultBackend`, a Service port by name and by number, another class ignored, a
-/// TOML site winning over an Ingress for its host, and EndpointSlice changes (a new
-/// endpoint, none ready: 503) applied while an HTTP/2 client keeps asking, with no
-/// failed request.
+/// `defaultBackend`, a Service port by name and by number, h2c by `appProtocol`,
+/// another class ignored, a TOML site winning over an Ingress for its host, and
+/// EndpointSlice changes (a new endpoint, none ready: 503) applied while an HTTP/2
+/// client keeps asking, with no failed request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
     common::edge::install_provider();
@@ -247,9 +242,13 @@ async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
     let ip = host_ip();
     let web = backend_at(ip, "web", Proto::Http1).await.0;
     let web2 = backend_at(ip, "web2", Proto::Http1).await.0;
-    let api = backend_at(ip, "api", Proto::Http1).await.0;
+    // gRPC-style: h2c, said by the Service port's appProtocol.
+    let api = backend_at(ip, "api", Proto::H2c).await.0;
     ns.create(service("web", json!([{"name": "http", "port": 80}])));
-    ns.create(service("api", json!([{"port": 8080}])));
+    ns.create(service(
+        "api",
+        json!([{"port": 8080, "appProtocol": "kubernetes.io/h2c"}]),
+    ));
     ns.create(slice("web-1", "web", "http", &[(web, true)]));
     ns.create(slice("api-1", "api", "", &[(api, true)]));
     let ingress = |name: &str, class: &str, spec: Value| {
@@ -322,6 +321,15 @@ async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
     ] {
         let (status, body) = get_h2(&mut send, "shop.internal", path).await;
         assert_eq!((status, backend_of(&body)), (200, want), "{path}: {body}");
+        let version = if want == "api" {
+            "HTTP/2.0"
+        } else {
+            "HTTP/1.1"
+        };
+        assert!(
+            body.contains(&format!("version: {version}")),
+            "{path}: {body}"
+        );
     }
     let mut file = replica.h2("toml.internal").await;
     assert_eq!(
@@ -691,16 +699,7 @@ async fn tls_off_serves_plain_http_on_port_80_without_a_redirect() {
     let web = backend_at(host_ip(), "web", Proto::Http1).await.0;
     ns.create(service("web", json!([{"port": 80}])));
     ns.create(slice("web-1", "web", "", &[(web, true)]));
-    let ingress = |name: &str, annotations: Value| {
-        json!({
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "Ingress",
-            "metadata": {"name": name, "annotations": annotations},
-            "spec": {"ingressClassName": class(&ns), "rules": [{"host": format!("{name}.internal"), "http": {"paths": [
-                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
-            ]}}]},
-        })
-    };
+    let ingress = |name: &str, annotations: Value| web_ingress(&ns, name, annotations);
     ns.create(ingress("plain", json!({"portico.dev/tls": "off"})));
     ns.create(ingress("secure", json!({})));
     let dir = tempfile::tempdir().unwrap();
@@ -757,16 +756,7 @@ async fn nginx_body_size_and_read_timeout_annotations_limit_the_routes() {
     let (web, accepted) = backend_at(host_ip(), "web", Proto::Http1).await;
     ns.create(service("web", json!([{"port": 80}])));
     ns.create(slice("web-1", "web", "", &[(web, true)]));
-    let ingress = |name: &str, annotations: Value| {
-        json!({
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "Ingress",
-            "metadata": {"name": name, "annotations": annotations},
-            "spec": {"ingressClassName": class(&ns), "rules": [{"host": format!("{name}.internal"), "http": {"paths": [
-                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 80}}}},
-            ]}}]},
-        })
-    };
+    let ingress = |name: &str, annotations: Value| web_ingress(&ns, name, annotations);
     ns.create(ingress(
         "limited",
         json!({
@@ -857,6 +847,10 @@ async fn an_api_outage_keeps_the_routes_and_a_410_on_resume_lists_again() {
 
     front.set_down(true);
     ns.create(ingress("during"));
+    // One more write after it, then compaction up to now: the revision right after the
+    // one the replica listed at is gone, so its watch cannot resume (a watch resumes
+    // after its version, and etcd keeps the revision compacted to).
+    ns.create(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "bump"}}));
     let compacted = ns.plane().compact();
     for _ in 0..20 {
         let (status, body) = get_h2(&mut send, "before.internal", "/").await;

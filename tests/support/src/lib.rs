@@ -530,3 +530,23 @@ pub fn self_signed(names: &[&str]) -> (String, String) {
         .unwrap();
     (cert.pem(), key.serialize_pem())
 }
+
+/// The stderr of `child`, collected line by line as it comes (a thread reads it), for
+/// waiting on a log line and for failure messages.
+pub fn collect_stderr(child: &mut std::process::Child) -> Arc<std::sync::Mutex<String>> {
+    use std::io::BufRead;
+    let log = Arc::new(std::sync::Mutex::new(String::new()));
+    let Some(stderr) = child.stderr.take() else {
+        return log;
+    };
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let mut log = sink.lock().unwrap();
+            log.push_str(&line);
+            log.push('\n');
+        }
+    });
+    log
+}
