@@ -25,7 +25,14 @@ pub fn config(data: &[u8]) {
     };
     match Config::parse(Path::new("fuzz.toml"), text) {
         Ok(config) => {
-            assert!(!config.sites.is_empty());
+            // Sites, or the cluster's Ingresses to make them.
+            assert!(
+                !config.sites.is_empty()
+                    || config
+                        .kubernetes
+                        .as_ref()
+                        .is_some_and(|k| k.ingress_class.is_some())
+            );
             let _ = config.describe();
         }
         Err(ConfigError::Syntax { line, .. } | ConfigError::Invalid { line, .. }) => {
@@ -240,4 +247,12 @@ pub fn proxy_protocol(data: &[u8]) {
         }
         assert_eq!(parse_proxy_header(&data[..len]).ok(), Some(parsed));
     }
+}
+
+/// The cluster's objects as the API server sends them (any JSON, typed where it fits):
+/// the Ingress builder never panics, and what it makes is servable: every site has a
+/// host and a route, every route a path from `/`, every proxy route an upstream, and
+/// matching any path against the routes is total.
+pub fn ingress(data: &[u8]) {
+    crate::cluster::fuzz_build(data);
 }

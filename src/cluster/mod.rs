@@ -125,6 +125,53 @@ where
     objects
 }
 
+/// The `ingress` fuzz target's property ([`crate::fuzzing::ingress`]): JSON of the shape
+/// `{"classes": [..], "ingresses": [..], "services": [..], "slices": [..], "secrets":
+/// [..]}`, each object read as its type when it is one and skipped when not.
+#[cfg(fuzzing)]
+pub(crate) fn fuzz_build(data: &[u8]) {
+    use crate::config::{RouteAction, TlsSource};
+    fn list<K: serde::de::DeserializeOwned>(v: &serde_json::Value, key: &str) -> Vec<K> {
+        v.get(key)
+            .and_then(|l| l.as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|o| serde_json::from_value(o.clone()).ok())
+            .collect()
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return;
+    };
+    let view = View {
+        classes: list(&value, "classes"),
+        ingresses: list(&value, "ingresses"),
+        services: list(&value, "services"),
+        slices: list(&value, "slices"),
+        secrets: list(&value, "secrets"),
+    };
+    let taken = std::collections::HashSet::new();
+    let built = ingress::build("portico", &view, &taken);
+    for site in &built.sites {
+        assert!(!site.hosts.is_empty());
+        assert!(!site.routes.is_empty());
+        for route in &site.routes {
+            assert!(route.path.starts_with('/'), "{}", route.path);
+            if let RouteAction::Proxy { upstreams, .. } = &route.action {
+                assert!(!upstreams.is_empty());
+            }
+            for path in ["/", "/a", "/a/b", route.path.as_str()] {
+                let _ = route.matches(path);
+            }
+        }
+        if let TlsSource::Secret(pem) = &site.tls {
+            assert!(!pem.chain.is_empty() && !pem.key.is_empty());
+        }
+    }
+    for fill in &built.fills {
+        assert!(!fill.name.is_empty() || fill.existing.is_none());
+    }
+}
+
 /// Who this replica is, in Events: the pod's name when Kubernetes gives it, else the
 /// host's name.
 fn identity() -> String {
