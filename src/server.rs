@@ -261,10 +261,13 @@ impl Server {
         let admin = admin.map(|a| tokio::spawn(a.run(stop_rx.clone())));
         // Listeners bound, config loaded, stored certificates in the resolver (bind did
         // both): ready, once the cluster's objects (if any) are listed and applied.
-        match self.cluster {
-            None => self.metrics.set_ready(true),
+        let status_writer = match self.cluster {
+            None => {
+                self.metrics.set_ready(true);
+                None
+            }
             Some(cluster) => {
-                let mut synced = cluster.start(
+                let (mut synced, writer) = cluster.start(
                     self.reloader.clone(),
                     self.locker.clone(),
                     self.certs.clone(),
@@ -280,8 +283,9 @@ impl Server {
                         metrics.set_ready(true);
                     }
                 });
+                writer
             }
-        }
+        };
         https
             .start(&workers, stop_rx.clone())
             .map_err(|source| ServerError::Workers { source })?;
@@ -311,6 +315,10 @@ impl Server {
         let _ = renewing.await;
         if let Some(watching) = watching {
             let _ = watching.await;
+        }
+        if let Some(writer) = status_writer {
+            // Releases the status lock, so another replica writes status at once.
+            let _ = writer.await;
         }
         // The deadline in force now: a reload may have changed it.
         let shutdown_timeout = self.config.load().limits.shutdown_timeout;

@@ -1073,4 +1073,20 @@ async fn an_ingress_secret_is_filled_over_acme_and_served_by_every_replica() {
         "the CA's problem: {message}"
     );
     assert_eq!(failed["type"], "Warning");
+
+    // Stopped as a rolling update stops pods (SIGTERM): the status writer lets its Lease
+    // go, so the next replica need not wait out the Lease.
+    let status = ns
+        .get("leases", "portico-status")
+        .expect("the status Lease");
+    assert_ne!(status["spec"]["holderIdentity"], "", "{status}");
+    for mut p in replicas {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &p.child.id().to_string()])
+            .status();
+        let exit = p.child.wait().unwrap();
+        assert!(exit.success(), "{exit:?}\n{}", p.log());
+    }
+    let status = ns.get("leases", "portico-status").unwrap();
+    assert_eq!(status["spec"]["holderIdentity"], "", "released: {status}");
 }

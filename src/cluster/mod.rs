@@ -203,18 +203,20 @@ impl Cluster {
     }
 
     /// Starts watching and building; the receiver turns `true` once every kind has been
-    /// listed and the sites built from them applied.
+    /// listed and the sites built from them applied. The task ends at shutdown once the
+    /// status lock is released, so another replica takes over status at once: awaited
+    /// by the server.
     pub(crate) fn start(
         self,
         reloader: Reloader,
         locker: Arc<dyn Locker>,
         certs: Arc<CertManager>,
         shutdown: channel::Receiver<Phase>,
-    ) -> channel::Receiver<bool> {
+    ) -> (channel::Receiver<bool>, Option<tokio::task::JoinHandle<()>>) {
         let (ready_tx, ready) = channel::channel(false);
         let Some(class) = self.settings.ingress_class.clone() else {
             ready_tx.send_replace(true);
-            return ready;
+            return (ready, None);
         };
         let changed = Arc::new(Notify::new());
         let mut synced = Vec::new();
@@ -256,7 +258,7 @@ impl Cluster {
             published: published_rx,
             identity: identity(),
         };
-        tokio::spawn(writer.run(shutdown.clone()));
+        let writing = tokio::spawn(writer.run(shutdown.clone()));
         let builder = Builder {
             published,
             class,
@@ -278,7 +280,7 @@ impl Cluster {
                 _ = stop.changed() => {}
             }
         });
-        ready
+        (ready, Some(writing))
     }
 }
 
