@@ -11,14 +11,7 @@ use std::time::{Duration, Instant};
 
 use portico_test_support as common;
 
-/// A port the OS just handed out and released, for the binary's own listeners.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::pebble::free_port;
 
 /// curl's exit code, stdout and stderr.
 fn curl(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
