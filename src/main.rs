@@ -214,6 +214,12 @@ fn init_logging(format: LogFormat) {
     if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("h2")) {
         filter = filter.add_directive("h2=error".parse().expect("a valid directive"));
     }
+    // kube's client warns of every watch stream the API server or a load balancer cuts
+    // (`eof in poll`), several lines per outage; portico's own cluster watch says once
+    // per kind that it reconnects, with the cause.
+    if !std::env::var("RUST_LOG").is_ok_and(|v| v.contains("kube")) {
+        filter = filter.add_directive("kube_client=error".parse().expect("a valid directive"));
+    }
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
