@@ -502,13 +502,20 @@ pub async fn table(
             (site.names().join(","), site.tls.name(), object)
         })
         .collect();
+    // Not a site of the file: with [kubernetes], most likely an Ingress's host (the
+    // command reads no cluster objects to tell).
+    let elsewhere = if config.kubernetes.is_some() {
+        "(not in the file: an Ingress's?)"
+    } else {
+        "(not configured)"
+    };
     rows.extend(stored.into_iter().map(|(name, object)| {
         let names = object
             .annotations
             .get("cert-manager.io/alt-names")
             .cloned()
             .unwrap_or(name);
-        (names, "(not configured)", Some(object))
+        (names, elsewhere, Some(object))
     }));
     for (names, source, object) in rows {
         let leaf = object

@@ -931,6 +931,15 @@ async fn a_replica_with_only_the_shipped_rights_turns_ready_and_serves_an_ingres
     let names = config().sites[0].names().join(",");
     assert!(table.contains(&names), "{table}");
     assert!(table.contains("last error: "), "{table}");
+    // The Ingress's host, whose certificate is in the same store.
+    let ingress_row = table
+        .lines()
+        .find(|l| l.starts_with("app.deploy.internal"))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        ingress_row.contains("(not in the file: an Ingress's?)"),
+        "{table}"
+    );
     stop(child);
 }
 
