@@ -225,6 +225,11 @@ impl CertManager {
         }
     }
 
+    /// The notAfter of the certificate served for `site`, if one is (no I/O).
+    pub(crate) fn served_not_after(&self, site: &Site) -> Option<SystemTime> {
+        self.resolver.current(&site_id(site)).map(|c| c.not_after)
+    }
+
     /// The PEM chain and key of the certificate the store holds for `site` from its own
     /// source (ACME or the local CA), if it holds one that loads: what a Secret named
     /// by an Ingress is filled with.

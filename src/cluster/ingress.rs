@@ -34,6 +34,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
 use kube::ResourceExt;
 
+use super::watch::key;
 use crate::config::{
     HostPattern, PathMatch, Route, RouteAction, RouteLimits, SecretPem, Site, TlsSource, Upstream,
     UpstreamProtocol,
@@ -111,25 +112,6 @@ const CERT_MANAGER: [&str; 2] = ["cert-manager.io/issuer", "cert-manager.io/clus
 /// The sites the Ingresses of class `class` make, and what was refused. Hosts in
 /// `taken` are the config file's, which wins over any Ingress.
 pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Built {
-    let (sites, notices, ingresses, owners, fills) = sites_of(class, view, taken);
-    Built {
-        sites,
-        notices,
-        ingresses,
-        owners,
-        fills,
-    }
-}
-
-type Made = (
-    Vec<Site>,
-    Vec<Notice>,
-    Vec<Ingress>,
-    Vec<(String, String)>,
-    Vec<Fill>,
-);
-
-fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
     let default = view.classes.iter().any(|c| {
         c.name_any() == class
             && c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER)
@@ -165,15 +147,10 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
     let mut plain: BTreeSet<String> = BTreeSet::new();
     let mut refused = Vec::new();
     let mut hosts: BTreeMap<String, Vec<Route>> = BTreeMap::new();
-    // Host → the Ingress, the Secret (`namespace/name`) the oldest Ingress names for it
-    // in spec.tls, and whether cert-manager makes that Secret.
-    let mut secret_of: BTreeMap<String, (String, String, bool)> = BTreeMap::new();
+    // Host → the Secret the oldest Ingress names for it in spec.tls.
+    let mut secret_of: BTreeMap<String, SecretRef> = BTreeMap::new();
     for ingress in ours {
-        let object = format!(
-            "{}/{}",
-            ingress.namespace().unwrap_or_default(),
-            ingress.name_any()
-        );
+        let object = key(ingress);
         let namespace = ingress.namespace().unwrap_or_default();
         let mut refuse = |reason: String| {
             refused.push(Notice {
@@ -213,12 +190,11 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
             for host in tls.hosts.iter().flatten() {
                 secret_of
                     .entry(host.to_ascii_lowercase())
-                    .or_insert_with(|| {
-                        (
-                            object.clone(),
-                            format!("{namespace}/{secret}"),
-                            cert_manager,
-                        )
+                    .or_insert_with(|| SecretRef {
+                        ingress: object.clone(),
+                        namespace: namespace.clone(),
+                        name: secret.clone(),
+                        cert_manager,
                     });
             }
         }
@@ -228,11 +204,7 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
                 refuse("a rule without a host is not served: name the host".into());
                 continue;
             };
-            let pattern = match host.strip_prefix("*.") {
-                Some(suffix) => HostPattern::Wildcard(suffix.to_string()),
-                None => HostPattern::Exact(host.clone()),
-            };
-            if taken.contains(&pattern) {
+            if taken.contains(&host_pattern(&host)) {
                 refuse(format!(
                     "{host}: not served from this Ingress: portico's config file has a site for it, which wins"
                 ));
@@ -273,11 +245,10 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
                         continue;
                     }
                 }
-                if let Some(taken) = routes
+                if routes
                     .iter()
-                    .find(|r| r.path == written && r.matching == matching)
+                    .any(|r| r.path == written && r.matching == matching)
                 {
-                    let _ = taken;
                     refuse(format!(
                         "{host}{written}: not served: an older Ingress already routes this host and path"
                     ));
@@ -317,16 +288,7 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
             }
         }
     }
-    let secrets: BTreeMap<String, &Secret> = view
-        .secrets
-        .iter()
-        .map(|s| {
-            (
-                format!("{}/{}", s.namespace().unwrap_or_default(), s.name_any()),
-                s,
-            )
-        })
-        .collect();
+    let secrets: BTreeMap<String, &Secret> = view.secrets.iter().map(|s| (key(s), s)).collect();
     let mut fills = Vec::new();
     let sites = hosts
         .into_iter()
@@ -338,23 +300,25 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
             } else {
                 TlsSource::Acme
             };
-            let wildcard = host.strip_prefix("*.").map(str::to_string);
+            let pattern = host_pattern(&host);
             let mut fill = None;
             let tls = match secret_of.get(&host) {
                 _ if plain.contains(&host) => TlsSource::Off,
                 None => automatic,
-                Some((object, name, cert_manager)) => {
-                    let found = secrets.get(name).copied();
+                Some(secret) => {
+                    let name = format!("{}/{}", secret.namespace, secret.name);
+                    let object = &secret.ingress;
+                    let found = secrets.get(&name).copied();
                     let ours = found.is_some_and(|s| {
                         s.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGED_BY)
                     });
-                    match found.and_then(|s| pem(name, s)) {
+                    match found.and_then(|s| pem(&name, s)) {
                         // A Secret of someone else's (cert-manager's, a team's): served.
                         Some(pem) if !ours => {
                             // Served through the certificate path, which refuses it if
                             // it does not load or cover the host and keeps what served
                             // before; checked here too, so the owner hears of it.
-                            if let Err(why) = check_secret(&pem, &host) {
+                            if let Err(why) = check_secret(&pem, &pattern) {
                                 refused.push(Notice {
                                     object: object.clone(),
                                     reason: format!(
@@ -364,7 +328,7 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
                             }
                             TlsSource::Secret(pem)
                         }
-                        _ if wildcard.is_some() => {
+                        _ if pattern.is_wildcard() => {
                             refused.push(Notice {
                                 object: object.clone(),
                                 reason: format!(
@@ -376,7 +340,7 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
                         // portico's own, or none yet: the site's automatic certificate,
                         // written into it (unless cert-manager is to make it).
                         _ => {
-                            if *cert_manager && !ours {
+                            if secret.cert_manager && !ours {
                                 refused.push(Notice {
                                     object: object.clone(),
                                     reason: format!(
@@ -384,29 +348,23 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
                                     ),
                                 });
                             } else {
-                                let (namespace, secret) =
-                                    name.split_once('/').unwrap_or_default();
-                                fill = Some((namespace.to_string(), secret.to_string(), found.cloned()));
+                                fill = Some(found.cloned());
                             }
                             automatic
                         }
                     }
                 }
             };
-            let pattern = match wildcard {
-                Some(suffix) => HostPattern::Wildcard(suffix),
-                None => HostPattern::Exact(host),
-            };
             let site = Site {
                 hosts: vec![pattern],
                 tls,
                 routes,
             };
-            if let Some((namespace, name, existing)) = fill {
+            if let (Some(existing), Some(secret)) = (fill, secret_of.get(&host)) {
                 fills.push(Fill {
                     site: site.clone(),
-                    namespace,
-                    name,
+                    namespace: secret.namespace.clone(),
+                    name: secret.name.clone(),
                     existing,
                 });
             }
@@ -415,7 +373,31 @@ fn sites_of(class: &str, view: &View, taken: &HashSet<HostPattern>) -> Made {
         .collect();
     refused.sort();
     refused.dedup();
-    (sites, refused, served, owners.into_iter().collect(), fills)
+    Built {
+        sites,
+        notices: refused,
+        ingresses: served,
+        owners: owners.into_iter().collect(),
+        fills,
+    }
+}
+
+/// A Secret an Ingress's `spec.tls` names for a host.
+struct SecretRef {
+    /// `namespace/name` of the (oldest) Ingress that names it.
+    ingress: String,
+    namespace: String,
+    name: String,
+    /// The Ingress asks cert-manager to make it.
+    cert_manager: bool,
+}
+
+/// A host as an Ingress writes it: a name, or `*.suffix`.
+fn host_pattern(host: &str) -> HostPattern {
+    match host.strip_prefix("*.") {
+        Some(suffix) => HostPattern::Wildcard(suffix.to_string()),
+        None => HostPattern::Exact(host.to_string()),
+    }
 }
 
 /// [`build`]'s sites and notices (the unit tests' view).
@@ -571,14 +553,10 @@ fn pem(origin: &str, secret: &Secret) -> Option<SecretPem> {
 }
 
 /// Whether a Secret's certificate loads (chain, key, the key fits) and names `host`.
-fn check_secret(pem: &SecretPem, host: &str) -> Result<(), String> {
+fn check_secret(pem: &SecretPem, host: &HostPattern) -> Result<(), String> {
     let loaded = crate::tls::load_pem("the certificate", &pem.chain, &pem.key)
         .map_err(|e| crate::report::Chain(&e).to_string())?;
-    let pattern = match host.strip_prefix("*.") {
-        Some(suffix) => HostPattern::Wildcard(suffix.to_string()),
-        None => HostPattern::Exact(host.to_string()),
-    };
-    if crate::tls::leaf_covers(&loaded, &pattern) {
+    if crate::tls::leaf_covers(&loaded, host) {
         Ok(())
     } else {
         Err(format!("the certificate does not cover {host}"))

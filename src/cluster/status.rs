@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Secret, Service};
@@ -30,6 +30,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::watch;
 
 use super::ingress::{Fill, LABEL_MANAGED_BY, MANAGED_BY, Notice};
+use super::watch::key;
 use crate::certs::CertManager;
 use crate::report::Chain;
 use crate::shutdown::Phase;
@@ -69,6 +70,20 @@ pub(super) struct StatusWriter {
     pub(super) identity: String,
 }
 
+/// What the holder remembers from one round to the next.
+#[derive(Default)]
+struct Memory {
+    said: Said,
+    /// Per filled Secret (`namespace`, `name`): the notAfter of the certificate served
+    /// for its site and the Secret's resourceVersion when it last held that
+    /// certificate. The store is read only when one of them changes (a renewal, the
+    /// Secret edited or deleted), not for every Secret every round.
+    filled: Filled,
+}
+
+/// (namespace, name) of a filled Secret → (notAfter served, the Secret's version).
+type Filled = HashMap<(String, String), (SystemTime, Option<String>)>;
+
 /// Rate limit of Events: what was said of each Ingress, and when.
 #[derive(Default)]
 struct Said {
@@ -101,7 +116,7 @@ impl Said {
 
 impl StatusWriter {
     pub(super) async fn run(mut self, mut shutdown: watch::Receiver<Phase>) {
-        let mut said = Said::default();
+        let mut memory = Memory::default();
         loop {
             let lease = tokio::select! {
                 lease = self.locker.try_acquire(LOCK, LOCK_TTL) => lease,
@@ -110,7 +125,7 @@ impl StatusWriter {
             match lease {
                 Ok(Some(lease)) => {
                     tracing::info!("cluster: this replica writes Ingress status and Events");
-                    let ended = self.hold(&lease, &mut said, &mut shutdown).await;
+                    let ended = self.hold(&lease, &mut memory, &mut shutdown).await;
                     if ended {
                         let _ = self.locker.release(lease).await;
                         return;
@@ -132,12 +147,12 @@ impl StatusWriter {
     async fn hold(
         &mut self,
         lease: &Lease,
-        said: &mut Said,
+        memory: &mut Memory,
         shutdown: &mut watch::Receiver<Phase>,
     ) -> bool {
         loop {
             let published = self.published.borrow_and_update().clone();
-            self.write(&published, said).await;
+            self.write(&published, memory).await;
             tokio::select! {
                 _ = tokio::time::sleep(TICK) => {}
                 _ = self.published.changed() => {}
@@ -150,9 +165,9 @@ impl StatusWriter {
         }
     }
 
-    async fn write(&self, published: &Published, said: &mut Said) {
+    async fn write(&self, published: &Published, memory: &mut Memory) {
         for fill in &published.fills {
-            self.fill(fill).await;
+            self.fill(fill, &mut memory.filled).await;
         }
         if let Some(wanted) = self.load_balancer().await {
             for ingress in &published.ingresses {
@@ -178,49 +193,37 @@ impl StatusWriter {
                     )
                     .await
                 {
-                    tracing::warn!(ingress = %format!("{namespace}/{}", ingress.name_any()), error = %Chain(&e), "cluster: cannot write Ingress status");
+                    tracing::warn!(ingress = %key(ingress), error = %Chain(&e), "cluster: cannot write Ingress status");
                 }
             }
         }
         let now = Instant::now();
-        let by_key: HashMap<String, &Ingress> = published
-            .ingresses
-            .iter()
-            .map(|i| {
-                (
-                    format!("{}/{}", i.namespace().unwrap_or_default(), i.name_any()),
-                    i,
-                )
-            })
-            .collect();
-        let mut events: Vec<(&Ingress, &str, String)> = Vec::new();
+        let by_key: HashMap<String, &Ingress> =
+            published.ingresses.iter().map(|i| (key(i), i)).collect();
+        let mut events: Vec<(&String, &Ingress, &str, String)> = Vec::new();
         for notice in &published.notices {
-            if let Some(ingress) = by_key.get(&notice.object) {
-                events.push((ingress, REASON_NOT_SERVED, notice.reason.clone()));
+            if let Some((object, ingress)) = by_key.get_key_value(&notice.object) {
+                events.push((object, ingress, REASON_NOT_SERVED, notice.reason.clone()));
             }
         }
         for (site, owner) in &published.owners {
-            if let (Some(error), Some(ingress)) =
-                (self.certs.acme_last_error(site), by_key.get(owner))
-            {
+            if let (Some(error), Some((object, ingress))) = (
+                self.certs.acme_last_error(site),
+                by_key.get_key_value(owner),
+            ) {
                 events.push((
+                    object,
                     ingress,
                     REASON_CERTIFICATE_FAILED,
                     format!("{site}: no certificate yet: {error}"),
                 ));
             }
         }
-        for (ingress, reason, message) in events {
-            let key = (
-                format!(
-                    "{}/{}",
-                    ingress.namespace().unwrap_or_default(),
-                    ingress.name_any()
-                ),
-                reason.to_string(),
-                message.clone(),
-            );
-            if said.allow(key, now) {
+        for (object, ingress, reason, message) in events {
+            if memory
+                .said
+                .allow((object.clone(), reason.to_string(), message.clone()), now)
+            {
                 self.event(ingress, reason, message).await;
             }
         }
@@ -230,9 +233,20 @@ impl StatusWriter {
     /// it when it does not exist, replaces it (at the version seen) when it is
     /// portico's and holds another certificate. A Secret portico did not make is never
     /// written: the builder only asks for those that are absent or labelled as ours.
-    async fn fill(&self, fill: &Fill) {
+    async fn fill(&self, fill: &Fill, filled: &mut Filled) {
+        // Nothing served yet: the scheduler is on it; a later round writes it.
+        let Some(served) = self.certs.served_not_after(&fill.site) else {
+            return;
+        };
+        let seen = (
+            served,
+            fill.existing.as_ref().and_then(|s| s.resource_version()),
+        );
+        let id = (fill.namespace.clone(), fill.name.clone());
+        if filled.get(&id) == Some(&seen) {
+            return;
+        }
         let Some((chain, key)) = self.certs.stored_pem(&fill.site).await else {
-            // Not obtained yet: the scheduler is on it; the next round writes it.
             return;
         };
         let mut data = BTreeMap::new();
@@ -241,7 +255,10 @@ impl StatusWriter {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &fill.namespace);
         let what = format!("{}/{}", fill.namespace, fill.name);
         let result = match &fill.existing {
-            Some(existing) if existing.data.as_ref() == Some(&data) => return,
+            Some(existing) if existing.data.as_ref() == Some(&data) => {
+                filled.insert(id, seen);
+                return;
+            }
             Some(existing) => {
                 let mut secret = existing.clone();
                 secret.data = Some(data);

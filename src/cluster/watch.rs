@@ -65,7 +65,9 @@ enum WatchEnd {
     Failed(String),
 }
 
-fn key<K: kube::Resource>(object: &K) -> String {
+/// `namespace/name`: how every object of the cluster is known here (the reflectors'
+/// maps, Notices, Events' rate limit).
+pub(super) fn key<K: kube::Resource>(object: &K) -> String {
     format!(
         "{}/{}",
         object.namespace().unwrap_or_default(),

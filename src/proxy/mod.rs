@@ -216,7 +216,8 @@ impl Proxy {
                     }
                     Action::Proxy(balancer) => {
                         if let Some(max) = m.route.limits.max_body_bytes
-                            && declared_length(&req).is_some_and(|n| n > max)
+                            // hyper's hint is the declared Content-Length.
+                            && http_body::Body::size_hint(req.body()).lower() > max
                         {
                             table.counters[m.site].count(StatusCode::PAYLOAD_TOO_LARGE);
                             let response = error_response(
@@ -308,16 +309,6 @@ fn logged(
         record.host = host;
     }
     pending.finish(response)
-}
-
-/// The body length a request declares (`Content-Length`), if it declares one.
-fn declared_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 /// A request refused for its framing before routing.
