@@ -12,6 +12,8 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# Build settings the binary relies on (mimalloc commits memory as it is used).
+COPY .cargo ./.cargo
 COPY src ./src
 RUN cargo build --release --locked --bin portico \
  && mkdir -p /out/var/lib/portico /out/etc/portico \
@@ -27,8 +29,5 @@ USER 65532:65532
 # Kubernetes backend writes nothing here (the pod's root filesystem is read-only).
 WORKDIR /var/lib/portico
 EXPOSE 8080 8443 9901
-# mimalloc reads these before main: freed memory goes back to the OS at once, and
-# arenas are committed as used, not up front (docs/benchmarks.md: a lower peak RSS).
-ENV MIMALLOC_PURGE_DELAY=0 MIMALLOC_ARENA_EAGER_COMMIT=0
 ENTRYPOINT ["/usr/local/bin/portico"]
 CMD ["run", "--config", "/etc/portico/portico.toml"]

@@ -7,7 +7,8 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 
-/// Any error a body can end with.
+/// Any error a body can end with; also what a store backend reports as its own
+/// cause (`store::BoxError` is this type).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Response bodies: upstream bodies streamed through, or small fixed ones.

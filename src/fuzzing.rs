@@ -10,11 +10,13 @@ use std::sync::OnceLock;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{Config, ConfigError};
+use crate::config::{PathMatch, PathRewrite, Redirect, Route, RouteAction, RouteLimits, RouteRule};
 use crate::listener::http::{Answer, decide};
 use crate::listener::proxy_protocol::{Parsed, parse as parse_proxy_header};
 use crate::proxy::headers::{add_forwarded, client_address, strip_hop_by_hop};
+use crate::proxy::rule::{RuleError, location, target_path};
 use crate::request_id;
-use crate::router::{Action, Router};
+use crate::router::{Action, Head, Listener, Router};
 use crate::uri::{host, path};
 
 /// The config parser and validator: any text gives a config or a `ConfigError` that
@@ -50,19 +52,149 @@ fn route(path: &str) -> Option<String> {
         let config = Config::parse(Path::new("fuzz.toml"), SITE).expect("a valid config");
         Router::new(&config, |upstreams, _| upstreams[0].to_string())
     });
-    let matched = router.route(Some("a.test"), path, None).ok()?;
+    static GET: http::Method = http::Method::GET;
+    let headers = HeaderMap::new();
+    let head = Head {
+        method: &GET,
+        path,
+        query: None,
+        headers: &headers,
+        listener: Listener::Tls,
+    };
+    let matched = router.route(Some("a.test"), &head, None).ok()?;
     Some(match &matched.route.action {
         Action::Proxy(t) => t.clone(),
         Action::Respond { status, .. } => status.to_string(),
+        Action::Redirect(_) | Action::Split(_) => unreachable!("the file has neither"),
     })
 }
 
+/// A site whose routes under `/api` have Gateway API conditions: method POST, the
+/// header `x-env: canary`, the query `env=canary` (in that precedence), then a plain
+/// route at `/`.
+fn conditional(
+    method: &http::Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Option<String> {
+    static ROUTER: OnceLock<Router<String>> = OnceLock::new();
+    let router = ROUTER.get_or_init(|| {
+        let mut config = Config::parse(Path::new("fuzz.toml"), SITE).expect("a valid config");
+        let route = |path: &str, rule: RouteRule, name: &str| Route {
+            path: path.into(),
+            matching: PathMatch::Elements,
+            action: RouteAction::Respond {
+                status: http::StatusCode::OK,
+                body: name.into(),
+            },
+            limits: RouteLimits::default(),
+            rule,
+        };
+        let mut routes = vec![
+            route("/", RouteRule::default(), "plain"),
+            route(
+                "/api",
+                RouteRule {
+                    query: vec![("env".into(), "canary".into())],
+                    ..RouteRule::default()
+                },
+                "query",
+            ),
+            route(
+                "/api",
+                RouteRule {
+                    headers: vec![(
+                        HeaderName::from_static("x-env"),
+                        HeaderValue::from_static("canary"),
+                    )],
+                    ..RouteRule::default()
+                },
+                "header",
+            ),
+            route(
+                "/api",
+                RouteRule {
+                    method: Some(http::Method::POST),
+                    ..RouteRule::default()
+                },
+                "post",
+            ),
+        ];
+        routes.sort_by_key(Route::precedence);
+        config.sites[0].routes = routes;
+        Router::new(&config, |upstreams, _| upstreams[0].to_string())
+    });
+    let head = Head {
+        method,
+        path,
+        query,
+        headers,
+        listener: Listener::Tls,
+    };
+    let matched = router.route(Some("a.test"), &head, None).ok()?;
+    Some(match &matched.route.action {
+        Action::Respond { body, .. } => String::from_utf8_lossy(body).into_owned(),
+        _ => unreachable!("fixed answers only"),
+    })
+}
+
+/// Routing with conditions: the query (after `?`) is also the value of an `x-env`
+/// header. The route does not depend on how the path is spelt; the header route is
+/// taken only for exactly `canary`, and never once a second line says otherwise; the
+/// query route never once another occurrence of `env` says otherwise.
+fn conditions(raw: &str) {
+    let (path, query) = match raw.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (raw, None),
+    };
+    let get = http::Method::GET;
+    let mut headers = HeaderMap::new();
+    let value = HeaderValue::from_str(query.unwrap_or(raw)).ok();
+    if let Some(v) = &value {
+        headers.append("x-env", v.clone());
+    }
+    let got = conditional(&get, path, query, &headers);
+    match path::normalize(path) {
+        Ok(normal) => assert_eq!(
+            got,
+            conditional(&get, &normal, query, &headers),
+            "{path:?} routes apart from {normal:?}"
+        ),
+        Err(_) => assert_eq!(got, None, "an unroutable path was routed: {raw:?}"),
+    }
+    if got.as_deref() == Some("header") {
+        assert_eq!(
+            value.as_ref().map(HeaderValue::as_bytes),
+            Some(&b"canary"[..])
+        );
+    }
+    let mut two = headers.clone();
+    two.append("x-env", HeaderValue::from_static("other"));
+    assert_ne!(
+        conditional(&get, path, query, &two).as_deref(),
+        Some("header")
+    );
+    let contradicted = format!("{}&env=other", query.unwrap_or_default());
+    let none = HeaderMap::new();
+    assert_ne!(
+        conditional(&get, path, Some(&contradicted), &none).as_deref(),
+        Some("query"),
+        "{contradicted:?}"
+    );
+    let post = conditional(&http::Method::POST, path, query, &headers);
+    if got.as_deref().is_some_and(|r| r != "plain") {
+        assert_eq!(post.as_deref(), Some("post"), "{raw:?}");
+    }
+}
+
 /// Path normalisation and routing: a normal form has no empty or dot segment, is its
-/// own normal form, and routes like every spelling of it.
+/// own normal form, and routes like every spelling of it, also with conditions.
 pub fn path(data: &[u8]) {
     let Ok(raw) = std::str::from_utf8(data) else {
         return;
     };
+    conditions(raw);
     let Ok(normal) = path::normalize(raw) else {
         assert!(
             route(raw).is_none(),
@@ -203,6 +335,85 @@ pub fn port80(data: &[u8]) {
         }
         Answer::Challenge { host, .. } => assert!(host == "a.test" || host == "::1"),
         Answer::Refuse(status, _) => assert!(status.is_client_error()),
+    }
+    if let Ok(raw_host) = std::str::from_utf8(host) {
+        redirects(raw_host, req.uri());
+    }
+}
+
+/// A Gateway API redirect's `Location` for any Host and target: one that parses as a
+/// URL whose authority passed the strict host parser, with the request's host (or the
+/// rule's), no userinfo, no default port written; else 400 for a Host the strict
+/// parser refuses, and nothing else.
+fn redirects(raw_host: &str, uri: &http::Uri) {
+    let plain = Redirect {
+        scheme: None,
+        hostname: None,
+        port: None,
+        path: None,
+        status: http::StatusCode::FOUND,
+    };
+    let rules = [
+        plain.clone(),
+        Redirect {
+            scheme: Some("https".into()),
+            ..plain.clone()
+        },
+        Redirect {
+            scheme: Some("http".into()),
+            hostname: Some("other.test".into()),
+            port: Some(8443),
+            ..plain.clone()
+        },
+        Redirect {
+            port: Some(443),
+            path: Some(PathRewrite::Prefix("/new".into())),
+            ..plain.clone()
+        },
+        Redirect {
+            path: Some(PathRewrite::Full("/".into())),
+            ..plain
+        },
+    ];
+    let strict = host::parse(raw_host);
+    for rule in &rules {
+        let path = match (&rule.path, path::normalize(uri.path())) {
+            (None, _) => uri.path().to_string(),
+            (Some(_), Ok(normal)) => target_path(
+                rule.path.as_ref(),
+                "/",
+                PathMatch::Elements,
+                &normal,
+                uri.path(),
+            ),
+            // Unroutable: never gets as far as a redirect.
+            (Some(_), Err(_)) => continue,
+        };
+        for listener in [Listener::Plain, Listener::Tls] {
+            match location(rule, listener, Some(raw_host), &path, uri.query()) {
+                Ok(written) => {
+                    let url: http::Uri = written.parse().expect("a Location we wrote parses");
+                    let scheme = url.scheme_str().unwrap_or_default();
+                    assert!(scheme == "http" || scheme == "https", "{written:?}");
+                    let authority = url.authority().map_or("", |a| a.as_str());
+                    assert!(!authority.contains('@'), "{written:?}");
+                    let parsed = host::parse(authority).expect("its host passes the strict parser");
+                    let want = match &rule.hostname {
+                        Some(name) => name.clone(),
+                        None => strict
+                            .as_ref()
+                            .expect("written only for a strict host")
+                            .host
+                            .clone(),
+                    };
+                    assert_eq!(parsed.host, want, "{written:?}");
+                    let default = if scheme == "https" { 443 } else { 80 };
+                    assert_ne!(parsed.port, Some(default), "{written:?}");
+                }
+                Err(RuleError::BadHost(_)) => assert!(strict.is_err(), "{raw_host:?} refused"),
+                Err(RuleError::BadTarget) => panic!("{raw_host:?} {uri} made no Location"),
+            }
+        }
     }
 }
 

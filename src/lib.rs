@@ -22,6 +22,7 @@
 //! listener (:80)                                    (certificates, account, tokens, locks)
 //!   ├ /.well-known/acme-challenge/ ◄── acme::Challenges: tokens in flight, memory
 //!   │                                     first, then the store (another replica's)
+//!   ├ hosts served without TLS or with routes for port 80 ─► proxy, as above
 //!   └ anything else: 308 to https (served hosts only)
 //!
 //! admin (listen.admin): /healthz, /readyz, /metrics ◄── metrics: one atomic add per
@@ -31,9 +32,10 @@
 //!   config ─► router + proxy table (pools of kept upstreams stay) ─► resolver sites,
 //!   and wake certs::CertManager for new sites; nothing is closed
 //!
-//! cluster ([kubernetes]): IngressClasses, Ingresses, Services, EndpointSlices, TLS
-//!   Secrets (list, then watch) ─► sites ─► the reload path above, merged with the
-//!   file's; one replica (lock `status`) writes Ingress status, Events, filled Secrets
+//! cluster ([kubernetes]): IngressClasses, Ingresses, GatewayClasses, Gateways,
+//!   HTTPRoutes, ReferenceGrants, Services, EndpointSlices, TLS Secrets (list, then
+//!   watch) ─► sites ─► the reload path above, merged with the file's; one replica
+//!   (lock `status`) writes Ingress and Gateway API status, Events, filled Secrets
 //! ```
 //!
 //! # Modules, as they import each other
@@ -44,7 +46,8 @@
 //! ```text
 //! server                       assembly, start-up order, graceful shutdown
 //! trust                        the local CA's root in the system trust store (CLI)
-//! cluster                      Ingresses as sites; their status, Events, Secrets
+//! cluster                      Ingresses and Gateway API objects as sites; their
+//!                                status, Events, Secrets
 //! admin, reload                the admin listener; SIGHUP and config file changes
 //! certs, listener              the certificate scheduler; sockets, TLS, HTTP, port 80
 //! acme                         accounts, orders, challenges, renewal

@@ -112,9 +112,9 @@ struct CaArgs {
 
 /// mimalloc: fewer instructions per request than glibc's malloc and a lower, returned
 /// peak under connection churn (measured in Cargo.toml's comment, docs/benchmarks.md).
-/// Its options come from the environment before `main` runs; the image sets
-/// `MIMALLOC_PURGE_DELAY=0` (freed memory goes back at once) and
-/// `MIMALLOC_ARENA_EAGER_COMMIT=0` (docs/benchmarks.md has what each saves).
+/// Its options are read before `main` runs: arenas committed as used is a build-time
+/// default (.cargo/config.toml). docs/benchmarks.md has what it saves, and why freed
+/// memory is not returned at once (`MIMALLOC_PURGE_DELAY=0` costs a quarter more CPU).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -12,6 +12,7 @@
 //! | `portico_connection_errors_total` | counter | `reason` (`h2_too_many_resets`, `h2_protocol`, `h1_protocol`, `header_timeout`, `proxy_protocol`) | client connections ended for a protocol violation, a flood or a slow request head |
 //! | `portico_config_reloads_total` | counter | `result` (`ok`, `error`) | config reloads (SIGHUP, file change); `error`: the file was refused and the running config kept |
 //! | `portico_access_log_dropped_total` | counter | | access log lines dropped because the writer fell behind (its queue was full) |
+//! | `portico_worker_connections` | gauge | `worker` | HTTPS connections each worker thread serves now (one worker per core; they should stay within a few of each other) |
 //!
 //! Labels: `site` is the site's id ([`crate::tls::resolver::site_id`]: its sorted names
 //! joined by `,`); requests that match no site (unknown or missing Host) count under
@@ -34,8 +35,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use http::StatusCode;
@@ -233,6 +234,8 @@ pub struct Metrics {
     config_reloads: [AtomicU64; 2],
     /// Access log lines dropped for a full queue (`crate::access_log`).
     access_log_dropped: AtomicU64,
+    /// HTTPS connections per worker, once the workers run.
+    worker_connections: OnceLock<Arc<WorkerConnections>>,
 }
 
 impl Default for Metrics {
@@ -247,7 +250,53 @@ impl Default for Metrics {
             acme_orders: Mutex::new(BTreeMap::new()),
             config_reloads: std::array::from_fn(|_| AtomicU64::new(0)),
             access_log_dropped: AtomicU64::new(0),
+            worker_connections: OnceLock::new(),
         }
+    }
+}
+
+/// The HTTPS connections each worker thread serves now (`portico_worker_connections`);
+/// `crate::workers` places new connections by it.
+#[derive(Debug)]
+pub(crate) struct WorkerConnections(Box<[AtomicUsize]>);
+
+impl WorkerConnections {
+    /// Zero connections on each of `workers` workers (at least one).
+    pub(crate) fn new(workers: usize) -> Self {
+        WorkerConnections((0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect())
+    }
+
+    /// How many workers there are.
+    pub(crate) fn workers(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Connections worker `worker` serves now (indices past the end wrap).
+    pub(crate) fn get(&self, worker: usize) -> usize {
+        self.0[worker % self.0.len()].load(Ordering::Relaxed)
+    }
+
+    /// Counts one connection on `worker` until the seat is dropped.
+    pub(crate) fn seat(self: &Arc<Self>, worker: usize) -> Seat {
+        let worker = worker % self.0.len();
+        self.0[worker].fetch_add(1, Ordering::Relaxed);
+        Seat {
+            counts: self.clone(),
+            worker,
+        }
+    }
+}
+
+/// One connection counted in [`WorkerConnections`]; dropped with the connection.
+#[derive(Debug)]
+pub(crate) struct Seat {
+    counts: Arc<WorkerConnections>,
+    worker: usize,
+}
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        self.counts.0[self.worker].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -295,6 +344,14 @@ impl Metrics {
     /// Every counter at zero, not ready.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The HTTPS connection counts of `workers` workers, which they keep (the first
+    /// call decides how many there are).
+    pub(crate) fn worker_connections(&self, workers: usize) -> Arc<WorkerConnections> {
+        self.worker_connections
+            .get_or_init(|| Arc::new(WorkerConnections::new(workers)))
+            .clone()
     }
 
     /// Marks the process ready (`/readyz` 200) or not.
@@ -524,6 +581,23 @@ impl Metrics {
             &[],
             self.access_log_drops(),
         );
+
+        family(
+            &mut out,
+            "portico_worker_connections",
+            "gauge",
+            "HTTPS connections each worker thread serves now.",
+        );
+        if let Some(load) = self.worker_connections.get() {
+            for worker in 0..load.workers() {
+                sample_u(
+                    &mut out,
+                    "portico_worker_connections",
+                    &[("worker", &worker.to_string())],
+                    load.get(worker) as u64,
+                );
+            }
+        }
         out
     }
 }
@@ -597,6 +671,7 @@ mod tests {
     #[test]
     fn every_family_has_help_and_type_once_before_its_samples() {
         let m = Metrics::new();
+        let _seat = m.worker_connections(2).seat(1);
         m.site_counters("a.test").count(StatusCode::OK);
         m.acme_order("a.test", OrderResult::Valid);
         m.set_certificate("a.test", None, SystemTime::UNIX_EPOCH);
@@ -611,6 +686,7 @@ mod tests {
             ("portico_tls_handshake_failures_total", "counter"),
             ("portico_config_reloads_total", "counter"),
             ("portico_access_log_dropped_total", "counter"),
+            ("portico_worker_connections", "gauge"),
         ];
         for (name, kind) in families {
             let help = format!("# HELP {name} ");

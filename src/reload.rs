@@ -67,7 +67,9 @@ use crate::report::Chain;
 use crate::shutdown::Phase;
 use crate::tls::{SiteId, resolver::site_id};
 
-/// How often the config file is looked at.
+/// How often the config file is looked at. Public so that an embedder that rewrites
+/// the file (and the reload tests) knows how long to wait before the change can have
+/// been seen: a file is applied once it stayed the same for a whole interval.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a successful reload did. Sites are named by their id (sorted names joined by `,`).

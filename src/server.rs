@@ -121,7 +121,11 @@ impl Server {
         Server::bind_with(config, store, locker, Tuning::default()).await
     }
 
-    /// [`Server::bind`] with a given store and ACME timing (tests shorten the back-off).
+    /// [`Server::bind`] with a given store and ACME timing. Part of the embedding API: a
+    /// program that embeds portico passes a [`Store`] and [`Locker`] of its own (a
+    /// database, a [`MemoryStore`](crate::store::MemoryStore)) instead of the one
+    /// `[storage]` names, and its own ACME [`Tuning`]; portico's tests use it to share
+    /// one store between servers and to shorten the back-off.
     pub async fn bind_with(
         config: Config,
         store: Arc<dyn Store>,
@@ -228,8 +232,11 @@ impl Server {
         let https_port = https_addr.port();
         let connections = Connections::new(config.limits.max_connections);
         let (phase, stop_rx) = watch::channel(Phase::Serving);
-        let workers = Workers::start(workers::count(), stop_rx.clone())
-            .map_err(|source| ServerError::Workers { source })?;
+        let workers = Workers::start(
+            self.metrics.worker_connections(workers::count()),
+            stop_rx.clone(),
+        )
+        .map_err(|source| ServerError::Workers { source })?;
 
         let https = HttpsListener {
             listener: self

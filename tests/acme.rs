@@ -727,7 +727,9 @@ fn lifetime(leaf: &[u8]) -> Duration {
     Duration::from_secs((v.not_after.timestamp() - v.not_before.timestamp()) as u64)
 }
 
-/// The leaf's subject alternative names, as x509-parser shows them.
+/// The leaf's subject alternative names, as x509-parser shows them. Not
+/// `portico::metrics::certificate_names`, which writes a DNS name and an IP address
+/// alike: these assertions check that an address became an IP SAN, not a DNS name.
 fn sans(leaf: &[u8]) -> Vec<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).unwrap();
     let mut names: Vec<String> = cert

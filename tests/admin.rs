@@ -272,3 +272,69 @@ async fn a_handshake_that_never_finishes_counts_as_a_timeout() {
     )
     .await;
 }
+
+/// `portico_worker_connections{worker="N"}` samples, by worker.
+fn worker_connections(text: &str) -> Vec<i64> {
+    (0..)
+        .map_while(|w| {
+            value(
+                text,
+                &format!("portico_worker_connections{{worker=\"{w}\"}}"),
+            )
+        })
+        .collect()
+}
+
+/// A burst of connections (every TCP connection made before the first handshake, so the
+/// kernel queues them together and one worker wakes to a full backlog) ends spread over
+/// the workers: the one that accepts the burst hands sockets to the others, and each
+/// handed-over connection is served there. Closing them brings every gauge back to 0.
+#[tokio::test]
+async fn a_burst_of_connections_is_spread_over_the_workers() {
+    install_provider();
+    let p = edge::start(&sites().await).await;
+    let root = p.root_pem();
+    let workers = worker_connections(&scrape(&p).await);
+    assert!(!workers.is_empty(), "no worker gauge");
+    assert!(workers.iter().all(|&n| n == 0), "{workers:?}");
+    let n = 20 * workers.len();
+
+    let tcps =
+        futures_util::future::join_all((0..n).map(|_| tokio::net::TcpStream::connect(p.https)))
+            .await;
+    let config = edge::client_config(&[&root], &[b"h2"]);
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let name = rustls::pki_types::ServerName::try_from("a.internal").unwrap();
+    let tls = futures_util::future::join_all(
+        tcps.into_iter()
+            .map(|tcp| connector.connect(name.clone(), tcp.unwrap())),
+    )
+    .await;
+    let mut clients = Vec::new();
+    for tls in tls {
+        let mut h2 = edge::h2_over(tls.unwrap()).await;
+        assert_eq!(edge::get_h2(&mut h2, "a.internal", "/ok/").await.0, 200);
+        clients.push(h2);
+    }
+
+    let counts = worker_connections(&scrape(&p).await);
+    assert_eq!(counts.iter().sum::<i64>(), n as i64, "{counts:?}");
+    // Two workers accepting at the same moment may each place one before seeing the
+    // other's: a worker or two more than the rule's bound of 2.
+    let spread = counts.iter().max().unwrap() - counts.iter().min().unwrap();
+    assert!(
+        spread <= 2 + counts.len() as i64,
+        "{n} connections over {} workers: {counts:?}",
+        counts.len()
+    );
+
+    drop(clients);
+    for w in 0..counts.len() {
+        wait_for(
+            &p,
+            &format!("portico_worker_connections{{worker=\"{w}\"}}"),
+            0,
+        )
+        .await;
+    }
+}

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::pebble::free_port;
 use portico_test_support as common;
 
 fn run(args: &[&str], cwd: &Path) -> Output {
@@ -19,15 +20,6 @@ fn write(dir: &Path, text: &str) -> std::path::PathBuf {
     let path = dir.join("portico.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-/// A port the OS just handed out and released, for the binary's own listeners.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// `portico run` on loopback ports the OS just handed out, with `sites` (TOML) after

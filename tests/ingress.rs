@@ -5,17 +5,17 @@
 //! write the EndpointSlices a kubelet's endpoints controller would).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portico_test_support as common;
 
+use common::cluster::{
+    Replica, backend_of, leaf, published_service, readyz, replace, service, slice, tls_secret,
+};
 use common::control_plane::{Namespace, control_plane};
-use common::edge::{H2, get_h2};
-use common::pebble::free_port;
+use common::edge::get_h2;
 use common::{Proto, backend_at, host_ip};
 use serde_json::{Value, json};
 
@@ -40,191 +40,6 @@ fn web_ingress(ns: &Namespace, name: &str, annotations: Value) -> Value {
 /// The IngressClass of the test's namespace (IngressClasses are cluster-wide).
 fn class(ns: &Namespace) -> String {
     ns.ingress_class()
-}
-
-fn service(name: &str, ports: Value) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name},
-        "spec": {"ports": ports},
-    })
-}
-
-/// An EndpointSlice of Service `service` with one named port and these upstreams
-/// (ready or not).
-fn slice(name: &str, service: &str, port_name: &str, endpoints: &[(SocketAddr, bool)]) -> Value {
-    let port = endpoints.first().map_or(1, |(a, _)| a.port());
-    assert!(
-        endpoints.iter().all(|(a, _)| a.port() == port),
-        "one port per slice"
-    );
-    json!({
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
-        "addressType": "IPv4",
-        "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
-        "endpoints": endpoints.iter().map(|(a, ready)| json!({
-            "addresses": [a.ip().to_string()],
-            "conditions": {"ready": ready},
-        })).collect::<Vec<_>>(),
-    })
-}
-
-/// Replaces an object as the admin (`kubectl replace`).
-fn replace(ns: &Namespace, object: Value) {
-    ns.plane().kubectl(
-        &["replace", "-n", &ns.name, "-f", "-"],
-        object.to_string().as_bytes(),
-    );
-}
-
-struct Replica {
-    child: Child,
-    dir: PathBuf,
-    http: SocketAddr,
-    https: SocketAddr,
-    admin: SocketAddr,
-    log: Arc<Mutex<String>>,
-}
-
-impl Replica {
-    /// `portico run` with `[kubernetes]` for the test's class and namespace, the file
-    /// backend in a temp folder, and `toml` (sites) after it.
-    fn start(ns: &Namespace, dir: &Path, who: &str, toml: &str) -> Replica {
-        Replica::start_with(ns, dir, who, "", toml)
-    }
-
-    /// [`Replica::start`] with more `[kubernetes]` keys.
-    fn start_with(ns: &Namespace, dir: &Path, who: &str, kubernetes: &str, toml: &str) -> Replica {
-        let kubeconfig = ns.kubeconfig(dir, who);
-        Replica::start_full(ns, dir, who, &kubeconfig, kubernetes, toml)
-    }
-
-    /// [`Replica::start_with`] signed in with `kubeconfig`.
-    fn start_full(
-        ns: &Namespace,
-        dir: &Path,
-        who: &str,
-        kubeconfig: &Path,
-        kubernetes: &str,
-        toml: &str,
-    ) -> Replica {
-        let (http, https, admin) = (free_port(), free_port(), free_port());
-        // One file per replica: replicas of one test may share the folder (and with it
-        // the file store and its locks).
-        let config = dir.join(format!("portico-{who}.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:{admin}\"\n[storage]\npath = \"data\"\n[kubernetes]\ningress_class = \"{}\"\nnamespaces = [\"{}\"]\n{kubernetes}{toml}",
-                class(ns),
-                ns.name
-            ),
-        )
-        .unwrap();
-        let mut child = common::portico()
-            .args(["run", "--config", config.to_str().unwrap()])
-            .current_dir(dir)
-            .env("KUBECONFIG", kubeconfig)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = common::collect_stderr(&mut child);
-        Replica {
-            child,
-            dir: dir.to_path_buf(),
-            http: format!("127.0.0.1:{http}").parse().unwrap(),
-            https: format!("127.0.0.1:{https}").parse().unwrap(),
-            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-
-    async fn ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if readyz(self.admin).await == Some(200) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "not ready; log:\n{}", self.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn root(&self) -> Vec<u8> {
-        std::fs::read(self.dir.join("data/ca/root.pem")).unwrap()
-    }
-
-    async fn h2(&self, host: &str) -> H2 {
-        common::edge::h2(self.https, host, &self.root()).await
-    }
-
-    /// Asks `host` for `path` on a new connection until `want` holds of the answer.
-    async fn until(
-        &self,
-        host: &str,
-        path: &str,
-        want: impl Fn(u16, &str) -> bool,
-    ) -> (u16, String) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            // The local CA may not exist yet either.
-            let root = std::fs::read(self.dir.join("data/ca/root.pem")).unwrap_or_default();
-            let config = common::edge::client_config(&[&root], &[b"h2"]);
-            let (status, body) = match common::edge::tls_connect(self.https, host, config).await {
-                Ok(tls) => {
-                    let mut send = common::edge::h2_over(tls).await;
-                    get_h2(&mut send, host, path).await
-                }
-                // No certificate for the name yet.
-                Err(e) => (0, e.to_string()),
-            };
-            if want(status, &body) {
-                return (status, body);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{host}{path}: still {status} {body}; log:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-async fn readyz(admin: SocketAddr) -> Option<u16> {
-    // Not listening yet (the process is starting).
-    tokio::net::TcpStream::connect(admin).await.ok()?;
-    let (status, _, _) = tokio::time::timeout(
-        Duration::from_secs(2),
-        common::edge::plain_get(admin, "localhost", "/readyz"),
-    )
-    .await
-    .ok()?;
-    Some(status)
-}
-
-fn backend_of(body: &str) -> &str {
-    body.lines()
-        .find_map(|l| l.strip_prefix("backend: "))
-        .unwrap_or("")
 }
 
 /// Path types as the Ingress spec defines them, rules of several Ingresses merged,
@@ -451,29 +266,6 @@ async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
     );
 }
 
-/// A `kubernetes.io/tls` Secret holding a self-signed certificate for `names`; returns
-/// the object and the certificate (the client's root).
-fn tls_secret(name: &str, names: &[&str]) -> (Value, String) {
-    let (cert, key) = common::self_signed(names);
-    let object = json!({
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name},
-        "type": "kubernetes.io/tls",
-        "data": {"tls.crt": common::base64_encode(&cert), "tls.key": common::base64_encode(&key)},
-    });
-    (object, cert)
-}
-
-/// The leaf a handshake for `host` presents, trusting `root` (PEM), or the error.
-async fn leaf(replica: &Replica, host: &str, root: &str) -> Result<Vec<u8>, String> {
-    let config = common::edge::client_config(&[root.as_bytes()], &[b"h2"]);
-    common::edge::tls_connect(replica.https, host, config)
-        .await
-        .map(|tls| common::edge::leaf(&tls))
-        .map_err(|e| e.to_string())
-}
-
 /// A host listed in `spec.tls` is served the certificate of the Secret named there,
 /// swapped when the Secret changes; a replacement that does not cover the host is
 /// refused and the previous certificate keeps serving, and that Secret (not portico's)
@@ -588,23 +380,7 @@ async fn status_and_events_are_written_by_the_holder_of_the_status_lock_only() {
     let web = backend_at(host_ip(), "web", Proto::Http1).await.0;
     ns.create(service("web", json!([{"port": 80}])));
     ns.create(slice("web-1", "web", "", &[(web, true)]));
-    let mut published = service("portico", json!([{"port": 443}]));
-    published["spec"]["type"] = json!("LoadBalancer");
-    ns.create(published);
-    ns.plane().kubectl(
-        &[
-            "patch",
-            "service",
-            "portico",
-            "-n",
-            &ns.name,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            r#"{"status":{"loadBalancer":{"ingress":[{"ip":"203.0.113.10"}]}}}"#,
-        ],
-        b"",
-    );
+    published_service(&ns, "portico", "203.0.113.10");
     let ingress = |name: &str, host: &str, annotations: Value| {
         json!({
             "apiVersion": "networking.k8s.io/v1",
@@ -869,7 +645,7 @@ async fn an_api_outage_keeps_the_routes_and_a_410_on_resume_lists_again() {
     let front = Front::start(ns.plane()).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = ns.kubeconfig_via(dir.path(), "replica", &front.url());
-    let replica = Replica::start_full(&ns, dir.path(), "replica", &kubeconfig, "", "");
+    let replica = Replica::start_ingress(&ns, dir.path(), "replica", &kubeconfig, "", "");
     replica.ready().await;
     replica.until("before.internal", "/", |s, _| s == 200).await;
     let mut send = replica.h2("before.internal").await;

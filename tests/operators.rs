@@ -1,4 +1,4 @@
-//! What operators expect every day (issue 15), through the binary over real sockets:
+//! What operators expect every day, through the binary over real sockets:
 //! the one-line `portico proxy` and `portico respond`, the access log in both formats
 //! (and what it must never contain), JSON logs, request ids, and `portico trust`
 //! against a trust store in a temporary folder that curl then uses with no `--cacert`.

@@ -123,3 +123,35 @@ fn the_image_runs_the_binary_as_a_non_root_user_with_the_documented_command() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/etc/portico/portico.toml"));
 }
+
+/// The binary commits mimalloc's arenas as it uses them (the build-time default from
+/// .cargo/config.toml: docs/benchmarks.md has what it saves), and the environment can
+/// still choose otherwise. mimalloc lists its options on stderr when verbose. The image
+/// builds with that config too.
+#[test]
+fn the_allocator_commits_memory_as_it_is_used() {
+    let docker = repo("Dockerfile");
+    let build_stage = docker.split("\nFROM ").nth(1).unwrap_or_default();
+    assert!(
+        build_stage.contains("\nCOPY .cargo ./.cargo\n")
+            && build_stage.find("COPY .cargo") < build_stage.find("RUN cargo build"),
+        "the image's build stage must copy .cargo/ before building"
+    );
+    let option = |env: Option<&str>| {
+        let mut cmd = common::portico();
+        cmd.arg("--help").env("MIMALLOC_VERBOSE", "1");
+        match env {
+            Some(v) => cmd.env("MIMALLOC_ARENA_EAGER_COMMIT", v),
+            None => cmd.env_remove("MIMALLOC_ARENA_EAGER_COMMIT"),
+        };
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        err.lines()
+            .find(|l| l.contains("option 'arena_eager_commit'"))
+            .unwrap_or_else(|| panic!("mimalloc listed no options:\n{err}"))
+            .trim()
+            .to_string()
+    };
+    assert_eq!(option(None), "option 'arena_eager_commit': 0");
+    assert_eq!(option(Some("1")), "option 'arena_eager_commit': 1");
+}

@@ -1,4 +1,4 @@
-//! The Pebble harness itself (tests/common/pebble.rs), against the real Pebble and
+//! The Pebble harness itself (tests/support/src/pebble.rs), against the real Pebble and
 //! pebble-challtestsrv.
 
 use portico_test_support as common;
@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use common::base64url_encode;
 use common::pebble::{Fetched, Pebble, PebbleConfig, free_port};
 use hyper::StatusCode;
 use rustls::pki_types::CertificateDer;
@@ -177,21 +178,6 @@ struct Account {
     kid: Option<String>,
 }
 
-fn b64(data: &[u8]) -> String {
-    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
-        }
-    }
-    out
-}
-
 impl Account {
     async fn post(&self, pebble: &Pebble, dir: &str, key: &str, payload: &str) -> Fetched {
         let nonce_url = json_str(dir, "newNonce").unwrap();
@@ -204,16 +190,16 @@ impl Account {
                 let point = self.key.public_key().as_ref();
                 format!(
                     "\"jwk\":{{\"crv\":\"P-256\",\"kty\":\"EC\",\"x\":\"{}\",\"y\":\"{}\"}}",
-                    b64(&point[1..33]),
-                    b64(&point[33..65])
+                    base64url_encode(&point[1..33]),
+                    base64url_encode(&point[33..65])
                 )
             }
         };
-        let protected = b64(format!(
-            "{{\"alg\":\"ES256\",{who},\"nonce\":\"{nonce}\",\"url\":\"{url}\"}}"
-        )
-        .as_bytes());
-        let payload = b64(payload.as_bytes());
+        let protected = base64url_encode(
+            format!("{{\"alg\":\"ES256\",{who},\"nonce\":\"{nonce}\",\"url\":\"{url}\"}}")
+                .as_bytes(),
+        );
+        let payload = base64url_encode(payload.as_bytes());
         let signature = self
             .key
             .sign(
@@ -223,7 +209,7 @@ impl Account {
             .unwrap();
         let body = format!(
             "{{\"protected\":\"{protected}\",\"payload\":\"{payload}\",\"signature\":\"{}\"}}",
-            b64(signature.as_ref())
+            base64url_encode(signature.as_ref())
         );
         pebble
             .fetch(
@@ -263,12 +249,12 @@ impl Account {
 
 #[test]
 fn b64_is_base64url_without_padding() {
-    assert_eq!(b64(b""), "");
-    assert_eq!(b64(b"f"), "Zg");
-    assert_eq!(b64(b"fo"), "Zm8");
-    assert_eq!(b64(b"foo"), "Zm9v");
-    assert_eq!(b64(b"foob"), "Zm9vYg");
-    assert_eq!(b64(&[0xfb, 0xff]), "-_8");
+    assert_eq!(base64url_encode(b""), "");
+    assert_eq!(base64url_encode(b"f"), "Zg");
+    assert_eq!(base64url_encode(b"fo"), "Zm8");
+    assert_eq!(base64url_encode(b"foo"), "Zm9v");
+    assert_eq!(base64url_encode(b"foob"), "Zm9vYg");
+    assert_eq!(base64url_encode(&[0xfb, 0xff]), "-_8");
 }
 
 #[tokio::test]

@@ -743,9 +743,19 @@ async fn thirty_seconds_without_the_api_server_cost_no_request_and_delay_a_new_s
             Ok((200, format!("new{n}")))
         );
     }
+    // What each replica last heard from the CA or the store, for a failure here.
+    let errors = || {
+        replicas
+            .iter()
+            .map(|p| format!("{:?}", p.certs.acme_last_error(NEW)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
     assert!(
         new_leaves.iter().all(|l| *l == new_leaves[0]),
-        "the replicas serve different certificates for {NEW}"
+        "the replicas serve different certificates for {NEW} ({} orders; last errors: {})",
+        world.pebble.orders(),
+        errors()
     );
 
     stop.store(true, Ordering::SeqCst);
@@ -757,7 +767,12 @@ async fn thirty_seconds_without_the_api_server_cost_no_request_and_delay_a_new_s
             "replica-{n} was not asked during the outage"
         );
     }
-    assert_eq!(world.pebble.orders(), 2, "exactly one new order");
+    assert_eq!(
+        world.pebble.orders(),
+        2,
+        "exactly one new order; last errors: {}",
+        errors()
+    );
     // The first site still has its one certificate.
     assert_eq!(served_leaf(&replicas[1], &roots).await, leaf);
 }
@@ -997,19 +1012,7 @@ async fn an_ingress_secret_is_filled_over_acme_and_served_by_every_replica() {
     let ns = &world.ns;
     world.pebble.set_a(HOST, ip(2)).await;
     ns.grant_ingress_controller(&["replica-2", "replica-3"]);
-    let upstream = common::backend_at(common::host_ip(), "app", common::Proto::Http1)
-        .await
-        .0;
-    ns.create(
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app"},
-        "spec": {"ports": [{"port": 80}]}}),
-    );
-    ns.create(
-        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"name": "app-1", "labels": {"kubernetes.io/service-name": "app"}},
-        "addressType": "IPv4", "ports": [{"name": "", "port": upstream.port()}],
-        "endpoints": [{"addresses": [upstream.ip().to_string()]}]}),
-    );
+    app_service(ns).await;
     ns.create(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
         "metadata": {"name": "shared"},
         "spec": {"ingressClassName": ns.ingress_class(),
@@ -1029,49 +1032,15 @@ async fn an_ingress_secret_is_filled_over_acme_and_served_by_every_replica() {
         ns.name
     );
     let replicas = [world.spawn(2, &kubernetes), world.spawn(3, &kubernetes)];
-    let roots = world.pebble.issuing_roots().await;
-    let leaf = served_leaf_at(world.https_of(2), HOST, &roots, || logs(&replicas)).await;
-    assert_eq!(
-        served_leaf_at(world.https_of(3), HOST, &roots, || logs(&replicas)).await,
-        leaf,
-        "both replicas serve the one certificate"
-    );
-    let mut send = edge::h2(world.https_of(3), HOST, &roots).await;
-    let (status, body) = edge::get_h2(&mut send, HOST, "/").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains("backend: app"), "{body}");
-
-    let secret = eventually(
+    filled_and_served_by_both(
+        &world,
+        &replicas,
+        "shared-tls",
         "the Secret spec.tls names is filled",
-        Duration::from_millis(100),
-        || ns.get("secrets", "shared-tls"),
-        || logs(&replicas),
     )
     .await;
-    assert_eq!(secret["type"], "kubernetes.io/tls");
-    assert_eq!(
-        secret["metadata"]["labels"]["app.kubernetes.io/managed-by"],
-        "portico"
-    );
-    assert_eq!(secret_leaf(&secret), Some(leaf));
 
-    let failed = eventually(
-        "a CertificateFailed Event on the Ingress whose host cannot be validated",
-        Duration::from_millis(100),
-        || {
-            ns.list("events").into_iter().find(|e| {
-                e["involvedObject"]["name"] == "nowhere" && e["reason"] == "CertificateFailed"
-            })
-        },
-        || logs(&replicas),
-    )
-    .await;
-    let message = failed["message"].as_str().unwrap();
-    assert!(message.contains(NOWHERE), "{message}");
-    assert!(
-        message.contains("urn:ietf:params:acme:error:"),
-        "the CA's problem: {message}"
-    );
+    let failed = certificate_failed(ns, &replicas, "Ingress", "nowhere", NOWHERE).await;
     assert_eq!(failed["type"], "Warning");
 
     // Stopped as a rolling update stops pods (SIGTERM): the status writer lets its Lease
@@ -1089,4 +1058,153 @@ async fn an_ingress_secret_is_filled_over_acme_and_served_by_every_replica() {
     }
     let status = ns.get("leases", "portico-status").unwrap();
     assert_eq!(status["spec"]["holderIdentity"], "", "released: {status}");
+}
+
+/// A Gateway annotated `portico.dev/acme: "true"` whose HTTPS listener names a Secret
+/// that does not exist, served by two replicas with the shipped rights: the CA (Pebble)
+/// validates HTTP-01, both replicas serve the one certificate, and the status writer
+/// fills the Secret with it, labelled as portico's. A listener whose host nobody
+/// answers for gets a `CertificateFailed` Event on the Gateway with the CA's problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_certificate_ref_is_filled_over_acme_and_served_by_every_replica() {
+    let world = World::start().await;
+    let ns = &world.ns;
+    world.pebble.set_a(HOST, ip(2)).await;
+    ns.plane().gateway_crds();
+    ns.grant_ingress_controller(&["replica-2", "replica-3"]);
+    ns.plane().kubectl(
+        &["apply", "-f", "-"],
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+            "metadata": {"name": ns.gateway_class()},
+            "spec": {"controllerName": "portico.dev/gateway-controller"}})
+        .to_string()
+        .as_bytes(),
+    );
+    app_service(ns).await;
+    // Resolves to Pebble's default answer, 127.0.0.1, where nobody listens.
+    const NOWHERE: &str = "nowhere.example.test";
+    ns.create(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+        "metadata": {"name": "public", "annotations": {"portico.dev/acme": "true"}},
+        "spec": {"gatewayClassName": ns.gateway_class(), "listeners": [
+            {"name": "shared", "port": 443, "protocol": "HTTPS", "hostname": HOST,
+             "tls": {"certificateRefs": [{"name": "shared-tls"}]}},
+            {"name": "nowhere", "port": 443, "protocol": "HTTPS", "hostname": NOWHERE,
+             "tls": {"certificateRefs": [{"name": "nowhere-tls"}]}},
+        ]}}),
+    );
+    ns.create(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "app"},
+        "spec": {"parentRefs": [{"name": "public"}],
+            "rules": [{"backendRefs": [{"name": "app", "port": 80}]}]}}),
+    );
+    let kubernetes = format!(
+        "[kubernetes]\ngateway_class = \"{}\"\nnamespaces = [\"{}\"]\n",
+        ns.gateway_class(),
+        ns.name
+    );
+    let replicas = [world.spawn(2, &kubernetes), world.spawn(3, &kubernetes)];
+    filled_and_served_by_both(
+        &world,
+        &replicas,
+        "shared-tls",
+        "the Secret the listener names is filled",
+    )
+    .await;
+
+    certificate_failed(ns, &replicas, "Gateway", "public", NOWHERE).await;
+    let gateway = eventually(
+        "the listener's status",
+        Duration::from_millis(100),
+        || {
+            ns.get("gateways", "public").filter(|g| {
+                g["status"]["listeners"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().any(|l| l["attachedRoutes"] == 1))
+            })
+        },
+        || logs(&replicas),
+    )
+    .await;
+    assert_eq!(gateway["status"]["listeners"][0]["name"], "shared");
+}
+
+/// Service `app` on port 80, its one ready endpoint a new echo backend of that name on
+/// this machine's address (the API server refuses loopback endpoints).
+async fn app_service(ns: &Namespace) {
+    let upstream = common::backend_at(common::host_ip(), "app", common::Proto::Http1)
+        .await
+        .0;
+    ns.create(
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app"},
+        "spec": {"ports": [{"port": 80}]}}),
+    );
+    ns.create(
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "app-1", "labels": {"kubernetes.io/service-name": "app"}},
+        "addressType": "IPv4", "ports": [{"name": "", "port": upstream.port()}],
+        "endpoints": [{"addresses": [upstream.ip().to_string()]}]}),
+    );
+}
+
+/// Replicas 2 and 3 serve one certificate from the CA for `HOST`, routed to `app`, and
+/// the status writer writes it into Secret `secret`, labelled as portico's.
+async fn filled_and_served_by_both(world: &World, replicas: &[Process], secret: &str, what: &str) {
+    let ns = &world.ns;
+    let roots = world.pebble.issuing_roots().await;
+    let leaf = served_leaf_at(world.https_of(2), HOST, &roots, || logs(replicas)).await;
+    assert_eq!(
+        served_leaf_at(world.https_of(3), HOST, &roots, || logs(replicas)).await,
+        leaf,
+        "both replicas serve the one certificate"
+    );
+    let mut send = edge::h2(world.https_of(3), HOST, &roots).await;
+    let (status, body) = edge::get_h2(&mut send, HOST, "/").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("backend: app"), "{body}");
+    let filled = eventually(
+        what,
+        Duration::from_millis(100),
+        || ns.get("secrets", secret),
+        || logs(replicas),
+    )
+    .await;
+    assert_eq!(filled["type"], "kubernetes.io/tls");
+    assert_eq!(
+        filled["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "portico"
+    );
+    assert_eq!(secret_leaf(&filled), Some(leaf));
+}
+
+/// The Warning Event `CertificateFailed` on the `kind` named `name`, for `host`, with
+/// the CA's problem.
+async fn certificate_failed(
+    ns: &Namespace,
+    replicas: &[Process],
+    kind: &str,
+    name: &str,
+    host: &str,
+) -> Value {
+    let failed = eventually(
+        &format!("a CertificateFailed Event on {kind} {name}"),
+        Duration::from_millis(100),
+        || {
+            ns.list("events").into_iter().find(|e| {
+                e["involvedObject"]["kind"] == kind
+                    && e["involvedObject"]["name"] == name
+                    && e["reason"] == "CertificateFailed"
+            })
+        },
+        || logs(replicas),
+    )
+    .await;
+    let message = failed["message"].as_str().unwrap();
+    assert!(message.contains(host), "{message}");
+    assert!(
+        message.contains("urn:ietf:params:acme:error:"),
+        "the CA's problem: {message}"
+    );
+    failed
 }

@@ -653,12 +653,8 @@ mod contract {
     pub(crate) async fn stale_lock_is_taken_over(b: &Backend) {
         let old = acquire(&*b.locker, "l", TTL).await;
         tokio::time::sleep(TTL + TTL / 2).await;
-        let new = b
-            .locker
-            .try_acquire("l", Duration::from_secs(60))
-            .await
-            .unwrap()
-            .expect("a lock not renewed within its ttl is taken over");
+        // A lock not renewed within its ttl is taken over.
+        let new = acquire(&*b.locker, "l", Duration::from_secs(60)).await;
         assert_ne!(old.holder(), new.holder());
         let e = b.locker.renew(&old).await.unwrap_err();
         assert!(
@@ -719,7 +715,7 @@ mod contract {
         assert!(!guard.is_lost());
         refused(&*b.locker, "held", ttl).await;
         guard.release().await.unwrap();
-        assert!(b.locker.try_acquire("held", ttl).await.unwrap().is_some());
+        acquire(&*b.locker, "held", ttl).await;
     }
 
     pub(crate) async fn hold_reports_a_lost_lease(b: &Backend) {
@@ -885,7 +881,7 @@ mod contract {
         let lease = acquire(&*b.locker, "held", TTL).await;
         drop(store::hold(b.locker.clone(), lease));
         tokio::time::sleep(TTL * 4).await;
-        assert!(b.locker.try_acquire("held", TTL).await.unwrap().is_some());
+        acquire(&*b.locker, "held", TTL).await;
     }
 }
 
@@ -1020,12 +1016,7 @@ mod file_only {
         let lease = acquire(&*a, "l", Duration::from_secs(60)).await;
         refused(&*b, "l", Duration::from_secs(60)).await;
         b.release(lease.clone()).await.unwrap(); // b may release a's lease: same lock
-        assert!(
-            b.try_acquire("l", Duration::from_secs(60))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        acquire(&*b, "l", Duration::from_secs(60)).await;
         assert!(a.renew(&lease).await.is_err());
 
         increments_from(&[a as Arc<dyn Store>, b]).await;
@@ -1198,7 +1189,7 @@ mod file_only {
             .unwrap()
             .set_modified(hour_ago)
             .unwrap();
-        assert!(store.try_acquire("l", ttl).await.unwrap().is_some());
+        acquire(&store, "l", ttl).await;
     }
 
     #[tokio::test]
@@ -1629,13 +1620,7 @@ mod kube_only {
 
         let got = store.get(Kind::Certificate, "c").await.unwrap().unwrap();
         assert_eq!((got.object, got.version), (cert("one"), v));
-        assert!(
-            store
-                .try_acquire("l", Duration::from_secs(60))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        acquire(&store, "l", Duration::from_secs(60)).await;
     }
 
     /// Collects changes until `done` says the set is complete.
@@ -1826,13 +1811,7 @@ mod kube_only {
             .await
             .unwrap();
         assert_eq!(store.list(Kind::Certificate).await.unwrap().len(), 1);
-        assert!(
-            store
-                .try_acquire("l", Duration::from_secs(60))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        acquire(&store, "l", Duration::from_secs(60)).await;
         let tokens: Vec<_> = front
             .requests()
             .into_iter()
@@ -1893,11 +1872,8 @@ mod kube_only {
         assert_eq!(released["spec"]["holderIdentity"], "");
         assert_eq!(released["spec"]["leaseDurationSeconds"], 1);
         let other = f.replica("other").await;
-        let taken = other
-            .try_acquire("acme-0123456789abcdef", Duration::from_secs(60))
-            .await
-            .unwrap()
-            .expect("a released lease is free at once, even for a fresh observer");
+        // A released lease is free at once, even for a fresh observer.
+        let taken = acquire(&other, "acme-0123456789abcdef", Duration::from_secs(60)).await;
         let record = f.lease("portico-acme-0123456789abcdef");
         assert_eq!(record["spec"]["holderIdentity"], taken.holder());
         assert_eq!(record["spec"]["leaseTransitions"], 1);
@@ -1915,10 +1891,8 @@ mod kube_only {
         let fresh = f.replica("fresh").await;
         refused(&fresh, "l", ttl).await;
         tokio::time::sleep(ttl + ttl / 2).await;
-        assert!(
-            fresh.try_acquire("l", ttl).await.unwrap().is_some(),
-            "unchanged for a full lease duration since first sight: expired"
-        );
+        // Unchanged for a full lease duration since first sight: expired.
+        acquire(&fresh, "l", ttl).await;
     }
 
     /// A clock `offset` away from the real one, in either direction.
@@ -1960,7 +1934,7 @@ mod kube_only {
             tokio::time::sleep(ttl / 2).await;
             refused(&observer, lock, ttl).await;
             tokio::time::sleep(ttl + ttl / 2).await;
-            assert!(observer.try_acquire(lock, ttl).await.unwrap().is_some());
+            acquire(&observer, lock, ttl).await;
         }
     }
 
@@ -2002,13 +1976,7 @@ mod kube_only {
         let lease = acquire(&store, "l", Duration::from_secs(60)).await;
         store.renew(&lease).await.unwrap();
         store.release(lease).await.unwrap();
-        assert!(
-            store
-                .try_acquire("l", Duration::from_secs(60))
-                .await
-                .unwrap()
-                .is_some()
-        );
+        acquire(&store, "l", Duration::from_secs(60)).await;
 
         let elsewhere = KubeStore::from_kubeconfig(
             &f.ns

@@ -345,3 +345,126 @@ async fn a_client_that_never_finishes_the_handshake_is_dropped() {
         "the server closed the connection: {read:?}"
     );
 }
+
+/// The client's session store, counting what the server hands out (tickets, TLS 1.2
+/// sessions) before keeping it in rustls' own memory cache.
+#[derive(Debug)]
+struct Counted {
+    cache: rustls::client::ClientSessionMemoryCache,
+    tls13_tickets: std::sync::atomic::AtomicUsize,
+    tls12_sessions: std::sync::atomic::AtomicUsize,
+}
+
+impl Counted {
+    fn new() -> Self {
+        Self {
+            cache: rustls::client::ClientSessionMemoryCache::new(16),
+            tls13_tickets: Default::default(),
+            tls12_sessions: Default::default(),
+        }
+    }
+}
+
+impl rustls::client::ClientSessionStore for Counted {
+    fn set_kx_hint(&self, name: rustls::pki_types::ServerName<'static>, group: rustls::NamedGroup) {
+        self.cache.set_kx_hint(name, group)
+    }
+    fn kx_hint(&self, name: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+        self.cache.kx_hint(name)
+    }
+    fn set_tls12_session(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls12ClientSessionValue,
+    ) {
+        self.tls12_sessions
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.cache.set_tls12_session(name, value)
+    }
+    fn tls12_session(
+        &self,
+        name: &rustls::pki_types::ServerName<'_>,
+    ) -> Option<rustls::client::Tls12ClientSessionValue> {
+        self.cache.tls12_session(name)
+    }
+    fn remove_tls12_session(&self, name: &rustls::pki_types::ServerName<'static>) {
+        self.cache.remove_tls12_session(name)
+    }
+    fn insert_tls13_ticket(
+        &self,
+        name: rustls::pki_types::ServerName<'static>,
+        value: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.tls13_tickets
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.cache.insert_tls13_ticket(name, value)
+    }
+    fn take_tls13_ticket(
+        &self,
+        name: &rustls::pki_types::ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        self.cache.take_tls13_ticket(name)
+    }
+}
+
+/// A returning client resumes with what its first connection got (a TLS 1.3 ticket, a
+/// TLS 1.2 ticket) and is served; TLS 1.3 full handshakes hand out one ticket each. The
+/// client is stock aws-lc-rs, so portico's own HKDF glue meets an independent one.
+#[tokio::test]
+async fn a_returning_client_resumes_on_tls_12_and_13() {
+    use rustls::HandshakeKind;
+    use std::sync::atomic::Ordering;
+    install_provider();
+    let p = start(&site("\"localhost\"", "again")).await;
+    let root = p.root_pem();
+    for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(&root).unwrap())
+            .unwrap();
+        let store = std::sync::Arc::new(Counted::new());
+        let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        config.resumption = rustls::client::Resumption::store(store.clone());
+        let config = std::sync::Arc::new(config);
+
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tls = tls_connect(p.https, "localhost", config.clone())
+                .await
+                .unwrap();
+            let session = tls.get_ref().1;
+            assert_eq!(session.protocol_version(), Some(version.version));
+            kinds.push(session.handshake_kind());
+            // A TLS 1.3 ticket comes after the handshake: the response, sent after it,
+            // is proof that the client has read it.
+            let mut send = h2_over(tls).await;
+            assert_eq!(
+                get_h2(&mut send, "localhost", "/").await,
+                (200, "again".into())
+            );
+            if kinds.len() == 1 && version == &rustls::version::TLS13 {
+                assert_eq!(
+                    store.tls13_tickets.load(Ordering::SeqCst),
+                    1,
+                    "one ticket per full handshake"
+                );
+            }
+        }
+        assert_eq!(
+            kinds,
+            [Some(HandshakeKind::Full), Some(HandshakeKind::Resumed)],
+            "{version:?}"
+        );
+        if version == &rustls::version::TLS12 {
+            assert!(store.tls12_sessions.load(Ordering::SeqCst) >= 1);
+        }
+    }
+}

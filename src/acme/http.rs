@@ -16,12 +16,12 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use http::header::RETRY_AFTER;
 use http::{HeaderMap, HeaderValue, Request};
 use hyper_util::client::legacy::Client;
@@ -125,7 +125,7 @@ impl HttpClient for Recording {
     fn request(
         &self,
         req: Request<BodyWrapper<Bytes>>,
-    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+    ) -> BoxFuture<'static, Result<BytesResponse, instant_acme::Error>> {
         // Taken now, in the caller's task: the response may be awaited anywhere.
         let slot = CA_RETRY_AFTER.try_with(Slot::clone).ok();
         if let Some(slot) = &slot {

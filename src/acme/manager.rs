@@ -67,7 +67,10 @@ const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
 /// When the store or lock failed: retry at this pace until it answers again.
 const STORE_RETRY: Duration = Duration::from_secs(5);
 
-/// Timing knobs; tests shorten them.
+/// Timing knobs of ACME renewal, given to [`Server::bind_with`](crate::server::Server::bind_with).
+/// Part of the embedding API: an embedder facing a private CA with other rate limits
+/// sets its own back-off and ARI pace; portico's tests shorten both. The default is
+/// what `portico run` uses.
 #[derive(Debug, Clone)]
 pub struct Tuning {
     /// Waits after the first, second, ... failure; the last repeats.

@@ -65,6 +65,12 @@ pub(crate) struct View {
     pub(crate) slices: Vec<EndpointSlice>,
     /// `kubernetes.io/tls` Secrets only.
     pub(crate) secrets: Vec<Secret>,
+    /// Gateway API objects (empty without `gateway_class`).
+    pub(crate) gateway_classes: Vec<super::gateway_api::gatewayclasses::GatewayClass>,
+    pub(crate) gateways: Vec<super::gateway_api::gateways::Gateway>,
+    pub(crate) http_routes: Vec<super::gateway_api::httproutes::HttpRoute>,
+    /// Read as `v1` whichever version the cluster serves.
+    pub(crate) reference_grants: Vec<super::gateway_api::referencegrants::ReferenceGrant>,
 }
 
 /// Something of an Ingress that is not served as written, and why: logged once, later
@@ -266,6 +272,7 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
                     matching,
                     action,
                     limits,
+                    rule: Default::default(),
                 });
             }
         }
@@ -280,6 +287,7 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
                                 matching: PathMatch::Fallback,
                                 action: action.clone(),
                                 limits,
+                                rule: Default::default(),
                             });
                         }
                     }
@@ -393,7 +401,7 @@ struct SecretRef {
 }
 
 /// A host as an Ingress writes it: a name, or `*.suffix`.
-fn host_pattern(host: &str) -> HostPattern {
+pub(super) fn host_pattern(host: &str) -> HostPattern {
     match host.strip_prefix("*.") {
         Some(suffix) => HostPattern::Wildcard(suffix.to_string()),
         None => HostPattern::Exact(host.to_string()),
@@ -538,7 +546,7 @@ fn refused_annotation(name: &str) -> bool {
 }
 
 /// The certificate and key of a `kubernetes.io/tls` Secret, when it has both.
-fn pem(origin: &str, secret: &Secret) -> Option<SecretPem> {
+pub(super) fn pem(origin: &str, secret: &Secret) -> Option<SecretPem> {
     let data = secret.data.as_ref()?;
     let chain = &data.get("tls.crt")?.0;
     let key = &data.get("tls.key")?.0;
@@ -553,7 +561,7 @@ fn pem(origin: &str, secret: &Secret) -> Option<SecretPem> {
 }
 
 /// Whether a Secret's certificate loads (chain, key, the key fits) and names `host`.
-fn check_secret(pem: &SecretPem, host: &HostPattern) -> Result<(), String> {
+pub(super) fn check_secret(pem: &SecretPem, host: &HostPattern) -> Result<(), String> {
     let loaded = crate::tls::load_pem("the certificate", &pem.chain, &pem.key)
         .map_err(|e| crate::report::Chain(&e).to_string())?;
     if crate::tls::leaf_covers(&loaded, host) {
@@ -564,7 +572,7 @@ fn check_secret(pem: &SecretPem, host: &HostPattern) -> Result<(), String> {
 }
 
 /// Names no public CA issues for: the TOML defaults plus the cluster's own.
-fn is_local(host: &str) -> bool {
+pub(super) fn is_local(host: &str) -> bool {
     HostPattern::Exact(host.to_string()).is_local()
         || [".local", ".svc", ".cluster.local"]
             .iter()
@@ -572,7 +580,7 @@ fn is_local(host: &str) -> bool {
 }
 
 /// Services and their EndpointSlices, looked up by `namespace/name`.
-struct Backends<'v> {
+pub(super) struct Backends<'v> {
     services: BTreeMap<(String, String), &'v Service>,
     slices: BTreeMap<(String, String), Vec<&'v EndpointSlice>>,
     /// (namespace, Service, port name) → its ready endpoints, built once per build and
@@ -585,7 +593,7 @@ struct Backends<'v> {
 type PortKey = (String, String, String);
 
 impl<'v> Backends<'v> {
-    fn new(view: &'v View) -> Self {
+    pub(super) fn new(view: &'v View) -> Self {
         let services = view
             .services
             .iter()
@@ -607,10 +615,16 @@ impl<'v> Backends<'v> {
         }
     }
 
+    /// Whether Service `name` exists in `namespace`.
+    pub(super) fn has_service(&self, namespace: &str, name: &str) -> bool {
+        self.services
+            .contains_key(&(namespace.to_string(), name.to_string()))
+    }
+
     /// What a route to `backend` does: forward to the ready endpoints, or 503 when
     /// there are none (the Service or its endpoints may come later).
     /// `protocol`, when given (an annotation of the Ingress), wins over the Service's.
-    fn action(
+    pub(super) fn action(
         &self,
         namespace: &str,
         backend: &IngressBackend,
@@ -831,7 +845,7 @@ mod tests {
                 ),
                 slice("api", ("http", 9000), &[("10.0.1.1", Some(true))]),
             ],
-            secrets: vec![],
+            ..View::default()
         }
     }
 
@@ -845,6 +859,7 @@ mod tests {
                 upstreams.iter().map(|u| u.to_string()).collect()
             }
             RouteAction::Respond { status, .. } => vec![status.to_string()],
+            other => panic!("an Ingress makes no {other:?}"),
         }
     }
 

@@ -1,14 +1,20 @@
 //! The cluster's objects as config: the source of sites beside the TOML file when
-//! `[kubernetes]` is set. Reflectors ([`watch`]) keep IngressClasses, Ingresses,
-//! Services, EndpointSlices and `kubernetes.io/tls` Secrets in memory (list, then watch); every change wakes one
-//! builder, which turns them into sites ([`ingress`]) and hands those to the reload path
-//! ([`Reloader::apply_cluster`]), where they are merged with the TOML sites and swapped
-//! in like a reload: routes for the next request, certificates through the scheduler,
-//! nothing closed.
+//! `[kubernetes]` is set. Reflectors ([`watch`]) keep in memory (list, then watch) the
+//! IngressClasses and Ingresses (with `ingress_class`), the GatewayClasses, Gateways,
+//! HTTPRoutes and ReferenceGrants (with `gateway_class`, in the versions the cluster
+//! serves, asked once at start), and the Services, EndpointSlices and
+//! `kubernetes.io/tls` Secrets both route to. Every change wakes one builder, which turns
+//! them into sites ([`ingress`], then [`gateway`], whose hosts an Ingress or the file
+//! has not taken) and hands those to the reload path ([`Reloader::apply_cluster`]),
+//! where they are merged with the TOML sites and swapped in like a reload: routes for
+//! the next request, certificates through the scheduler, nothing closed. What to tell
+//! the cluster back goes to the status writer ([`status`]).
 //!
 //! Readiness waits for the first list of every kind and the first sites applied, so a
 //! replica that starts takes traffic only with the cluster's routes in place.
 
+mod gateway;
+mod gateway_api;
 mod ingress;
 mod status;
 mod watch;
@@ -20,9 +26,14 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
-use kube::Api;
+use kube::{Api, ResourceExt};
 use tokio::sync::{Notify, watch as channel};
 
+use self::gateway_api::gatewayclasses::GatewayClass;
+use self::gateway_api::gateways::Gateway;
+use self::gateway_api::httproutes::HttpRoute;
+use self::gateway_api::referencegrants::ReferenceGrant;
+use self::gateway_api::referencegrants_v1beta1::ReferenceGrant as ReferenceGrantV1beta1;
 use self::ingress::{Notice, View};
 use self::status::{Published, StatusWriter};
 use self::watch::{Objects, Reflector, snapshot};
@@ -127,7 +138,9 @@ where
 
 /// The `ingress` fuzz target's property ([`crate::fuzzing::ingress`]): JSON of the shape
 /// `{"classes": [..], "ingresses": [..], "services": [..], "slices": [..], "secrets":
-/// [..]}`, each object read as its type when it is one and skipped when not.
+/// [..], "gateway_classes": [..], "gateways": [..], "http_routes": [..],
+/// "reference_grants": [..]}`, each object read as its type when it is one and skipped
+/// when not; both builders run.
 #[cfg(fuzzing)]
 pub(crate) fn fuzz_build(data: &[u8]) {
     use crate::config::{RouteAction, TlsSource};
@@ -148,10 +161,27 @@ pub(crate) fn fuzz_build(data: &[u8]) {
         services: list(&value, "services"),
         slices: list(&value, "slices"),
         secrets: list(&value, "secrets"),
+        gateway_classes: list(&value, "gateway_classes"),
+        gateways: list(&value, "gateways"),
+        http_routes: list(&value, "http_routes"),
+        reference_grants: list(&value, "reference_grants"),
     };
     let taken = std::collections::HashSet::new();
     let built = ingress::build("portico", &view, &taken);
-    for site in &built.sites {
+    let gateway = gateway::build("portico", &view, &taken);
+    for route in gateway.sites.iter().flat_map(|s| &s.routes) {
+        if let RouteAction::Split(backends) = &route.action {
+            assert!(backends.iter().all(|b| b.weight > 0));
+            assert!(backends.len() >= 2);
+        }
+    }
+    for (_, parents) in &gateway.status.routes {
+        assert!(parents.iter().all(|p| {
+            p.conditions.iter().any(|c| c.type_ == "Accepted")
+                && p.conditions.iter().any(|c| c.type_ == "ResolvedRefs")
+        }));
+    }
+    for site in built.sites.iter().chain(&gateway.sites) {
         assert!(!site.hosts.is_empty());
         assert!(!site.routes.is_empty());
         for route in &site.routes {
@@ -167,7 +197,7 @@ pub(crate) fn fuzz_build(data: &[u8]) {
             assert!(!pem.chain.is_empty() && !pem.key.is_empty());
         }
     }
-    for fill in &built.fills {
+    for fill in built.fills.iter().chain(&gateway.fills) {
         assert!(!fill.name.is_empty() || fill.existing.is_none());
     }
 }
@@ -191,11 +221,6 @@ impl Cluster {
         // an outage from the log.
         config.default_retry = false;
         let client = kube::Client::try_from(config).map_err(ClusterError::Client)?;
-        if settings.gateway_class.is_some() {
-            tracing::warn!(
-                "kubernetes.gateway_class: Gateway API objects are not served by this version yet; only Ingresses are"
-            );
-        }
         Ok(Cluster {
             client,
             settings: settings.clone(),
@@ -214,22 +239,28 @@ impl Cluster {
         shutdown: channel::Receiver<Phase>,
     ) -> (channel::Receiver<bool>, Option<tokio::task::JoinHandle<()>>) {
         let (ready_tx, ready) = channel::channel(false);
-        let Some(class) = self.settings.ingress_class.clone() else {
+        if self.settings.ingress_class.is_none() && self.settings.gateway_class.is_none() {
             ready_tx.send_replace(true);
             return (ready, None);
-        };
+        }
         let changed = Arc::new(Notify::new());
         let mut synced = Vec::new();
-        let classes = spawn(
-            Api::<IngressClass>::all(self.client.clone()),
-            "IngressClass",
-            None,
-            &changed,
-            &mut synced,
-            &shutdown,
-        );
-        let ingresses =
-            Kind::<Ingress>::start(&self, "Ingress", None, &changed, &mut synced, &shutdown);
+        let ingress = self
+            .settings
+            .ingress_class
+            .clone()
+            .map(|class| IngressKinds {
+                class,
+                classes: spawn(
+                    Api::<IngressClass>::all(self.client.clone()),
+                    "IngressClass",
+                    None,
+                    &changed,
+                    &mut synced,
+                    &shutdown,
+                ),
+                ingresses: Kind::start(&self, "Ingress", None, &changed, &mut synced, &shutdown),
+            });
         let services =
             Kind::<Service>::start(&self, "Service", None, &changed, &mut synced, &shutdown);
         let slices = Kind::<EndpointSlice>::start(
@@ -240,7 +271,7 @@ impl Cluster {
             &mut synced,
             &shutdown,
         );
-        // Only certificates: the Secrets `spec.tls` can name.
+        // Only certificates: the Secrets `spec.tls` and `certificateRefs` can name.
         let secrets = Kind::<Secret>::start(
             &self,
             "Secret",
@@ -259,22 +290,30 @@ impl Cluster {
             identity: identity(),
         };
         let writing = tokio::spawn(writer.run(shutdown.clone()));
-        let builder = Builder {
-            published,
-            class,
-            classes,
-            ingresses,
-            services,
-            slices,
-            secrets,
-            synced,
-            changed,
-            reloader,
-            ready: ready_tx,
-            refused: BTreeSet::new(),
-        };
-        let mut stop = shutdown;
+        let gateway_class = self.settings.gateway_class.clone();
+        let mut stop = shutdown.clone();
         tokio::spawn(async move {
+            // Which Gateway API versions the cluster serves is asked once: the kinds
+            // are watched from then on.
+            let gateway = match gateway_class {
+                Some(class) => {
+                    GatewayKinds::start(&self, class, &changed, &mut synced, &shutdown).await
+                }
+                None => None,
+            };
+            let builder = Builder {
+                published,
+                ingress,
+                gateway,
+                services,
+                slices,
+                secrets,
+                synced,
+                changed,
+                reloader,
+                ready: ready_tx,
+                refused: BTreeSet::new(),
+            };
             tokio::select! {
                 _ = builder.run() => {}
                 _ = stop.changed() => {}
@@ -284,10 +323,130 @@ impl Cluster {
     }
 }
 
-struct Builder {
+/// The Ingress kinds, watched with `ingress_class`.
+struct IngressKinds {
+    /// `ingress_class`.
     class: String,
     classes: Objects<IngressClass>,
     ingresses: Kind<Ingress>,
+}
+
+/// The Gateway API kinds, watched with `gateway_class`.
+struct GatewayKinds {
+    /// `gateway_class`.
+    class: String,
+    classes: Objects<GatewayClass>,
+    gateways: Kind<Gateway>,
+    routes: Kind<HttpRoute>,
+    grants: Grants,
+}
+
+/// ReferenceGrant is `v1` from Gateway API v1.5 on and `v1beta1` before: whichever the
+/// cluster serves.
+enum Grants {
+    V1(Kind<ReferenceGrant>),
+    V1beta1(Kind<ReferenceGrantV1beta1>),
+}
+
+impl GatewayKinds {
+    /// Starts the reflectors of the kinds the cluster serves; `None` (logged) when it
+    /// does not serve Gateway API v1 at all (no CRDs installed).
+    async fn start(
+        cluster: &Cluster,
+        class: String,
+        changed: &Arc<Notify>,
+        synced: &mut Vec<channel::Receiver<bool>>,
+        shutdown: &channel::Receiver<Phase>,
+    ) -> Option<GatewayKinds> {
+        let served = |version: &'static str| {
+            let client = cluster.client.clone();
+            async move {
+                let mut backoff = crate::store::Backoff::default();
+                loop {
+                    match client.list_api_group_resources(version).await {
+                        Ok(list) => {
+                            return list
+                                .resources
+                                .into_iter()
+                                .map(|r| r.name)
+                                .collect::<BTreeSet<String>>();
+                        }
+                        Err(kube::Error::Api(e)) if e.code == 404 => return BTreeSet::new(),
+                        Err(e) => {
+                            tracing::warn!(error = %crate::report::Chain(&e), "cluster: cannot ask which Gateway API versions are served; retrying");
+                            backoff.wait().await;
+                        }
+                    }
+                }
+            }
+        };
+        let v1 = served("gateway.networking.k8s.io/v1").await;
+        if !["gatewayclasses", "gateways", "httproutes"]
+            .iter()
+            .all(|k| v1.contains(*k))
+        {
+            tracing::warn!(
+                "kubernetes.gateway_class is set, but the cluster does not serve Gateway API v1 (GatewayClass, Gateway, HTTPRoute): install the standard CRDs and restart to serve Gateways"
+            );
+            return None;
+        }
+        let grants = if v1.contains("referencegrants") {
+            Grants::V1(Kind::start(
+                cluster,
+                "ReferenceGrant",
+                None,
+                changed,
+                synced,
+                shutdown,
+            ))
+        } else {
+            Grants::V1beta1(Kind::start(
+                cluster,
+                "ReferenceGrant",
+                None,
+                changed,
+                synced,
+                shutdown,
+            ))
+        };
+        Some(GatewayKinds {
+            class,
+            classes: spawn(
+                Api::<GatewayClass>::all(cluster.client.clone()),
+                "GatewayClass",
+                None,
+                changed,
+                synced,
+                shutdown,
+            ),
+            gateways: Kind::start(cluster, "Gateway", None, changed, synced, shutdown),
+            routes: Kind::start(cluster, "HTTPRoute", None, changed, synced, shutdown),
+            grants,
+        })
+    }
+
+    /// ReferenceGrants as `v1`, whichever version was read.
+    fn grants(&self) -> Vec<ReferenceGrant> {
+        match &self.grants {
+            Grants::V1(kind) => snapshot(&kind.parts),
+            Grants::V1beta1(kind) => snapshot(&kind.parts)
+                .into_iter()
+                .filter_map(|g| {
+                    let spec = serde_json::to_value(&g.spec)
+                        .ok()
+                        .and_then(|v| serde_json::from_value(v).ok())?;
+                    let mut grant = ReferenceGrant::new(&g.name_any(), spec);
+                    grant.metadata = g.metadata;
+                    Some(grant)
+                })
+                .collect(),
+        }
+    }
+}
+
+struct Builder {
+    ingress: Option<IngressKinds>,
+    gateway: Option<GatewayKinds>,
     services: Kind<Service>,
     slices: Kind<EndpointSlice>,
     secrets: Kind<Secret>,
@@ -316,26 +475,49 @@ impl Builder {
     }
 
     async fn build(&mut self) {
-        let view = View {
-            classes: snapshot(std::slice::from_ref(&self.classes)),
-            ingresses: snapshot(&self.ingresses.parts),
+        let mut view = View {
             services: snapshot(&self.services.parts),
             slices: snapshot(&self.slices.parts),
             secrets: snapshot(&self.secrets.parts),
+            ..View::default()
         };
-        let taken = self.reloader.file_hosts().await;
-        let built = ingress::build(&self.class, &view, &taken);
+        if let Some(kinds) = &self.ingress {
+            view.classes = snapshot(std::slice::from_ref(&kinds.classes));
+            view.ingresses = snapshot(&kinds.ingresses.parts);
+        }
+        if let Some(kinds) = &self.gateway {
+            view.gateway_classes = snapshot(std::slice::from_ref(&kinds.classes));
+            view.gateways = snapshot(&kinds.gateways.parts);
+            view.http_routes = snapshot(&kinds.routes.parts);
+            view.reference_grants = kinds.grants();
+        }
+        let mut taken = self.reloader.file_hosts().await;
+        let mut built = match &self.ingress {
+            Some(kinds) => ingress::build(&kinds.class, &view, &taken),
+            None => ingress::Built::default(),
+        };
         let refused: BTreeSet<Notice> = built.notices.iter().cloned().collect();
         for r in refused.difference(&self.refused) {
             tracing::warn!(ingress = %r.object, "cluster: {}", r.reason);
         }
         self.refused = refused;
-        self.reloader.apply_cluster(built.sites).await;
+        // An Ingress's host wins over a Gateway's: Ingresses were here first.
+        taken.extend(built.sites.iter().flat_map(|s| s.hosts.iter().cloned()));
+        let gateway = match &self.gateway {
+            Some(kinds) => gateway::build(&kinds.class, &view, &taken),
+            None => gateway::Built::default(),
+        };
+        let mut sites = std::mem::take(&mut built.sites);
+        sites.extend(gateway.sites);
+        self.reloader.apply_cluster(sites).await;
+        built.fills.extend(gateway.fills);
         self.published.send_replace(Arc::new(Published {
             ingresses: built.ingresses,
             notices: built.notices,
             owners: built.owners,
             fills: built.fills,
+            gateway_owners: gateway.owners,
+            gateway: gateway.status,
         }));
     }
 }

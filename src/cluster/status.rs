@@ -1,4 +1,4 @@
-//! What the cluster is told back: Ingress status and Warning Events, written by one
+//! What the cluster is told back: Ingress and Gateway API status and Warning Events, written by one
 //! replica only, the holder of the lock `status` (Lease `portico-status` with the
 //! Kubernetes backend), so that N replicas neither fight over `status` nor repeat every
 //! Event N times.
@@ -8,8 +8,13 @@
 //! - a Warning Event on the Ingress for what of it is not served (reason
 //!   [`REASON_NOT_SERVED`]) and for a host whose ACME order failed (reason
 //!   [`REASON_CERTIFICATE_FAILED`], with the CA's problem detail);
-//! - the certificate of a host whose `spec.tls` Secret did not exist is written into
-//!   that Secret (created labelled `app.kubernetes.io/managed-by: portico`, and kept up
+//! - the status of the GatewayClass, Gateways and HTTPRoute parents the Gateway builder
+//!   judged, written only where it differs from what the object holds, a condition's
+//!   `lastTransitionTime` kept while its status holds, other controllers' HTTPRoute
+//!   parents kept; a Gateway's `addresses` are the `publish_service` Service's; a
+//!   `CertificateFailed` Event on the Gateway whose listener asked for a failed name;
+//! - the certificate of a host whose `spec.tls` (or `certificateRefs`) Secret did not
+//!   exist is written into that Secret (created labelled `app.kubernetes.io/managed-by: portico`, and kept up
 //!   to date after renewals); a Secret portico did not create is never written;
 //! - Events are rate-limited: one per Ingress and message until the message changes or
 //!   an hour has passed, and at most [`EVENTS_PER_MINUTE`] in all, so an Ingress that
@@ -29,6 +34,12 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::watch;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use super::gateway::{self, Statuses};
+use super::gateway_api::gatewayclasses::GatewayClass;
+use super::gateway_api::gateways::{Gateway, GatewayStatusAddresses};
+use super::gateway_api::httproutes::{HttpRoute, HttpRouteStatus, HttpRouteStatusParents};
 use super::ingress::{Fill, LABEL_MANAGED_BY, MANAGED_BY, Notice};
 use super::watch::key;
 use crate::certs::CertManager;
@@ -57,8 +68,12 @@ pub(crate) struct Published {
     pub(crate) notices: Vec<Notice>,
     /// Site id (the host) → `namespace/name` of the Ingress that asked for it first.
     pub(crate) owners: Vec<(String, String)>,
-    /// `spec.tls` Secrets to fill with the sites' certificates.
+    /// `spec.tls` and `certificateRefs` Secrets to fill with the sites' certificates.
     pub(crate) fills: Vec<Fill>,
+    /// Site id (the host) → `namespace/name` of the Gateway whose listener asked for it.
+    pub(crate) gateway_owners: Vec<(String, String)>,
+    /// The Gateway API objects' status as it should be.
+    pub(crate) gateway: super::gateway::Statuses,
 }
 
 pub(super) struct StatusWriter {
@@ -169,7 +184,9 @@ impl StatusWriter {
         for fill in &published.fills {
             self.fill(fill, &mut memory.filled).await;
         }
-        if let Some(wanted) = self.load_balancer().await {
+        // Read once a round, for the Ingresses and the Gateways.
+        let balancer = self.load_balancer().await;
+        if let Some(wanted) = &balancer {
             for ingress in &published.ingresses {
                 let current = ingress
                     .status
@@ -177,7 +194,7 @@ impl StatusWriter {
                     .and_then(|s| s.load_balancer.as_ref())
                     .and_then(|lb| lb.ingress.clone())
                     .unwrap_or_default();
-                if current == wanted {
+                if &current == wanted {
                     continue;
                 }
                 let namespace = ingress.namespace().unwrap_or_default();
@@ -224,7 +241,48 @@ impl StatusWriter {
                 .said
                 .allow((object.clone(), reason.to_string(), message.clone()), now)
             {
-                self.event(ingress, reason, message).await;
+                self.event(reference(ingress), reason, message).await;
+            }
+        }
+        let addresses = balancer.map(|lb| {
+            lb.into_iter()
+                .filter_map(|i| match (i.ip, i.hostname) {
+                    (Some(ip), _) => Some(GatewayStatusAddresses {
+                        r#type: Some("IPAddress".into()),
+                        value: ip,
+                    }),
+                    (None, Some(name)) => Some(GatewayStatusAddresses {
+                        r#type: Some("Hostname".into()),
+                        value: name,
+                    }),
+                    (None, None) => None,
+                })
+                .collect::<Vec<_>>()
+        });
+        self.write_gateway(&published.gateway, addresses.as_deref())
+            .await;
+        let gateways: HashMap<String, &Gateway> = published
+            .gateway
+            .gateways
+            .iter()
+            .map(|(g, _)| (key(g), g))
+            .collect();
+        for (site, owner) in &published.gateway_owners {
+            if let (Some(error), Some(gateway)) =
+                (self.certs.acme_last_error(site), gateways.get(owner))
+            {
+                let message = format!("{site}: no certificate yet: {error}");
+                if memory.said.allow(
+                    (
+                        format!("Gateway {owner}"),
+                        REASON_CERTIFICATE_FAILED.into(),
+                        message.clone(),
+                    ),
+                    now,
+                ) {
+                    self.event(reference(*gateway), REASON_CERTIFICATE_FAILED, message)
+                        .await;
+                }
             }
         }
     }
@@ -325,24 +383,16 @@ impl StatusWriter {
         )
     }
 
-    async fn event(&self, ingress: &Ingress, reason: &str, message: String) {
-        let namespace = ingress.namespace().unwrap_or_default();
+    async fn event(&self, involved: ObjectReference, reason: &str, message: String) {
+        let namespace = involved.namespace.clone().unwrap_or_default();
         let now = Time(k8s_openapi::jiff::Timestamp::now());
         let event = Event {
             metadata: ObjectMeta {
-                generate_name: Some(format!("{}.", ingress.name_any())),
+                generate_name: Some(format!("{}.", involved.name.clone().unwrap_or_default())),
                 namespace: Some(namespace.clone()),
                 ..ObjectMeta::default()
             },
-            involved_object: ObjectReference {
-                api_version: Some("networking.k8s.io/v1".into()),
-                kind: Some("Ingress".into()),
-                name: Some(ingress.name_any()),
-                namespace: Some(namespace.clone()),
-                uid: ingress.uid(),
-                resource_version: ingress.resource_version(),
-                field_path: None,
-            },
+            involved_object: involved,
             reason: Some(reason.into()),
             // The API server refuses messages over 1 KiB.
             message: Some(message.chars().take(1000).collect()),
@@ -362,5 +412,145 @@ impl StatusWriter {
         if let Err(e) = api.create(&PostParams::default(), &event).await {
             tracing::warn!(error = %Chain(&e), "cluster: cannot write an Event");
         }
+    }
+
+    /// Writes the status of the Gateway API objects that differs from what they hold.
+    /// A condition that keeps its status keeps its `lastTransitionTime`; an HTTPRoute's
+    /// `status.parents` entries of other controllers are kept, and the write names the
+    /// version read, so a route another controller just wrote is written next round.
+    async fn write_gateway(
+        &self,
+        statuses: &Statuses,
+        addresses: Option<&[GatewayStatusAddresses]>,
+    ) {
+        for (class, wanted) in &statuses.classes {
+            let mut wanted = wanted.clone();
+            let current = class.status.clone().unwrap_or_default();
+            keep_times(wanted.conditions.as_mut(), current.conditions.as_deref());
+            if current == wanted {
+                continue;
+            }
+            let api: Api<GatewayClass> = Api::all(self.client.clone());
+            self.patch_status(&api, class, serde_json::to_value(&wanted))
+                .await;
+        }
+        for (gateway, wanted) in &statuses.gateways {
+            let mut wanted = wanted.clone();
+            let current = gateway.status.clone().unwrap_or_default();
+            wanted.addresses = match addresses {
+                Some(a) => (!a.is_empty()).then(|| a.to_vec()),
+                None => current.addresses.clone(),
+            };
+            keep_times(wanted.conditions.as_mut(), current.conditions.as_deref());
+            for listener in wanted.listeners.iter_mut().flatten() {
+                let before = current
+                    .listeners
+                    .iter()
+                    .flatten()
+                    .find(|l| l.name == listener.name)
+                    .map(|l| l.conditions.as_slice());
+                keep_times(Some(&mut listener.conditions), before);
+            }
+            if current == wanted {
+                continue;
+            }
+            let api: Api<Gateway> = Api::namespaced(
+                self.client.clone(),
+                &gateway.namespace().unwrap_or_default(),
+            );
+            self.patch_status(&api, gateway, serde_json::to_value(&wanted))
+                .await;
+        }
+        for (route, ours) in &statuses.routes {
+            let current = route.status.clone().map(|s| s.parents).unwrap_or_default();
+            let mut parents: Vec<HttpRouteStatusParents> = current
+                .iter()
+                .filter(|p| p.controller_name != gateway::CONTROLLER)
+                .cloned()
+                .collect();
+            for parent in ours {
+                let mut parent = parent.clone();
+                let before = current
+                    .iter()
+                    .find(|p| {
+                        p.controller_name == gateway::CONTROLLER
+                            && p.parent_ref == parent.parent_ref
+                    })
+                    .map(|p| p.conditions.as_slice());
+                keep_times(Some(&mut parent.conditions), before);
+                parents.push(parent);
+            }
+            if parents == current {
+                continue;
+            }
+            let api: Api<HttpRoute> =
+                Api::namespaced(self.client.clone(), &route.namespace().unwrap_or_default());
+            self.patch_status(
+                &api,
+                route,
+                serde_json::to_value(HttpRouteStatus { parents }),
+            )
+            .await;
+        }
+    }
+
+    /// A merge patch of `status`, at the version read (409 when it moved on: the next
+    /// round writes again from the newer object).
+    async fn patch_status<K>(
+        &self,
+        api: &Api<K>,
+        object: &K,
+        status: serde_json::Result<serde_json::Value>,
+    ) where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let what = format!("{} {}", K::kind(&()), key(object));
+        let Ok(status) = status else { return };
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": object.resource_version()},
+            "status": status,
+        });
+        match api
+            .patch_status(
+                &object.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => tracing::debug!(object = %what, "cluster: status written"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(object = %what, error = %Chain(&e), "cluster: cannot write status")
+            }
+        }
+    }
+}
+
+/// `lastTransitionTime` changes only when a condition's status does.
+fn keep_times(wanted: Option<&mut Vec<Condition>>, current: Option<&[Condition]>) {
+    let (Some(wanted), Some(current)) = (wanted, current) else {
+        return;
+    };
+    for c in wanted.iter_mut() {
+        if let Some(old) = current
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
+            c.last_transition_time = old.last_transition_time.clone();
+        }
+    }
+}
+
+/// How an Event names an object.
+fn reference<K: kube::Resource<DynamicType = ()>>(object: &K) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        name: Some(object.name_any()),
+        namespace: object.namespace(),
+        uid: object.uid(),
+        resource_version: object.resource_version(),
+        field_path: None,
     }
 }

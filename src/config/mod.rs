@@ -528,6 +528,111 @@ pub struct Route {
     pub action: RouteAction,
     /// Its own limits over `[limits]` (an Ingress's annotations; none for the file's).
     pub limits: RouteLimits,
+    /// What a Gateway API HTTPRoute rule adds: matches beyond the path, filters, and
+    /// the listener it is served on. Empty for the file's and Ingresses' routes.
+    pub rule: RouteRule,
+}
+
+/// What an HTTPRoute rule adds to a path match. All matches must hold; the filters
+/// apply in the order the fields are listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RouteRule {
+    /// The listener the route is served on.
+    pub listener: ListenerScope,
+    /// The request method, when the rule names one.
+    pub method: Option<http::Method>,
+    /// Headers that must be present with exactly this value (names compare without
+    /// case, values exactly).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Query parameters that must be present with exactly this value (names and
+    /// values compare exactly, after percent-decoding).
+    pub query: Vec<(String, String)>,
+    /// `RequestHeaderModifier`: applied to the request going upstream.
+    pub request_headers: HeaderEdits,
+    /// `ResponseHeaderModifier`: applied to the response going back.
+    pub response_headers: HeaderEdits,
+    /// `URLRewrite`: the Host and path the upstream sees.
+    pub rewrite: Option<Rewrite>,
+}
+
+/// Which listener serves a route.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ListenerScope {
+    /// Wherever its site is served: HTTPS, or port 80 for a site with [`TlsSource::Off`].
+    #[default]
+    Any,
+    /// Only port 80 (a Gateway listener of protocol HTTP): served over plain HTTP there,
+    /// whatever the site's certificate.
+    Http,
+    /// Only HTTPS (a Gateway listener of protocol HTTPS).
+    Https,
+}
+
+/// Header edits (Gateway API `HTTPHeaderFilter`): `set` replaces, `add` appends,
+/// `remove` drops, in that order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderEdits {
+    /// Replace every value of the header with this one.
+    pub set: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Append this value to the header (a new line for it).
+    pub add: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Drop the header.
+    pub remove: Vec<http::HeaderName>,
+}
+
+impl HeaderEdits {
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// `URLRewrite`: what the upstream sees instead of what the client sent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rewrite {
+    /// The Host (`:authority`) sent upstream.
+    pub hostname: Option<String>,
+    /// The path sent upstream (the query is kept).
+    pub path: Option<PathRewrite>,
+}
+
+/// A path rewrite, of `URLRewrite` or `RequestRedirect`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathRewrite {
+    /// The whole path becomes this.
+    Full(String),
+    /// The part the route's path matched (a prefix by path element) becomes this:
+    /// `/foo` → `/bar` turns `/foo/x` into `/bar/x`; `/foo` → `/` turns it into `/x`.
+    Prefix(String),
+}
+
+/// `RequestRedirect`: the answer's `Location` is the request's URL with these parts
+/// replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// `http` or `https`; `None` keeps the request's.
+    pub scheme: Option<String>,
+    /// `None` keeps the request's host.
+    pub hostname: Option<String>,
+    /// `None`: the well-known port of `scheme` (80, 443) when it is set, else the
+    /// listener's (80 on plain HTTP, 443 on HTTPS: the Gateway's listener ports, as
+    /// the Gateway API says), never the port in the request's Host. A default port
+    /// for the scheme is never written.
+    pub port: Option<u16>,
+    /// `None` keeps the path.
+    pub path: Option<PathRewrite>,
+    /// 301 or 302.
+    pub status: StatusCode,
+}
+
+/// One of a rule's weighted backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Weighted {
+    /// Its share is `weight` over the sum of the weights; 0 is never chosen.
+    pub weight: u32,
+    /// [`RouteAction::Proxy`], or [`RouteAction::Respond`] for a backend that cannot be
+    /// reached (500 for a reference that is invalid, 503 with no ready endpoint).
+    pub action: RouteAction,
 }
 
 /// A route's own limits, over the `[limits]` ones.
@@ -585,9 +690,44 @@ impl Route {
         self.matching.matches(&self.path, path)
     }
 
-    /// Where this route comes in the order routes are tried ([`PathMatch::precedence`]).
-    pub fn precedence(&self) -> (bool, std::cmp::Reverse<usize>, bool) {
-        self.matching.precedence(&self.path)
+    /// Where this route comes in the order routes are tried: [`PathMatch::precedence`]
+    /// first; at one path, a route that names a method, then the one with more header
+    /// matches, then more query matches (the Gateway API's order). A route without a
+    /// rule (the file's, Ingresses') ties on those, so with a stable sort the order of
+    /// such routes is the path order alone, and ties keep the order they were given in
+    /// (an HTTPRoute translator's: oldest route, namespace/name, rule order).
+    pub fn precedence(&self) -> Precedence {
+        Precedence {
+            path: self.matching.precedence(&self.path),
+            no_method: self.rule.method.is_none(),
+            headers: std::cmp::Reverse(self.rule.headers.len()),
+            query: std::cmp::Reverse(self.rule.query.len()),
+        }
+    }
+}
+
+/// A route's place in the order routes are tried ([`Route::precedence`]): smaller
+/// comes first. Compared field by field, in the order they are declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Precedence {
+    path: (bool, std::cmp::Reverse<usize>, bool),
+    no_method: bool,
+    headers: std::cmp::Reverse<usize>,
+    query: std::cmp::Reverse<usize>,
+}
+
+impl RouteRule {
+    /// Whether the route asks more of a request than its path: a method, headers or
+    /// query parameters.
+    pub fn has_conditions(&self) -> bool {
+        self.method.is_some() || !self.headers.is_empty() || !self.query.is_empty()
+    }
+
+    /// Whether the route changes the request or the response on the way through.
+    pub fn has_filters(&self) -> bool {
+        !self.request_headers.is_empty()
+            || !self.response_headers.is_empty()
+            || self.rewrite.is_some()
     }
 }
 
@@ -609,6 +749,11 @@ pub enum RouteAction {
         /// The body.
         body: String,
     },
+    /// Answer it with a redirect (`RequestRedirect`).
+    Redirect(Redirect),
+    /// Each request to one backend, chosen by weight (an HTTPRoute rule's
+    /// `backendRefs`). At least one has a weight above 0.
+    Split(std::sync::Arc<[Weighted]>),
 }
 
 /// How a route speaks to its upstreams (`upstream_protocol`).
@@ -791,6 +936,12 @@ impl Config {
                 )),
                 None => out.push_str("kubernetes: no ingress_class; Ingresses are ignored\n"),
             }
+            match &k.gateway_class {
+                Some(class) => out.push_str(&format!(
+                    "kubernetes: Gateways of GatewayClass {class} and their HTTPRoutes in {namespaces}, as further sites\n"
+                )),
+                None => out.push_str("kubernetes: no gateway_class; Gateway API objects are ignored\n"),
+            }
         }
         for (i, site) in self.sites.iter().enumerate() {
             let hosts: Vec<String> = site.hosts.iter().map(|h| h.to_string()).collect();
@@ -828,6 +979,10 @@ impl Config {
                         format!("{proto} {}", list.join(", "))
                     }
                     RouteAction::Respond { status, .. } => format!("respond {}", status.as_u16()),
+                    RouteAction::Redirect(r) => format!("redirect {}", r.status.as_u16()),
+                    RouteAction::Split(backends) => {
+                        format!("split over {} backends", backends.len())
+                    }
                 };
                 out.push_str(&format!("  route {} -> {what}\n", route.path));
             }
@@ -887,11 +1042,11 @@ impl Validator<'_> {
         if raw.site.is_empty()
             && kubernetes
                 .as_ref()
-                .is_none_or(|k| k.ingress_class.is_none())
+                .is_none_or(|k| k.ingress_class.is_none() && k.gateway_class.is_none())
         {
             return Err(self.err(
                 "site",
-                "at least one [[site]] is needed (or [kubernetes] ingress_class, to serve the cluster's Ingresses)",
+                "at least one [[site]] is needed (or [kubernetes] ingress_class or gateway_class, to serve the cluster's Ingresses or Gateways)",
             ));
         }
         let mut sites: Vec<Site> = Vec::with_capacity(raw.site.len());
@@ -1277,6 +1432,7 @@ impl Validator<'_> {
                     protocol,
                 },
                 limits: RouteLimits::default(),
+                rule: RouteRule::default(),
             });
         } else if raw.upstream_protocol.is_some() {
             return Err(self.err(
@@ -1353,6 +1509,7 @@ impl Validator<'_> {
                 matching: PathMatch::Prefix,
                 action,
                 limits: RouteLimits::default(),
+                rule: RouteRule::default(),
             });
         }
         if routes.is_empty() {
@@ -1564,8 +1721,10 @@ mod tests {
             c.describe()
                 .contains("Ingresses of class portico in namespaces shop, blog")
         );
+        let c = parse("[kubernetes]\ngateway_class = \"portico\"\n").unwrap();
+        assert!(c.describe().contains("Gateways of GatewayClass portico"));
         for (text, line, key) in [
-            ("[kubernetes]\ngateway_class = \"x\"\n", 1, "site"),
+            ("[kubernetes]\nnamespaces = []\n", 1, "site"),
             (
                 "[kubernetes]\ningress_class = \"Portico\"\n",
                 2,
@@ -1603,6 +1762,7 @@ mod tests {
                 body: String::new(),
             },
             limits: RouteLimits::default(),
+            rule: RouteRule::default(),
         };
         let elements = route("/foo/", PathMatch::Elements);
         for (path, want) in [

@@ -1,7 +1,8 @@
 //! The :80 listener: HTTP-01 answers for the certificate path, and for everything else a
 //! 308 to the same URL over https (308 keeps the method and body, unlike 301); except
-//! for a site without TLS (an Ingress with `portico.dev/tls: "off"`), whose requests
-//! go to the proxy as they came.
+//! for a site without TLS (an Ingress with `portico.dev/tls: "off"`) and a site with
+//! routes for port 80 (a Gateway API listener of protocol HTTP), whose requests go to
+//! the proxy as they came, which routes them among the routes port 80 serves.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use super::proxy_protocol::{self, Prefixed};
 use super::{Connections, serve_connection};
 use crate::acme::Challenges;
 use crate::body::{Body, full, text};
-use crate::config::{Config, TlsSource};
+use crate::config::Config;
 use crate::metrics::{ConnectionError, Metrics};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::report::Chain;
@@ -33,7 +34,7 @@ pub(crate) struct HttpListener {
     pub connections: Connections,
     /// Counts connections ended for protocol errors.
     pub metrics: Arc<Metrics>,
-    /// For sites served without TLS.
+    /// For sites served without TLS, and routes for port 80.
     pub proxy: Arc<Proxy>,
 }
 
@@ -74,6 +75,7 @@ impl HttpListener {
                     cert_hosts: None,
                     tls_version: None,
                     sni: None,
+                    log_text: Default::default(),
                 });
                 let handler = {
                     let this = this.clone();
@@ -90,15 +92,13 @@ impl HttpListener {
     }
 
     async fn answer(&self, req: hyper::Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-        let config = self.config.load();
-        let plain = crate::router::request_host(&req)
-            .map(host::normalize)
-            .and_then(|h| config.site_for(&h).map(|s| s.tls == TlsSource::Off))
-            .unwrap_or(false);
-        if plain && !req.uri().path().starts_with(CHALLENGE_PREFIX) {
-            drop(config);
+        // ACME challenges first: a site's routes never shadow its certificate's.
+        if !req.uri().path().starts_with(CHALLENGE_PREFIX)
+            && self.proxy.serves_port_80(crate::router::request_host(&req))
+        {
             return self.proxy.serve(req, conn).await;
         }
+        let config = self.config.load();
         let decision = decide(
             &req,
             |host| config.site_for(host).is_some(),

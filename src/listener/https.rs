@@ -15,20 +15,20 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::server::Acceptor;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::proxy_protocol::{self, Prefixed};
 use super::{Connections, serve_connection};
 use crate::config::{Config, HostPattern};
-use crate::metrics::{ConnectionError, HandshakeFailure, Metrics};
+use crate::metrics::{ConnectionError, HandshakeFailure, Metrics, Seat};
 use crate::proxy::{ConnInfo, Proxy};
 use crate::report::Chain;
 use crate::shutdown::Phase;
 use crate::tls::CertResolver;
 use crate::uri::host::normalize as normalize_host;
-use crate::workers::Workers;
+use crate::workers::{self, Dispatch, Workers};
 
 pub(crate) struct HttpsListener {
     /// Non-blocking; each worker accepts on a clone of it.
@@ -52,75 +52,120 @@ impl HttpsListener {
         shutdown: watch::Receiver<Phase>,
     ) -> std::io::Result<()> {
         let this = Arc::new(self);
-        for index in 0..workers.count() {
+        let dispatch = workers.dispatch();
+        for index in 0..dispatch.count() {
             let listener = this.listener.try_clone()?;
-            let (this, shutdown) = (this.clone(), shutdown.clone());
-            workers.spawn_on(
-                index,
-                Box::new(move || {
-                    Box::pin(async move {
-                        match TcpListener::from_std(listener) {
-                            Ok(listener) => this.accept(listener, shutdown).await,
-                            Err(e) => tracing::error!(error = %Chain(&e), "a worker cannot accept"),
-                        }
-                    })
-                }),
-            );
+            let (this, shutdown, to) = (this.clone(), shutdown.clone(), dispatch.clone());
+            dispatch.spawn_on(index, move || async move {
+                match TcpListener::from_std(listener) {
+                    Ok(listener) => this.accept(index, listener, to, shutdown).await,
+                    Err(e) => tracing::error!(error = %Chain(&e), "a worker cannot accept"),
+                }
+            });
         }
         Ok(())
     }
 
-    async fn accept(self: Arc<Self>, listener: TcpListener, mut shutdown: watch::Receiver<Phase>) {
+    /// Worker `me`'s accept loop: serves each connection here, or hands it to a worker
+    /// serving fewer ([`workers::place`]).
+    async fn accept(
+        self: Arc<Self>,
+        me: usize,
+        listener: TcpListener,
+        dispatch: Dispatch,
+        mut shutdown: watch::Receiver<Phase>,
+    ) {
+        let load = dispatch.load().clone();
         while let Some((tcp, peer, permit)) =
             super::accept(&listener, &self.connections, &mut shutdown).await
         {
-            let this = self.clone();
-            let shutdown = shutdown.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                let config = this.config.load_full();
-                let limits = config.limits.clone();
-                let handshake = this.handshake(tcp, peer, &config);
-                let (tls, peer, cert_hosts) =
-                    match tokio::time::timeout(limits.handshake_timeout, handshake).await {
-                        Ok(Some(done)) => done,
-                        Ok(None) => return,
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            this.metrics.handshake_failed(HandshakeFailure::Timeout);
-                            return;
-                        }
-                    };
-                drop(config);
-                let (_, session) = tls.get_ref();
-                if session.alpn_protocol() == Some(crate::tls::resolver::ACME_TLS_ALPN) {
-                    // TLS-ALPN-01 validation ends with the handshake (RFC 8737).
-                    return;
+            let worker = workers::place(&load, me);
+            let held = (permit, load.seat(worker));
+            let (this, shutdown) = (self.clone(), shutdown.clone());
+            if worker == me {
+                tokio::spawn(this.serve(tcp, peer, held, shutdown));
+                continue;
+            }
+            // Off this worker's reactor, onto the other's.
+            let tcp = match tcp.into_std() {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %Chain(&e), "a connection could not be handed to another worker");
+                    continue;
                 }
-                let h2 = session.alpn_protocol() == Some(b"h2");
-                let tls_version = match session.protocol_version() {
-                    Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
-                    Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
-                    _ => None,
-                };
-                let conn = Arc::new(ConnInfo {
-                    peer,
-                    proto: "https",
-                    // A reload may have removed the site since the handshake: then the
-                    // cover is empty and every request gets 421 rather than a guess.
-                    cert_hosts: Some(cert_hosts.unwrap_or_else(|| Arc::from(Vec::new()))),
-                    tls_version,
-                    sni: session.server_name().map(Arc::from),
-                });
-                let proxy = this.proxy.clone();
-                let handler = move |req| {
-                    let proxy = proxy.clone();
-                    let conn = conn.clone();
-                    async move { proxy.serve(req, &conn).await }
-                };
-                serve_connection(tls, h2, &limits, &this.metrics, shutdown, handler).await;
+            };
+            dispatch.spawn_on(worker, move || async move {
+                match TcpStream::from_std(tcp) {
+                    Ok(tcp) => this.serve(tcp, peer, held, shutdown).await,
+                    Err(e) => tracing::debug!(%peer, error = %Chain(&e), "a handed-over connection could not be registered"),
+                }
             });
         }
+    }
+
+    /// One connection, from the handshake to its close; `held` (its permit and its seat
+    /// on the worker) goes with it.
+    async fn serve(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        held: (OwnedSemaphorePermit, Seat),
+        shutdown: watch::Receiver<Phase>,
+    ) {
+        let _held = held;
+        let config = self.config.load_full();
+        let limits = config.limits.clone();
+        // Boxed, as is the serving below: inline, both made this task's future ~8.5 KiB,
+        // copied whole each time tokio moved it (spawning, storing it in the task, its
+        // output; a hand-over to another worker too), ~70k instructions per connection.
+        let handshake = Box::pin(self.handshake(tcp, peer, &config));
+        let (tls, peer, cert_hosts) =
+            match tokio::time::timeout(limits.handshake_timeout, handshake).await {
+                Ok(Some(done)) => done,
+                Ok(None) => return,
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    self.metrics.handshake_failed(HandshakeFailure::Timeout);
+                    return;
+                }
+            };
+        drop(config);
+        let (_, session) = tls.get_ref();
+        if session.alpn_protocol() == Some(crate::tls::resolver::ACME_TLS_ALPN) {
+            // TLS-ALPN-01 validation ends with the handshake (RFC 8737).
+            return;
+        }
+        let h2 = session.alpn_protocol() == Some(b"h2");
+        let tls_version = match session.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+            Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+            _ => None,
+        };
+        let conn = Arc::new(ConnInfo {
+            peer,
+            proto: "https",
+            // A reload may have removed the site since the handshake: then the cover is
+            // empty and every request gets 421 rather than a guess.
+            cert_hosts: Some(cert_hosts.unwrap_or_else(|| Arc::from(Vec::new()))),
+            tls_version,
+            sni: session.server_name().map(Arc::from),
+            log_text: Default::default(),
+        });
+        let proxy = self.proxy.clone();
+        let handler = move |req| {
+            let proxy = proxy.clone();
+            let conn = conn.clone();
+            async move { proxy.serve(req, &conn).await }
+        };
+        Box::pin(serve_connection(
+            tls,
+            h2,
+            &limits,
+            &self.metrics,
+            shutdown,
+            handler,
+        ))
+        .await;
     }
 
     /// The PROXY header (from trusted peers, when on), then the TLS handshake. Returns

@@ -27,11 +27,12 @@ use hyper::body::Incoming;
 use super::balance::Balancer;
 use super::body::RetryBody;
 use super::error::ProxyError;
-use super::headers::{add_forwarded, join_cookies, strip_hop_by_hop};
+use super::headers::{add_forwarded, apply_edits, join_cookies, strip_hop_by_hop};
 use super::{Body, ConnInfo, upgrade};
 use crate::access_log::UpstreamTrace;
 use crate::config::UpstreamProtocol;
 use crate::report::Chain;
+use crate::router::Filters;
 
 /// The request head as it goes upstream, kept so a retry can rebuild the request.
 struct Head {
@@ -101,7 +102,16 @@ pub(super) struct Bounds {
     pub max_body_bytes: Option<u64>,
 }
 
+/// What a Gateway API rule changes in a forwarded request and its response.
+pub(super) struct Rewrites {
+    /// Header edits both ways, and the Host sent upstream.
+    pub filters: Arc<Filters>,
+    /// The path and query sent upstream, when the rule rewrites the path.
+    pub path: Option<PathAndQuery>,
+}
+
 /// Forwards `req` (routed to `balancer`) and returns the upstream's response.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     mut req: Request<Incoming>,
     conn: &ConnInfo,
@@ -109,6 +119,7 @@ pub(super) async fn forward(
     original_host: &str,
     balancer: Arc<Balancer>,
     bounds: Bounds,
+    rewrites: Option<Rewrites>,
     mut traced: Option<Traced<'_>>,
 ) -> Result<Response<Body>, ProxyError> {
     let upstream_timeout = bounds.upstream_timeout;
@@ -135,10 +146,22 @@ pub(super) async fn forward(
         original_host,
         client_version,
     );
+    // After portico's own handling: the route's edits have the last word, except on
+    // the headers `apply_edits` leaves alone (the Host among them, set below). Before
+    // the cookies are joined, so an added `Cookie` joins them too.
+    if let Some(r) = &rewrites {
+        apply_edits(&mut headers, &r.filters.request_headers);
+    }
+    // `X-Forwarded-Host` above keeps the client's host; a `URLRewrite` changes only
+    // the one the upstream is asked for.
+    let upstream_host = rewrites
+        .as_ref()
+        .and_then(|r| r.filters.hostname.as_deref())
+        .unwrap_or(original_host);
     let (version, authority) = match protocol {
         UpstreamProtocol::Http1 => {
             // The client's host, as written; an HTTP/2 client's `:authority` too.
-            match HeaderValue::from_str(original_host) {
+            match HeaderValue::from_str(upstream_host) {
                 Ok(v) => {
                     headers.insert(header::HOST, v);
                 }
@@ -153,19 +176,23 @@ pub(super) async fn forward(
             // In HTTP/2 the host travels as `:authority`; a `Host` header next to it
             // would be redundant at best and contradictory at worst.
             headers.remove(header::HOST);
-            (Version::HTTP_2, original_host.parse::<Authority>().ok())
+            (Version::HTTP_2, upstream_host.parse::<Authority>().ok())
         }
     };
+
     if let Some(value) = &upgrade {
         upgrade::restore(&mut headers, value.clone());
     }
     let mut head = Head {
         method: parts.method,
-        path: parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        path: match rewrites.as_ref().and_then(|r| r.path.clone()) {
+            Some(path) => path,
+            None => parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        },
         headers,
         version,
         authority,
@@ -261,6 +288,9 @@ pub(super) async fn forward(
     let (parts, body) = response.into_parts();
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    if let Some(r) = &rewrites {
+        apply_edits(&mut headers, &r.filters.response_headers);
+    }
     // A fresh response: the upstream response's extensions (connection info) are of no
     // concern to the client connection.
     let mut out = Response::new(body);

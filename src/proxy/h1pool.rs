@@ -34,7 +34,7 @@ use hyper_util::rt::TokioIo;
 use tower_service::Service;
 
 use super::body::RetryBody;
-use super::pool::{ConnectError, Connector};
+use super::connect::{ConnectError, Connector};
 use crate::workers;
 
 /// Why an HTTP/1.1 upstream request failed.

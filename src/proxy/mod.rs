@@ -5,12 +5,15 @@
 //! The request flows through small layers, each in its own module:
 //!
 //! ```text
-//! Proxy::serve ─ router (host, then longest prefix; 400/421/404)
-//!      │          └─ respond route: fixed status and body
+//! Proxy::serve ─ router (host, then longest prefix and a rule's conditions; 400/421/404)
+//!      │          ├─ respond route: fixed status and body
+//!      │          ├─ redirect route: Location from the rule (rule)
+//!      │          └─ split route: one backend by weight, then as above or below
 //!      ▼
 //! forward ─ headers (hop-by-hop out, X-Forwarded-* and Via in)
 //!      │  ─ balance (round robin, skip cooling-down endpoints, one retry)
-//!      │  ─ pool (one pooled hyper client per upstream; connect, cool-down)
+//!      │  ─ pool (one pooled hyper client per upstream; cool-down)
+//!      │      └─ connect (dial the one upstream, within its connect timeout)
 //!      │  ─ body (request body reclaimable until first polled, for that retry)
 //!      ▼
 //! upstream response ─ headers (hop-by-hop out) ─ streamed back
@@ -25,16 +28,18 @@
 
 mod balance;
 mod body;
+mod connect;
 mod error;
 mod forward;
 mod h1pool;
 pub(crate) mod headers;
 mod pool;
+pub(crate) mod rule;
 mod upgrade;
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -43,13 +48,13 @@ use http::{Request, Response, StatusCode};
 use http_body::Body as _;
 use hyper::body::Incoming;
 
-use crate::access_log::{AccessLog, Pending, Record};
+use crate::access_log::{self, AccessLog, Pending, Record};
 use crate::body::{Body, text};
 use crate::config::{Cidr, Config, HostPattern, LogFormat, UpstreamProtocol};
 use crate::metrics::{Metrics, SiteCounters};
 use crate::report::Chain;
 use crate::request_id;
-use crate::router::{Action, RouteError, Router, request_host};
+use crate::router::{Action, Head, Listener, RouteError, Router, request_host};
 use crate::tls::resolver::site_id;
 use balance::Balancer;
 use pool::Pools;
@@ -72,6 +77,61 @@ pub struct ConnInfo {
     pub tls_version: Option<&'static str>,
     /// The SNI name the client sent, for the access log.
     pub sni: Option<Arc<str>>,
+    /// The access log's text of what does not change on the connection, made for its
+    /// first logged request (`LogText::default()` when the connection is made).
+    pub log_text: LogText,
+}
+
+/// The parts of a text access log line that repeat on every request of one connection,
+/// formatted once: ` site=… client=…` (for the site of the last request: HTTP/2
+/// clients reuse a connection for every site its certificate covers) and
+/// ` tls=… sni=…`.
+#[derive(Debug, Default)]
+pub struct LogText {
+    head: Mutex<Option<SiteHead>>,
+    tail: OnceLock<Arc<[u8]>>,
+}
+
+/// A site, a client and the ` site=… client=…` made for them.
+type SiteHead = (Arc<str>, IpAddr, Arc<[u8]>);
+
+impl Clone for LogText {
+    /// A cache: a copy starts empty.
+    fn clone(&self) -> LogText {
+        LogText::default()
+    }
+}
+
+impl LogText {
+    /// ` site=… client=…` for `site` and `client`, made again only when either changed.
+    fn head(&self, site: &Arc<str>, client: IpAddr) -> Arc<[u8]> {
+        let mut head = self.head.lock().unwrap_or_else(|p| p.into_inner());
+        match &*head {
+            Some((s, c, text)) if Arc::ptr_eq(s, site) && *c == client => text.clone(),
+            _ => {
+                let text: Arc<[u8]> = access_log::text_head(Some(site), client).into();
+                *head = Some((site.clone(), client, text.clone()));
+                text
+            }
+        }
+    }
+
+    /// ` tls=… sni=…` for `conn`.
+    fn tail(&self, conn: &ConnInfo) -> Arc<[u8]> {
+        self.tail
+            .get_or_init(|| access_log::text_tail(conn.tls_version, conn.sni.as_deref()).into())
+            .clone()
+    }
+}
+
+impl ConnInfo {
+    /// The listener the connection came in on, by its protocol.
+    pub(crate) fn listener(&self) -> Listener {
+        match self.proto {
+            "https" => Listener::Tls,
+            _ => Listener::Plain,
+        }
+    }
 }
 
 /// One config's routing table and the limits that apply to forwarding.
@@ -150,6 +210,12 @@ impl Proxy {
         self.pools.prune();
     }
 
+    /// Whether port 80 routes the requests for `raw_host` rather than redirecting them
+    /// to https: its site is served without TLS, or has a route for port 80.
+    pub(crate) fn serves_port_80(&self, raw_host: Option<&str>) -> bool {
+        self.table.load().router.serves_port_80(raw_host)
+    }
+
     /// Handles one request completely. Never panics on network input and never fails:
     /// errors become responses (400, 421, 404, 502, 504).
     pub async fn serve(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
@@ -160,7 +226,7 @@ impl Proxy {
         let mut pending = Pending::default();
         // The table guard is dropped before any await: a guard held across a slow
         // upstream would pin the old table and its pools through reloads.
-        let (balancer, bounds, counters, sender) = {
+        let (balancer, bounds, counters, sender, rewrites) = {
             let table = self.table.load();
             let trusts = |ip| table.trusted_proxies.iter().any(|c: &Cidr| c.contains(ip));
             let peer = conn.peer.ip();
@@ -175,8 +241,13 @@ impl Proxy {
                     method: req.method().clone(),
                     // Moved in below, not copied.
                     host: None,
-                    // Never the query: it may carry tokens.
-                    path: req.uri().path().to_string(),
+                    // A reference count, not a copy; the line has the path without
+                    // the query, which may carry tokens.
+                    path: if req.uri().path().is_empty() {
+                        None
+                    } else {
+                        req.uri().path_and_query().cloned()
+                    },
                     version: req.version(),
                     status: 0,
                     bytes_in: (!req.body().is_end_stream()).then(|| Arc::new(AtomicU64::new(0))),
@@ -184,7 +255,9 @@ impl Proxy {
                     upstream: Default::default(),
                     tls: conn.tls_version,
                     sni: conn.sni.clone(),
-                    request_id: request_id.clone(),
+                    request_id,
+                    text_head: None,
+                    text_tail: (format == LogFormat::Text).then(|| conn.log_text.tail(conn)),
                 };
                 pending = Pending::new(record, &self.access_log);
             }
@@ -196,61 +269,136 @@ impl Proxy {
                 let response = error_response(refused.status, refused.message);
                 return logged(pending, site, raw_host, response);
             }
+            let listener = conn.listener();
             let matched = table.router.route(
                 raw_host.as_deref(),
-                req.uri().path(),
+                &Head::of(&req, listener),
                 conn.cert_hosts.as_deref(),
             );
-            match matched {
+            let m = match matched {
                 Err(err) => {
                     // Errors are the rare path: a second host lookup finds the site.
                     table.counters_for(raw_host.as_deref()).count(err.status());
                     let site = table.site_name(raw_host.as_deref());
                     return logged(pending, site, raw_host, route_error(&err));
                 }
-                Ok(m) => match &m.route.action {
-                    Action::Respond { status, body } => {
-                        table.counters[m.site].count(*status);
-                        let site = table.site_names.get(m.site).cloned();
-                        return logged(pending, site, raw_host, text(*status, body.clone()));
+                Ok(m) => m,
+            };
+            // A reference count, taken only where a line is written.
+            let site = || table.site_names.get(m.site).cloned();
+            let filters = m.route.filters.as_ref();
+            let action = match &m.route.action {
+                Action::Split(split) => split.pick(),
+                action => action,
+            };
+            let balancer = match action {
+                Action::Respond { status, body } => {
+                    table.counters[m.site].count(*status);
+                    let mut response = text(*status, body.clone());
+                    if let Some(f) = filters {
+                        headers::apply_edits(response.headers_mut(), &f.response_headers);
                     }
-                    Action::Proxy(balancer) => {
-                        if let Some(max) = m.route.limits.max_body_bytes
-                            // hyper's hint is the declared Content-Length.
-                            && http_body::Body::size_hint(req.body()).lower() > max
-                        {
-                            table.counters[m.site].count(StatusCode::PAYLOAD_TOO_LARGE);
-                            let response = error_response(
-                                StatusCode::PAYLOAD_TOO_LARGE,
-                                "the request body is larger than this route allows",
-                            );
-                            let site = table.site_names.get(m.site).cloned();
-                            return logged(pending, site, raw_host, response);
-                        }
-                        if let Some(r) = pending.record() {
-                            r.site = table.site_names.get(m.site).cloned();
-                        }
-                        let sender = forward::Sender {
-                            trusted: trusts(peer),
-                            client,
-                        };
-                        let bounds = forward::Bounds {
-                            upstream_timeout: m
-                                .route
-                                .limits
-                                .upstream_timeout
-                                .unwrap_or(table.upstream_timeout),
-                            max_body_bytes: m.route.limits.max_body_bytes,
-                        };
-                        (
-                            balancer.clone(),
-                            bounds,
-                            table.counters[m.site].clone(),
-                            sender,
-                        )
+                    return logged(pending, site(), raw_host, response);
+                }
+                Action::Redirect(redirect) => {
+                    let path = rule::target_path(
+                        redirect.path.as_ref(),
+                        &m.route.path,
+                        m.route.matching,
+                        &m.path,
+                        req.uri().path(),
+                    );
+                    let response = rule::location(
+                        redirect,
+                        listener,
+                        raw_host.as_deref(),
+                        &path,
+                        req.uri().query(),
+                    )
+                    .and_then(|location| redirect_response(redirect.status, location));
+                    let mut response = response.unwrap_or_else(|err| rule_error(&err));
+                    if let Some(f) = filters {
+                        headers::apply_edits(response.headers_mut(), &f.response_headers);
                     }
-                },
+                    table.counters[m.site].count(response.status());
+                    return logged(pending, site(), raw_host, response);
+                }
+                // The router builds splits of fixed answers and proxies only.
+                Action::Split(_) => {
+                    table.counters[m.site].count(StatusCode::INTERNAL_SERVER_ERROR);
+                    let response =
+                        error_response(StatusCode::INTERNAL_SERVER_ERROR, "no valid backend");
+                    return logged(pending, site(), raw_host, response);
+                }
+                Action::Proxy(balancer) => balancer,
+            };
+            if let Some(max) = m.route.limits.max_body_bytes
+                // hyper's hint is the declared Content-Length.
+                && http_body::Body::size_hint(req.body()).lower() > max
+            {
+                table.counters[m.site].count(StatusCode::PAYLOAD_TOO_LARGE);
+                let response = error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the request body is larger than this route allows",
+                );
+                return logged(pending, site(), raw_host, response);
             }
+            // A rule's rewrites, worked out while the route is at hand: the request
+            // in flight keeps only what it needs, not the table.
+            let rewrites = match filters {
+                None => None,
+                Some(f) => {
+                    let path = match &f.path {
+                        None => Ok(None),
+                        Some(rewrite) => {
+                            let path = crate::router::rewrite_path(
+                                rewrite,
+                                &m.route.path,
+                                m.route.matching,
+                                &m.path,
+                            );
+                            rule::rewritten(&path, req.uri().query()).map(Some)
+                        }
+                    };
+                    match path {
+                        Ok(path) => Some(forward::Rewrites {
+                            filters: f.clone(),
+                            path,
+                        }),
+                        Err(err) => {
+                            table.counters[m.site].count(err.status());
+                            return logged(pending, site(), raw_host, rule_error(&err));
+                        }
+                    }
+                }
+            };
+            if let Some(r) = pending.record() {
+                r.site = site();
+                if r.format == LogFormat::Text
+                    && let Some(site) = &r.site
+                {
+                    r.text_head = Some(conn.log_text.head(site, client));
+                }
+            }
+            let sender = forward::Sender {
+                trusted: trusts(peer),
+                client,
+            };
+            let bounds = forward::Bounds {
+                upstream_timeout: m
+                    .route
+                    .limits
+                    .upstream_timeout
+                    .unwrap_or(table.upstream_timeout),
+                max_body_bytes: m.route.limits.max_body_bytes,
+            };
+            (
+                balancer.clone(),
+                bounds,
+                table.counters[m.site].clone(),
+                sender,
+                rewrites,
+            )
         };
         // `route` succeeded, so there is a host.
         // With the access log on, the host lives in the record (also for a request
@@ -280,6 +428,7 @@ impl Proxy {
             original_host,
             balancer,
             bounds,
+            rewrites,
             traced,
         )
         .await
@@ -386,6 +535,22 @@ fn build(config: &Config, pools: &Pools, metrics: &Metrics) -> Table {
     }
 }
 
+fn rule_error(err: &rule::RuleError) -> Response<Body> {
+    tracing::debug!(error = %Chain(err), "redirect or rewrite refused");
+    error_response(err.status(), &err.to_string())
+}
+
+/// A `RequestRedirect`'s answer.
+fn redirect_response(
+    status: StatusCode,
+    location: String,
+) -> Result<Response<Body>, rule::RuleError> {
+    let location = http::HeaderValue::try_from(location).map_err(|_| rule::RuleError::BadTarget)?;
+    let mut response = text(status, "redirecting\n");
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
 fn route_error(err: &RouteError) -> Response<Body> {
     tracing::debug!(error = %Chain(err), "request not routed");
     error_response(err.status(), &err.to_string())
@@ -408,10 +573,14 @@ mod tests {
     /// The endpoints (pools, health) the current table uses for `host`'s `/` route.
     fn endpoints(proxy: &Proxy, host: &str) -> Vec<Arc<pool::Endpoint>> {
         let table = proxy.table.load();
-        let matched = table.router.route(Some(host), "/", None).unwrap();
+        let head = Request::get("/").body(()).unwrap();
+        let matched = table
+            .router
+            .route(Some(host), &Head::of(&head, Listener::Tls), None)
+            .unwrap();
         match &matched.route.action {
             Action::Proxy(balancer) => (0..2).map(|i| balancer.endpoint(i).clone()).collect(),
-            Action::Respond { .. } => panic!("not a proxy route"),
+            _ => panic!("not a proxy route"),
         }
     }
 

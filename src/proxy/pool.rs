@@ -12,21 +12,18 @@
 //! for [`COOL_DOWN`] and the balancer skips it meanwhile.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response, Uri};
+use http::{Request, Response};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use super::Body;
 use super::body::RetryBody;
+use super::connect::{ConnectError, Connector};
 use super::h1pool::{H1Error, H1Pool};
 use crate::config::{Upstream, UpstreamProtocol};
 use crate::workers;
@@ -37,66 +34,6 @@ pub(super) const COOL_DOWN: Duration = Duration::from_secs(10);
 /// How long an idle pooled connection is kept (nginx's upstream `keepalive_timeout` is
 /// 60 s; Go's transport uses 90 s).
 pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// Why a connection to an upstream could not be made. Nothing of the request was sent.
-#[derive(Debug, thiserror::Error)]
-pub(super) enum ConnectError {
-    #[error("connecting to {upstream} timed out after {after:?}")]
-    Timeout { upstream: String, after: Duration },
-    #[error("cannot connect to {upstream}")]
-    Io {
-        upstream: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-/// Dials one upstream, whatever URI the client asks for.
-#[derive(Clone)]
-pub(super) struct Connector {
-    upstream: Arc<Upstream>,
-    timeout: Duration,
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let upstream = self.upstream.clone();
-        let timeout = self.timeout;
-        Box::pin(async move {
-            let authority = &upstream.authority;
-            // `Authority::host` keeps IPv6 brackets; the resolver wants them off.
-            let host = authority
-                .host()
-                .trim_start_matches('[')
-                .trim_end_matches(']');
-            // Validated config: every upstream has a port.
-            let port = authority.port_u16().unwrap_or(80);
-            // Resolved at each connect, so a Kubernetes Service name that moves is
-            // followed; addresses are tried in order within the one timeout.
-            let stream = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
-                .await
-                .map_err(|_| ConnectError::Timeout {
-                    upstream: upstream.to_string(),
-                    after: timeout,
-                })?
-                .map_err(|source| ConnectError::Io {
-                    upstream: upstream.to_string(),
-                    source,
-                })?;
-            // Small writes (headers, h2 frames) should not wait for Nagle.
-            let _ = stream.set_nodelay(true);
-            Ok(TokioIo::new(stream))
-        })
-    }
-}
 
 pub(super) type UpstreamClient = Client<Connector, RetryBody>;
 
@@ -269,10 +206,7 @@ impl Pools {
 
     /// The connector an endpoint for `upstream` dials with.
     pub(super) fn connector(upstream: &Upstream, connect_timeout: Duration) -> Connector {
-        Connector {
-            upstream: Arc::new(upstream.clone()),
-            timeout: connect_timeout,
-        }
+        Connector::new(upstream, connect_timeout)
     }
 
     /// Forgets endpoints no router uses any more.

@@ -19,7 +19,11 @@ use super::{
     WATCH_BUFFER, check, check_lock, check_object, conflict, new_holder_id, stale,
 };
 
-/// A [`Store`] and [`Locker`] that keeps everything in the process.
+/// A [`Store`] and [`Locker`] that keeps everything in the process. Part of the
+/// embedding API: a program embedding portico with nothing to share between
+/// processes (one replica, certificates from the local CA or issued again at each
+/// start) gives it to [`Server::bind_with`](crate::server::Server::bind_with); it is
+/// also the backend the crate's own tests and the store contract suite run on.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,

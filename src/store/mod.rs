@@ -64,8 +64,10 @@ pub use memory::MemoryStore;
 pub use futures_util::future::BoxFuture;
 
 /// A backend's own error, kept as the cause of [`StoreError::Unavailable`] and
-/// [`LockError::Unavailable`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// [`LockError::Unavailable`]: the crate's one boxed error type, defined in
+/// [`crate::body`], named here too so a backend written outside the crate finds it
+/// beside the traits it implements.
+pub use crate::body::BoxError;
 
 /// The longest Kubernetes object name (a DNS subdomain).
 const KUBE_NAME_MAX: usize = 253;

@@ -17,7 +17,9 @@ use time::OffsetDateTime;
 use super::TlsError;
 use crate::config::HostPattern;
 
-/// How long a leaf lives. A third of it (56 h) before expiry it is renewed.
+/// How long a leaf of the local CA lives. A third of it (56 h) before expiry it is
+/// renewed. Public so that an embedder (and the tests) can tell a local CA leaf by its
+/// lifetime and know when the next renewal is due.
 pub const LEAF_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Tolerates clients whose clocks are a little behind.

@@ -1,12 +1,14 @@
 //! TLS: where the certificate path ends and the request path begins.
 //!
 //! - `resolver` picks a certificate per handshake from an `ArcSwap` snapshot;
+//! - `hkdf` gives aws-lc-rs' TLS 1.3 suites an HKDF that reuses each keyed HMAC;
 //! - `internal` is the local CA behind `tls = "internal"`;
 //! - `files` loads `tls = "files"` certificates and reloads them when they change;
 //! - this module builds the rustls `ServerConfig` (aws-lc-rs, TLS 1.2 + 1.3, ALPN h2 and
 //!   http/1.1) and turns PEM into the `CertifiedKey` the resolver serves.
 
 pub(crate) mod files;
+mod hkdf;
 mod internal;
 pub(crate) mod resolver;
 
@@ -83,9 +85,12 @@ pub enum TlsError {
     },
 }
 
-/// The one crypto provider of the whole binary.
+/// The one crypto provider of the whole binary: aws-lc-rs' default, its TLS 1.3 suites
+/// with an HKDF that keys each secret's HMAC once (see `hkdf`).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    hkdf::swap_suites(&mut provider.cipher_suites);
+    Arc::new(provider)
 }
 
 /// The rustls server configuration every HTTPS connection uses.
@@ -105,6 +110,9 @@ pub(crate) fn server_config(resolver: Arc<CertResolver>) -> Result<Arc<ServerCon
     // Stateless resumption keeps returning clients cheap (handshake-heavy load).
     config.ticketer =
         rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|source| TlsError::Config { source })?;
+    // One ticket per full handshake, not rustls' two: each costs an HKDF, a ticket
+    // encryption and a record, and a browser spends one per new connection anyway.
+    config.send_tls13_tickets = 1;
     Ok(Arc::new(config))
 }
 

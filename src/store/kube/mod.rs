@@ -19,7 +19,7 @@
 //! Decisions:
 //!
 //! - **Foreign metadata.** Only the labels above and annotations under
-//!   [`ANNOTATION_PREFIXES`] are portico's. Every other label
+//!   [`ANNOTATION_PREFIXES`](super::ANNOTATION_PREFIXES) are portico's. Every other label
 //!   and annotation (kubectl's `last-applied-configuration`, a GitOps tool's, a
 //!   replicator's), owner references and finalizers stay out of the [`Object`] and are
 //!   kept as they are when portico replaces the Secret: the replace starts from the
@@ -37,7 +37,7 @@
 //! - **No retries inside the store.** kube's default retry policy (up to 15 retries on
 //!   429/503/504) is turned off: it could hold a lease renew far past its deadline. The
 //!   callers retry at their own pace (the ACME manager's back-off, the lease guard's
-//!   deadline, the watch loop). Every request has a [`REQUEST_TIMEOUT`]. The one
+//!   deadline, the watch loop). Every request has a [`REQUEST_TIMEOUT`](api::REQUEST_TIMEOUT). The one
 //!   exception is 401: see below.
 //! - **Credentials.** [`KubeStore::connect`] uses the in-cluster service account when
 //!   there is one (docs/kubernetes.md), else `KUBECONFIG` / `~/.kube/config`. kube
@@ -50,7 +50,7 @@
 //! - **Watch.** List, then watch from the list's resourceVersion with the same label
 //!   selector; on 410 Gone list again and report the differences; on any other error
 //!   reconnect after a capped, jittered back-off. A watch request asks the server to
-//!   end it after [`WATCH_SECONDS`], and a stream silent for longer than that plus a
+//!   end it after [`WATCH_SECONDS`](api::WATCH_SECONDS), and a stream silent for longer than that plus a
 //!   margin is taken as a dead connection.
 //! - **Lists are not paginated**: portico's Secrets in one namespace are a few per site.
 
@@ -172,7 +172,9 @@ impl KubeStore {
     }
 
     /// Writes `pod` (instead of `POD_NAME` / the host name) before the random part of
-    /// holder identities: several replicas in one test process tell themselves apart.
+    /// holder identities. Part of the embedding API: a program running several portico
+    /// servers in one process, or one outside a pod, names each holder so the Leases say
+    /// who holds them; portico's tests run several replicas in one process this way.
     pub fn with_pod_name(mut self, pod: impl Into<String>) -> Self {
         self.leases = self.leases.with_pod(pod.into());
         self

@@ -63,7 +63,7 @@ pub(super) enum WatchEnd {
     Stopped,
 }
 
-/// The task behind [`Store::watch`].
+/// The task behind [`Store::watch`](crate::store::Store::watch).
 pub(super) struct Watcher {
     pub(super) api: Arc<ApiClient>,
     pub(super) kind: Kind,

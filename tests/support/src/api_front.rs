@@ -3,7 +3,6 @@
 //! caller's token included) until a test tells it to
 //! - go down: refuse new connections and cut the open ones ([`Front::set_down`]);
 //! - cut every open connection, watches included ([`Front::cut`]);
-//! - delay every request ([`Front::set_latency`]);
 //! - lose the answer to the next write: the API server applies it, the client's
 //!   connection is cut before the answer reaches it ([`Front::lose_next_write_response`]);
 //! - answer the next requests with an error status itself, as a load balancer in front
@@ -16,9 +15,8 @@
 //! against the same CA. It also logs what went through it (method, path, token).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -49,7 +47,6 @@ pub struct Front {
 
 struct Shared {
     down: AtomicBool,
-    latency_ms: AtomicU64,
     /// (how many more, status, writes only)
     fail: Mutex<(usize, u16, bool)>,
     lose_write: AtomicUsize,
@@ -103,7 +100,6 @@ impl Front {
             .wrap_connector(http);
         let shared = Arc::new(Shared {
             down: AtomicBool::new(false),
-            latency_ms: AtomicU64::new(0),
             fail: Mutex::new((0, 0, false)),
             lose_write: AtomicUsize::new(0),
             epoch: tokio::sync::watch::channel(0).0,
@@ -169,12 +165,6 @@ impl Front {
     /// Cuts every open connection (and so every watch) now.
     pub fn cut(&self) {
         self.shared.epoch.send_modify(|e| *e += 1);
-    }
-
-    pub fn set_latency(&self, latency: Duration) {
-        self.shared
-            .latency_ms
-            .store(latency.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// The next `n` requests are answered `status` by the front.
@@ -277,10 +267,6 @@ impl Shared {
             .lock()
             .unwrap()
             .push((method.clone(), path.clone(), token.clone()));
-        let latency = self.latency_ms.load(Ordering::SeqCst);
-        if latency > 0 {
-            tokio::time::sleep(Duration::from_millis(latency)).await;
-        }
         let write = matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE");
         let hold = method == "PUT" && {
             let mut hold = self.hold.lock().unwrap();

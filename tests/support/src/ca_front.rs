@@ -320,24 +320,7 @@ fn jws_payload(body: &[u8]) -> serde_json::Value {
     let jws: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
     jws["payload"]
         .as_str()
-        .and_then(base64url_decode)
+        .and_then(super::base64url_decode)
         .and_then(|payload| serde_json::from_slice(&payload).ok())
         .unwrap_or_default()
-}
-
-const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn base64url_decode(input: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in input.trim_end_matches('=').bytes() {
-        let v = BASE64URL.iter().position(|b| *b == c)? as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
 }

@@ -379,6 +379,40 @@ impl ControlPlane {
         }
     }
 
+    /// Installs the Gateway API standard CRDs `scripts/peers` copied from the pinned
+    /// module (once per test binary) and waits until the API server serves their
+    /// kinds; returns kubectl's answer to the apply.
+    pub fn gateway_crds(&self) -> &str {
+        static APPLIED: OnceLock<String> = OnceLock::new();
+        APPLIED.get_or_init(|| {
+            let crds = crate::peers().join("crds/gateway-api");
+            let out = self.kubectl(
+                &["apply", "--server-side", "-f", crds.to_str().unwrap()],
+                b"",
+            );
+            // Established: every kind is served (an empty list, no error).
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            for kind in [
+                "gatewayclasses",
+                "gateways",
+                "httproutes",
+                "referencegrants",
+            ] {
+                while let Err(e) = self.kubectl_output(
+                    &["get", &format!("{kind}.gateway.networking.k8s.io"), "-A"],
+                    b"",
+                ) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{kind} are not served: {e}"
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            out
+        })
+    }
+
     /// kubectl as the admin; panics on failure.
     pub fn kubectl(&self, args: &[&str], stdin: &[u8]) -> String {
         self.kubectl_output(args, stdin)
@@ -646,11 +680,18 @@ impl Namespace {
         format!("portico-{}", self.name)
     }
 
+    /// The GatewayClass of this namespace's tests (cluster-wide, like IngressClasses):
+    /// `portico-gw-<namespace>`. [`ControlPlane::gateway_crds`] installs the kinds; the
+    /// test creates the class.
+    pub fn gateway_class(&self) -> String {
+        format!("portico-gw-{}", self.name)
+    }
+
     /// The rights of the shipped ClusterRole (config/kubernetes/clusterrole.yaml) for
     /// the identities `who`: its namespaced rules as a Role of this namespace (bound
-    /// cluster-wide they would reach every other test), its IngressClass rule through a
-    /// ClusterRole of this namespace's own; and the IngressClass
-    /// [`Namespace::ingress_class`].
+    /// cluster-wide they would reach every other test), its rules on cluster-scoped
+    /// kinds (IngressClasses, GatewayClasses and their status) through a ClusterRole of
+    /// this namespace's own; and the IngressClass [`Namespace::ingress_class`].
     pub fn grant_ingress_controller(&self, who: &[&str]) {
         let path = crate::repo_root().join("config/kubernetes/clusterrole.yaml");
         let shipped: Value = serde_json::from_str(&self.plane.kubectl(
@@ -666,14 +707,19 @@ impl Namespace {
         ))
         .unwrap();
         let rules = shipped["rules"].as_array().unwrap();
-        let (classes, namespaced): (Vec<Value>, Vec<Value>) = rules
-            .iter()
-            .cloned()
-            .partition(|r| r["resources"] == json!(["ingressclasses"]));
+        let (classes, namespaced): (Vec<Value>, Vec<Value>) =
+            rules.iter().cloned().partition(|r| {
+                [
+                    json!(["ingressclasses"]),
+                    json!(["gatewayclasses"]),
+                    json!(["gatewayclasses/status"]),
+                ]
+                .contains(&r["resources"])
+            });
         assert_eq!(
             classes.len(),
-            1,
-            "the shipped ClusterRole reads IngressClasses"
+            3,
+            "the shipped ClusterRole reads IngressClasses and GatewayClasses and writes the latter's status"
         );
         let subjects: Vec<Value> = who
             .iter()

@@ -17,6 +17,24 @@ pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::STANDARD.decode(text).ok()
 }
 
+/// Base64url without padding, as JWS (RFC 7515) and ACME's ARI certificate ids write it.
+pub fn base64url_encode(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The reverse of [`base64url_encode`]; padding is accepted as well, since the fronts
+/// read what clients send.
+pub fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    LENIENT.decode(text).ok()
+}
+
 /// A command for the `portico` binary cargo built beside the test binary running this
 /// (`target/<profile>/portico`; tests run from `target/<profile>/deps/`).
 pub fn portico() -> Command {
@@ -36,6 +54,7 @@ pub fn repo_root() -> PathBuf {
 pub mod api_front;
 pub mod attack;
 pub mod ca_front;
+pub mod cluster;
 pub mod control_plane;
 pub mod deploy;
 pub mod edge;
@@ -92,7 +111,7 @@ pub fn peer(name: &str) -> PathBuf {
     path
 }
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use portico::body::BoxError;
 pub type TestBody = BoxBody<Bytes, BoxError>;
 
 pub fn config(toml: &str) -> Config {
@@ -112,10 +131,20 @@ pub async fn start_proxy_with(
     cert_hosts: Option<Vec<HostPattern>>,
 ) -> (SocketAddr, Arc<Proxy>) {
     let proxy = Arc::new(Proxy::new(&config(toml)));
+    let addr = serve_proxy(proxy.clone(), "https", cert_hosts.map(Into::into)).await;
+    (addr, proxy)
+}
+
+/// Serves `proxy` on 127.0.0.1:0 as a listener of protocol `proto` would (`"https"`,
+/// without TLS, or `"http"`, port 80): HTTP/1.1 with upgrades or HTTP/2 by prior
+/// knowledge, with the connection's certificate host patterns (`None`: no check).
+pub async fn serve_proxy(
+    proxy: Arc<Proxy>,
+    proto: &'static str,
+    cert_hosts: Option<Arc<[HostPattern]>>,
+) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let cert_hosts: Option<Arc<[HostPattern]>> = cert_hosts.map(Into::into);
-    let serving = proxy.clone();
     tokio::spawn(async move {
         loop {
             let Ok((stream, peer)) = listener.accept().await else {
@@ -123,12 +152,13 @@ pub async fn start_proxy_with(
             };
             let conn = Arc::new(ConnInfo {
                 peer,
-                proto: "https",
+                proto,
                 cert_hosts: cert_hosts.clone(),
                 tls_version: None,
                 sni: None,
+                log_text: Default::default(),
             });
-            let proxy = serving.clone();
+            let proxy = proxy.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
                     let proxy = proxy.clone();
@@ -141,7 +171,7 @@ pub async fn start_proxy_with(
             });
         }
     });
-    (addr, proxy)
+    addr
 }
 
 /// An address that refuses connections: a socket bound but never listening, kept for

@@ -802,23 +802,7 @@ pub fn cert_id(der: &[u8]) -> String {
         .expect("an Authority Key Identifier");
     format!(
         "{}.{}",
-        base64url_encode(&aki),
-        base64url_encode(cert.raw_serial())
+        super::base64url_encode(&aki),
+        super::base64url_encode(cert.raw_serial())
     )
-}
-
-const BASE64URL: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-fn base64url_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len() * 4 / 3 + 3);
-    for chunk in data.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..=chunk.len() {
-            out.push(BASE64URL[(n >> (18 - 6 * i)) as usize & 63] as char);
-        }
-    }
-    out
 }
