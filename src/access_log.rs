@@ -1,5 +1,7 @@
 //! The access log: one line per request on stdout, written once the response body has
-//! ended (or the client went away), for requests on the TLS listener. The proxy starts
+//! ended (or the client went away), for every request the proxy serves (the TLS listener,
+//! and port 80 for sites with `tls: off`; not port 80's redirects and challenges). The
+//! proxy starts
 //! a [`Record`] when a request comes in (with `log.access` on), fills in the site, the
 //! upstream and the status as it learns them, and [`Record::finish`] wraps the response
 //! body so that the line goes out when the body ends or is dropped. A request dropped
