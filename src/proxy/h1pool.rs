@@ -35,6 +35,7 @@ use tower_service::Service;
 
 use super::body::RetryBody;
 use super::connect::{ConnectError, Connector};
+use crate::report::Chain;
 use crate::workers;
 
 /// Why an HTTP/1.1 upstream request failed.
@@ -158,7 +159,7 @@ impl H1Pool {
         // (101) hand the socket over to `proxy::upgrade`.
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
+                tracing::debug!(error = %Chain(&e), "upstream connection ended with an error");
             }
         });
         Ok(sender)
