@@ -435,7 +435,7 @@ fn the_config_folder_is_mounted_whole_where_the_args_point() {
 }
 
 #[test]
-fn the_role_is_designs_and_bound_to_the_pods_service_account() {
+fn the_role_has_the_documented_rules_and_is_bound_to_the_pods_service_account() {
     let namespace = object("Namespace")["metadata"]["name"].as_str().unwrap();
     // Cluster-wide: the namespace, the IngressClass, and the read-only ClusterRole.
     const CLUSTER_SCOPED: [&str; 4] = [

@@ -1302,8 +1302,8 @@ mod kube_only {
     }
 
     #[tokio::test]
-    async fn secrets_are_named_labelled_and_typed_per_design() {
-        let f = fixture("secrets_are_named_labelled_and_typed_per_design");
+    async fn secrets_are_named_labelled_and_typed_as_documented() {
+        let f = fixture("secrets_are_named_labelled_and_typed_as_documented");
         let store = f.replica("portico").await;
         let name = "example.com-0123456789abcdef";
         store
@@ -1955,8 +1955,8 @@ mod kube_only {
     /// needs: every store and lock operation, and watch, under exactly those verbs, with
     /// the API server's RBAC judging; another namespace is out of reach.
     #[tokio::test]
-    async fn designs_role_is_enough_and_nothing_more_is_used() {
-        let f = fixture("designs_role_is_enough_and_nothing_more_is_used");
+    async fn the_shipped_role_is_enough_and_nothing_more_is_used() {
+        let f = fixture("the_shipped_role_is_enough_and_nothing_more_is_used");
         let store = f.replica("portico").await;
         let mut rx = store.watch(Kind::Certificate);
         let v1 = store

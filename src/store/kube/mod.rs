@@ -395,7 +395,7 @@ mod tests {
     }
 
     #[test]
-    fn names_types_and_labels_follow_design() {
+    fn names_types_and_labels_follow_the_documented_layout() {
         assert_eq!(
             secret_name(Kind::Certificate, "example.com-0123456789abcdef"),
             "portico-tls-example.com-0123456789abcdef"
