@@ -4,8 +4,9 @@
 //!
 //! A [`Router`] is built once per config (at start and at every reload) and is then
 //! read-only, so the proxy keeps it in an `ArcSwap` and a lookup takes no lock: two hash
-//! lookups for the host (exact name, then the `*.suffix` wildcard one label up) and a
-//! scan of the site's routes, which the config already sorted longest path first.
+//! lookups for the host (exact name, then the `*.suffix` wildcard one label up; with a
+//! Gateway API wildcard, one more per label, then its catch-all) and a scan of the
+//! site's routes, which the config already sorted longest path first.
 //!
 //! The router is generic over what a proxy route leads to (`T`), so it knows nothing of
 //! upstream pools; [`crate::proxy`] supplies `T` when it builds the router.
@@ -38,7 +39,6 @@
 //!   (`+` stays `+`); an escape that does not decode never matches.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -47,8 +47,8 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, header};
 
 use crate::config::{
-    Config, HeaderEdits, HostPattern, ListenerScope, PathMatch, PathRewrite, Redirect, RouteAction,
-    RouteLimits, RouteRule, TlsSource, Upstream, UpstreamProtocol,
+    Config, HeaderEdits, HostIndex, HostPattern, ListenerScope, PathMatch, PathRewrite, Redirect,
+    RouteAction, RouteLimits, RouteRule, TlsSource, Upstream, UpstreamProtocol,
 };
 use crate::uri::host::normalize as normalize_host;
 use crate::uri::path;
@@ -252,10 +252,8 @@ impl<'a> Head<'a> {
 #[derive(Debug)]
 pub(crate) struct Router<T> {
     sites: Vec<SiteRoutes<T>>,
-    /// Exact host name → index in `sites`.
-    exact: HashMap<String, usize>,
-    /// Wildcard suffix (`example.com` for `*.example.com`) → index in `sites`.
-    wildcard: HashMap<String, usize>,
+    /// Host → index in `sites`.
+    hosts: HostIndex<usize>,
 }
 
 /// A successful lookup: the route and its site.
@@ -277,16 +275,12 @@ impl<T> Router<T> {
         mut make: impl FnMut(&[Upstream], UpstreamProtocol) -> T,
     ) -> Router<T> {
         let mut sites = Vec::with_capacity(config.sites.len());
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
+        let mut hosts = HostIndex::with_capacity(config.sites.len());
         for (i, site) in config.sites.iter().enumerate() {
             for host in &site.hosts {
-                // The config refuses a host listed by two sites; `or_insert` keeps the
+                // The config refuses a host listed by two sites; the index keeps the
                 // first anyway, as `Config::site_for` does.
-                match host {
-                    HostPattern::Exact(name) => exact.entry(name.clone()).or_insert(i),
-                    HostPattern::Wildcard(suffix) => wildcard.entry(suffix.clone()).or_insert(i),
-                };
+                hosts.insert_with(host, || i);
             }
             // The config sorts already; sorting again keeps the router correct on its
             // own. Stable: ties keep the order they were given in.
@@ -325,11 +319,7 @@ impl<T> Router<T> {
                 on_port_80,
             });
         }
-        Router {
-            sites,
-            exact,
-            wildcard,
-        }
+        Router { sites, hosts }
     }
 
     /// Routes a request given its raw host (Host header or `:authority`, with any port),
@@ -375,16 +365,10 @@ impl<T> Router<T> {
         self.site_index(&normalize_host(raw_host?))
     }
 
-    /// Exact names win over wildcards; a wildcard covers exactly one more label.
+    /// Exact names win over wildcards, the longest wildcard over shorter ones, and any
+    /// of them over the catch-all ([`HostIndex`]).
     fn site_index(&self, host: &str) -> Option<usize> {
-        if let Some(&i) = self.exact.get(host) {
-            return Some(i);
-        }
-        let (label, suffix) = host.split_once('.')?;
-        if label.is_empty() {
-            return None;
-        }
-        self.wildcard.get(suffix).copied()
+        self.hosts.get(host).copied()
     }
 }
 
@@ -1034,7 +1018,7 @@ upstreams = ["exact:1"]
             }
         };
         let count = |s: &Split<String>, n: usize| {
-            let mut seen = HashMap::<String, usize>::new();
+            let mut seen = std::collections::HashMap::<String, usize>::new();
             let mut picks = Vec::new();
             for _ in 0..n {
                 let picked = name(s.pick());

@@ -790,3 +790,149 @@ async fn matches_filters_redirects_rewrites_and_weights_follow_the_spec() {
     assert!((share("web2") - 0.3).abs() <= 0.05, "{counts:?}");
     assert_eq!(counts.get("web3"), None, "{counts:?}");
 }
+
+/// Mirrors HTTPRouteListenerHostnameMatching (a `*.` listener covers names any number
+/// of labels deep, exact names and the longest wildcard win), then
+/// HTTPRouteSimpleSameNamespace's shape: a listener and a route without hostnames serve
+/// every host no one else serves, on port 80 and, with the listener's Secret, over
+/// HTTPS for any SNI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcards_go_any_number_of_labels_deep_and_a_route_without_hostnames_serves_the_rest() {
+    common::edge::install_provider();
+    let ns = control_plane().namespace("gateway-hosts");
+    setup(&ns, &[], "replica");
+    for name in ["v1", "v2", "v3", "rest"] {
+        echo_service(&ns, name).await;
+    }
+    let mut names = gateway(
+        "names",
+        json!([
+            {"name": "listener-1", "port": 80, "protocol": "HTTP", "hostname": "bar.com"},
+            {"name": "listener-2", "port": 80, "protocol": "HTTP", "hostname": "foo.bar.com"},
+            {"name": "listener-3", "port": 80, "protocol": "HTTP", "hostname": "*.bar.com"},
+            {"name": "listener-4", "port": 80, "protocol": "HTTP", "hostname": "*.foo.com"},
+        ]),
+        json!({}),
+    );
+    names["spec"]["gatewayClassName"] = json!(ns.gateway_class());
+    ns.create(names);
+    let to = |gateway: &str, sections: &[&str], service: &str| {
+        let parents: Vec<Value> = sections
+            .iter()
+            .map(|s| json!({"name": gateway, "sectionName": s}))
+            .collect();
+        json!({"parentRefs": parents, "rules": [{"backendRefs": [{"name": service, "port": 80}]}]})
+    };
+    ns.create(route("backend-v1", to("names", &["listener-1"], "v1")));
+    ns.create(route("backend-v2", to("names", &["listener-2"], "v2")));
+    ns.create(route(
+        "backend-v3",
+        to("names", &["listener-3", "listener-4"], "v3"),
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = ns.kubeconfig(dir.path(), "replica");
+    let replica = Replica::start_full(
+        &ns,
+        dir.path(),
+        "replica",
+        &kubeconfig,
+        &format!(
+            "gateway_class = \"{}\"\nnamespaces = [\"{}\"]\n",
+            ns.gateway_class(),
+            ns.name
+        ),
+        "",
+    );
+    replica.ready().await;
+    until_object(&ns, "httproute", "backend-v3", &replica, |o| {
+        route_condition(o, "Accepted").0 == "True"
+    })
+    .await;
+    let served = [
+        ("bar.com", "v1"),
+        ("foo.bar.com", "v2"),
+        ("baz.bar.com", "v3"),
+        ("boo.bar.com", "v3"),
+        ("multiple.prefixes.bar.com", "v3"),
+        ("multiple.prefixes.foo.com", "v3"),
+    ];
+    for (host, backend) in served {
+        let (status, _, body) = plain(replica.http, "GET", host, "/", &[]).await;
+        assert_eq!(
+            (status, backend_of(&body)),
+            (200, backend),
+            "{host}: {body}"
+        );
+    }
+    // No listener covers these: no site (portico answers 421 where the conformance
+    // suite's implementations answer 404).
+    for host in ["foo.com", "no.matching.host"] {
+        let (status, _, body) = plain(replica.http, "GET", host, "/", &[]).await;
+        assert_eq!(status, 421, "{host}: {body}");
+    }
+
+    // The catch-all: a Gateway whose listeners name no hostname, a route that names none.
+    let (secret, cert) = tls_secret("any-cert", &["whatever.internal", "bar.com"]);
+    ns.create(secret);
+    let mut all = gateway(
+        "all",
+        json!([
+            {"name": "http", "port": 80, "protocol": "HTTP"},
+            {"name": "https", "port": 443, "protocol": "HTTPS",
+             "tls": {"certificateRefs": [{"name": "any-cert"}]}},
+        ]),
+        json!({}),
+    );
+    all["spec"]["gatewayClassName"] = json!(ns.gateway_class());
+    ns.create(all);
+    ns.create(route("rest", to("all", &["http", "https"], "rest")));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _, body) = plain(replica.http, "GET", "no.matching.host", "/", &[]).await;
+        if status == 200 {
+            assert_eq!(backend_of(&body), "rest", "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {status}; log:\n{}",
+            replica.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Named hosts keep their routes: exact and wildcard names win over the catch-all.
+    for (host, backend) in served.into_iter().chain([("foo.com", "rest")]) {
+        let (status, _, body) = plain(replica.http, "GET", host, "/", &[]).await;
+        assert_eq!(
+            (status, backend_of(&body)),
+            (200, backend),
+            "{host}: {body}"
+        );
+    }
+    // Over HTTPS any SNI gets the listener's Secret, and the request its route.
+    assert!(leaf(&replica, "whatever.internal", &cert).await.is_ok());
+    let config = common::edge::client_config(&[cert.as_bytes()], &[b"h2"]);
+    let tls = common::edge::tls_connect(replica.https, "whatever.internal", config)
+        .await
+        .unwrap();
+    let mut send = common::edge::h2_over(tls).await;
+    let (status, body) = common::edge::get_h2(&mut send, "whatever.internal", "/").await;
+    assert_eq!((status, backend_of(&body)), (200, "rest"), "{body}");
+    let gw = until_object(&ns, "gateway", "all", &replica, |o| {
+        listener(o, "https")["attachedRoutes"] == 1
+    })
+    .await;
+    assert_eq!(
+        condition(&listener(&gw, "https")["conditions"], "ResolvedRefs"),
+        pair("True", "ResolvedRefs")
+    );
+    let rest = until_object(&ns, "httproute", "rest", &replica, |o| {
+        route_condition(o, "Accepted").0 == "True"
+    })
+    .await;
+    assert_eq!(
+        route_condition(&rest, "ResolvedRefs"),
+        pair("True", "ResolvedRefs")
+    );
+}

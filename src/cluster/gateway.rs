@@ -25,8 +25,9 @@
 //! - a `backendRef` is a Service, in another namespace only with a ReferenceGrant; one
 //!   that is not (`InvalidKind`), not permitted (`RefNotPermitted`) or missing
 //!   (`BackendNotFound`) gets its share of requests answered 500, as the spec says;
-//! - portico serves named hosts: a listener and route that both leave the hostname out
-//!   (the spec's catch-all) are not served, and the route says so.
+//! - hostnames are the spec's: `*.example.com` covers any number of labels, and a
+//!   listener and route that both leave the hostname out serve every host the config
+//!   file, the Ingresses and the other routes do not (an HTTPS one with its Secret).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -53,7 +54,7 @@ use super::gateway_api::httproutes::{
 };
 use super::gateway_api::referencegrants::ReferenceGrant;
 use super::ingress::{
-    Backends, Fill, LABEL_MANAGED_BY, MANAGED_BY, View, check_secret, host_pattern, is_local, pem,
+    Backends, Fill, LABEL_MANAGED_BY, MANAGED_BY, View, check_secret, is_local, pem,
 };
 use super::watch::key;
 use crate::config::{
@@ -351,7 +352,6 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
                         .flatten()
                         .map(|h| h.to_ascii_lowercase())
                         .collect();
-                    let mut catch_all = false;
                     for &i in &allowed {
                         let listener_host = listeners[i]
                             .spec
@@ -359,24 +359,15 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
                             .as_deref()
                             .map(str::to_ascii_lowercase);
                         let names = intersect(listener_host.as_deref(), &route_hosts);
-                        match names {
-                            None => catch_all = true,
-                            Some(names) if !names.is_empty() => attached_to.push((i, names)),
-                            Some(_) => {}
+                        if !names.is_empty() {
+                            attached_to.push((i, names));
                         }
                     }
                     if attached_to.is_empty() {
-                        accepted = Err(if catch_all {
-                            (
-                                "UnsupportedValue",
-                                "portico serves named hosts: give the listener or the route a hostname".into(),
-                            )
-                        } else {
-                            (
-                                "NoMatchingListenerHostname",
-                                "no hostname of the route matches a listener's".into(),
-                            )
-                        });
+                        accepted = Err((
+                            "NoMatchingListenerHostname",
+                            "no hostname of the route matches a listener's".into(),
+                        ));
                     }
                 }
             }
@@ -393,7 +384,7 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
                     listeners[*i].attached += 1;
                     let scope = listeners[*i].scope;
                     for name in names {
-                        if taken.contains(&host_pattern(name)) {
+                        if is_taken(taken, &gateway_pattern(name)) {
                             continue;
                         }
                         let plan = hosts.entry(name.clone()).or_default();
@@ -447,7 +438,7 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
     let mut owners = Vec::new();
     let mut filled: BTreeSet<(String, String)> = BTreeSet::new();
     for (host, mut plan) in hosts {
-        let pattern = host_pattern(&host);
+        let pattern = gateway_pattern(&host);
         let mut tls = TlsSource::Off;
         let mut fill = None;
         if let Some(i) = plan.https {
@@ -700,14 +691,14 @@ fn allows(listener: &Listener, namespace: &str) -> bool {
     }
 }
 
-/// The hostnames a route is served for on a listener: `None` when both leave it out
-/// (the catch-all portico does not serve); else the intersection, lowercased: a route
-/// name the listener's pattern covers, or the listener's name a route wildcard covers.
-fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>> {
+/// The hostnames a route is served for on a listener, lowercased: the catch-all (`""`)
+/// when both leave it out; else the intersection: a route name the listener's pattern
+/// covers, or the listener's name a route wildcard covers.
+fn intersect(listener: Option<&str>, route: &[String]) -> Vec<String> {
     match (listener, route.is_empty()) {
-        (None, true) => None,
-        (Some(l), true) => Some(vec![l.to_string()]),
-        (None, false) => Some(route.to_vec()),
+        (None, true) => vec![String::new()],
+        (Some(l), true) => vec![l.to_string()],
+        (None, false) => route.to_vec(),
         (Some(l), false) => {
             let mut names = BTreeSet::new();
             for r in route {
@@ -717,9 +708,28 @@ fn intersect(listener: Option<&str>, route: &[String]) -> Option<Vec<String>> {
                     names.insert(l.to_string());
                 }
             }
-            Some(names.into_iter().collect())
+            names.into_iter().collect()
         }
     }
+}
+
+/// A hostname as [`intersect`] gives it, as a host pattern: `*.suffix` covers any
+/// number of labels, and `""` every host (the spec's catch-all).
+fn gateway_pattern(name: &str) -> HostPattern {
+    if name.is_empty() {
+        return HostPattern::Any;
+    }
+    match name.strip_prefix("*.") {
+        Some(suffix) => HostPattern::Suffix(suffix.to_string()),
+        None => HostPattern::Exact(name.to_string()),
+    }
+}
+
+/// Whether the config file or an Ingress serves `pattern` already (an Ingress's
+/// `*.suffix` is the same name as a Gateway's, though it covers one label only).
+fn is_taken(taken: &HashSet<HostPattern>, pattern: &HostPattern) -> bool {
+    taken.contains(pattern)
+        || matches!(pattern, HostPattern::Suffix(s) if taken.contains(&HostPattern::Wildcard(s.clone())))
 }
 
 /// Whether pattern `p` covers name or pattern `n` (Gateway API: `*.a.b` covers any
@@ -1532,20 +1542,64 @@ mod tests {
 
     #[test]
     fn hostnames_intersect_as_the_spec_says() {
-        assert_eq!(intersect(None, &[]), None);
-        assert_eq!(intersect(Some("a.b"), &[]), Some(vec!["a.b".into()]));
+        assert_eq!(intersect(None, &[]), vec![String::new()]);
+        assert_eq!(intersect(Some("a.b"), &[]), vec!["a.b".to_string()]);
         assert_eq!(
             intersect(Some("*.b"), &["x.b".into(), "y.c".into(), "z.y.b".into()]),
-            Some(vec!["x.b".into(), "z.y.b".into()])
+            vec!["x.b".to_string(), "z.y.b".into()]
         );
         assert_eq!(
             intersect(Some("x.b"), &["*.b".into()]),
-            Some(vec!["x.b".into()])
+            vec!["x.b".to_string()]
         );
-        assert_eq!(intersect(Some("*.b"), &["b".into()]), Some(vec![]));
+        assert!(intersect(Some("*.b"), &["b".into()]).is_empty());
         assert_eq!(
             intersect(Some("*.b"), &["*.x.b".into()]),
-            Some(vec!["*.x.b".into()])
+            vec!["*.x.b".to_string()]
+        );
+        assert_eq!(gateway_pattern(""), HostPattern::Any);
+        assert_eq!(gateway_pattern("*.b.c"), HostPattern::Suffix("b.c".into()));
+        assert_eq!(gateway_pattern("a.b"), HostPattern::Exact("a.b".into()));
+    }
+
+    #[test]
+    fn a_listener_and_route_without_hostnames_serve_every_other_host() {
+        // HTTPRouteSimpleSameNamespace's shape: neither names a hostname.
+        let view = View {
+            gateway_classes: vec![class()],
+            gateways: vec![gateway("gw", json!([http_listener(json!({}))]))],
+            http_routes: vec![
+                route(
+                    "infra",
+                    "all",
+                    json!({"parentRefs": [{"name": "gw"}],
+                           "rules": [{"backendRefs": [{"name": "app", "port": 80}]}]}),
+                ),
+                route(
+                    "infra",
+                    "wild",
+                    json!({"parentRefs": [{"name": "gw"}], "hostnames": ["*.wild.example"],
+                           "rules": [{"backendRefs": [{"name": "app", "port": 80}]}]}),
+                ),
+            ],
+            services: vec![service("infra", "app")],
+            ..View::default()
+        };
+        let b = built(&view);
+        assert_eq!(parent_condition(&b, "all", "Accepted").0, "True");
+        let hosts: Vec<&HostPattern> = b.sites.iter().flat_map(|s| &s.hosts).collect();
+        assert!(hosts.contains(&&HostPattern::Any), "{hosts:?}");
+        assert!(
+            hosts.contains(&&HostPattern::Suffix("wild.example".into())),
+            "{hosts:?}"
+        );
+        // A file's or an Ingress's wildcard keeps its name from a Gateway's.
+        let taken: HashSet<HostPattern> = [HostPattern::Wildcard("wild.example".into())].into();
+        let b = build("portico", &view, &taken);
+        assert!(
+            b.sites
+                .iter()
+                .all(|s| s.hosts != [HostPattern::Suffix("wild.example".into())])
         );
     }
 

@@ -22,6 +22,7 @@ mod cidr;
 mod locate;
 mod raw;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -457,13 +458,19 @@ impl TlsSource {
 }
 
 /// A host as written in `hosts`: an exact name (or IP), or `*.suffix` matching exactly
-/// one more label.
+/// one more label. Gateway API listeners and routes add two the config file cannot
+/// write: a `*.suffix` covering any number of labels, and the catch-all of a listener
+/// and route that both leave the hostname out.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostPattern {
     /// A name or an IP address (canonical form).
     Exact(String),
-    /// The suffix after `*.`.
+    /// The suffix after `*.`: one more label (TOML, Ingress, certificates).
     Wildcard(String),
+    /// The suffix after `*.`: one or more labels (Gateway API hostnames).
+    Suffix(String),
+    /// Every host (a Gateway API listener and route without a hostname).
+    Any,
 }
 
 impl HostPattern {
@@ -475,19 +482,25 @@ impl HostPattern {
                 .strip_suffix(suffix.as_str())
                 .and_then(|rest| rest.strip_suffix('.'))
                 .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+            HostPattern::Suffix(suffix) => host
+                .strip_suffix(suffix.as_str())
+                .and_then(|rest| rest.strip_suffix('.'))
+                .is_some_and(|labels| !labels.is_empty() && !labels.starts_with('.')),
+            HostPattern::Any => true,
         }
     }
 
-    /// Whether this is a `*.suffix` pattern.
+    /// Whether this stands for more than one name (no certificate can be obtained for
+    /// it over HTTP-01).
     pub fn is_wildcard(&self) -> bool {
-        matches!(self, HostPattern::Wildcard(_))
+        !matches!(self, HostPattern::Exact(_))
     }
 
     /// The address, when the host is an IP address (written in canonical form).
     pub(crate) fn ip(&self) -> Option<IpAddr> {
         match self {
             HostPattern::Exact(name) => name.parse().ok(),
-            HostPattern::Wildcard(_) => None,
+            _ => None,
         }
     }
 
@@ -495,7 +508,8 @@ impl HostPattern {
     /// addresses (which some CAs do issue for, with an explicit `tls = "acme"`).
     pub fn is_local(&self) -> bool {
         let name = match self {
-            HostPattern::Exact(n) | HostPattern::Wildcard(n) => n.as_str(),
+            HostPattern::Exact(n) | HostPattern::Wildcard(n) | HostPattern::Suffix(n) => n.as_str(),
+            HostPattern::Any => return false,
         };
         let bare = name.trim_start_matches('[').trim_end_matches(']');
         bare.parse::<IpAddr>().is_ok()
@@ -511,8 +525,102 @@ impl fmt::Display for HostPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             HostPattern::Exact(n) => f.write_str(n),
-            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
+            HostPattern::Wildcard(s) | HostPattern::Suffix(s) => write!(f, "*.{s}"),
+            HostPattern::Any => f.write_str("*"),
         }
+    }
+}
+
+/// Sites (or what a lookup wants of them) by host pattern, for the lookups of a request
+/// and of a handshake: an exact name first, then the longest wildcard suffix that covers
+/// the host (a one-label [`HostPattern::Wildcard`] only one label up), then the
+/// catch-all. The first value given for a pattern keeps it.
+#[derive(Debug)]
+pub(crate) struct HostIndex<V> {
+    exact: HashMap<String, V>,
+    /// Suffix → the value, and whether it covers more than one label.
+    wildcard: HashMap<String, (V, bool)>,
+    /// Whether any wildcard covers more than one label: without one, a lookup stops one
+    /// label up.
+    deep: bool,
+    any: Option<V>,
+}
+
+impl<V> Default for HostIndex<V> {
+    fn default() -> Self {
+        HostIndex {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            deep: false,
+            any: None,
+        }
+    }
+}
+
+impl<V> HostIndex<V> {
+    pub(crate) fn with_capacity(exact: usize) -> Self {
+        HostIndex {
+            exact: HashMap::with_capacity(exact),
+            ..HostIndex::default()
+        }
+    }
+
+    /// Adds `pattern` unless it is there already; `make` is called only when it is added.
+    pub(crate) fn insert_with(&mut self, pattern: &HostPattern, make: impl FnOnce() -> V) {
+        match pattern {
+            HostPattern::Exact(name) => {
+                self.exact.entry(name.clone()).or_insert_with(make);
+            }
+            HostPattern::Wildcard(suffix) => {
+                self.wildcard
+                    .entry(suffix.clone())
+                    .or_insert_with(|| (make(), false));
+            }
+            HostPattern::Suffix(suffix) => {
+                self.deep = true;
+                self.wildcard
+                    .entry(suffix.clone())
+                    .or_insert_with(|| (make(), true));
+            }
+            HostPattern::Any => {
+                if self.any.is_none() {
+                    self.any = Some(make());
+                }
+            }
+        }
+    }
+
+    /// The exact entry for `name` only.
+    pub(crate) fn exact(&self, name: &str) -> Option<&V> {
+        self.exact.get(name)
+    }
+
+    /// `host` lowercased, without a port.
+    pub(crate) fn get(&self, host: &str) -> Option<&V> {
+        if let Some(v) = self.exact.get(host) {
+            return Some(v);
+        }
+        if let Some((label, mut suffix)) = host.split_once('.')
+            && !label.is_empty()
+        {
+            if let Some((v, _)) = self.wildcard.get(suffix) {
+                return Some(v);
+            }
+            while self.deep
+                && let Some((_, up)) = suffix.split_once('.')
+            {
+                suffix = up;
+                if let Some((v, true)) = self.wildcard.get(suffix) {
+                    return Some(v);
+                }
+            }
+        }
+        self.any.as_ref()
+    }
+
+    /// The catch-all's value.
+    pub(crate) fn any(&self) -> Option<&V> {
+        self.any.as_ref()
     }
 }
 
@@ -1672,6 +1780,50 @@ mod tests {
         assert!(!w.matches("example.com"));
         assert!(!w.matches("a.b.example.com"));
         assert!(!w.matches("aexample.com"));
+    }
+
+    #[test]
+    fn gateway_suffix_matches_any_number_of_labels_and_any_every_host() {
+        let s = HostPattern::Suffix("example.com".into());
+        assert!(s.matches("a.example.com"));
+        assert!(s.matches("a.b.example.com"));
+        assert!(!s.matches("example.com"));
+        assert!(!s.matches("aexample.com"));
+        assert!(!s.matches(".example.com"));
+        assert!(HostPattern::Any.matches("anything.test"));
+        assert!(HostPattern::Any.is_wildcard() && s.is_wildcard());
+        assert_eq!(s.to_string(), "*.example.com");
+    }
+
+    #[test]
+    fn host_index_prefers_exact_then_the_longest_wildcard_then_the_catch_all() {
+        let mut index = HostIndex::default();
+        index.insert_with(&HostPattern::Exact("a.b.example.com".into()), || "exact");
+        index.insert_with(
+            &HostPattern::Wildcard("b.example.com".into()),
+            || "one label",
+        );
+        index.insert_with(&HostPattern::Suffix("example.com".into()), || "deep");
+        // The first value for a pattern keeps it.
+        index.insert_with(&HostPattern::Suffix("example.com".into()), || "second");
+        assert_eq!(index.get("a.b.example.com"), Some(&"exact"));
+        assert_eq!(index.get("x.b.example.com"), Some(&"one label"));
+        assert_eq!(index.get("x.y.b.example.com"), Some(&"deep"));
+        assert_eq!(index.get("x.example.com"), Some(&"deep"));
+        assert_eq!(index.get("example.com"), None);
+        assert_eq!(index.get("other.test"), None);
+        index.insert_with(&HostPattern::Any, || "any");
+        assert_eq!(index.get("other.test"), Some(&"any"));
+        assert_eq!(index.get("example.com"), Some(&"any"));
+        assert_eq!(index.get("x.example.com"), Some(&"deep"));
+        assert_eq!(index.exact("x.example.com"), None);
+
+        // Without a deep wildcard a one-label one stays one label.
+        let mut index = HostIndex::default();
+        index.insert_with(&HostPattern::Wildcard("example.com".into()), || 1);
+        assert_eq!(index.get("a.example.com"), Some(&1));
+        assert_eq!(index.get("a.b.example.com"), None);
+        assert_eq!(index.get(".example.com"), None);
     }
 
     #[test]

@@ -202,9 +202,12 @@ pub fn load_pem(what: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<Loaded, 
 }
 
 /// Whether the leaf of `loaded` names `host` among its DNS names (a wildcard name
-/// covering one label), or its IP address.
+/// covering one label), or its IP address. Any certificate serves the catch-all.
 pub(crate) fn leaf_covers(loaded: &Loaded, host: &HostPattern) -> bool {
     use x509_parser::extensions::GeneralName;
+    if *host == HostPattern::Any {
+        return true;
+    }
     let Some(leaf) = loaded.key.cert.first() else {
         return false;
     };
@@ -222,8 +225,8 @@ pub(crate) fn leaf_covers(loaded: &Loaded, host: &HostPattern) -> bool {
                     HostPattern::Wildcard(suffix.to_string()).matches(h)
                 }
                 (HostPattern::Exact(h), None) => *h == dns,
-                (HostPattern::Wildcard(w), Some(suffix)) => w == suffix,
-                (HostPattern::Wildcard(_), None) => false,
+                (HostPattern::Wildcard(w) | HostPattern::Suffix(w), Some(suffix)) => w == suffix,
+                (HostPattern::Wildcard(_) | HostPattern::Suffix(_) | HostPattern::Any, _) => false,
             }
         }
         GeneralName::IPAddress(bytes) => host.ip().is_some_and(|ip| match ip {

@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-use crate::config::{HostPattern, Site};
+use crate::config::{HostIndex, HostPattern, Site};
 use crate::metrics::Metrics;
 
 /// A site's current certificate with what the request path and the operator need.
@@ -68,34 +68,30 @@ pub fn site_id(site: &Site) -> SiteId {
 /// What one handshake reads.
 #[derive(Debug, Default)]
 pub struct Snapshot {
-    exact: HashMap<String, Arc<SiteCert>>,
-    /// Keyed by the suffix after `*.`.
-    wildcard: HashMap<String, Arc<SiteCert>>,
+    hosts: HostIndex<Arc<SiteCert>>,
     /// The certificate for clients that send no SNI: set only when exactly one site is
-    /// configured (docs/requests.md), else such handshakes fail.
+    /// configured (docs/requests.md); else the catch-all's, if there is one; else such
+    /// handshakes fail.
     no_sni: Option<Arc<SiteCert>>,
 }
 
 impl Snapshot {
     /// For a client that sent no SNI on a connection to `local`: the site whose hosts
-    /// include that address, else the only site (docs/requests.md); none means a handshake
-    /// alert.
+    /// include that address, else the only site, else the catch-all (docs/requests.md);
+    /// none means a handshake alert.
     pub(crate) fn lookup_by_address(&self, local: std::net::IpAddr) -> Option<&Arc<SiteCert>> {
-        self.exact
-            .get(&local.to_canonical().to_string())
-            .or(self.no_sni.as_ref())
+        self.hosts
+            .exact(&local.to_canonical().to_string())
+            .or_else(|| self.lookup(None))
     }
 
-    /// Exact names first, then a wildcard covering exactly one more label.
+    /// Exact names first, then the longest wildcard that covers the name, then the
+    /// catch-all.
     pub fn lookup(&self, name: Option<&str>) -> Option<&Arc<SiteCert>> {
-        let Some(name) = name else {
-            return self.no_sni.as_ref();
-        };
-        if let Some(cert) = self.exact.get(name) {
-            return Some(cert);
+        match name {
+            Some(name) => self.hosts.get(name),
+            None => self.no_sni.as_ref().or_else(|| self.hosts.any()),
         }
-        let (_, parent) = name.split_once('.')?;
-        self.wildcard.get(parent)
     }
 }
 
@@ -119,7 +115,7 @@ struct Table {
 fn covers(hosts: &[HostPattern], host: &HostPattern) -> bool {
     match host {
         HostPattern::Exact(name) => hosts.iter().any(|h| h.matches(name)),
-        HostPattern::Wildcard(_) => hosts.contains(host),
+        _ => hosts.contains(host),
     }
 }
 
@@ -304,7 +300,7 @@ impl CertResolver {
 
     fn publish_now(&self, table: &Table) {
         let mut snap = Snapshot {
-            exact: HashMap::with_capacity(table.sites.len()),
+            hosts: HostIndex::with_capacity(table.sites.len()),
             ..Snapshot::default()
         };
         // Config order decides ties, though validation already refuses a host in two sites.
@@ -316,16 +312,7 @@ impl CertResolver {
                 else {
                     continue;
                 };
-                match host {
-                    HostPattern::Exact(n) => {
-                        snap.exact.entry(n.clone()).or_insert_with(|| cert.clone());
-                    }
-                    HostPattern::Wildcard(s) => {
-                        snap.wildcard
-                            .entry(s.clone())
-                            .or_insert_with(|| cert.clone());
-                    }
-                }
+                snap.hosts.insert_with(host, || cert.clone());
             }
         }
         if let [(only, _)] = table.sites.as_slice() {
@@ -448,5 +435,29 @@ mod tests {
         // Removed for good: nothing serves the name.
         r.set_sites(&sites(&[&["b.test"]]));
         assert!(served(&r, "a.test").is_none());
+    }
+
+    #[test]
+    fn a_gateway_catch_all_serves_unknown_names_and_clients_without_sni() {
+        let r = CertResolver::new();
+        let mut all = sites(&[&["a.test"], &["b.test"], &["c.test"]]);
+        all[1].hosts = vec![HostPattern::Suffix("deep.test".into())];
+        all[2].hosts = vec![HostPattern::Any];
+        r.set_sites(&all);
+        let (a, deep, any) = (key(&["a.test"]), key(&["*.deep.test"]), key(&["x.test"]));
+        let never = SystemTime::UNIX_EPOCH;
+        assert!(r.install(&site_id(&all[0]), a.clone(), never));
+        assert!(r.install(&site_id(&all[1]), deep.clone(), never));
+        assert!(r.install(&site_id(&all[2]), any.clone(), never));
+        assert!(same(served(&r, "a.test"), &a));
+        assert!(same(served(&r, "x.y.deep.test"), &deep));
+        assert!(same(served(&r, "unknown.test"), &any));
+        // Three sites: no "only site", so the catch-all answers a client without SNI.
+        assert!(same(r.snapshot().lookup(None).map(|c| c.key.clone()), &any));
+        let local = "127.0.0.1".parse().unwrap();
+        assert!(same(
+            r.snapshot().lookup_by_address(local).map(|c| c.key.clone()),
+            &any
+        ));
     }
 }
