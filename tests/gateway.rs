@@ -165,8 +165,9 @@ fn pair(status: &str, reason: &str) -> (String, String) {
 }
 
 /// Mirrors GatewayClassObservedGenerationBump, GatewayObservedGenerationBump,
-/// GatewayInvalidTLSConfiguration (a listener it cannot serve), HTTPRouteSimpleSameNamespace,
-/// HTTPRouteCrossNamespace, HTTPRouteReferenceGrant, HTTPRouteInvalidCrossNamespaceBackendRef,
+/// GatewayInvalidTLSConfiguration (a listener it cannot serve; a certificateRef Secret
+/// that stops loading), HTTPRouteSimpleSameNamespace, HTTPRouteCrossNamespace,
+/// HTTPRouteReferenceGrant, HTTPRouteInvalidCrossNamespaceBackendRef,
 /// HTTPRouteInvalidBackendRefUnknownKind, HTTPRouteHostnameIntersection,
 /// HTTPRouteInvalidCrossNamespaceParentRef and HTTPRouteListenerHostnameMatching (an
 /// HTTPS listener's hostname and certificateRef, served with the Secret's certificate
@@ -460,13 +461,51 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     // Secret changes still serves.
     let (status, body) = common::edge::get_h2(&mut send, "secure.internal", "/after").await;
     assert_eq!((status, backend_of(&body)), (200, "web"), "{body}");
+
+    // The Secret stops loading (its tls.crt garbage): the listener says so, and the
+    // certificate served before keeps serving.
+    let (mut broken, _) = tls_secret("secure-cert", &["secure.internal"]);
+    broken["data"]["tls.crt"] = json!(common::base64_encode(b"not a certificate"));
+    broken["metadata"]["resourceVersion"] =
+        ns.get("secrets", "secure-cert").unwrap()["metadata"]["resourceVersion"].clone();
+    common::cluster::replace(&ns, broken);
+    let gw = until_object(&ns, "gateway", "gw", &replica, |o| {
+        condition(&listener(o, "https")["conditions"], "ResolvedRefs").0 == "False"
+    })
+    .await;
+    let https = listener(&gw, "https");
+    assert_eq!(
+        condition(&https["conditions"], "ResolvedRefs"),
+        pair("False", "InvalidCertificateRef")
+    );
+    let message = https["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ResolvedRefs")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.contains(&format!("Secret {}/secure-cert", ns.name)),
+        "{message}"
+    );
+    assert_eq!(
+        leaf(&replica, "secure.internal", &second).await,
+        Ok(swapped),
+        "the certificate served before keeps serving"
+    );
+    let (status, body) = common::edge::get_h2(&mut send, "secure.internal", "/broken").await;
+    assert_eq!((status, backend_of(&body)), (200, "web"), "{body}");
 }
 
 /// An HTTPS listener whose certificateRef does not exist: on a Gateway annotated
 /// `portico.dev/acme: "true"` the certificate is obtained (the local CA, for a
 /// `.internal` name) and written into that Secret, labelled as portico's; without the
 /// annotation, and for a wildcard hostname, the listener says why it has no
-/// certificate (mirrors GatewayInvalidTLSConfiguration).
+/// certificate; a Secret whose certificate is malformed is `InvalidCertificateRef`
+/// too, on a listener no route attaches to (mirrors GatewayInvalidTLSConfiguration).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_certificate_ref_is_filled_only_when_asked_and_never_for_a_wildcard() {
     common::edge::install_provider();
@@ -491,6 +530,22 @@ async fn a_missing_certificate_ref_is_filled_only_when_asked_and_never_for_a_wil
     let mut plain_gw = gateway("plain", listeners("plain"), json!({}));
     plain_gw["spec"]["gatewayClassName"] = json!(ns.gateway_class());
     ns.create(plain_gw);
+    // As the conformance test's: a listener with no hostname, no route, and a Secret
+    // whose tls.crt is not a certificate.
+    let (mut malformed, _) = tls_secret("malformed-certificate", &["malformed.internal"]);
+    malformed["data"]["tls.crt"] = json!(common::base64_encode(
+        b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"
+    ));
+    ns.create(malformed);
+    let mut malformed_gw = gateway(
+        "malformed",
+        json!([{"name": "https", "port": 443, "protocol": "HTTPS",
+                "allowedRoutes": {"namespaces": {"from": "All"}},
+                "tls": {"certificateRefs": [{"group": "", "kind": "Secret", "name": "malformed-certificate"}]}}]),
+        json!({}),
+    );
+    malformed_gw["spec"]["gatewayClassName"] = json!(ns.gateway_class());
+    ns.create(malformed_gw);
     for gw in ["asked", "plain"] {
         ns.create(route(
             &format!("{gw}-route"),
@@ -538,6 +593,31 @@ async fn a_missing_certificate_ref_is_filled_only_when_asked_and_never_for_a_wil
         .to_string();
     assert!(message.contains("wildcard"), "{message}");
     assert!(ns.get("secret", "asked-wild-cert").is_none());
+    let gw = until_object(&ns, "gateway", "malformed", &replica, |o| {
+        condition(&listener(o, "https")["conditions"], "ResolvedRefs").0 == "False"
+    })
+    .await;
+    let https = listener(&gw, "https");
+    assert_eq!(
+        condition(&https["conditions"], "ResolvedRefs"),
+        pair("False", "InvalidCertificateRef"),
+        "{gw:#}"
+    );
+    assert_eq!(condition(&https["conditions"], "Programmed").0, "False");
+    assert_eq!(https["attachedRoutes"], 0);
+    let message = https["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ResolvedRefs")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.contains(&format!("Secret {}/malformed-certificate", ns.name)),
+        "{message}"
+    );
     // Not served over HTTPS without a certificate.
     let (status, _) = replica.until("x.asked.internal", "/", |s, _| s == 0).await;
     assert_eq!(status, 0);

@@ -17,7 +17,9 @@
 //!   another namespace only with a ReferenceGrant; a Secret that does not exist, on a
 //!   Gateway annotated `portico.dev/acme: "true"`, is obtained over ACME (or the local
 //!   CA for cluster-local names) and written into that Secret; a wildcard hostname needs
-//!   a Secret (no DNS-01);
+//!   a Secret (no DNS-01); a Secret that does not load, or does not cover a host the
+//!   listener serves, is `InvalidCertificateRef` and is still handed on, so the
+//!   certificate path refuses it and the certificate served before keeps serving;
 //! - an HTTPRoute attaches to the listeners its `parentRefs` name (`sectionName`, `port`)
 //!   that allow it (`allowedRoutes`), for the hostnames its own and the listener's
 //!   intersect; each rule match is a route with the spec's precedence (oldest HTTPRoute
@@ -29,6 +31,7 @@
 //!   (the spec's catch-all) are not served, and the route says so.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 use http::StatusCode;
 use k8s_openapi::api::core::v1::Secret;
@@ -53,12 +56,12 @@ use super::gateway_api::httproutes::{
 };
 use super::gateway_api::referencegrants::ReferenceGrant;
 use super::ingress::{
-    Backends, Fill, LABEL_MANAGED_BY, MANAGED_BY, View, check_secret, host_pattern, is_local, pem,
+    Backends, Fill, LABEL_MANAGED_BY, MANAGED_BY, View, host_pattern, is_local, pem,
 };
 use super::watch::key;
 use crate::config::{
     HeaderEdits, HostPattern, ListenerScope, PathMatch, PathRewrite, Redirect, Rewrite, Route,
-    RouteAction, RouteLimits, RouteRule, Site, TlsSource, Weighted,
+    RouteAction, RouteLimits, RouteRule, SecretPem, Site, TlsSource, Weighted,
 };
 
 /// `spec.controllerName` of a GatewayClass whose Gateways portico serves.
@@ -135,19 +138,21 @@ impl Listener<'_> {
 }
 
 /// Where an HTTPS listener's certificate comes from.
-#[derive(Clone)]
 enum Certificate {
-    /// A Secret that exists (someone else's, or portico's own).
+    /// A Secret that exists (someone else's, or portico's own). Its hosts are served
+    /// from it even when it does not load or cover them: the certificate path then
+    /// refuses it and keeps what it served before, so a bad edit of the Secret does not
+    /// take a host off HTTPS; the listener's `ResolvedRefs` says what is wrong.
     Secret {
-        namespace: String,
-        name: String,
-        secret: Secret,
+        pem: SecretPem,
+        /// Its certificate, or why it does not load.
+        loaded: Result<Arc<crate::tls::Loaded>, String>,
     },
     /// A Secret to fill over ACME: missing, or portico's own.
     Fill {
         namespace: String,
         name: String,
-        existing: Option<Secret>,
+        existing: Option<Box<Secret>>,
     },
 }
 
@@ -266,7 +271,16 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
             }
             if l.open() && l.scope == ListenerScope::Https {
                 match listener_certificate(gateway, spec, &namespace, acme, &secrets, &grants) {
-                    Ok(c) => l.certificate = Some(c),
+                    Ok(c) => {
+                        // Checked here too, not only for the hosts routes bring: a
+                        // listener with no route yet says its Secret is bad. A wildcard
+                        // hostname is checked per host (a certificate per name serves).
+                        let named = spec.hostname.as_deref().filter(|h| !h.starts_with('*'));
+                        if let (Ok(()), Some(why)) = (&l.refs, c.fault(named)) {
+                            l.refs = Err(why);
+                        }
+                        l.certificate = Some(c);
+                    }
                     Err(why) => l.refs = Err(why),
                 }
             }
@@ -453,26 +467,12 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
         if let Some(i) = plan.https {
             let listener = &mut listeners[i];
             match &listener.certificate {
-                Some(Certificate::Secret {
-                    namespace,
-                    name,
-                    secret,
-                }) => {
-                    let origin = format!("{namespace}/{name}");
-                    match pem(&origin, secret) {
-                        Some(pem) => {
-                            if let Err(why) = check_secret(&pem, &pattern) {
-                                tracing::debug!(%host, secret = %origin, "gateway: {why}");
-                            }
-                            tls = TlsSource::Secret(pem);
-                        }
-                        None => {
-                            listener.refs = Err((
-                                "InvalidCertificateRef",
-                                format!("Secret {origin} holds no tls.crt and tls.key"),
-                            ));
-                        }
+                Some(c @ Certificate::Secret { pem, .. }) => {
+                    // The first failure of the listener's hosts is the one it shows.
+                    if let (Ok(()), Some(why)) = (&listener.refs, c.fault(Some(&host))) {
+                        listener.refs = Err(why);
                     }
+                    tls = TlsSource::Secret(pem.clone());
                 }
                 Some(Certificate::Fill {
                     namespace,
@@ -493,7 +493,11 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
                             TlsSource::Acme
                         };
                         if filled.insert((namespace.clone(), name.clone())) {
-                            fill = Some((namespace.clone(), name.clone(), existing.clone()));
+                            fill = Some((
+                                namespace.clone(),
+                                name.clone(),
+                                existing.as_deref().cloned(),
+                            ));
                         }
                         owners.push((host.clone(), key(listener.gateway)));
                     }
@@ -822,11 +826,9 @@ fn listener_certificate(
         .as_deref()
         .is_some_and(|h| !h.starts_with('*'));
     match found {
-        Some(secret) if !ours || !acme => Ok(Certificate::Secret {
-            namespace: ns,
-            name: first.name.clone(),
-            secret: secret.clone(),
-        }),
+        Some(secret) if !ours || !acme => {
+            Ok(secret_certificate(format!("{ns}/{}", first.name), secret))
+        }
         _ if acme && !named => Err((
             "InvalidCertificateRef",
             format!(
@@ -837,7 +839,7 @@ fn listener_certificate(
         _ if acme => Ok(Certificate::Fill {
             namespace: ns,
             name: first.name.clone(),
-            existing: found.cloned(),
+            existing: found.map(|s| Box::new(s.clone())),
         }),
         _ => Err((
             "InvalidCertificateRef",
@@ -851,6 +853,52 @@ fn listener_certificate(
 }
 
 type Failure = (&'static str, String);
+
+/// A certificateRef Secret that exists, as served: its `tls.crt` and `tls.key` (both
+/// empty when it lacks either), and its certificate or why it does not load.
+fn secret_certificate(origin: String, secret: &Secret) -> Certificate {
+    match pem(&origin, secret) {
+        Some(pem) => {
+            let loaded = crate::tls::load_pem(&format!("Secret {origin}"), &pem.chain, &pem.key)
+                .map(Arc::new)
+                .map_err(|e| crate::report::Chain(&e).to_string());
+            Certificate::Secret { pem, loaded }
+        }
+        None => Certificate::Secret {
+            loaded: Err(format!("Secret {origin} holds no tls.crt and tls.key")),
+            pem: SecretPem {
+                origin,
+                chain: Arc::from(Vec::new()),
+                key: Arc::from(Vec::new()),
+            },
+        },
+    }
+}
+
+impl Certificate {
+    /// Why a Secret cannot serve `host` (`None`: any host, only whether it loads): its
+    /// certificate does not load, or does not cover the host. The spec's reason,
+    /// `InvalidCertificateRef`.
+    fn fault(&self, host: Option<&str>) -> Option<Failure> {
+        let Certificate::Secret { pem, loaded } = self else {
+            return None;
+        };
+        let why = match (loaded, host) {
+            (Err(why), _) => why.clone(),
+            (Ok(loaded), Some(host)) if !crate::tls::leaf_covers(loaded, &host_pattern(host)) => {
+                format!(
+                    "Secret {}: its certificate does not cover {host}",
+                    pem.origin
+                )
+            }
+            _ => return None,
+        };
+        Some((
+            "InvalidCertificateRef",
+            format!("{why}; the certificate served before, if any, keeps serving"),
+        ))
+    }
+}
 
 /// A route's rules as portico routes (listener scope to be set), whether its
 /// backendRefs resolved, and why it cannot be served as written (an unsupported match
@@ -1296,6 +1344,42 @@ mod tests {
         build("portico", view, &HashSet::new())
     }
 
+    /// A `kubernetes.io/tls` Secret holding `tls.crt` and `tls.key` as given.
+    fn secret_of(ns: &str, name: &str, crt: &[u8], key: &[u8]) -> Secret {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": b64(crt), "tls.key": b64(key)},
+        }))
+        .unwrap()
+    }
+
+    /// A Secret holding a self-signed certificate for `hosts`.
+    fn tls_secret(ns: &str, name: &str, hosts: &[&str]) -> Secret {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        secret_of(
+            ns,
+            name,
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+    }
+
+    /// A listener's condition: (status, reason, message).
+    fn listener_condition(b: &Built, name: &str, type_: &str) -> (String, String, String) {
+        let listeners = b.status.gateways[0].1.listeners.as_ref().unwrap();
+        let l = listeners.iter().find(|l| l.name == name).unwrap();
+        let c = l.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
+    }
+
     fn parent_condition(b: &Built, route: &str, type_: &str) -> (String, String) {
         let (_, parents) = b
             .status
@@ -1395,12 +1479,7 @@ mod tests {
 
     #[test]
     fn a_certificate_ref_in_another_namespace_needs_a_grant_there() {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": "c", "namespace": "certs"},
-            "type": "kubernetes.io/tls",
-            "data": {"tls.crt": "eA==", "tls.key": "eA=="},
-        }))
-        .unwrap();
+        let secret = tls_secret("certs", "c", &["a.example"]);
         let mut view = View {
             gateway_classes: vec![class()],
             gateways: vec![gateway(
@@ -1546,6 +1625,120 @@ mod tests {
         assert_eq!(
             intersect(Some("*.b"), &["*.x.b".into()]),
             Some(vec!["*.x.b".into()])
+        );
+    }
+
+    #[test]
+    fn a_certificate_ref_that_does_not_load_or_cover_the_host_is_invalid_and_still_handed_on() {
+        let https = |name: &str, hostname: Option<&str>, secret: &str| {
+            let mut l = json!({"name": name, "port": 443, "protocol": "HTTPS",
+                               "tls": {"certificateRefs": [{"name": secret}]}});
+            if let Some(h) = hostname {
+                l["hostname"] = json!(h);
+            }
+            l
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let view = View {
+            gateway_classes: vec![class()],
+            gateways: vec![gateway(
+                "gw",
+                json!([
+                    https("garbage", Some("garbage.example"), "garbage"),
+                    https("empty", Some("empty.example"), "empty"),
+                    https("unused", Some("unused.example"), "garbage"),
+                    https("elsewhere", Some("elsewhere.example"), "good"),
+                    https("shared", None, "good"),
+                    https("fine", Some("good.example"), "good"),
+                ]),
+            )],
+            http_routes: vec![
+                route(
+                    "infra",
+                    "web",
+                    json!({"parentRefs": [{"name": "gw", "sectionName": "garbage"},
+                                          {"name": "gw", "sectionName": "empty"},
+                                          {"name": "gw", "sectionName": "elsewhere"},
+                                          {"name": "gw", "sectionName": "fine"}],
+                           "rules": [{"backendRefs": [{"name": "app", "port": 80}]}]}),
+                ),
+                // Two hosts the certificate does not cover, one it does: the first
+                // failure is the one the listener shows.
+                route(
+                    "infra",
+                    "many",
+                    json!({"parentRefs": [{"name": "gw", "sectionName": "shared"}],
+                           "hostnames": ["c.example", "good.example", "b.example"],
+                           "rules": [{"backendRefs": [{"name": "app", "port": 80}]}]}),
+                ),
+            ],
+            services: vec![service("infra", "app")],
+            secrets: vec![
+                secret_of(
+                    "infra",
+                    "garbage",
+                    b"not a certificate",
+                    key.serialize_pem().as_bytes(),
+                ),
+                secret_of("infra", "empty", b"", b""),
+                tls_secret("infra", "good", &["good.example"]),
+            ],
+            ..View::default()
+        };
+        let b = built(&view);
+        let invalid = |listener: &str, says: &[&str]| {
+            let (status, reason, message) = listener_condition(&b, listener, "ResolvedRefs");
+            assert_eq!(
+                (status.as_str(), reason.as_str()),
+                ("False", "InvalidCertificateRef"),
+                "{listener}: {message}"
+            );
+            for s in says {
+                assert!(message.contains(s), "{listener}: {message}");
+            }
+            assert_eq!(listener_condition(&b, listener, "Programmed").0, "False");
+        };
+        invalid("garbage", &["Secret infra/garbage", "no PEM certificate"]);
+        invalid(
+            "empty",
+            &["Secret infra/empty holds no tls.crt and tls.key"],
+        );
+        // No route brings it a host: it says so all the same.
+        invalid("unused", &["Secret infra/garbage"]);
+        invalid("elsewhere", &["does not cover elsewhere.example"]);
+        invalid("shared", &["does not cover b.example"]);
+        assert_eq!(
+            listener_condition(&b, "fine", "ResolvedRefs").0,
+            "True",
+            "{:?}",
+            listener_condition(&b, "fine", "ResolvedRefs")
+        );
+        // Every host is handed on with its Secret as it is: the certificate path
+        // refuses what does not load or cover it and keeps what it served before.
+        let tls = |host: &str| {
+            let site = b
+                .sites
+                .iter()
+                .find(|s| s.hosts == [HostPattern::Exact(host.into())])
+                .unwrap_or_else(|| panic!("{host}: {:?}", b.sites));
+            match &site.tls {
+                TlsSource::Secret(pem) => pem.clone(),
+                other => panic!("{host}: {other:?}"),
+            }
+        };
+        assert_eq!(tls("garbage.example").origin, "infra/garbage");
+        assert!(tls("empty.example").chain.is_empty());
+        for host in [
+            "elsewhere.example",
+            "good.example",
+            "b.example",
+            "c.example",
+        ] {
+            assert_eq!(tls(host).origin, "infra/good", "{host}");
+        }
+        assert_eq!(
+            parent_condition(&b, "many", "Accepted"),
+            ("True".into(), "Accepted".into())
         );
     }
 
