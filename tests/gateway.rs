@@ -171,7 +171,8 @@ fn pair(status: &str, reason: &str) -> (String, String) {
 /// HTTPRouteInvalidBackendRefUnknownKind, HTTPRouteHostnameIntersection,
 /// HTTPRouteInvalidCrossNamespaceParentRef and HTTPRouteListenerHostnameMatching (an
 /// HTTPS listener's hostname and certificateRef, served with the Secret's certificate
-/// and swapped when the Secret changes).
+/// and swapped when the Secret changes). A host of a route that the config file serves
+/// stays the file's, and the route's owner is told (a `NotServed` Warning Event).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     common::edge::install_provider();
@@ -205,9 +206,10 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     };
     let parent =
         |section: &str| json!({"name": "gw", "namespace": ns.name, "sectionName": section});
+    // filed.internal is the config file's: the route keeps its other host.
     ns.create(route(
         "same",
-        json!({"parentRefs": [parent("http")], "hostnames": ["same.internal"],
+        json!({"parentRefs": [parent("http")], "hostnames": ["same.internal", "filed.internal"],
                "rules": [{"backendRefs": [to("web", None)]}]}),
     ));
     other.create(route(
@@ -254,7 +256,7 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
             ns.name,
             other.name
         ),
-        "",
+        "[[site]]\nhosts = [\"filed.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"from the file\" }\n",
     );
     replica.ready().await;
 
@@ -269,6 +271,11 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
         let (status, _, body) = plain(replica.http, "GET", host, "/", &[]).await;
         assert_eq!(status, 500, "{host}: {body}");
     }
+    // The file's site, not the route: it redirects port 80 to https, where it answers.
+    let (status, _, body) = plain(replica.http, "GET", "filed.internal", "/", &[]).await;
+    assert_eq!(status, 308, "{body}");
+    let (_, body) = replica.until("filed.internal", "/", |s, _| s == 200).await;
+    assert_eq!(body, "from the file");
     // Not attached anywhere: no site.
     for host in ["other.internal", "local.internal"] {
         let (status, _, _) = plain(replica.http, "GET", host, "/", &[]).await;
@@ -366,6 +373,32 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     assert_eq!(
         route_condition(&badkind, "ResolvedRefs"),
         pair("False", "InvalidKind")
+    );
+    // The host the file serves: a Warning Event on the route that names it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let event = loop {
+        let found = ns.list("events").into_iter().find(|e| {
+            e["involvedObject"]["kind"] == "HTTPRoute"
+                && e["involvedObject"]["name"] == "same"
+                && e["reason"] == "NotServed"
+        });
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no NotServed Event on HTTPRoute same; log:\n{}",
+            replica.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(event["type"], "Warning");
+    let message = event["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("filed.internal: not served from this HTTPRoute")
+            && message.contains("config file")
+            && message.contains("its other hosts are served"),
+        "{message}"
     );
     let nohost = until_object(&ns, "httproute", "nohost", &replica, |o| {
         route_condition(o, "Accepted").0 == "False"
@@ -498,6 +531,14 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     );
     let (status, body) = common::edge::get_h2(&mut send, "secure.internal", "/broken").await;
     assert_eq!((status, backend_of(&body)), (200, "web"), "{body}");
+    // The file's host, refused at every build since the start, was logged once.
+    let log = replica.log();
+    assert_eq!(
+        log.matches("filed.internal: not served from this HTTPRoute")
+            .count(),
+        1,
+        "{log}"
+    );
 }
 
 /// An HTTPS listener whose certificateRef does not exist: on a Gateway annotated

@@ -23,7 +23,9 @@
 //! - an HTTPRoute attaches to the listeners its `parentRefs` name (`sectionName`, `port`)
 //!   that allow it (`allowedRoutes`), for the hostnames its own and the listener's
 //!   intersect; each rule match is a route with the spec's precedence (oldest HTTPRoute
-//!   first on a tie), served on the listener it attached to;
+//!   first on a tie), served on the listener it attached to; a host the config file or
+//!   an Ingress serves is theirs: the route stays `Accepted` and is told in a notice
+//!   (a `NotServed` Warning Event);
 //! - a `backendRef` is a Service, in another namespace only with a ReferenceGrant; one
 //!   that is not (`InvalidKind`), not permitted (`RefNotPermitted`) or missing
 //!   (`BackendNotFound`) gets its share of requests answered 500, as the spec says;
@@ -56,7 +58,7 @@ use super::gateway_api::httproutes::{
 };
 use super::gateway_api::referencegrants::ReferenceGrant;
 use super::ingress::{
-    Backends, Fill, LABEL_MANAGED_BY, MANAGED_BY, View, host_pattern, is_local, pem,
+    Backends, Fill, LABEL_MANAGED_BY, MANAGED_BY, Notice, View, host_pattern, is_local, pem,
 };
 use super::watch::key;
 use crate::config::{
@@ -94,6 +96,9 @@ pub(crate) struct Built {
     pub(crate) fills: Vec<Fill>,
     /// Host → `namespace/name` of the Gateway whose listener asked for its certificate.
     pub(crate) owners: Vec<(String, String)>,
+    /// Hosts of HTTPRoutes (`namespace/name`) not served because the config file or an
+    /// Ingress serves them: logged once, and a Warning Event on the route.
+    pub(crate) notices: Vec<Notice>,
     /// The status each object should have (conditions' times are the build's; the
     /// writer keeps an unchanged condition's own time).
     pub(crate) status: Statuses,
@@ -293,10 +298,14 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
     routes.sort_by(|a, b| oldest_first(*a, *b));
     // Host → (routes in order, the HTTPS listener that gives its certificate).
     let mut hosts: BTreeMap<String, HostPlan> = BTreeMap::new();
+    let mut notices = Vec::new();
     for route in routes {
         let namespace = route.namespace().unwrap_or_default();
         let (rules, resolved, unsupported) = route_rules(route, &namespace, &backends, &grants);
         let mut parents = Vec::new();
+        // Hosts the file or an Ingress has, and whether any other is served.
+        let mut lost: BTreeSet<String> = BTreeSet::new();
+        let mut kept = false;
         for parent in route.spec.parent_refs.iter().flatten() {
             if parent.group.as_deref().unwrap_or(GROUP) != GROUP
                 || parent.kind.as_deref().unwrap_or("Gateway") != "Gateway"
@@ -408,8 +417,10 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
                     let scope = listeners[*i].scope;
                     for name in names {
                         if taken.contains(&host_pattern(name)) {
+                            lost.insert(name.clone());
                             continue;
                         }
+                        kept = true;
                         let plan = hosts.entry(name.clone()).or_default();
                         if scope == ListenerScope::Https && plan.https.is_none() {
                             plan.https = Some(*i);
@@ -452,6 +463,23 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
             .is_some_and(|s| s.parents.iter().any(|p| p.controller_name == CONTROLLER));
         if !parents.is_empty() || stale {
             status.routes.push((route.clone(), parents));
+        }
+        // Still Accepted: the spec has no condition for a host another source serves,
+        // and the route's other hosts are served.
+        if !lost.is_empty() {
+            let it = if lost.len() == 1 { "it" } else { "them" };
+            let hosts = lost.into_iter().collect::<Vec<_>>().join(", ");
+            let rest = if kept {
+                "its other hosts are served"
+            } else {
+                "the route is attached but serves no host"
+            };
+            notices.push(Notice {
+                object: key(route),
+                reason: format!(
+                    "{hosts}: not served from this HTTPRoute: portico's config file or an Ingress serves {it} (they win over routes); {rest}"
+                ),
+            });
         }
     }
 
@@ -627,6 +655,7 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
         sites,
         fills,
         owners,
+        notices,
         status,
     }
 }
@@ -1740,6 +1769,54 @@ mod tests {
             parent_condition(&b, "many", "Accepted"),
             ("True".into(), "Accepted".into())
         );
+    }
+
+    #[test]
+    fn a_host_the_file_or_an_ingress_serves_is_theirs_and_the_route_is_told() {
+        let view = View {
+            gateway_classes: vec![class()],
+            gateways: vec![gateway("gw", json!([http_listener(json!({}))]))],
+            http_routes: vec![route(
+                "infra",
+                "web",
+                json!({"parentRefs": [{"name": "gw"}], "hostnames": ["a.example", "b.example"],
+                       "rules": [{"backendRefs": [{"name": "app", "port": 80}]}]}),
+            )],
+            services: vec![service("infra", "app")],
+            ..View::default()
+        };
+        let taken = |hosts: &[&str]| -> HashSet<HostPattern> {
+            hosts.iter().map(|h| host_pattern(h)).collect()
+        };
+        let b = build("portico", &view, &taken(&[]));
+        assert!(b.notices.is_empty(), "{:?}", b.notices);
+        assert_eq!(b.sites.len(), 2);
+
+        let b = build("portico", &view, &taken(&["a.example"]));
+        let hosts: Vec<_> = b.sites.iter().map(|s| s.hosts.clone()).collect();
+        assert_eq!(hosts, [[HostPattern::Exact("b.example".into())]]);
+        assert_eq!(
+            parent_condition(&b, "web", "Accepted"),
+            ("True".into(), "Accepted".into())
+        );
+        assert_eq!(b.notices.len(), 1, "{:?}", b.notices);
+        assert_eq!(b.notices[0].object, "infra/web");
+        let reason = &b.notices[0].reason;
+        assert!(reason.starts_with("a.example: not served"), "{reason}");
+        assert!(reason.contains("its other hosts are served"), "{reason}");
+        assert!(!reason.contains("b.example"), "{reason}");
+
+        // Every host taken: still attached, and the notice says it serves none.
+        let b = build("portico", &view, &taken(&["a.example", "b.example"]));
+        assert!(b.sites.is_empty());
+        assert_eq!(parent_condition(&b, "web", "Accepted").0, "True");
+        assert_eq!(
+            b.status.gateways[0].1.listeners.as_ref().unwrap()[0].attached_routes,
+            1
+        );
+        let reason = &b.notices[0].reason;
+        assert!(reason.starts_with("a.example, b.example: "), "{reason}");
+        assert!(reason.contains("serves no host"), "{reason}");
     }
 
     #[test]

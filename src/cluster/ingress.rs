@@ -73,11 +73,11 @@ pub(crate) struct View {
     pub(crate) reference_grants: Vec<super::gateway_api::referencegrants::ReferenceGrant>,
 }
 
-/// Something of an Ingress that is not served as written, and why: logged once, later
-/// an Event.
+/// Something of an Ingress (or an HTTPRoute) that is not served as written, and why:
+/// logged once, later an Event.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Notice {
-    /// `namespace/name` of the Ingress.
+    /// `namespace/name` of the Ingress (or HTTPRoute).
     pub(crate) object: String,
     pub(crate) reason: String,
 }
