@@ -168,11 +168,12 @@ fn pair(status: &str, reason: &str) -> (String, String) {
 /// GatewayInvalidTLSConfiguration (a listener it cannot serve; a certificateRef Secret
 /// that stops loading), HTTPRouteSimpleSameNamespace, HTTPRouteCrossNamespace,
 /// HTTPRouteReferenceGrant, HTTPRouteInvalidCrossNamespaceBackendRef,
-/// HTTPRouteInvalidBackendRefUnknownKind, HTTPRouteHostnameIntersection,
-/// HTTPRouteInvalidCrossNamespaceParentRef and HTTPRouteListenerHostnameMatching (an
-/// HTTPS listener's hostname and certificateRef, served with the Secret's certificate
-/// and swapped when the Secret changes). A host of a route that the config file serves
-/// stays the file's, and the route's owner is told (a `NotServed` Warning Event).
+/// HTTPRouteInvalidBackendRefUnknownKind, HTTPRouteInvalidNonExistentBackendRef,
+/// HTTPRouteHostnameIntersection, HTTPRouteInvalidCrossNamespaceParentRef and
+/// HTTPRouteListenerHostnameMatching (an HTTPS listener's hostname and certificateRef,
+/// served with the Secret's certificate and swapped when the Secret changes). A host of
+/// a route that the config file serves stays the file's, and the route's owner is told
+/// (a `NotServed` Warning Event).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     common::edge::install_provider();
@@ -211,6 +212,11 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
         "same",
         json!({"parentRefs": [parent("http")], "hostnames": ["same.internal", "filed.internal"],
                "rules": [{"backendRefs": [to("web", None)]}]}),
+    ));
+    ns.create(route(
+        "missing",
+        json!({"parentRefs": [parent("http")], "hostnames": ["missing.internal"],
+               "rules": [{"backendRefs": [to("nonexistent", None)]}]}),
     ));
     other.create(route(
         "cross",
@@ -265,9 +271,10 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     assert_eq!((status, backend_of(&body)), (200, "web"), "{body}");
     let (status, _, body) = plain(replica.http, "GET", "cross.internal", "/", &[]).await;
     assert_eq!((status, backend_of(&body)), (200, "far"), "{body}");
-    // A backendRef into another namespace without a ReferenceGrant, and one of a kind
-    // portico cannot reach: 500, as the spec says.
-    for host in ["ungranted.internal", "badkind.internal"] {
+    // A backendRef into another namespace without a ReferenceGrant, one of a kind
+    // portico cannot reach, and one to a Service that does not exist: 500, as the spec
+    // says.
+    for host in ["ungranted.internal", "badkind.internal", "missing.internal"] {
         let (status, _, body) = plain(replica.http, "GET", host, "/", &[]).await;
         assert_eq!(status, 500, "{host}: {body}");
     }
@@ -311,8 +318,33 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     for f in ["Gateway", "HTTPRoute", "ReferenceGrant"] {
         assert!(features.contains(&f), "{features:?}");
     }
+    // A change of the class's spec bumps its generation; Accepted follows it.
+    let class_generation = class["metadata"]["generation"].clone();
+    assert_eq!(
+        class["status"]["conditions"][0]["observedGeneration"],
+        class_generation
+    );
+    let bumped = ns.patch(
+        "gatewayclass",
+        &ns.gateway_class(),
+        json!({"spec": {"description": "bumped by the test"}}),
+    );
+    let new_generation = bumped["metadata"]["generation"].clone();
+    assert_ne!(new_generation, class_generation, "{bumped:#}");
+    until_object(&ns, "gatewayclass", &ns.gateway_class(), &replica, |o| {
+        o["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == "Accepted"
+                    && c["status"] == "True"
+                    && c["observedGeneration"] == new_generation
+            })
+    })
+    .await;
     let gw = until_object(&ns, "gateway", "gw", &replica, |o| {
-        listener(o, "http")["attachedRoutes"] == 4
+        listener(o, "http")["attachedRoutes"] == 5
     })
     .await;
     let generation = gw["metadata"]["generation"].clone();
@@ -373,6 +405,18 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     assert_eq!(
         route_condition(&badkind, "ResolvedRefs"),
         pair("False", "InvalidKind")
+    );
+    let missing = until_object(&ns, "httproute", "missing", &replica, |o| {
+        route_condition(o, "ResolvedRefs").0 == "False"
+    })
+    .await;
+    assert_eq!(
+        route_condition(&missing, "ResolvedRefs"),
+        pair("False", "BackendNotFound")
+    );
+    assert_eq!(
+        route_condition(&missing, "Accepted"),
+        pair("True", "Accepted")
     );
     // The host the file serves: a Warning Event on the route that names it.
     let deadline = Instant::now() + Duration::from_secs(30);
