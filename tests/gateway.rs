@@ -165,12 +165,15 @@ fn pair(status: &str, reason: &str) -> (String, String) {
 }
 
 /// Mirrors GatewayClassObservedGenerationBump, GatewayObservedGenerationBump,
-/// GatewayInvalidTLSConfiguration (a listener it cannot serve), HTTPRouteSimpleSameNamespace,
-/// HTTPRouteCrossNamespace, HTTPRouteReferenceGrant, HTTPRouteInvalidCrossNamespaceBackendRef,
-/// HTTPRouteInvalidBackendRefUnknownKind, HTTPRouteHostnameIntersection,
-/// HTTPRouteInvalidCrossNamespaceParentRef and HTTPRouteListenerHostnameMatching (an
-/// HTTPS listener's hostname and certificateRef, served with the Secret's certificate
-/// and swapped when the Secret changes).
+/// GatewayInvalidTLSConfiguration (a listener it cannot serve; a certificateRef Secret
+/// that stops loading), HTTPRouteSimpleSameNamespace, HTTPRouteCrossNamespace,
+/// HTTPRouteReferenceGrant, HTTPRouteInvalidCrossNamespaceBackendRef,
+/// HTTPRouteInvalidBackendRefUnknownKind, HTTPRouteInvalidNonExistentBackendRef,
+/// HTTPRouteHostnameIntersection, HTTPRouteInvalidCrossNamespaceParentRef and
+/// HTTPRouteListenerHostnameMatching (an HTTPS listener's hostname and certificateRef,
+/// served with the Secret's certificate and swapped when the Secret changes). A host of
+/// a route that the config file serves stays the file's, and the route's owner is told
+/// (a `NotServed` Warning Event).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     common::edge::install_provider();
@@ -204,10 +207,16 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     };
     let parent =
         |section: &str| json!({"name": "gw", "namespace": ns.name, "sectionName": section});
+    // filed.internal is the config file's: the route keeps its other host.
     ns.create(route(
         "same",
-        json!({"parentRefs": [parent("http")], "hostnames": ["same.internal"],
+        json!({"parentRefs": [parent("http")], "hostnames": ["same.internal", "filed.internal"],
                "rules": [{"backendRefs": [to("web", None)]}]}),
+    ));
+    ns.create(route(
+        "missing",
+        json!({"parentRefs": [parent("http")], "hostnames": ["missing.internal"],
+               "rules": [{"backendRefs": [to("nonexistent", None)]}]}),
     ));
     other.create(route(
         "cross",
@@ -253,7 +262,7 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
             ns.name,
             other.name
         ),
-        "",
+        "[[site]]\nhosts = [\"filed.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"from the file\" }\n",
     );
     replica.ready().await;
 
@@ -262,12 +271,18 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     assert_eq!((status, backend_of(&body)), (200, "web"), "{body}");
     let (status, _, body) = plain(replica.http, "GET", "cross.internal", "/", &[]).await;
     assert_eq!((status, backend_of(&body)), (200, "far"), "{body}");
-    // A backendRef into another namespace without a ReferenceGrant, and one of a kind
-    // portico cannot reach: 500, as the spec says.
-    for host in ["ungranted.internal", "badkind.internal"] {
+    // A backendRef into another namespace without a ReferenceGrant, one of a kind
+    // portico cannot reach, and one to a Service that does not exist: 500, as the spec
+    // says.
+    for host in ["ungranted.internal", "badkind.internal", "missing.internal"] {
         let (status, _, body) = plain(replica.http, "GET", host, "/", &[]).await;
         assert_eq!(status, 500, "{host}: {body}");
     }
+    // The file's site, not the route: it redirects port 80 to https, where it answers.
+    let (status, _, body) = plain(replica.http, "GET", "filed.internal", "/", &[]).await;
+    assert_eq!(status, 308, "{body}");
+    let (_, body) = replica.until("filed.internal", "/", |s, _| s == 200).await;
+    assert_eq!(body, "from the file");
     // Not attached anywhere: no site.
     for host in ["other.internal", "local.internal"] {
         let (status, _, _) = plain(replica.http, "GET", host, "/", &[]).await;
@@ -303,8 +318,33 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     for f in ["Gateway", "HTTPRoute", "ReferenceGrant"] {
         assert!(features.contains(&f), "{features:?}");
     }
+    // A change of the class's spec bumps its generation; Accepted follows it.
+    let class_generation = class["metadata"]["generation"].clone();
+    assert_eq!(
+        class["status"]["conditions"][0]["observedGeneration"],
+        class_generation
+    );
+    let bumped = ns.patch(
+        "gatewayclass",
+        &ns.gateway_class(),
+        json!({"spec": {"description": "bumped by the test"}}),
+    );
+    let new_generation = bumped["metadata"]["generation"].clone();
+    assert_ne!(new_generation, class_generation, "{bumped:#}");
+    until_object(&ns, "gatewayclass", &ns.gateway_class(), &replica, |o| {
+        o["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| {
+                c["type"] == "Accepted"
+                    && c["status"] == "True"
+                    && c["observedGeneration"] == new_generation
+            })
+    })
+    .await;
     let gw = until_object(&ns, "gateway", "gw", &replica, |o| {
-        listener(o, "http")["attachedRoutes"] == 4
+        listener(o, "http")["attachedRoutes"] == 5
     })
     .await;
     let generation = gw["metadata"]["generation"].clone();
@@ -365,6 +405,44 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     assert_eq!(
         route_condition(&badkind, "ResolvedRefs"),
         pair("False", "InvalidKind")
+    );
+    let missing = until_object(&ns, "httproute", "missing", &replica, |o| {
+        route_condition(o, "ResolvedRefs").0 == "False"
+    })
+    .await;
+    assert_eq!(
+        route_condition(&missing, "ResolvedRefs"),
+        pair("False", "BackendNotFound")
+    );
+    assert_eq!(
+        route_condition(&missing, "Accepted"),
+        pair("True", "Accepted")
+    );
+    // The host the file serves: a Warning Event on the route that names it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let event = loop {
+        let found = ns.list("events").into_iter().find(|e| {
+            e["involvedObject"]["kind"] == "HTTPRoute"
+                && e["involvedObject"]["name"] == "same"
+                && e["reason"] == "NotServed"
+        });
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no NotServed Event on HTTPRoute same; log:\n{}",
+            replica.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(event["type"], "Warning");
+    let message = event["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("filed.internal: not served from this HTTPRoute")
+            && message.contains("config file")
+            && message.contains("its other hosts are served"),
+        "{message}"
     );
     let nohost = until_object(&ns, "httproute", "nohost", &replica, |o| {
         route_condition(o, "Accepted").0 == "False"
@@ -460,13 +538,59 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
     // Secret changes still serves.
     let (status, body) = common::edge::get_h2(&mut send, "secure.internal", "/after").await;
     assert_eq!((status, backend_of(&body)), (200, "web"), "{body}");
+
+    // The Secret stops loading (its tls.crt garbage): the listener says so, and the
+    // certificate served before keeps serving.
+    let (mut broken, _) = tls_secret("secure-cert", &["secure.internal"]);
+    broken["data"]["tls.crt"] = json!(common::base64_encode(b"not a certificate"));
+    broken["metadata"]["resourceVersion"] =
+        ns.get("secrets", "secure-cert").unwrap()["metadata"]["resourceVersion"].clone();
+    common::cluster::replace(&ns, broken);
+    let gw = until_object(&ns, "gateway", "gw", &replica, |o| {
+        condition(&listener(o, "https")["conditions"], "ResolvedRefs").0 == "False"
+    })
+    .await;
+    let https = listener(&gw, "https");
+    assert_eq!(
+        condition(&https["conditions"], "ResolvedRefs"),
+        pair("False", "InvalidCertificateRef")
+    );
+    let message = https["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ResolvedRefs")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.contains(&format!("Secret {}/secure-cert", ns.name)),
+        "{message}"
+    );
+    assert_eq!(
+        leaf(&replica, "secure.internal", &second).await,
+        Ok(swapped),
+        "the certificate served before keeps serving"
+    );
+    let (status, body) = common::edge::get_h2(&mut send, "secure.internal", "/broken").await;
+    assert_eq!((status, backend_of(&body)), (200, "web"), "{body}");
+    // The file's host, refused at every build since the start, was logged once.
+    let log = replica.log();
+    assert_eq!(
+        log.matches("filed.internal: not served from this HTTPRoute")
+            .count(),
+        1,
+        "{log}"
+    );
 }
 
 /// An HTTPS listener whose certificateRef does not exist: on a Gateway annotated
 /// `portico.dev/acme: "true"` the certificate is obtained (the local CA, for a
 /// `.internal` name) and written into that Secret, labelled as portico's; without the
 /// annotation, and for a wildcard hostname, the listener says why it has no
-/// certificate (mirrors GatewayInvalidTLSConfiguration).
+/// certificate; a Secret whose certificate is malformed is `InvalidCertificateRef`
+/// too, on a listener no route attaches to (mirrors GatewayInvalidTLSConfiguration).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_certificate_ref_is_filled_only_when_asked_and_never_for_a_wildcard() {
     common::edge::install_provider();
@@ -491,6 +615,22 @@ async fn a_missing_certificate_ref_is_filled_only_when_asked_and_never_for_a_wil
     let mut plain_gw = gateway("plain", listeners("plain"), json!({}));
     plain_gw["spec"]["gatewayClassName"] = json!(ns.gateway_class());
     ns.create(plain_gw);
+    // As the conformance test's: a listener with no hostname, no route, and a Secret
+    // whose tls.crt is not a certificate.
+    let (mut malformed, _) = tls_secret("malformed-certificate", &["malformed.internal"]);
+    malformed["data"]["tls.crt"] = json!(common::base64_encode(
+        b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"
+    ));
+    ns.create(malformed);
+    let mut malformed_gw = gateway(
+        "malformed",
+        json!([{"name": "https", "port": 443, "protocol": "HTTPS",
+                "allowedRoutes": {"namespaces": {"from": "All"}},
+                "tls": {"certificateRefs": [{"group": "", "kind": "Secret", "name": "malformed-certificate"}]}}]),
+        json!({}),
+    );
+    malformed_gw["spec"]["gatewayClassName"] = json!(ns.gateway_class());
+    ns.create(malformed_gw);
     for gw in ["asked", "plain"] {
         ns.create(route(
             &format!("{gw}-route"),
@@ -538,6 +678,31 @@ async fn a_missing_certificate_ref_is_filled_only_when_asked_and_never_for_a_wil
         .to_string();
     assert!(message.contains("wildcard"), "{message}");
     assert!(ns.get("secret", "asked-wild-cert").is_none());
+    let gw = until_object(&ns, "gateway", "malformed", &replica, |o| {
+        condition(&listener(o, "https")["conditions"], "ResolvedRefs").0 == "False"
+    })
+    .await;
+    let https = listener(&gw, "https");
+    assert_eq!(
+        condition(&https["conditions"], "ResolvedRefs"),
+        pair("False", "InvalidCertificateRef"),
+        "{gw:#}"
+    );
+    assert_eq!(condition(&https["conditions"], "Programmed").0, "False");
+    assert_eq!(https["attachedRoutes"], 0);
+    let message = https["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ResolvedRefs")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        message.contains(&format!("Secret {}/malformed-certificate", ns.name)),
+        "{message}"
+    );
     // Not served over HTTPS without a certificate.
     let (status, _) = replica.until("x.asked.internal", "/", |s, _| s == 0).await;
     assert_eq!(status, 0);

@@ -17,11 +17,15 @@
 //!   another namespace only with a ReferenceGrant; a Secret that does not exist, on a
 //!   Gateway annotated `portico.dev/acme: "true"`, is obtained over ACME (or the local
 //!   CA for cluster-local names) and written into that Secret; a wildcard hostname needs
-//!   a Secret (no DNS-01);
+//!   a Secret (no DNS-01); a Secret that does not load, or does not cover a host the
+//!   listener serves, is `InvalidCertificateRef` and is still handed on, so the
+//!   certificate path refuses it and the certificate served before keeps serving;
 //! - an HTTPRoute attaches to the listeners its `parentRefs` name (`sectionName`, `port`)
 //!   that allow it (`allowedRoutes`), for the hostnames its own and the listener's
 //!   intersect; each rule match is a route with the spec's precedence (oldest HTTPRoute
-//!   first on a tie), served on the listener it attached to;
+//!   first on a tie), served on the listener it attached to; a host the config file or
+//!   an Ingress serves is theirs: the route stays `Accepted` and is told in a notice
+//!   (a `NotServed` Warning Event);
 //! - a `backendRef` is a Service, in another namespace only with a ReferenceGrant; one
 //!   that is not (`InvalidKind`), not permitted (`RefNotPermitted`) or missing
 //!   (`BackendNotFound`) gets its share of requests answered 500, as the spec says;
@@ -30,6 +34,7 @@
 //!   file, the Ingresses and the other routes do not (an HTTPS one with its Secret).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 use http::StatusCode;
 use k8s_openapi::api::core::v1::Secret;
@@ -53,13 +58,11 @@ use super::gateway_api::httproutes::{
     HttpRouteRulesMatchesQueryParamsType, HttpRouteStatusParents, HttpRouteStatusParentsParentRef,
 };
 use super::gateway_api::referencegrants::ReferenceGrant;
-use super::ingress::{
-    Backends, Fill, LABEL_MANAGED_BY, MANAGED_BY, View, check_secret, is_local, pem,
-};
+use super::ingress::{Backends, Fill, LABEL_MANAGED_BY, MANAGED_BY, Notice, View, is_local, pem};
 use super::watch::key;
 use crate::config::{
     HeaderEdits, HostPattern, ListenerScope, PathMatch, PathRewrite, Redirect, Rewrite, Route,
-    RouteAction, RouteLimits, RouteRule, Site, TlsSource, Weighted,
+    RouteAction, RouteLimits, RouteRule, SecretPem, Site, TlsSource, Weighted,
 };
 
 /// `spec.controllerName` of a GatewayClass whose Gateways portico serves.
@@ -92,6 +95,9 @@ pub(crate) struct Built {
     pub(crate) fills: Vec<Fill>,
     /// Host → `namespace/name` of the Gateway whose listener asked for its certificate.
     pub(crate) owners: Vec<(String, String)>,
+    /// Hosts of HTTPRoutes (`namespace/name`) not served because the config file or an
+    /// Ingress serves them: logged once, and a Warning Event on the route.
+    pub(crate) notices: Vec<Notice>,
     /// The status each object should have (conditions' times are the build's; the
     /// writer keeps an unchanged condition's own time).
     pub(crate) status: Statuses,
@@ -136,19 +142,21 @@ impl Listener<'_> {
 }
 
 /// Where an HTTPS listener's certificate comes from.
-#[derive(Clone)]
 enum Certificate {
-    /// A Secret that exists (someone else's, or portico's own).
+    /// A Secret that exists (someone else's, or portico's own). Its hosts are served
+    /// from it even when it does not load or cover them: the certificate path then
+    /// refuses it and keeps what it served before, so a bad edit of the Secret does not
+    /// take a host off HTTPS; the listener's `ResolvedRefs` says what is wrong.
     Secret {
-        namespace: String,
-        name: String,
-        secret: Secret,
+        pem: SecretPem,
+        /// Its certificate, or why it does not load.
+        loaded: Result<Arc<crate::tls::Loaded>, String>,
     },
     /// A Secret to fill over ACME: missing, or portico's own.
     Fill {
         namespace: String,
         name: String,
-        existing: Option<Secret>,
+        existing: Option<Box<Secret>>,
     },
 }
 
@@ -267,7 +275,16 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
             }
             if l.open() && l.scope == ListenerScope::Https {
                 match listener_certificate(gateway, spec, &namespace, acme, &secrets, &grants) {
-                    Ok(c) => l.certificate = Some(c),
+                    Ok(c) => {
+                        // Checked here too, not only for the hosts routes bring: a
+                        // listener with no route yet says its Secret is bad. A wildcard
+                        // hostname is checked per host (a certificate per name serves).
+                        let named = spec.hostname.as_deref().filter(|h| !h.starts_with('*'));
+                        if let (Ok(()), Some(why)) = (&l.refs, c.fault(named)) {
+                            l.refs = Err(why);
+                        }
+                        l.certificate = Some(c);
+                    }
                     Err(why) => l.refs = Err(why),
                 }
             }
@@ -280,10 +297,14 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
     routes.sort_by(|a, b| oldest_first(*a, *b));
     // Host → (routes in order, the HTTPS listener that gives its certificate).
     let mut hosts: BTreeMap<String, HostPlan> = BTreeMap::new();
+    let mut notices = Vec::new();
     for route in routes {
         let namespace = route.namespace().unwrap_or_default();
         let (rules, resolved, unsupported) = route_rules(route, &namespace, &backends, &grants);
         let mut parents = Vec::new();
+        // Hosts the file or an Ingress has, and whether any other is served.
+        let mut lost: BTreeSet<String> = BTreeSet::new();
+        let mut kept = false;
         for parent in route.spec.parent_refs.iter().flatten() {
             if parent.group.as_deref().unwrap_or(GROUP) != GROUP
                 || parent.kind.as_deref().unwrap_or("Gateway") != "Gateway"
@@ -385,8 +406,10 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
                     let scope = listeners[*i].scope;
                     for name in names {
                         if is_taken(taken, &gateway_pattern(name)) {
+                            lost.insert(name.clone());
                             continue;
                         }
+                        kept = true;
                         let plan = hosts.entry(name.clone()).or_default();
                         if scope == ListenerScope::Https && plan.https.is_none() {
                             plan.https = Some(*i);
@@ -430,6 +453,23 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
         if !parents.is_empty() || stale {
             status.routes.push((route.clone(), parents));
         }
+        // Still Accepted: the spec has no condition for a host another source serves,
+        // and the route's other hosts are served.
+        if !lost.is_empty() {
+            let it = if lost.len() == 1 { "it" } else { "them" };
+            let hosts = lost.into_iter().collect::<Vec<_>>().join(", ");
+            let rest = if kept {
+                "its other hosts are served"
+            } else {
+                "the route is attached but serves no host"
+            };
+            notices.push(Notice {
+                object: key(route),
+                reason: format!(
+                    "{hosts}: not served from this HTTPRoute: portico's config file or an Ingress serves {it} (they win over routes); {rest}"
+                ),
+            });
+        }
     }
 
     // Sites: one per host, its routes in the spec's order (stable: oldest route first).
@@ -444,26 +484,12 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
         if let Some(i) = plan.https {
             let listener = &mut listeners[i];
             match &listener.certificate {
-                Some(Certificate::Secret {
-                    namespace,
-                    name,
-                    secret,
-                }) => {
-                    let origin = format!("{namespace}/{name}");
-                    match pem(&origin, secret) {
-                        Some(pem) => {
-                            if let Err(why) = check_secret(&pem, &pattern) {
-                                tracing::debug!(%host, secret = %origin, "gateway: {why}");
-                            }
-                            tls = TlsSource::Secret(pem);
-                        }
-                        None => {
-                            listener.refs = Err((
-                                "InvalidCertificateRef",
-                                format!("Secret {origin} holds no tls.crt and tls.key"),
-                            ));
-                        }
+                Some(c @ Certificate::Secret { pem, .. }) => {
+                    // The first failure of the listener's hosts is the one it shows.
+                    if let (Ok(()), Some(why)) = (&listener.refs, c.fault(Some(&host))) {
+                        listener.refs = Err(why);
                     }
+                    tls = TlsSource::Secret(pem.clone());
                 }
                 Some(Certificate::Fill {
                     namespace,
@@ -484,7 +510,11 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
                             TlsSource::Acme
                         };
                         if filled.insert((namespace.clone(), name.clone())) {
-                            fill = Some((namespace.clone(), name.clone(), existing.clone()));
+                            fill = Some((
+                                namespace.clone(),
+                                name.clone(),
+                                existing.as_deref().cloned(),
+                            ));
                         }
                         owners.push((host.clone(), key(listener.gateway)));
                     }
@@ -614,6 +644,7 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
         sites,
         fills,
         owners,
+        notices,
         status,
     }
 }
@@ -832,11 +863,9 @@ fn listener_certificate(
         .as_deref()
         .is_some_and(|h| !h.starts_with('*'));
     match found {
-        Some(secret) if !ours || !acme => Ok(Certificate::Secret {
-            namespace: ns,
-            name: first.name.clone(),
-            secret: secret.clone(),
-        }),
+        Some(secret) if !ours || !acme => {
+            Ok(secret_certificate(format!("{ns}/{}", first.name), secret))
+        }
         _ if acme && !named => Err((
             "InvalidCertificateRef",
             format!(
@@ -847,7 +876,7 @@ fn listener_certificate(
         _ if acme => Ok(Certificate::Fill {
             namespace: ns,
             name: first.name.clone(),
-            existing: found.cloned(),
+            existing: found.map(|s| Box::new(s.clone())),
         }),
         _ => Err((
             "InvalidCertificateRef",
@@ -861,6 +890,54 @@ fn listener_certificate(
 }
 
 type Failure = (&'static str, String);
+
+/// A certificateRef Secret that exists, as served: its `tls.crt` and `tls.key` (both
+/// empty when it lacks either), and its certificate or why it does not load.
+fn secret_certificate(origin: String, secret: &Secret) -> Certificate {
+    match pem(&origin, secret) {
+        Some(pem) => {
+            let loaded = crate::tls::load_pem(&format!("Secret {origin}"), &pem.chain, &pem.key)
+                .map(Arc::new)
+                .map_err(|e| crate::report::Chain(&e).to_string());
+            Certificate::Secret { pem, loaded }
+        }
+        None => Certificate::Secret {
+            loaded: Err(format!("Secret {origin} holds no tls.crt and tls.key")),
+            pem: SecretPem {
+                origin,
+                chain: Arc::from(Vec::new()),
+                key: Arc::from(Vec::new()),
+            },
+        },
+    }
+}
+
+impl Certificate {
+    /// Why a Secret cannot serve `host` (`None`: any host, only whether it loads): its
+    /// certificate does not load, or does not cover the host. The spec's reason,
+    /// `InvalidCertificateRef`.
+    fn fault(&self, host: Option<&str>) -> Option<Failure> {
+        let Certificate::Secret { pem, loaded } = self else {
+            return None;
+        };
+        let why = match (loaded, host) {
+            (Err(why), _) => why.clone(),
+            (Ok(loaded), Some(host))
+                if !crate::tls::leaf_covers(loaded, &gateway_pattern(host)) =>
+            {
+                format!(
+                    "Secret {}: its certificate does not cover {host}",
+                    pem.origin
+                )
+            }
+            _ => return None,
+        };
+        Some((
+            "InvalidCertificateRef",
+            format!("{why}; the certificate served before, if any, keeps serving"),
+        ))
+    }
+}
 
 /// A route's rules as portico routes (listener scope to be set), whether its
 /// backendRefs resolved, and why it cannot be served as written (an unsupported match
@@ -1254,6 +1331,7 @@ fn route_for_match(
 
 #[cfg(test)]
 mod tests {
+    use super::super::ingress::host_pattern;
     use super::*;
     use serde_json::json;
 
@@ -1304,6 +1382,42 @@ mod tests {
 
     fn built(view: &View) -> Built {
         build("portico", view, &HashSet::new())
+    }
+
+    /// A `kubernetes.io/tls` Secret holding `tls.crt` and `tls.key` as given.
+    fn secret_of(ns: &str, name: &str, crt: &[u8], key: &[u8]) -> Secret {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns},
+            "type": "kubernetes.io/tls",
+            "data": {"tls.crt": b64(crt), "tls.key": b64(key)},
+        }))
+        .unwrap()
+    }
+
+    /// A Secret holding a self-signed certificate for `hosts`.
+    fn tls_secret(ns: &str, name: &str, hosts: &[&str]) -> Secret {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        secret_of(
+            ns,
+            name,
+            cert.pem().as_bytes(),
+            key.serialize_pem().as_bytes(),
+        )
+    }
+
+    /// A listener's condition: (status, reason, message).
+    fn listener_condition(b: &Built, name: &str, type_: &str) -> (String, String, String) {
+        let listeners = b.status.gateways[0].1.listeners.as_ref().unwrap();
+        let l = listeners.iter().find(|l| l.name == name).unwrap();
+        let c = l.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone(), c.message.clone())
     }
 
     fn parent_condition(b: &Built, route: &str, type_: &str) -> (String, String) {
@@ -1405,12 +1519,7 @@ mod tests {
 
     #[test]
     fn a_certificate_ref_in_another_namespace_needs_a_grant_there() {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": "c", "namespace": "certs"},
-            "type": "kubernetes.io/tls",
-            "data": {"tls.crt": "eA==", "tls.key": "eA=="},
-        }))
-        .unwrap();
+        let secret = tls_secret("certs", "c", &["a.example"]);
         let mut view = View {
             gateway_classes: vec![class()],
             gateways: vec![gateway(
@@ -1601,6 +1710,168 @@ mod tests {
                 .iter()
                 .all(|s| s.hosts != [HostPattern::Suffix("wild.example".into())])
         );
+    }
+
+    #[test]
+    fn a_certificate_ref_that_does_not_load_or_cover_the_host_is_invalid_and_still_handed_on() {
+        let https = |name: &str, hostname: Option<&str>, secret: &str| {
+            let mut l = json!({"name": name, "port": 443, "protocol": "HTTPS",
+                               "tls": {"certificateRefs": [{"name": secret}]}});
+            if let Some(h) = hostname {
+                l["hostname"] = json!(h);
+            }
+            l
+        };
+        let key = rcgen::KeyPair::generate().unwrap();
+        let view = View {
+            gateway_classes: vec![class()],
+            gateways: vec![gateway(
+                "gw",
+                json!([
+                    https("garbage", Some("garbage.example"), "garbage"),
+                    https("empty", Some("empty.example"), "empty"),
+                    https("unused", Some("unused.example"), "garbage"),
+                    https("elsewhere", Some("elsewhere.example"), "good"),
+                    https("shared", None, "good"),
+                    https("fine", Some("good.example"), "good"),
+                ]),
+            )],
+            http_routes: vec![
+                route(
+                    "infra",
+                    "web",
+                    json!({"parentRefs": [{"name": "gw", "sectionName": "garbage"},
+                                          {"name": "gw", "sectionName": "empty"},
+                                          {"name": "gw", "sectionName": "elsewhere"},
+                                          {"name": "gw", "sectionName": "fine"}],
+                           "rules": [{"backendRefs": [{"name": "app", "port": 80}]}]}),
+                ),
+                // Two hosts the certificate does not cover, one it does: the first
+                // failure is the one the listener shows.
+                route(
+                    "infra",
+                    "many",
+                    json!({"parentRefs": [{"name": "gw", "sectionName": "shared"}],
+                           "hostnames": ["c.example", "good.example", "b.example"],
+                           "rules": [{"backendRefs": [{"name": "app", "port": 80}]}]}),
+                ),
+            ],
+            services: vec![service("infra", "app")],
+            secrets: vec![
+                secret_of(
+                    "infra",
+                    "garbage",
+                    b"not a certificate",
+                    key.serialize_pem().as_bytes(),
+                ),
+                secret_of("infra", "empty", b"", b""),
+                tls_secret("infra", "good", &["good.example"]),
+            ],
+            ..View::default()
+        };
+        let b = built(&view);
+        let invalid = |listener: &str, says: &[&str]| {
+            let (status, reason, message) = listener_condition(&b, listener, "ResolvedRefs");
+            assert_eq!(
+                (status.as_str(), reason.as_str()),
+                ("False", "InvalidCertificateRef"),
+                "{listener}: {message}"
+            );
+            for s in says {
+                assert!(message.contains(s), "{listener}: {message}");
+            }
+            assert_eq!(listener_condition(&b, listener, "Programmed").0, "False");
+        };
+        invalid("garbage", &["Secret infra/garbage", "no PEM certificate"]);
+        invalid(
+            "empty",
+            &["Secret infra/empty holds no tls.crt and tls.key"],
+        );
+        // No route brings it a host: it says so all the same.
+        invalid("unused", &["Secret infra/garbage"]);
+        invalid("elsewhere", &["does not cover elsewhere.example"]);
+        invalid("shared", &["does not cover b.example"]);
+        assert_eq!(
+            listener_condition(&b, "fine", "ResolvedRefs").0,
+            "True",
+            "{:?}",
+            listener_condition(&b, "fine", "ResolvedRefs")
+        );
+        // Every host is handed on with its Secret as it is: the certificate path
+        // refuses what does not load or cover it and keeps what it served before.
+        let tls = |host: &str| {
+            let site = b
+                .sites
+                .iter()
+                .find(|s| s.hosts == [HostPattern::Exact(host.into())])
+                .unwrap_or_else(|| panic!("{host}: {:?}", b.sites));
+            match &site.tls {
+                TlsSource::Secret(pem) => pem.clone(),
+                other => panic!("{host}: {other:?}"),
+            }
+        };
+        assert_eq!(tls("garbage.example").origin, "infra/garbage");
+        assert!(tls("empty.example").chain.is_empty());
+        for host in [
+            "elsewhere.example",
+            "good.example",
+            "b.example",
+            "c.example",
+        ] {
+            assert_eq!(tls(host).origin, "infra/good", "{host}");
+        }
+        assert_eq!(
+            parent_condition(&b, "many", "Accepted"),
+            ("True".into(), "Accepted".into())
+        );
+    }
+
+    #[test]
+    fn a_host_the_file_or_an_ingress_serves_is_theirs_and_the_route_is_told() {
+        let view = View {
+            gateway_classes: vec![class()],
+            gateways: vec![gateway("gw", json!([http_listener(json!({}))]))],
+            http_routes: vec![route(
+                "infra",
+                "web",
+                json!({"parentRefs": [{"name": "gw"}], "hostnames": ["a.example", "b.example"],
+                       "rules": [{"backendRefs": [{"name": "app", "port": 80}]}]}),
+            )],
+            services: vec![service("infra", "app")],
+            ..View::default()
+        };
+        let taken = |hosts: &[&str]| -> HashSet<HostPattern> {
+            hosts.iter().map(|h| host_pattern(h)).collect()
+        };
+        let b = build("portico", &view, &taken(&[]));
+        assert!(b.notices.is_empty(), "{:?}", b.notices);
+        assert_eq!(b.sites.len(), 2);
+
+        let b = build("portico", &view, &taken(&["a.example"]));
+        let hosts: Vec<_> = b.sites.iter().map(|s| s.hosts.clone()).collect();
+        assert_eq!(hosts, [[HostPattern::Exact("b.example".into())]]);
+        assert_eq!(
+            parent_condition(&b, "web", "Accepted"),
+            ("True".into(), "Accepted".into())
+        );
+        assert_eq!(b.notices.len(), 1, "{:?}", b.notices);
+        assert_eq!(b.notices[0].object, "infra/web");
+        let reason = &b.notices[0].reason;
+        assert!(reason.starts_with("a.example: not served"), "{reason}");
+        assert!(reason.contains("its other hosts are served"), "{reason}");
+        assert!(!reason.contains("b.example"), "{reason}");
+
+        // Every host taken: still attached, and the notice says it serves none.
+        let b = build("portico", &view, &taken(&["a.example", "b.example"]));
+        assert!(b.sites.is_empty());
+        assert_eq!(parent_condition(&b, "web", "Accepted").0, "True");
+        assert_eq!(
+            b.status.gateways[0].1.listeners.as_ref().unwrap()[0].attached_routes,
+            1
+        );
+        let reason = &b.notices[0].reason;
+        assert!(reason.starts_with("a.example, b.example: "), "{reason}");
+        assert!(reason.contains("serves no host"), "{reason}");
     }
 
     #[test]

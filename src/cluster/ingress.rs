@@ -73,11 +73,11 @@ pub(crate) struct View {
     pub(crate) reference_grants: Vec<super::gateway_api::referencegrants::ReferenceGrant>,
 }
 
-/// Something of an Ingress that is not served as written, and why: logged once, later
-/// an Event.
+/// Something of an Ingress (or an HTTPRoute) that is not served as written, and why:
+/// logged once, later an Event.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Notice {
-    /// `namespace/name` of the Ingress.
+    /// `namespace/name` of the Ingress (or HTTPRoute).
     pub(crate) object: String,
     pub(crate) reason: String,
 }
@@ -353,6 +353,16 @@ pub(crate) fn build(class: &str, view: &View, taken: &HashSet<HostPattern>) -> B
                                     object: object.clone(),
                                     reason: format!(
                                         "{host}: Secret {name} does not exist yet; cert-manager is to make it (annotation), and until then the host gets an automatic certificate"
+                                    ),
+                                });
+                            } else if found.is_some() && !ours {
+                                // Someone else's, without a certificate in it (a
+                                // placeholder, another tool's work in progress):
+                                // never written.
+                                refused.push(Notice {
+                                    object: object.clone(),
+                                    reason: format!(
+                                        "{host}: Secret {name} holds no tls.crt and tls.key, and portico did not make it, so portico does not write it; until it holds a certificate the host gets an automatic one"
                                     ),
                                 });
                             } else {
@@ -1090,6 +1100,20 @@ mod tests {
         let built = build("portico", &view, &HashSet::new());
         assert!(matches!(built.sites[0].tls, TlsSource::Secret(_)));
         assert!(built.fills.is_empty() && built.notices.is_empty());
+        // Someone else's Secret without a certificate, and no cert-manager annotation:
+        // the host gets an automatic certificate, and the Secret is never written.
+        view.ingresses[0].metadata.annotations = None;
+        let mut empty = secret(json!({}));
+        empty.data = Some(Default::default());
+        view.secrets = vec![empty];
+        let built = build("portico", &view, &HashSet::new());
+        assert_eq!(built.sites[0].tls, TlsSource::Acme);
+        assert!(built.fills.is_empty(), "{:?}", built.fills.len());
+        assert!(
+            built.notices[0].reason.contains("does not write it"),
+            "{:?}",
+            built.notices
+        );
     }
 
     #[test]

@@ -193,6 +193,11 @@ pub(crate) fn fuzz_build(data: &[u8]) {
                 let _ = route.matches(path);
             }
         }
+    }
+    // The Ingress builder serves only a Secret with both parts; the Gateway builder
+    // hands on a certificateRef Secret as it is (refused by the certificate path, which
+    // keeps what served before), and says so in the listener's status.
+    for site in &built.sites {
         if let TlsSource::Secret(pem) = &site.tls {
             assert!(!pem.chain.is_empty() && !pem.key.is_empty());
         }
@@ -313,6 +318,7 @@ impl Cluster {
                 reloader,
                 ready: ready_tx,
                 refused: BTreeSet::new(),
+                refused_routes: BTreeSet::new(),
             };
             tokio::select! {
                 _ = builder.run() => {}
@@ -456,6 +462,8 @@ struct Builder {
     ready: channel::Sender<bool>,
     /// What was refused at the last build, so each refusal is logged once.
     refused: BTreeSet<Notice>,
+    /// The same for HTTPRoutes.
+    refused_routes: BTreeSet<Notice>,
     /// For the status writer.
     published: channel::Sender<Arc<Published>>,
 }
@@ -507,6 +515,11 @@ impl Builder {
             Some(kinds) => gateway::build(&kinds.class, &view, &taken),
             None => gateway::Built::default(),
         };
+        let refused_routes: BTreeSet<Notice> = gateway.notices.iter().cloned().collect();
+        for r in refused_routes.difference(&self.refused_routes) {
+            tracing::warn!(httproute = %r.object, "cluster: {}", r.reason);
+        }
+        self.refused_routes = refused_routes;
         let mut sites = std::mem::take(&mut built.sites);
         sites.extend(gateway.sites);
         self.reloader.apply_cluster(sites).await;
@@ -517,6 +530,7 @@ impl Builder {
             owners: built.owners,
             fills: built.fills,
             gateway_owners: gateway.owners,
+            gateway_notices: gateway.notices,
             gateway: gateway.status,
         }));
     }

@@ -7,7 +7,8 @@
 //!   of the `publish_service` Service (nothing is written without one);
 //! - a Warning Event on the Ingress for what of it is not served (reason
 //!   [`REASON_NOT_SERVED`]) and for a host whose ACME order failed (reason
-//!   [`REASON_CERTIFICATE_FAILED`], with the CA's problem detail);
+//!   [`REASON_CERTIFICATE_FAILED`], with the CA's problem detail); one on an HTTPRoute
+//!   for its hosts the config file or an Ingress serves ([`REASON_NOT_SERVED`]);
 //! - the status of the GatewayClass, Gateways and HTTPRoute parents the Gateway builder
 //!   judged, written only where it differs from what the object holds, a condition's
 //!   `lastTransitionTime` kept while its status holds, other controllers' HTTPRoute
@@ -16,8 +17,8 @@
 //! - the certificate of a host whose `spec.tls` (or `certificateRefs`) Secret did not
 //!   exist is written into that Secret (created labelled `app.kubernetes.io/managed-by: portico`, and kept up
 //!   to date after renewals); a Secret portico did not create is never written;
-//! - Events are rate-limited: one per Ingress and message until the message changes or
-//!   an hour has passed, and at most [`EVENTS_PER_MINUTE`] in all, so an Ingress that
+//! - Events are rate-limited: one per object and message until the message changes or
+//!   an hour has passed, and at most [`EVENTS_PER_MINUTE`] in all, so an object that
 //!   keeps failing cannot flood the API server.
 
 use std::collections::{BTreeMap, HashMap};
@@ -47,11 +48,11 @@ use crate::report::Chain;
 use crate::shutdown::Phase;
 use crate::store::{Lease, Locker};
 
-/// The Event reason for a part of an Ingress that is not served as written.
+/// The Event reason for a part of an Ingress or HTTPRoute that is not served as written.
 pub(crate) const REASON_NOT_SERVED: &str = "NotServed";
 /// The Event reason for a host whose certificate could not be obtained.
 pub(crate) const REASON_CERTIFICATE_FAILED: &str = "CertificateFailed";
-/// The most Events written in one minute, over every Ingress.
+/// The most Events written in one minute, over every object.
 const EVENTS_PER_MINUTE: usize = 20;
 /// An unchanged message is repeated at most this often.
 const REPEAT_AFTER: Duration = Duration::from_secs(3600);
@@ -72,6 +73,8 @@ pub(crate) struct Published {
     pub(crate) fills: Vec<Fill>,
     /// Site id (the host) → `namespace/name` of the Gateway whose listener asked for it.
     pub(crate) gateway_owners: Vec<(String, String)>,
+    /// What of the HTTPRoutes (`namespace/name`) is not served.
+    pub(crate) gateway_notices: Vec<Notice>,
     /// The Gateway API objects' status as it should be.
     pub(crate) gateway: super::gateway::Statuses,
 }
@@ -99,10 +102,10 @@ struct Memory {
 /// (namespace, name) of a filled Secret → (notAfter served, the Secret's version).
 type Filled = HashMap<(String, String), (SystemTime, Option<String>)>;
 
-/// Rate limit of Events: what was said of each Ingress, and when.
+/// Rate limit of Events: what was said of each object, and when.
 #[derive(Default)]
 struct Said {
-    /// (Ingress, reason, message) → when.
+    /// (object, reason, message) → when.
     last: HashMap<(String, String, String), Instant>,
     /// Times of the Events of the last minute.
     recent: Vec<Instant>,
@@ -267,6 +270,27 @@ impl StatusWriter {
             .iter()
             .map(|(g, _)| (key(g), g))
             .collect();
+        let routes: HashMap<String, &HttpRoute> = published
+            .gateway
+            .routes
+            .iter()
+            .map(|(r, _)| (key(r), r))
+            .collect();
+        for notice in &published.gateway_notices {
+            if let Some(route) = routes.get(&notice.object)
+                && memory.said.allow(
+                    (
+                        format!("HTTPRoute {}", notice.object),
+                        REASON_NOT_SERVED.into(),
+                        notice.reason.clone(),
+                    ),
+                    now,
+                )
+            {
+                self.event(reference(*route), REASON_NOT_SERVED, notice.reason.clone())
+                    .await;
+            }
+        }
         for (site, owner) in &published.gateway_owners {
             if let (Some(error), Some(gateway)) =
                 (self.certs.acme_last_error(site), gateways.get(owner))
