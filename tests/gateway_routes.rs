@@ -117,6 +117,8 @@ async fn who(addr: SocketAddr, method: Method, target: &str, lines: &[(&str, &st
     }
 }
 
+/// Mirrors HTTPRouteHeaderMatching, HTTPRouteQueryParamMatching and
+/// HTTPRouteMethodMatching, with the attacks (a second header line, encoded query names).
 #[tokio::test]
 async fn header_query_and_method_conditions_choose_the_route() {
     let canary = backend("canary", Proto::Http1).await;
@@ -225,6 +227,7 @@ async fn header_query_and_method_conditions_choose_the_route() {
     );
 }
 
+/// Mirrors HTTPRouteMatching and HTTPRouteMatchingAcrossRoutes: the spec's precedence.
 #[tokio::test]
 async fn precedence_path_then_method_then_headers_then_query_then_order() {
     let with = |method: bool, h: &[(&str, &str)], q: &[(&str, &str)]| RouteRule {
@@ -291,6 +294,8 @@ async fn precedence_path_then_method_then_headers_then_query_then_order() {
     assert_eq!(who(addr, Method::GET, "/api/x", &both).await, "200 exact");
 }
 
+/// Mirrors HTTPRouteRequestHeaderModifier and HTTPRouteResponseHeaderModifier, with
+/// edits that try to write framing and hop-by-hop headers.
 #[tokio::test]
 async fn header_modifiers_edit_both_ways_but_never_framing_or_hop_by_hop() {
     let echo = backend("echo", Proto::Http1).await;
@@ -387,6 +392,9 @@ fn redirect() -> Redirect {
     }
 }
 
+/// Mirrors HTTPRouteRedirectHostAndStatus, HTTPRouteRedirectScheme, HTTPRouteRedirectPath,
+/// HTTPRouteRedirectPort and HTTPRouteRedirectPortAndScheme, with a Host that carries
+/// userinfo.
 #[tokio::test]
 async fn redirects_follow_the_gateway_port_rules_and_never_reflect_a_bad_host() {
     let rules = vec![
@@ -541,6 +549,7 @@ async fn redirects_follow_the_gateway_port_rules_and_never_reflect_a_bad_host() 
     assert_eq!(location(&reply).as_deref(), Some("https://www.example/x"));
 }
 
+/// Mirrors HTTPRouteRewriteHost and HTTPRouteRewritePath.
 #[tokio::test]
 async fn url_rewrites_change_host_and_path_and_keep_the_query() {
     let echo = backend("echo", Proto::Http1).await;
@@ -599,6 +608,7 @@ async fn url_rewrites_change_host_and_path_and_keep_the_query() {
     }
 }
 
+/// Mirrors HTTPRouteWeight: 1,000 requests split within ±5% of the weights.
 #[tokio::test]
 async fn weighted_split_shares_requests_by_weight_and_never_picks_weight_zero() {
     let (a, _) = backend_counted("a", Proto::Http1).await;
@@ -647,6 +657,8 @@ async fn weighted_split_shares_requests_by_weight_and_never_picks_weight_zero() 
     );
 }
 
+/// Mirrors HTTPRouteInvalidBackendRefUnknownKind and HTTPRouteInvalidNonExistentBackendRef
+/// in the request path: the invalid backend's share of requests gets 500.
 #[tokio::test]
 async fn an_invalid_backend_answers_500_in_its_share() {
     let a = backend("a", Proto::Http1).await;
