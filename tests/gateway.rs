@@ -136,6 +136,18 @@ fn condition(conditions: &Value, type_: &str) -> (String, String) {
         .unwrap_or_default()
 }
 
+/// The message of the condition `type_` of a conditions list.
+fn condition_message(conditions: &Value, type_: &str) -> String {
+    conditions
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == type_)
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
 /// The route's status for its first parent of portico's: a condition.
 fn route_condition(object: &Value, type_: &str) -> (String, String) {
     let parents = object["status"]["parents"]
@@ -555,15 +567,7 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
         condition(&https["conditions"], "ResolvedRefs"),
         pair("False", "InvalidCertificateRef")
     );
-    let message = https["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "ResolvedRefs")
-        .unwrap()["message"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let message = condition_message(&https["conditions"], "ResolvedRefs");
     assert!(
         message.contains(&format!("Secret {}/secure-cert", ns.name)),
         "{message}"
@@ -690,15 +694,7 @@ async fn a_missing_certificate_ref_is_filled_only_when_asked_and_never_for_a_wil
     );
     assert_eq!(condition(&https["conditions"], "Programmed").0, "False");
     assert_eq!(https["attachedRoutes"], 0);
-    let message = https["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "ResolvedRefs")
-        .unwrap()["message"]
-        .as_str()
-        .unwrap_or("")
-        .to_string();
+    let message = condition_message(&https["conditions"], "ResolvedRefs");
     assert!(
         message.contains(&format!("Secret {}/malformed-certificate", ns.name)),
         "{message}"

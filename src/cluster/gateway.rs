@@ -1398,18 +1398,8 @@ mod tests {
 
     /// A Secret holding a self-signed certificate for `hosts`.
     fn tls_secret(ns: &str, name: &str, hosts: &[&str]) -> Secret {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-        let cert = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        secret_of(
-            ns,
-            name,
-            cert.pem().as_bytes(),
-            key.serialize_pem().as_bytes(),
-        )
+        let (chain, key) = crate::tls::self_signed_pem(hosts);
+        secret_of(ns, name, chain.as_bytes(), key.as_bytes())
     }
 
     /// A listener's condition: (status, reason, message).

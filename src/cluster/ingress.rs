@@ -806,17 +806,12 @@ mod tests {
     /// `hosts`.
     fn tls_secret(name: &str, labels: serde_json::Value, hosts: &[&str]) -> Secret {
         use base64::Engine;
-        let key = rcgen::KeyPair::generate().unwrap();
-        let names: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
-        let cert = rcgen::CertificateParams::new(names)
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let (chain, key) = crate::tls::self_signed_pem(hosts);
         let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
         serde_json::from_value(json!({
             "metadata": {"name": name, "namespace": "ns", "labels": labels},
             "type": "kubernetes.io/tls",
-            "data": {"tls.crt": b64(cert.pem()), "tls.key": b64(key.serialize_pem())},
+            "data": {"tls.crt": b64(chain), "tls.key": b64(key)},
         }))
         .unwrap()
     }

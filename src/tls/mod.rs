@@ -248,20 +248,22 @@ pub(crate) fn validity(what: &str, der: &[u8]) -> Result<(SystemTime, SystemTime
     Ok((at(v.not_before.timestamp()), at(v.not_after.timestamp())))
 }
 
-/// A self-signed certificate for `names`, loaded as the resolver takes it (unit tests of
-/// the resolver and the metrics).
+/// A self-signed certificate for `names` as PEM: (chain, key) (unit tests).
 #[cfg(test)]
-pub(crate) fn self_signed(names: &[&str]) -> Loaded {
+pub(crate) fn self_signed_pem(names: &[&str]) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
     let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     let cert = rcgen::CertificateParams::new(names)
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    load_pem(
-        "test",
-        cert.pem().as_bytes(),
-        key.serialize_pem().as_bytes(),
-    )
-    .unwrap()
+    (cert.pem(), key.serialize_pem())
+}
+
+/// A self-signed certificate for `names`, loaded as the resolver takes it (unit tests of
+/// the resolver and the metrics).
+#[cfg(test)]
+pub(crate) fn self_signed(names: &[&str]) -> Loaded {
+    let (chain, key) = self_signed_pem(names);
+    load_pem("test", chain.as_bytes(), key.as_bytes()).unwrap()
 }
