@@ -207,6 +207,14 @@ pub(crate) fn fuzz_build(data: &[u8]) {
     }
 }
 
+/// Calls `log` for each notice that was not among the last build's (`seen`), then
+/// keeps this build's: a refusal is logged when it appears, not at every build.
+fn once_each(seen: &mut BTreeSet<Notice>, notices: &[Notice], log: impl Fn(&Notice)) {
+    let now: BTreeSet<Notice> = notices.iter().cloned().collect();
+    now.difference(seen).for_each(log);
+    *seen = now;
+}
+
 /// Who this replica is, in Events: the pod's name when Kubernetes gives it, else the
 /// host's name.
 fn identity() -> String {
@@ -504,22 +512,22 @@ impl Builder {
             Some(kinds) => ingress::build(&kinds.class, &view, &taken),
             None => ingress::Built::default(),
         };
-        let refused: BTreeSet<Notice> = built.notices.iter().cloned().collect();
-        for r in refused.difference(&self.refused) {
-            tracing::warn!(ingress = %r.object, "cluster: {}", r.reason);
-        }
-        self.refused = refused;
+        once_each(
+            &mut self.refused,
+            &built.notices,
+            |r| tracing::warn!(ingress = %r.object, "cluster: {}", r.reason),
+        );
         // An Ingress's host wins over a Gateway's: Ingresses were here first.
         taken.extend(built.sites.iter().flat_map(|s| s.hosts.iter().cloned()));
         let gateway = match &self.gateway {
             Some(kinds) => gateway::build(&kinds.class, &view, &taken),
             None => gateway::Built::default(),
         };
-        let refused_routes: BTreeSet<Notice> = gateway.notices.iter().cloned().collect();
-        for r in refused_routes.difference(&self.refused_routes) {
-            tracing::warn!(httproute = %r.object, "cluster: {}", r.reason);
-        }
-        self.refused_routes = refused_routes;
+        once_each(
+            &mut self.refused_routes,
+            &gateway.notices,
+            |r| tracing::warn!(httproute = %r.object, "cluster: {}", r.reason),
+        );
         let mut sites = std::mem::take(&mut built.sites);
         sites.extend(gateway.sites);
         self.reloader.apply_cluster(sites).await;
