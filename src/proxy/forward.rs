@@ -27,6 +27,7 @@ use hyper::body::Incoming;
 use super::balance::Balancer;
 use super::body::RetryBody;
 use super::error::ProxyError;
+use super::h1pool::UpgradedUpstream;
 use super::headers::{add_forwarded, apply_edits, join_cookies, strip_hop_by_hop};
 use super::{Body, ConnInfo, upgrade};
 use crate::access_log::UpstreamTrace;
@@ -276,9 +277,15 @@ pub(super) async fn forward(
 
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let name = balancer.endpoint(index).upstream.to_string();
-        return match client_upgrade {
-            Some(client) => Ok(upgrade::join(client, response, name)),
-            None => {
+        let upstream_io = response
+            .extensions()
+            .get::<UpgradedUpstream>()
+            .and_then(UpgradedUpstream::take);
+        return match (client_upgrade, upstream_io) {
+            (Some(client), Some(upstream_io)) => {
+                Ok(upgrade::join(client, response, upstream_io, name))
+            }
+            _ => {
                 let err = ProxyError::UnexpectedUpgrade { upstream: name };
                 tracing::warn!(error = %Chain(&err), "upstream protocol error");
                 Err(err)

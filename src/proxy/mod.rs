@@ -31,6 +31,7 @@ mod body;
 mod connect;
 mod error;
 mod forward;
+mod h1codec;
 mod h1pool;
 pub(crate) mod headers;
 mod pool;

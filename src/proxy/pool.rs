@@ -59,7 +59,7 @@ impl UpstreamError {
     /// Nothing of the request was sent: no connection could be made.
     pub(super) fn is_connect(&self) -> bool {
         match self {
-            UpstreamError::Http1(e) => matches!(e, H1Error::Connect(_) | H1Error::Handshake(_)),
+            UpstreamError::Http1(e) => matches!(e, H1Error::Connect(_)),
             UpstreamError::H2c(e) => e.is_connect(),
         }
     }

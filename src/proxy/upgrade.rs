@@ -1,14 +1,18 @@
 //! Protocol upgrades (WebSocket and any other `Upgrade`) over HTTP/1.1: after the
-//! upstream answers 101, the client's connection and the upstream's are both handed
-//! over by hyper and joined byte for byte until either side closes.
+//! upstream answers 101, the client's connection (handed over by hyper) and the
+//! upstream's (handed over by `h1pool`, with any bytes read past the 101) are joined
+//! byte for byte until either side closes.
 //!
 //! Only HTTP/1.1 clients to HTTP/1.1 upstreams: HTTP/2 has no `Upgrade` (its WebSocket
 //! uses extended CONNECT, RFC 8441, which the listener does not enable).
 
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use super::headers::{connection_has, strip_hop_by_hop};
 use crate::body::Body;
@@ -48,9 +52,9 @@ pub(super) fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
 pub(super) fn join<B>(
     client: OnUpgrade,
     mut upstream: Response<B>,
+    upstream_io: (TcpStream, Bytes),
     name: String,
 ) -> Response<Body> {
-    let upstream_io = hyper::upgrade::on(&mut upstream);
     let mut headers = std::mem::take(upstream.headers_mut());
     let protocol = headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut headers);
@@ -60,15 +64,22 @@ pub(super) fn join<B>(
     tokio::spawn(async move {
         // The client's side is ready only once hyper has written our 101, after
         // `serve` returned: hence a task.
-        let (client_io, upstream_io) = match tokio::try_join!(client, upstream_io) {
-            Ok(pair) => pair,
+        let client_io = match client.await {
+            Ok(io) => io,
             Err(e) => {
                 tracing::debug!(upstream = %name, error = %Chain(&e), "upgrade did not complete");
                 return;
             }
         };
         let mut client_io = TokioIo::new(client_io);
-        let mut upstream_io = TokioIo::new(upstream_io);
+        let (mut upstream_io, early) = upstream_io;
+        // What the upstream sent right behind its 101 was read with it.
+        if !early.is_empty()
+            && let Err(e) = client_io.write_all(&early).await
+        {
+            tracing::debug!(upstream = %name, error = %Chain(&e), "upgraded connection ended with an error");
+            return;
+        }
         match tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await {
             Ok((up, down)) => {
                 tracing::debug!(upstream = %name, bytes_up = up, bytes_down = down, "upgraded connection closed");
