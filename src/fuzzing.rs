@@ -13,6 +13,10 @@ use crate::config::{Config, ConfigError};
 use crate::config::{PathMatch, PathRewrite, Redirect, Route, RouteAction, RouteLimits, RouteRule};
 use crate::listener::http::{Answer, decide};
 use crate::listener::proxy_protocol::{Parsed, parse as parse_proxy_header};
+use crate::proxy::h1codec::{
+    Chunked, Decoded, RequestFraming, ResponseFraming, encode_request, parse_response,
+    response_framing,
+};
 use crate::proxy::headers::{add_forwarded, client_address, strip_hop_by_hop};
 use crate::proxy::rule::{RuleError, location, target_path};
 use crate::request_id;
@@ -466,4 +470,110 @@ pub fn proxy_protocol(data: &[u8]) {
 /// matching any path against the routes is total.
 pub fn ingress(data: &[u8]) {
     crate::cluster::fuzz_build(data);
+}
+
+/// What an upstream sends back, read by `proxy::h1codec`: a response head and its body.
+/// The first byte picks the request's method and the size of the pieces the bytes
+/// arrive in. Read whole or piece by piece, the head and the body come out the same;
+/// the body never holds more bytes than arrived. Then the request side: any headers
+/// give a head that reads back as exactly one request, framed only as it was told.
+pub fn upstream(data: &[u8]) {
+    let (flags, input) = data.split_first().unwrap_or((&0, &[]));
+    let method = if flags & 1 == 1 {
+        http::Method::HEAD
+    } else {
+        http::Method::GET
+    };
+    let piece = usize::from(flags >> 1).max(1);
+    let whole = read_response(input, input.len().max(1), &method);
+    let pieces = read_response(input, piece, &method);
+    assert_eq!(whole, pieces, "read whole and in pieces of {piece}");
+    if let Some(Ok((_, _, body, _))) = &whole {
+        assert!(body.len() <= input.len());
+    }
+    request_head(input, flags);
+}
+
+/// The status, the header count, the chunked body decoded and whether it ended, for
+/// `input` arriving `piece` bytes at a time; `None` while the head is incomplete.
+type ReadBack = Option<Result<(u16, usize, Vec<u8>, bool), String>>;
+
+fn read_response(input: &[u8], piece: usize, method: &http::Method) -> ReadBack {
+    let mut buf = bytes::BytesMut::new();
+    let mut rest = input.chunks(piece);
+    let mut head = loop {
+        match parse_response(&mut buf) {
+            Ok(Some(head)) => break head,
+            Ok(None) => match rest.next() {
+                Some(more) => buf.extend_from_slice(more),
+                None => return None,
+            },
+            Err(e) => return Some(Err(e.to_string())),
+        }
+    };
+    let framing = match response_framing(&mut head, method) {
+        Ok((framing, _)) => framing,
+        Err(e) => return Some(Err(e.to_string())),
+    };
+    let status = head.status.as_u16();
+    let count = head.headers.len();
+    if framing != ResponseFraming::Chunked {
+        return Some(Ok((status, count, Vec::new(), false)));
+    }
+    let mut decoder = Chunked::default();
+    let mut body = Vec::new();
+    loop {
+        match decoder.decode(&mut buf) {
+            Ok(Decoded::Data(data)) => body.extend_from_slice(&data),
+            Ok(Decoded::End) => return Some(Ok((status, count, body, true))),
+            Ok(Decoded::NeedMore) => match rest.next() {
+                Some(more) => buf.extend_from_slice(more),
+                None => return Some(Ok((status, count, body, false))),
+            },
+            Err(e) => return Some(Err(e.to_string())),
+        }
+    }
+}
+
+fn request_head(input: &[u8], flags: &u8) {
+    let mut headers = HeaderMap::new();
+    for line in input.split(|&b| b == b'\n') {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&line[..colon]),
+            HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let framing = match flags % 3 {
+        0 => RequestFraming::Empty,
+        1 => RequestFraming::Length(u64::from(*flags)),
+        _ => RequestFraming::Chunked,
+    };
+    let mut out = Vec::new();
+    encode_request(&http::Method::POST, "/p", &headers, framing, &mut out);
+    let mut lines = [httparse::EMPTY_HEADER; 256];
+    let mut request = httparse::Request::new(&mut lines);
+    let parsed = request.parse(&out);
+    assert!(
+        matches!(parsed, Ok(httparse::Status::Complete(n)) if n == out.len()),
+        "{parsed:?}: {:?}",
+        String::from_utf8_lossy(&out)
+    );
+    let count = |name: &str| {
+        request
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    let (lengths, chunked) = match framing {
+        RequestFraming::Chunked => (0, 1),
+        _ => (1, 0),
+    };
+    assert_eq!(count("content-length"), lengths);
+    assert_eq!(count("transfer-encoding"), chunked);
 }

@@ -446,7 +446,9 @@ async fn read_head<R: tokio::io::AsyncRead + Unpin>(
     buf: &mut BytesMut,
 ) -> Result<ResponseHead, H1Error> {
     loop {
-        if let Some(head) = parse_response(buf)? {
+        if !buf.is_empty()
+            && let Some(head) = parse_response(buf)?
+        {
             if head.status.is_informational() && head.status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
             }

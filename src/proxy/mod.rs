@@ -12,7 +12,8 @@
 //!      ▼
 //! forward ─ headers (hop-by-hop out, X-Forwarded-* and Via in)
 //!      │  ─ balance (round robin, skip cooling-down endpoints, one retry)
-//!      │  ─ pool (one pooled hyper client per upstream; cool-down)
+//!      │  ─ pool (one pooled client per upstream; cool-down)
+//!      │      ├─ h1pool (HTTP/1.1, in the request's task; wire format: h1codec)
 //!      │      └─ connect (dial the one upstream, within its connect timeout)
 //!      │  ─ body (request body reclaimable until first polled, for that retry)
 //!      ▼
@@ -31,7 +32,7 @@ mod body;
 mod connect;
 mod error;
 mod forward;
-mod h1codec;
+pub(crate) mod h1codec;
 mod h1pool;
 pub(crate) mod headers;
 mod pool;
