@@ -198,16 +198,24 @@ pub(crate) fn add_forwarded(
     original_host: &str,
     version: Version,
 ) {
-    let peer = ip_text(peer.to_canonical());
+    let peer = peer.to_canonical();
+    let peer_text = ip_text(peer);
+    let peer_value = ip_value(&peer_text);
+    // From an untrusted peer the client is the peer: one value for both headers.
+    let real_ip = if client == peer {
+        peer_value.clone()
+    } else {
+        ip_value(&ip_text(client))
+    };
     if trusted {
-        let xff = join_with(headers, &X_FORWARDED_FOR, &peer);
+        let xff = join_with(headers, &X_FORWARDED_FOR, &peer_text);
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     } else {
         headers.remove(&FORWARDED);
         // One value: `insert` replaces every X-Forwarded-For the client sent.
-        headers.insert(X_FORWARDED_FOR.clone(), ip_value(&peer));
+        headers.insert(X_FORWARDED_FOR.clone(), peer_value);
     }
-    headers.insert(X_REAL_IP.clone(), ip_value(&ip_text(client)));
+    headers.insert(X_REAL_IP.clone(), real_ip);
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     match HeaderValue::from_str(original_host) {
         Ok(v) => {
@@ -226,7 +234,12 @@ pub(crate) fn add_forwarded(
         Version::HTTP_3 => "3 portico",
         _ => "1.1 portico",
     };
-    let via = join_with(headers, &header::VIA, via);
+    // Most requests come without a `Via`: then ours is the whole value, no copy.
+    let via = if headers.contains_key(header::VIA) {
+        join_with(headers, &header::VIA, via)
+    } else {
+        HeaderValue::from_static(via)
+    };
     headers.insert(header::VIA, via);
 }
 
