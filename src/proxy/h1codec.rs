@@ -21,6 +21,7 @@ use http::{Method, StatusCode, Version};
 /// The largest response head accepted from an upstream (haproxy's whole buffer is
 /// 16 KiB; nginx's `proxy_buffer_size` 4 or 8 KiB).
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// The most header lines in a response head.
 pub(crate) const MAX_HEADERS: usize = 128;
 /// The longest chunk-size line (size and extensions).
@@ -221,13 +222,25 @@ pub(crate) fn response_framing(
     head: &mut ResponseHead,
     method: &Method,
 ) -> Result<(ResponseFraming, bool), WireError> {
-    let mut reusable = head.version == Version::HTTP_11
-        && !head
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+    let (close, only_persistence) = head
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .fold((false, true), |(close, only), t| {
+            let is_close = t.eq_ignore_ascii_case(b"close");
+            let persistence = is_close || t.eq_ignore_ascii_case(b"keep-alive");
+            (close || is_close, only && persistence)
+        });
+    // `Connection: keep-alive` (nginx's on every response) or `close` speaks of this
+    // hop only, and is read here: gone from the head, the hop-by-hop pass after
+    // (`headers::strip_hop_by_hop`) finds nothing to do on most responses. A
+    // `Connection` that names other headers stays for that pass.
+    if only_persistence && head.headers.remove(header::CONNECTION).is_some() {
+        head.headers.remove(KEEP_ALIVE);
+    }
+    let mut reusable = head.version == Version::HTTP_11 && !close;
     let status = head.status;
     if *method == Method::HEAD
         || status.is_informational()
@@ -555,6 +568,25 @@ mod tests {
             f("HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\n"),
             (Length(5), false)
         );
+        // Persistence is read and taken out; a Connection naming other headers stays
+        // for the hop-by-hop pass.
+        let mut h = head(
+            "HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(
+            response_framing(&mut h, &Method::GET).unwrap(),
+            (Length(0), true)
+        );
+        assert!(!h.headers.contains_key(header::CONNECTION));
+        assert!(!h.headers.contains_key(KEEP_ALIVE));
+        let mut h = head(
+            "HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(
+            response_framing(&mut h, &Method::GET).unwrap(),
+            (Length(0), false)
+        );
+        assert!(h.headers.contains_key(header::CONNECTION));
         assert_eq!(
             framing("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", Method::HEAD).unwrap(),
             (Empty, true)
