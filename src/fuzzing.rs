@@ -428,6 +428,7 @@ pub fn host(data: &[u8]) {
         return;
     };
     let lookup = host::normalize(raw);
+    assert_eq!(lookup, host::normalize_any(raw), "{raw:?}");
     let Ok(authority) = host::parse(raw) else {
         return;
     };

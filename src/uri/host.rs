@@ -44,6 +44,24 @@ impl Authority {
 
 /// Lowercases a Host header or SNI value and drops a `:port` suffix (and IPv6 brackets).
 pub(crate) fn normalize(host: &str) -> String {
+    // What nearly every request carries, a lowercase name with perhaps a port, in one
+    // pass: the general reading below searched the text three times (~430 of ~46,700
+    // instructions per HTTP/2 request, scripts/profile).
+    let mut colon = None;
+    for (i, b) in host.bytes().enumerate() {
+        match b {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' => {}
+            b':' if colon.is_none() => colon = Some(i),
+            _ => return normalize_any(host),
+        }
+    }
+    host[..colon.unwrap_or(host.len())]
+        .trim_end_matches('.')
+        .to_owned()
+}
+
+/// [`normalize`] for any text (also the reference its quick reading is fuzzed against).
+pub(crate) fn normalize_any(host: &str) -> String {
     let host = host.trim();
     let bare = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or(rest)
@@ -126,6 +144,28 @@ mod tests {
         assert_eq!(normalize("a.example.com."), "a.example.com");
         assert_eq!(normalize("[0001:DB8:0::1]:443"), "1:db8::1");
         assert_eq!(normalize("E.:1"), "e");
+        // The one-pass reading and the general one agree, in and out of its alphabet.
+        for raw in [
+            "a.test",
+            "a.test:8443",
+            "a.test.:443",
+            "a.test:",
+            ":",
+            ".",
+            "",
+            "1:2",
+            "1:2:3",
+            "a-b.c0",
+            " a.test",
+            "a.test ",
+            "A.test:1",
+            "[::1]",
+            "a_b.test",
+            "ä.test:1",
+        ] {
+            assert_eq!(normalize(raw), normalize_any(raw), "{raw:?}");
+        }
+        assert_eq!(normalize("a.test.:443"), "a.test");
         assert_eq!(parse("[0001:DB8:0::1]:443").unwrap().host, "1:db8::1");
     }
 
