@@ -1,9 +1,10 @@
 //! Request bodies on their way upstream, wrapped so that a request whose upstream
 //! connection failed can be sent again to another upstream.
 //!
-//! hyper's client takes the request by value and drops it when the connection cannot be
-//! made, body included. [`RetryBody`] keeps the client's body in a slot shared with a
-//! [`Reclaim`] handle until hyper polls it for the first time: if the attempt fails
+//! The upstream clients (`h1pool`, hyper's for h2c) take the request by value and drop
+//! it when the connection cannot be made, body included. [`RetryBody`] keeps the
+//! client's body in a slot shared with a [`Reclaim`] handle until the upstream client
+//! polls it for the first time: if the attempt fails
 //! before that, nothing of the body was read, so [`Reclaim::take`] gets it back whole
 //! and the request can go to the next upstream. Once polled, the body belongs to that
 //! attempt and cannot be replayed (we never buffer bodies).

@@ -1,5 +1,6 @@
 //! Upstream connections: one [`Endpoint`] per (upstream, protocol), each with its own
-//! pooled hyper client, and the [`Pools`] registry that hands the same endpoints to
+//! pool (HTTP/1.1: `h1pool`, portico's own; h2c: hyper's HTTP/2 client), and the
+//! [`Pools`] registry that hands the same endpoints to
 //! every router built from a reloaded config, so idle connections and health state
 //! survive a reload for upstreams that remain.
 //!
