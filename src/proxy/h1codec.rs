@@ -21,13 +21,14 @@ use http::{Method, StatusCode, Version};
 /// The largest response head accepted from an upstream (haproxy's whole buffer is
 /// 16 KiB; nginx's `proxy_buffer_size` 4 or 8 KiB).
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 /// The most header lines in a response head.
 pub(crate) const MAX_HEADERS: usize = 128;
 /// The longest chunk-size line (size and extensions).
 const MAX_CHUNK_LINE: usize = 1024;
 /// The most trailer bytes after the last chunk (read and dropped).
 const MAX_TRAILERS: usize = 16 * 1024;
+/// HTTP/1.0's persistence header, which has no constant in `http`.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Why an upstream's response could not be read.
 #[derive(Debug, thiserror::Error)]
