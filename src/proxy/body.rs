@@ -4,10 +4,10 @@
 //! The upstream clients (`h1pool`, hyper's for h2c) take the request by value and drop
 //! it when the connection cannot be made, body included. [`RetryBody`] keeps the
 //! client's body in a slot shared with a [`Reclaim`] handle until the upstream client
-//! polls it for the first time: if the attempt fails
-//! before that, nothing of the body was read, so [`Reclaim::take`] gets it back whole
-//! and the request can go to the next upstream. Once polled, the body belongs to that
-//! attempt and cannot be replayed (we never buffer bodies).
+//! polls it for the first time: if the attempt fails before that, nothing of the body
+//! was read, so [`Reclaim::take`] gets it back whole and the request can go to the
+//! next upstream. Once polled, the body belongs to that attempt and cannot be replayed
+//! (we never buffer bodies).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -18,6 +18,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
+use super::headers::KEEP_ALIVE;
+
 /// The largest response head accepted from an upstream (haproxy's whole buffer is
 /// 16 KiB; nginx's `proxy_buffer_size` 4 or 8 KiB).
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -27,8 +29,6 @@ pub(crate) const MAX_HEADERS: usize = 128;
 const MAX_CHUNK_LINE: usize = 1024;
 /// The most trailer bytes after the last chunk (read and dropped).
 const MAX_TRAILERS: usize = 16 * 1024;
-/// HTTP/1.0's persistence header, which has no constant in `http`.
-const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 /// Why an upstream's response could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +239,7 @@ pub(crate) fn response_framing(
     // (`headers::strip_hop_by_hop`) finds nothing to do on most responses. A
     // `Connection` that names other headers stays for that pass.
     if only_persistence && head.headers.remove(header::CONNECTION).is_some() {
-        head.headers.remove(KEEP_ALIVE);
+        head.headers.remove(&KEEP_ALIVE);
     }
     let mut reusable = head.version == Version::HTTP_11 && !close;
     let status = head.status;
@@ -579,7 +579,7 @@ mod tests {
             (Length(0), true)
         );
         assert!(!h.headers.contains_key(header::CONNECTION));
-        assert!(!h.headers.contains_key(KEEP_ALIVE));
+        assert!(!h.headers.contains_key(&KEEP_ALIVE));
         let mut h = head(
             "HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n",
         );

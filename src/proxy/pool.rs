@@ -1,8 +1,8 @@
 //! Upstream connections: one [`Endpoint`] per (upstream, protocol), each with its own
 //! pool (HTTP/1.1: `h1pool`, portico's own; h2c: hyper's HTTP/2 client), and the
-//! [`Pools`] registry that hands the same endpoints to
-//! every router built from a reloaded config, so idle connections and health state
-//! survive a reload for upstreams that remain.
+//! [`Pools`] registry that hands the same endpoints to every router built from a
+//! reloaded config, so idle connections and health state survive a reload for
+//! upstreams that remain.
 //!
 //! Each endpoint's client dials only its own upstream ([`Connector`] ignores the URI's
 //! authority). That frees the request URI to carry the client's original host: an h2c
