@@ -17,7 +17,7 @@ use crate::proxy::h1codec::{
     Chunked, Decoded, RequestFraming, ResponseFraming, encode_request, parse_response,
     response_framing,
 };
-use crate::proxy::headers::{add_forwarded, client_address, strip_hop_by_hop};
+use crate::proxy::headers::{Forwarding, client_address, http1_head_both_ways, strip_hop_by_hop};
 use crate::proxy::rule::{RuleError, location, target_path};
 use crate::request_id;
 use crate::router::{Action, Head, Listener, Router};
@@ -234,8 +234,9 @@ fn trusted(ip: IpAddr) -> bool {
 /// The header rewrite of a forwarded request: whatever a client sends, no hop-by-hop
 /// header survives, an untrusted client's forwarding headers are replaced, and the
 /// request ends with exactly one sane `X-Request-Id` (the client's only when it was
-/// sane and alone). The first byte says whether the peer is trusted; then one
-/// `name: value` per line.
+/// sane and alone), and an HTTP/1.1 head gets the same fields written straight as
+/// through the map. The first byte's bits say whether the peer is trusted and the
+/// request an upgrade; then one `name: value` per line.
 pub fn headers(data: &[u8]) {
     let (flags, lines) = data.split_first().unwrap_or((&0, &[]));
     let mut headers = HeaderMap::new();
@@ -276,29 +277,37 @@ pub fn headers(data: &[u8]) {
         .iter()
         .map(|v| v.as_bytes().to_vec())
         .collect();
-    let id = request_id::ensure(&mut headers);
-    assert!(request_id::is_sane(id.as_bytes()), "{id:?}");
-    let now: Vec<&HeaderValue> = headers.get_all("x-request-id").iter().collect();
-    assert_eq!(now, [&id]);
-    if let [one] = &sent[..]
-        && request_id::is_sane(one)
-    {
-        assert_eq!(id.as_bytes(), &one[..]);
+    let id = request_id::of(&headers);
+    assert!(request_id::is_sane(id.value.as_bytes()), "{id:?}");
+    match &sent[..] {
+        [one] if request_id::is_sane(one) => {
+            assert!(!id.new);
+            assert_eq!(id.value.as_bytes(), &one[..]);
+        }
+        _ => assert!(id.new, "{sent:?}"),
     }
     let is_trusted = trusted(peer);
     let client = client_address(&headers, peer, trusted);
     if !is_trusted {
         assert_eq!(client, peer);
     }
-    add_forwarded(
-        &mut headers,
+    let forwarding = Forwarding {
         peer,
-        is_trusted,
+        trusted: is_trusted,
         client,
-        "https",
-        "a.test",
-        http::Version::HTTP_11,
-    );
+        proto: "https",
+        original_host: "a.test",
+        version: http::Version::HTTP_11,
+        request_id: id.new.then_some(&id.value),
+    };
+    // Straight into an HTTP/1.1 head, or through the map: the same fields.
+    let upgrade = (flags & 2 == 2).then(|| HeaderValue::from_static("websocket"));
+    let [straight, mapped] =
+        http1_head_both_ways(&headers, &forwarding, "up.test", upgrade.as_ref());
+    assert_eq!(straight, mapped);
+    forwarding.insert(&mut headers);
+    let now: Vec<&HeaderValue> = headers.get_all("x-request-id").iter().collect();
+    assert_eq!(now, [&id.value]);
     assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
     assert_eq!(headers.get_all("x-real-ip").iter().count(), 1);
     assert_eq!(headers["x-real-ip"], client.to_string());

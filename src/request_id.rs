@@ -1,6 +1,6 @@
 //! Request ids: the `X-Request-Id` that ties one request's access log line to its
-//! upstream's logs. The proxy calls [`ensure`] on every request before routing; the id
-//! then goes upstream with the other headers and into the access log line.
+//! upstream's logs. The proxy calls [`of`] on every request before routing; the id
+//! then goes upstream with the forwarding headers and into the access log line.
 //!
 //! Decisions (docs/requests.md states them for users):
 //! - a client's (or load balancer's) id is kept when the request carries exactly one
@@ -67,19 +67,31 @@ fn seed() -> u64 {
     u64::from_be_bytes(bytes)
 }
 
+/// A request's id, and whether it was made here.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId {
+    pub value: HeaderValue,
+    /// Made here: it replaces every `X-Request-Id` the request carries, on its way
+    /// upstream (`proxy::headers::Forwarding`).
+    pub new: bool,
+}
+
 /// The request's id: the one `X-Request-Id` it carries when that is sane, else a new
-/// one, which replaces every `X-Request-Id` in `headers`. Afterwards `headers` holds
-/// exactly one, equal to the value returned.
-pub(crate) fn ensure(headers: &mut HeaderMap) -> HeaderValue {
+/// one. `headers` is not changed: the id goes upstream with the forwarding headers.
+pub(crate) fn of(headers: &HeaderMap) -> RequestId {
     let mut values = headers.get_all(&X_REQUEST_ID).iter();
     if let (Some(first), None) = (values.next(), values.next())
         && is_sane(first.as_bytes())
     {
-        return first.clone();
+        return RequestId {
+            value: first.clone(),
+            new: false,
+        };
     }
-    let id = generate();
-    headers.insert(X_REQUEST_ID.clone(), id.clone());
-    id
+    RequestId {
+        value: generate(),
+        new: true,
+    }
 }
 
 #[cfg(test)]
@@ -96,12 +108,13 @@ mod tests {
 
     #[test]
     fn a_sane_id_is_kept() {
-        let mut headers = with(&[b"abc-123_XYZ.{}"]);
-        assert_eq!(ensure(&mut headers), "abc-123_XYZ.{}");
-        assert_eq!(headers.get_all(&X_REQUEST_ID).iter().count(), 1);
+        let id = of(&with(&[b"abc-123_XYZ.{}"]));
+        assert_eq!(id.value, "abc-123_XYZ.{}");
+        assert!(!id.new);
         let longest = vec![b'a'; MAX_LEN];
-        let mut headers = with(&[&longest]);
-        assert_eq!(ensure(&mut headers).as_bytes(), &longest[..]);
+        let id = of(&with(&[&longest]));
+        assert_eq!(id.value.as_bytes(), &longest[..]);
+        assert!(!id.new);
     }
 
     /// Log injection: whatever an attacker puts in the header never comes out.
@@ -117,22 +130,19 @@ mod tests {
             &[b"one", b"two"],
         ];
         for values in cases {
-            let mut headers = with(values);
-            let id = ensure(&mut headers);
-            assert_eq!(id.len(), 32, "{values:?}");
-            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
-            let all: Vec<_> = headers.get_all(&X_REQUEST_ID).iter().collect();
-            assert_eq!(all, [&id], "{values:?}");
+            let id = of(&with(values));
+            assert!(id.new, "{values:?}");
+            assert_eq!(id.value.len(), 32, "{values:?}");
+            assert!(id.value.as_bytes().iter().all(u8::is_ascii_hexdigit));
         }
     }
 
     #[test]
     fn a_missing_id_is_created_fresh_each_time() {
-        let (mut a, mut b) = (HeaderMap::new(), HeaderMap::new());
-        let (x, y) = (ensure(&mut a), ensure(&mut b));
-        assert_ne!(x, y);
-        assert_eq!(a[&X_REQUEST_ID], x);
-        assert!(is_sane(x.as_bytes()));
+        let (x, y) = (of(&HeaderMap::new()), of(&HeaderMap::new()));
+        assert!(x.new && y.new);
+        assert_ne!(x.value, y.value);
+        assert!(is_sane(x.value.as_bytes()));
     }
 
     #[test]

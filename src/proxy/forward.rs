@@ -28,62 +28,93 @@ use super::balance::Balancer;
 use super::body::RetryBody;
 use super::error::ProxyError;
 use super::h1pool::UpgradedUpstream;
-use super::headers::{add_forwarded, apply_edits, join_cookies, strip_hop_by_hop};
+use super::headers::{Forwarding, apply_edits, http1_head, strip_hop_by_hop};
+use super::pool::Outgoing;
 use super::{Body, ConnInfo, upgrade};
 use crate::access_log::UpstreamTrace;
 use crate::config::UpstreamProtocol;
 use crate::report::Chain;
 use crate::router::Filters;
 
-/// The request head as it goes upstream, kept so a retry can rebuild the request.
-struct Head {
-    method: Method,
-    path: PathAndQuery,
-    headers: HeaderMap,
-    version: Version,
-    /// `:authority` for h2c upstreams: the client's host.
-    authority: Option<Authority>,
+/// The request head as it goes upstream, kept so a retry can send it again.
+enum Head {
+    /// To an HTTP/1.1 upstream: written once, up to its framing
+    /// ([`super::headers::http1_head`]).
+    Http1 {
+        method: Method,
+        head: Vec<u8>,
+        /// The request asks for a protocol upgrade.
+        upgrade: bool,
+    },
+    /// To an h2c upstream: hyper's client writes it.
+    H2c {
+        method: Method,
+        path: PathAndQuery,
+        headers: HeaderMap,
+        /// `:authority`: the client's host.
+        authority: Option<Authority>,
+    },
 }
 
 impl Head {
-    /// The request for one attempt. `last` hands the headers over instead of copying
-    /// them: no retry will need them again.
-    fn request(
-        &mut self,
-        endpoint_authority: &Authority,
-        body: RetryBody,
-        last: bool,
-    ) -> Request<RetryBody> {
-        let authority = self.authority.clone().unwrap_or(endpoint_authority.clone());
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(self.path.clone())
-            .build()
-            // All three parts are already-parsed values, so this cannot fail; should it
-            // ever, the client refuses the relative URI and the request gets a 502
-            // rather than the proxy a panic.
-            .unwrap_or_default();
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = uri;
-        *req.version_mut() = self.version;
-        *req.headers_mut() = if last {
-            std::mem::take(&mut self.headers)
-        } else {
-            self.headers.clone()
-        };
-        req
+    /// The request for one attempt. `last` hands the head over instead of copying it:
+    /// no retry will need it again.
+    fn request(&mut self, endpoint_authority: &Authority, body: RetryBody, last: bool) -> Outgoing {
+        match self {
+            Head::Http1 {
+                method,
+                head,
+                upgrade,
+            } => Outgoing::Http1 {
+                method: method.clone(),
+                head: if last {
+                    std::mem::take(head)
+                } else {
+                    head.clone()
+                },
+                upgrade: *upgrade,
+                body,
+            },
+            Head::H2c {
+                method,
+                path,
+                headers,
+                authority,
+            } => {
+                let authority = authority.clone().unwrap_or(endpoint_authority.clone());
+                let uri = Uri::builder()
+                    .scheme(Scheme::HTTP)
+                    .authority(authority)
+                    .path_and_query(path.clone())
+                    .build()
+                    // All three parts are already-parsed values, so this cannot fail;
+                    // should it ever, the client refuses the relative URI and the
+                    // request gets a 502 rather than the proxy a panic.
+                    .unwrap_or_default();
+                let mut req = Request::new(body);
+                *req.method_mut() = method.clone();
+                *req.uri_mut() = uri;
+                *req.version_mut() = Version::HTTP_2;
+                *req.headers_mut() = if last {
+                    std::mem::take(headers)
+                } else {
+                    headers.clone()
+                };
+                Outgoing::H2c(req)
+            }
+        }
     }
 }
 
 /// Who sent a request, as the forwarding headers will say it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Sender {
     /// The peer is in `listen.trusted_proxies`: its forwarding headers are believed.
     pub trusted: bool,
     /// The client after trusted proxies ([`super::headers::client_address`]).
     pub client: std::net::IpAddr,
+    /// The request's id when portico made it: it replaces the client's upstream.
+    pub request_id: Option<HeaderValue>,
 }
 
 /// What the access log wants to know of a forwarded request, when it is on.
@@ -136,67 +167,66 @@ pub(super) async fn forward(
 
     let (parts, body) = req.into_parts();
     let mut headers = parts.headers;
-    let client_version = parts.version;
     strip_hop_by_hop(&mut headers);
-    add_forwarded(
-        &mut headers,
-        conn.peer.ip(),
-        sender.trusted,
-        sender.client,
-        conn.proto,
+    let forwarding = Forwarding {
+        peer: conn.peer.ip(),
+        trusted: sender.trusted,
+        client: sender.client,
+        proto: conn.proto,
         original_host,
-        client_version,
-    );
-    // After portico's own handling: the route's edits have the last word, except on
-    // the headers `apply_edits` leaves alone (the Host among them, set below). Before
-    // the cookies are joined, so an added `Cookie` joins them too.
-    if let Some(r) = &rewrites {
-        apply_edits(&mut headers, &r.filters.request_headers);
-    }
-    // `X-Forwarded-Host` above keeps the client's host; a `URLRewrite` changes only
-    // the one the upstream is asked for.
+        version: parts.version,
+        request_id: sender.request_id.as_ref(),
+    };
+    // `X-Forwarded-Host` keeps the client's host; a `URLRewrite` changes only the one
+    // the upstream is asked for.
     let upstream_host = rewrites
         .as_ref()
         .and_then(|r| r.filters.hostname.as_deref())
         .unwrap_or(original_host);
-    let (version, authority) = match protocol {
-        UpstreamProtocol::Http1 => {
+    // After portico's own handling, the route's edits have the last word, except on
+    // the headers `apply_edits` leaves alone (the Host among them).
+    let edits = rewrites
+        .as_ref()
+        .map(|r| &r.filters.request_headers)
+        .filter(|e| !e.is_empty());
+    let path = match rewrites.as_ref().and_then(|r| r.path.clone()) {
+        Some(path) => path,
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
+    let mut head = match protocol {
+        UpstreamProtocol::Http1 => Head::Http1 {
             // The client's host, as written; an HTTP/2 client's `:authority` too.
-            match HeaderValue::from_str(upstream_host) {
-                Ok(v) => {
-                    headers.insert(header::HOST, v);
-                }
-                Err(_) => {
-                    headers.remove(header::HOST);
-                }
-            }
-            join_cookies(&mut headers);
-            (Version::HTTP_11, None)
-        }
+            head: http1_head(
+                &parts.method,
+                path.as_str(),
+                headers,
+                &forwarding,
+                edits,
+                upstream_host,
+                upgrade.as_ref(),
+            ),
+            method: parts.method,
+            upgrade: upgrade.is_some(),
+        },
         UpstreamProtocol::H2c => {
+            forwarding.insert(&mut headers);
+            if let Some(edits) = edits {
+                apply_edits(&mut headers, edits);
+            }
             // In HTTP/2 the host travels as `:authority`; a `Host` header next to it
             // would be redundant at best and contradictory at worst.
             headers.remove(header::HOST);
-            (Version::HTTP_2, upstream_host.parse::<Authority>().ok())
+            Head::H2c {
+                method: parts.method,
+                path,
+                headers,
+                authority: upstream_host.parse::<Authority>().ok(),
+            }
         }
-    };
-
-    if let Some(value) = &upgrade {
-        upgrade::restore(&mut headers, value.clone());
-    }
-    let mut head = Head {
-        method: parts.method,
-        path: match rewrites.as_ref().and_then(|r| r.path.clone()) {
-            Some(path) => path,
-            None => parts
-                .uri
-                .path_and_query()
-                .cloned()
-                .unwrap_or_else(|| PathAndQuery::from_static("/")),
-        },
-        headers,
-        version,
-        authority,
     };
 
     let Some(mut index) = balancer.pick() else {

@@ -18,8 +18,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
-use super::headers::KEEP_ALIVE;
-
 /// The largest response head accepted from an upstream (haproxy's whole buffer is
 /// 16 KiB; nginx's `proxy_buffer_size` 4 or 8 KiB).
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -66,6 +64,7 @@ pub(crate) enum RequestFraming {
 
 /// Writes a request head: `method target HTTP/1.1`, the headers (lower-case names),
 /// and the framing header that `framing` says, in place of any the headers carry.
+#[cfg(any(test, fuzzing))]
 pub(crate) fn encode_request(
     method: &Method,
     target: &str,
@@ -73,19 +72,75 @@ pub(crate) fn encode_request(
     framing: RequestFraming,
     out: &mut Vec<u8>,
 ) {
+    encode_head(method, target, headers, |_, _| true, out);
+    finish_head(method, framing, out);
+}
+
+/// Writes the start of a request head: `method target HTTP/1.1` and the header lines
+/// of `headers` that `keep` accepts, lower-case, without the framing headers
+/// ([`finish_head`] writes those). Several `Cookie` fields become one line joined by
+/// `; `, as an HTTP/1.1 server expects (RFC 9113 §8.2.3: HTTP/2 clients send one per
+/// cookie). More lines may follow ([`write_field`]) before the head is finished.
+pub(crate) fn encode_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    mut keep: impl FnMut(&HeaderName, &HeaderValue) -> bool,
+    out: &mut Vec<u8>,
+) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // A map yields the values of one name one after another, so the cookies of a
+    // request are consecutive: the line stays open while they last.
+    let mut cookie_open = false;
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || !keep(name, value)
+        {
             continue;
+        }
+        let cookie = name == header::COOKIE;
+        if cookie && cookie_open {
+            out.extend_from_slice(b"; ");
+            out.extend_from_slice(value.as_bytes());
+            continue;
+        }
+        if cookie_open {
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        cookie_open = cookie;
+        if !cookie {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if cookie_open {
         out.extend_from_slice(b"\r\n");
     }
+}
+
+/// Writes one header line. `value` must be a valid field value ([`is_field_value`]).
+pub(crate) fn write_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether `value` may be written as a field value: what `HeaderValue` accepts
+/// (visible ASCII, space, tab and bytes above 0x7F; no other control character).
+pub(crate) fn is_field_value(value: &[u8]) -> bool {
+    value
+        .iter()
+        .all(|&b| (b >= 0x20 && b != 0x7f) || b == b'\t')
+}
+
+/// Ends a head begun by [`encode_head`]: the framing header that `framing` says, and
+/// the empty line.
+pub(crate) fn finish_head(method: &Method, framing: RequestFraming, out: &mut Vec<u8>) {
     match framing {
         RequestFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -145,6 +200,22 @@ pub(crate) struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
     pub headers: HeaderMap,
+    /// What [`response_framing`] reads, noted from the lines as they were parsed: the
+    /// map is not searched again for it (five lookups and two removals were ~1k
+    /// instructions a request, scripts/profile).
+    noted: Noted,
+}
+
+/// The framing headers of a response head.
+#[derive(Debug, Default)]
+struct Noted {
+    /// `Connection` lists `close`.
+    close: bool,
+    /// With `Transfer-Encoding`: whether its last coding is `chunked`.
+    chunked: Option<bool>,
+    /// With `Content-Length`: its one number, or `Err` when a value is not a number or
+    /// two differ.
+    length: Option<Result<u64, ()>>,
 }
 
 /// Parses a response head from the front of `buf` and removes it from there. `None`:
@@ -174,11 +245,52 @@ pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>,
         .code
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or(WireError::Head(httparse::Error::Status))?;
+    // The framing headers, read from the lines before the map is built. `Connection:
+    // keep-alive` (nginx's on every response) or `close` speaks of this hop only: it
+    // and `Keep-Alive` are not put in the map, so the hop-by-hop pass after
+    // (`headers::strip_hop_by_hop`) finds nothing to do on most responses. A
+    // `Connection` that names other headers stays for that pass.
+    let mut noted = Noted::default();
+    let (mut connection, mut persistence_only) = (false, true);
+    for h in response.headers.iter() {
+        let name = h.name.as_bytes();
+        let tokens = || h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+        if name.eq_ignore_ascii_case(b"connection") {
+            connection = true;
+            for t in tokens() {
+                let close = t.eq_ignore_ascii_case(b"close");
+                noted.close |= close;
+                persistence_only &= close || t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = tokens().rfind(|t| !t.is_empty());
+            noted.chunked = match (last, noted.chunked) {
+                (Some(t), _) => Some(t.eq_ignore_ascii_case(b"chunked")),
+                // A line of no codings leaves the last one as it was.
+                (None, before) => Some(before.unwrap_or(false)),
+            };
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            for part in tokens() {
+                noted.length = match (noted.length, parse_decimal(part)) {
+                    (Some(Err(())), _) | (_, None) => Some(Err(())),
+                    (Some(Ok(l)), Some(n)) if l != n => Some(Err(())),
+                    (_, Some(n)) => Some(Ok(n)),
+                };
+            }
+        }
+    }
+    let drop_persistence = connection && persistence_only;
     // Where each name and value sits in `buf`, so the values can share the head's
     // memory instead of being copied.
     let base = buf.as_ptr() as usize;
     let mut spans = Vec::with_capacity(response.headers.len());
     for h in response.headers.iter() {
+        if drop_persistence
+            && (h.name.eq_ignore_ascii_case("connection")
+                || h.name.eq_ignore_ascii_case("keep-alive"))
+        {
+            continue;
+        }
         let at = h.value.as_ptr() as usize - base;
         spans.push((
             h.name.as_ptr() as usize - base,
@@ -200,6 +312,7 @@ pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>,
         status,
         version,
         headers,
+        noted,
     }))
 }
 
@@ -223,25 +336,8 @@ pub(crate) fn response_framing(
     head: &mut ResponseHead,
     method: &Method,
 ) -> Result<(ResponseFraming, bool), WireError> {
-    let (close, only_persistence) = head
-        .headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .fold((false, true), |(close, only), t| {
-            let is_close = t.eq_ignore_ascii_case(b"close");
-            let persistence = is_close || t.eq_ignore_ascii_case(b"keep-alive");
-            (close || is_close, only && persistence)
-        });
-    // `Connection: keep-alive` (nginx's on every response) or `close` speaks of this
-    // hop only, and is read here: gone from the head, the hop-by-hop pass after
-    // (`headers::strip_hop_by_hop`) finds nothing to do on most responses. A
-    // `Connection` that names other headers stays for that pass.
-    if only_persistence && head.headers.remove(header::CONNECTION).is_some() {
-        head.headers.remove(&KEEP_ALIVE);
-    }
-    let mut reusable = head.version == Version::HTTP_11 && !close;
+    let noted = &head.noted;
+    let mut reusable = head.version == Version::HTTP_11 && !noted.close;
     let status = head.status;
     if *method == Method::HEAD
         || status.is_informational()
@@ -250,36 +346,21 @@ pub(crate) fn response_framing(
     {
         return Ok((ResponseFraming::Empty, reusable));
     }
-    if head.headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = head
-            .headers
-            .get_all(header::TRANSFER_ENCODING)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .rfind(|t| !t.is_empty());
-        if !last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")) {
+    if let Some(chunked) = noted.chunked {
+        if !chunked {
             return Err(WireError::TransferCoding);
         }
-        if head.headers.remove(header::CONTENT_LENGTH).is_some() {
+        if noted.length.is_some() {
+            head.headers.remove(header::CONTENT_LENGTH);
             // Someone on the way may have read the other length: never trust this
             // connection again.
             reusable = false;
         }
         return Ok((ResponseFraming::Chunked, reusable));
     }
-    let mut length = None;
-    for value in head.headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let n = parse_decimal(part.trim_ascii()).ok_or(WireError::ContentLength)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(WireError::ContentLength);
-            }
-            length = Some(n);
-        }
-    }
-    match length {
-        Some(n) => Ok((ResponseFraming::Length(n), reusable)),
+    match noted.length {
+        Some(Ok(n)) => Ok((ResponseFraming::Length(n), reusable)),
+        Some(Err(())) => Err(WireError::ContentLength),
         None => Ok((ResponseFraming::Close, false)),
     }
 }
@@ -485,6 +566,42 @@ mod tests {
     }
 
     #[test]
+    fn a_head_joins_cookies_and_leaves_out_what_keep_refuses() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("cookie", "a=1"),
+            ("x-a", "1"),
+            ("cookie", "b=2"),
+            ("x-drop", "1"),
+            ("cookie", "c=3"),
+            ("transfer-encoding", "chunked"),
+        ] {
+            headers.append(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let mut out = Vec::new();
+        encode_head(
+            &Method::GET,
+            "/",
+            &headers,
+            |name, _| name != "x-drop",
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET / HTTP/1.1\r\ncookie: a=1; b=2; c=3\r\nx-a: 1\r\n"
+        );
+        let mut out = Vec::new();
+        headers.remove("x-a");
+        encode_head(&Method::GET, "/", &headers, |_, _| true, &mut out);
+        assert!(out.ends_with(b"cookie: a=1; b=2; c=3\r\nx-drop: 1\r\n"));
+        assert!(is_field_value(b"a b\tc\x80"));
+        assert!(!is_field_value(b"a\x01") && !is_field_value(b"\x7f"));
+    }
+
+    #[test]
     fn numbers_are_written_exactly() {
         for n in [0u64, 9, 10, 99, 100, 65535, u64::MAX] {
             assert_eq!(itoa(n, &mut [0; 20]), n.to_string().as_bytes());
@@ -579,7 +696,7 @@ mod tests {
             (Length(0), true)
         );
         assert!(!h.headers.contains_key(header::CONNECTION));
-        assert!(!h.headers.contains_key(&KEEP_ALIVE));
+        assert!(!h.headers.contains_key("keep-alive"));
         let mut h = head(
             "HTTP/1.1 200 OK\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nContent-Length: 0\r\n\r\n",
         );

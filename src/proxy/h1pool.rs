@@ -32,7 +32,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode, Uri};
+use http::{Method, Response, StatusCode, Uri};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,7 +42,7 @@ use tower_service::Service;
 use super::connect::{ConnectError, Connector};
 use super::h1codec::{
     Chunked, Decoded, MAX_HEAD, RequestFraming, ResponseFraming, ResponseHead, WireError,
-    chunk_prefix, encode_request, parse_response, response_framing,
+    chunk_prefix, finish_head, parse_response, response_framing,
 };
 use crate::body::BoxError;
 use crate::workers;
@@ -214,15 +214,43 @@ impl H1Pool {
 
     /// Sends `req` (its URI may be absolute: it goes out in origin form) and returns the
     /// response head; the body hands the connection back when read to its end.
+    #[cfg(test)]
     pub(super) async fn request<B>(
         &self,
-        req: Request<B>,
+        req: http::Request<B>,
     ) -> Result<Response<UpstreamBody>, H1Error>
     where
         B: HttpBody<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
         let (parts, body) = req.into_parts();
+        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut head = Vec::with_capacity(256 + parts.headers.len() * 48);
+        super::h1codec::encode_head(
+            &parts.method,
+            target,
+            &parts.headers,
+            |_, _| true,
+            &mut head,
+        );
+        let upgrade = parts.headers.contains_key(http::header::UPGRADE);
+        self.send(&parts.method, head, upgrade, body).await
+    }
+
+    /// Sends a request whose head is written up to its framing (`encode_head`), frames
+    /// it by `body`, and returns the response head; the body hands the connection back
+    /// when read to its end. `upgrade`: the request asks for a protocol upgrade.
+    pub(super) async fn send<B>(
+        &self,
+        method: &Method,
+        mut head: Vec<u8>,
+        upgrade: bool,
+        body: B,
+    ) -> Result<Response<UpstreamBody>, H1Error>
+    where
+        B: HttpBody<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         let framing = if body.is_end_stream() {
             RequestFraming::Empty
         } else {
@@ -231,16 +259,13 @@ impl H1Pool {
                 None => RequestFraming::Chunked,
             }
         };
-        let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut head = Vec::with_capacity(256 + parts.headers.len() * 48);
-        encode_request(&parts.method, target, &parts.headers, framing, &mut head);
-        let upgrade = parts.headers.contains_key(http::header::UPGRADE);
+        finish_head(method, framing, &mut head);
         let mut body = Some(body);
         let worker = workers::worker_index();
         let exchange = Exchange {
             head: &head,
             framing,
-            method: &parts.method,
+            method,
             upgrade,
         };
         if let Some(conn) = self.lists.checkout(worker) {
@@ -648,6 +673,7 @@ mod tests {
 
     use super::*;
     use crate::config::Upstream;
+    use http::Request;
 
     async fn listen() -> (TcpListener, H1Pool) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -21,13 +21,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Version};
 
+use super::h1codec::{encode_head, is_field_value, write_field};
 use crate::config::HeaderEdits;
+use crate::request_id::X_REQUEST_ID;
 
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-pub(crate) static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -186,124 +188,296 @@ fn parse_forwarded_ip(entry: &str) -> Option<IpAddr> {
         .and_then(|e| e.parse::<IpAddr>().ok())
 }
 
-/// Sets the forwarding headers of a request on its way upstream (see the module doc):
-/// `X-Forwarded-For`, `X-Real-IP`, `Forwarded` by trust, `X-Forwarded-Proto` and
-/// `X-Forwarded-Host` replaced, `Via` appended. `client` is [`client_address`]'s answer.
-pub(crate) fn add_forwarded(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    trusted: bool,
-    client: IpAddr,
-    proto: &'static str,
-    original_host: &str,
-    version: Version,
-) {
-    let peer = peer.to_canonical();
-    let peer_text = ip_text(peer);
-    let peer_value = ip_value(&peer_text);
-    // From an untrusted peer the client is the peer: one value for both headers.
-    let real_ip = if client == peer {
-        peer_value.clone()
-    } else {
-        ip_value(&ip_text(client))
-    };
-    if trusted {
-        let xff = join_with(headers, &X_FORWARDED_FOR, &peer_text);
-        headers.insert(X_FORWARDED_FOR.clone(), xff);
-    } else {
-        headers.remove(&FORWARDED);
-        // One value: `insert` replaces every X-Forwarded-For the client sent.
-        headers.insert(X_FORWARDED_FOR.clone(), peer_value);
-    }
-    headers.insert(X_REAL_IP.clone(), real_ip);
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    match HeaderValue::from_str(original_host) {
-        Ok(v) => {
-            headers.insert(X_FORWARDED_HOST.clone(), v);
-        }
-        // The host came from a header value or a parsed URI, so it is a valid value;
-        // if not, saying nothing beats saying something wrong.
-        Err(_) => {
-            headers.remove(&X_FORWARDED_HOST);
-        }
-    }
-    let via = match version {
-        Version::HTTP_09 => "0.9 portico",
-        Version::HTTP_10 => "1.0 portico",
-        Version::HTTP_2 => "2 portico",
-        Version::HTTP_3 => "3 portico",
-        _ => "1.1 portico",
-    };
-    // Most requests come without a `Via`: then ours is the whole value, no copy.
-    let via = if headers.contains_key(header::VIA) {
-        join_with(headers, &header::VIA, via)
-    } else {
-        HeaderValue::from_static(via)
-    };
-    headers.insert(header::VIA, via);
+/// The forwarding headers of one request on its way upstream (see the module doc):
+/// `X-Forwarded-For`, `X-Real-IP`, `Forwarded` by trust, `X-Forwarded-Proto`,
+/// `X-Forwarded-Host` and a new `X-Request-Id` replaced, `Via` appended. Set in the
+/// request's map ([`Forwarding::insert`]) or written straight into an HTTP/1.1 head
+/// ([`http1_head`]): the same fields either way.
+pub(crate) struct Forwarding<'a> {
+    /// The TCP peer, or the source a PROXY protocol header gave.
+    pub peer: IpAddr,
+    /// The peer is in `listen.trusted_proxies`.
+    pub trusted: bool,
+    /// [`client_address`]'s answer.
+    pub client: IpAddr,
+    /// `X-Forwarded-Proto`.
+    pub proto: &'static str,
+    /// The host the client asked for, as written: `X-Forwarded-Host`.
+    pub original_host: &'a str,
+    /// The client's HTTP version, for `Via`.
+    pub version: Version,
+    /// An id made for this request, to replace every `X-Request-Id` the client sent;
+    /// `None` keeps the client's.
+    pub request_id: Option<&'a HeaderValue>,
 }
 
-/// The address as `Display` writes it; IPv4 without the formatting machinery, which
-/// cost ~1.3k instructions per request (scripts/profile), ten times this.
-fn ip_text(ip: IpAddr) -> String {
-    let IpAddr::V4(v4) = ip else {
-        return ip.to_string();
-    };
-    let mut out = String::with_capacity(15);
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push('.');
+impl Forwarding<'_> {
+    /// Sets the forwarding headers in `headers`.
+    pub(crate) fn insert(&self, headers: &mut HeaderMap) {
+        let peer = self.peer.to_canonical();
+        let mut peer_text = Vec::with_capacity(15);
+        write_ip(&mut peer_text, peer);
+        let peer_value = ip_value(&peer_text);
+        // From an untrusted peer the client is the peer: one value for both headers.
+        let real_ip = if self.client == peer {
+            peer_value.clone()
+        } else {
+            let mut text = Vec::with_capacity(15);
+            write_ip(&mut text, self.client);
+            ip_value(&text)
+        };
+        if self.trusted {
+            let xff = join_with(headers, &X_FORWARDED_FOR, &peer_text);
+            headers.insert(X_FORWARDED_FOR.clone(), xff);
+        } else {
+            headers.remove(&FORWARDED);
+            // One value: `insert` replaces every X-Forwarded-For the client sent.
+            headers.insert(X_FORWARDED_FOR.clone(), peer_value);
         }
-        if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
+        headers.insert(X_REAL_IP.clone(), real_ip);
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(self.proto),
+        );
+        match HeaderValue::from_str(self.original_host) {
+            Ok(v) => {
+                headers.insert(X_FORWARDED_HOST.clone(), v);
+            }
+            // The host came from a header value or a parsed URI, so it is a valid value;
+            // if not, saying nothing beats saying something wrong.
+            Err(_) => {
+                headers.remove(&X_FORWARDED_HOST);
+            }
         }
-        if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
+        let via = self.via();
+        // Most requests come without a `Via`: then ours is the whole value, no copy.
+        let via = if headers.contains_key(header::VIA) {
+            join_with(headers, &header::VIA, via.as_bytes())
+        } else {
+            HeaderValue::from_static(via)
+        };
+        headers.insert(header::VIA, via);
+        if let Some(id) = self.request_id {
+            headers.insert(X_REQUEST_ID.clone(), id.clone());
         }
-        out.push(char::from(b'0' + octet % 10));
     }
+
+    /// `Via`'s entry for this hop.
+    fn via(&self) -> &'static str {
+        match self.version {
+            Version::HTTP_09 => "0.9 portico",
+            Version::HTTP_10 => "1.0 portico",
+            Version::HTTP_2 => "2 portico",
+            Version::HTTP_3 => "3 portico",
+            _ => "1.1 portico",
+        }
+    }
+
+    /// Whether a header of the client's goes upstream as it is; the values of those
+    /// that are joined with portico's (a trusted `X-Forwarded-For`, `Via`) are
+    /// gathered in `joins`.
+    fn keeps(&self, name: &HeaderName, value: &HeaderValue, joins: &mut Joins) -> bool {
+        if name == header::HOST {
+            false
+        } else if name == header::VIA {
+            push_joined(&mut joins.via, value);
+            false
+        } else if name == X_FORWARDED_FOR {
+            if self.trusted {
+                push_joined(&mut joins.xff, value);
+            }
+            false
+        } else if name == X_REAL_IP || name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST {
+            false
+        } else if name == FORWARDED {
+            self.trusted
+        } else if name == X_REQUEST_ID {
+            self.request_id.is_none()
+        } else {
+            true
+        }
+    }
+
+    /// Writes the forwarding header lines, after the client's headers were written
+    /// with [`Forwarding::keeps`] gathering `joins`.
+    fn write(&self, joins: Joins, out: &mut Vec<u8>) {
+        // The joined values go in before ours, with no copy in between: most requests
+        // have none, and then no list was ever allocated.
+        out.extend_from_slice(b"x-forwarded-for: ");
+        out.extend_from_slice(&joins.xff);
+        write_ip(out, self.peer.to_canonical());
+        out.extend_from_slice(b"\r\nx-real-ip: ");
+        write_ip(out, self.client);
+        out.extend_from_slice(b"\r\n");
+        write_field(out, "x-forwarded-proto", self.proto.as_bytes());
+        if is_field_value(self.original_host.as_bytes()) {
+            write_field(out, "x-forwarded-host", self.original_host.as_bytes());
+        }
+        out.extend_from_slice(b"via: ");
+        out.extend_from_slice(&joins.via);
+        out.extend_from_slice(self.via().as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(id) = self.request_id {
+            write_field(out, "x-request-id", id.as_bytes());
+        }
+    }
+}
+
+/// The client's values of the headers portico appends to.
+#[derive(Default)]
+struct Joins {
+    xff: Vec<u8>,
+    via: Vec<u8>,
+}
+
+/// Adds a value to a `, `-joined list: trimmed, and dropped when empty or not visible
+/// ASCII (rather than passed on garbled).
+fn push_joined(list: &mut Vec<u8>, value: &HeaderValue) {
+    if let Ok(v) = value.to_str() {
+        let v = v.trim();
+        if !v.is_empty() {
+            list.extend_from_slice(v.as_bytes());
+            list.extend_from_slice(b", ");
+        }
+    }
+}
+
+/// The head of a request to an HTTP/1.1 upstream, up to its framing (which the
+/// upstream client adds once it knows the body): the request line, the client's
+/// headers (already stripped of hop-by-hop ones), `Host` (`host`, the host the
+/// upstream is asked for), the forwarding headers, and the upgrade when `upgrade`.
+///
+/// A route's header edits (`edits`) have the last word, so with edits the headers are
+/// set in the map, edited, and written from it; without, the forwarding headers are
+/// written straight into the head as the client's are copied, and the map is not
+/// touched: its inserts (hashing, growing the map, a value allocated for each) cost
+/// 3.1k instructions of the 39k of a proxied request (scripts/profile). Both ways
+/// write the same fields (tests and the `headers` fuzz target hold them to it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn http1_head(
+    method: &Method,
+    target: &str,
+    mut headers: HeaderMap,
+    forwarding: &Forwarding,
+    edits: Option<&HeaderEdits>,
+    host: &str,
+    upgrade: Option<&HeaderValue>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(320 + headers.len() * 48);
+    let Some(edits) = edits else {
+        let mut joins = Joins::default();
+        encode_head(
+            method,
+            target,
+            &headers,
+            |name, value| forwarding.keeps(name, value, &mut joins),
+            &mut out,
+        );
+        if is_field_value(host.as_bytes()) {
+            write_field(&mut out, "host", host.as_bytes());
+        }
+        forwarding.write(joins, &mut out);
+        if let Some(upgrade) = upgrade {
+            write_field(&mut out, "connection", b"upgrade");
+            write_field(&mut out, "upgrade", upgrade.as_bytes());
+        }
+        return out;
+    };
+    forwarding.insert(&mut headers);
+    apply_edits(&mut headers, edits);
+    match HeaderValue::from_str(host) {
+        Ok(v) => {
+            headers.insert(header::HOST, v);
+        }
+        Err(_) => {
+            headers.remove(header::HOST);
+        }
+    }
+    if let Some(upgrade) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, upgrade.clone());
+    }
+    encode_head(method, target, &headers, |_, _| true, &mut out);
     out
 }
 
-/// An address as a header value (always valid: digits, dots, colons, hex).
-fn ip_value(ip: &str) -> HeaderValue {
-    HeaderValue::from_str(ip).unwrap_or(HeaderValue::from_static("unknown"))
-}
-
-/// All values of `name` joined by `, ` with `last` appended, as one value.
-fn join_with(headers: &HeaderMap, name: &HeaderName, last: &str) -> HeaderValue {
-    let mut out = String::new();
-    for v in headers.get_all(name) {
-        // A value that is not visible ASCII is dropped rather than passed on garbled.
-        if let Ok(v) = v.to_str() {
-            let v = v.trim();
-            if !v.is_empty() {
-                out.push_str(v);
-                out.push_str(", ");
-            }
-        }
-    }
-    out.push_str(last);
-    HeaderValue::from_str(&out).unwrap_or_else(|_| {
-        HeaderValue::from_str(last).unwrap_or(HeaderValue::from_static("unknown"))
+/// The header lines [`http1_head`] writes straight and through the map (as it does
+/// for a route with edits, here none), each sorted: the two must be equal for any
+/// request (tests and the `headers` fuzz target).
+#[cfg(any(test, fuzzing))]
+pub(crate) fn http1_head_both_ways(
+    headers: &HeaderMap,
+    forwarding: &Forwarding,
+    host: &str,
+    upgrade: Option<&HeaderValue>,
+) -> [Vec<Vec<u8>>; 2] {
+    let no_edits = HeaderEdits::default();
+    [None, Some(&no_edits)].map(|edits| {
+        let head = http1_head(
+            &Method::GET,
+            "/",
+            headers.clone(),
+            forwarding,
+            edits,
+            host,
+            upgrade,
+        );
+        let mut lines: Vec<Vec<u8>> = head
+            .split(|&b| b == b'\n')
+            .skip(1)
+            .map(|l| l.to_vec())
+            .collect();
+        lines.sort();
+        lines
     })
 }
 
-/// HTTP/2 allows (and HPACK favours) one `cookie` header per cookie; an HTTP/1.1
-/// upstream expects one `Cookie` line (RFC 9113 §8.2.3), so join them with `; `.
-pub(crate) fn join_cookies(headers: &mut HeaderMap) {
-    let mut values = headers.get_all(header::COOKIE).iter();
-    let (Some(first), Some(_)) = (values.next(), values.next()) else {
+/// Writes the address as `Display` does; IPv4 without the formatting machinery, which
+/// cost ~1.3k instructions per request (scripts/profile), ten times this.
+fn write_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    let IpAddr::V4(v4) = ip else {
+        use std::io::Write as _;
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{ip}");
         return;
     };
-    let mut joined = first.as_bytes().to_vec();
-    for v in headers.get_all(header::COOKIE).iter().skip(1) {
-        joined.extend_from_slice(b"; ");
-        joined.extend_from_slice(v.as_bytes());
+    // On the stack first: one copy into `out`, not a capacity check per digit.
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
     }
-    if let Ok(v) = HeaderValue::from_bytes(&joined) {
-        headers.insert(header::COOKIE, v);
+    out.extend_from_slice(&text[..len]);
+}
+
+/// An address as a header value (always valid: digits, dots, colons, hex).
+fn ip_value(ip: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(ip).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// All values of `name` joined by `, ` with `last` appended, as one value.
+fn join_with(headers: &HeaderMap, name: &HeaderName, last: &[u8]) -> HeaderValue {
+    let mut out = Vec::new();
+    for v in headers.get_all(name) {
+        push_joined(&mut out, v);
     }
+    out.extend_from_slice(last);
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| {
+        HeaderValue::from_bytes(last).unwrap_or(HeaderValue::from_static("unknown"))
+    })
 }
 
 #[cfg(test)]
@@ -372,15 +546,16 @@ mod tests {
         let peer: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         let client = client_address(&h, peer, trusted);
         assert_eq!(client, "5.6.7.8".parse::<IpAddr>().unwrap());
-        add_forwarded(
-            &mut h,
+        Forwarding {
             peer,
-            true,
+            trusted: true,
             client,
-            "https",
-            "A.test:8443",
-            Version::HTTP_2,
-        );
+            proto: "https",
+            original_host: "A.test:8443",
+            version: Version::HTTP_2,
+            request_id: None,
+        }
+        .insert(&mut h);
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 10.0.0.9, 10.0.0.1");
         assert_eq!(h["x-real-ip"], "5.6.7.8");
         assert_eq!(h["forwarded"], "for=5.6.7.8");
@@ -401,15 +576,16 @@ mod tests {
         let peer: IpAddr = "192.0.2.1".parse().unwrap();
         let client = client_address(&h, peer, trusted);
         assert_eq!(client, peer);
-        add_forwarded(
-            &mut h,
+        Forwarding {
             peer,
-            false,
+            trusted: false,
             client,
-            "https",
-            "a.test",
-            Version::HTTP_11,
-        );
+            proto: "https",
+            original_host: "a.test",
+            version: Version::HTTP_11,
+            request_id: None,
+        }
+        .insert(&mut h);
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(h["x-forwarded-for"], "192.0.2.1");
         assert_eq!(h["x-real-ip"], "192.0.2.1");
@@ -448,19 +624,124 @@ mod tests {
             "2001:db8::7",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_text(ip), ip.to_string());
+            let mut text = Vec::new();
+            write_ip(&mut text, ip);
+            assert_eq!(text, ip.to_string().as_bytes());
+        }
+    }
+
+    fn forwarding<'a>(trusted: bool, id: Option<&'a HeaderValue>) -> Forwarding<'a> {
+        Forwarding {
+            peer: if trusted {
+                "10.0.0.1".parse().unwrap()
+            } else {
+                "192.0.2.1".parse().unwrap()
+            },
+            trusted,
+            client: "5.6.7.8".parse().unwrap(),
+            proto: "https",
+            original_host: "A.test:8443",
+            version: Version::HTTP_2,
+            request_id: id,
         }
     }
 
     #[test]
-    fn cookies_joined_for_http1() {
-        let mut h = map(&[("cookie", "a=1"), ("cookie", "b=2")]);
-        join_cookies(&mut h);
-        assert_eq!(h.get_all("cookie").iter().count(), 1);
-        assert_eq!(h["cookie"], "a=1; b=2");
-        let mut h = map(&[("cookie", "a=1")]);
-        join_cookies(&mut h);
-        assert_eq!(h["cookie"], "a=1");
+    fn an_http1_head_gets_the_forwarding_headers_written_straight() {
+        let h = map(&[
+            ("host", "spoofed.test"),
+            ("user-agent", "t"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "9.9.9.9"),
+            ("x-real-ip", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-host", "evil.test"),
+            ("forwarded", "for=1.2.3.4"),
+            ("via", "1.0 corp"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("x-request-id", "from-client"),
+            ("content-length", "3"),
+        ]);
+        let id = HeaderValue::from_static("0123abcd");
+        let head = http1_head(
+            &Method::POST,
+            "/p?q",
+            h.clone(),
+            &forwarding(false, Some(&id)),
+            None,
+            "up.test",
+            None,
+        );
+        assert_eq!(
+            String::from_utf8(head).unwrap(),
+            "POST /p?q HTTP/1.1\r\nuser-agent: t\r\ncookie: a=1; b=2\r\nhost: up.test\r\n\
+             x-forwarded-for: 192.0.2.1\r\nx-real-ip: 5.6.7.8\r\nx-forwarded-proto: https\r\n\
+             x-forwarded-host: A.test:8443\r\nvia: 1.0 corp, 2 portico\r\nx-request-id: 0123abcd\r\n"
+        );
+        // A trusted peer: the chain and `Forwarded` kept, the client's id kept.
+        let head = http1_head(
+            &Method::GET,
+            "/",
+            h,
+            &forwarding(true, None),
+            None,
+            "up.test",
+            Some(&HeaderValue::from_static("websocket")),
+        );
+        let head = String::from_utf8(head).unwrap();
+        for line in [
+            "x-forwarded-for: 1.2.3.4, 9.9.9.9, 10.0.0.1\r\n",
+            "forwarded: for=1.2.3.4\r\n",
+            "x-request-id: from-client\r\n",
+            "connection: upgrade\r\nupgrade: websocket\r\n",
+        ] {
+            assert!(head.contains(line), "{line:?} not in {head:?}");
+        }
+        assert!(
+            !head.contains("spoofed") && !head.contains("evil"),
+            "{head}"
+        );
+    }
+
+    /// The straight way and the map's (taken for routes with header edits) write the
+    /// same fields, whatever the client sent.
+    #[test]
+    fn an_http1_head_is_the_same_straight_or_through_the_map() {
+        let inputs = [
+            map(&[]),
+            map(&[("host", "a.test"), ("accept", "*/*")]),
+            map(&[
+                ("x-forwarded-for", " 1.2.3.4 "),
+                ("x-forwarded-for", ""),
+                ("x-forwarded-for", "caf\u{e9}"),
+                ("via", "1.1 a"),
+                ("via", "1.1 b"),
+                ("forwarded", "for=x"),
+                ("x-real-ip", "1"),
+                ("x-request-id", "a"),
+                ("x-request-id", "b"),
+                ("cookie", "a=1"),
+                ("x-other", "1"),
+                ("cookie", "b=2"),
+                ("transfer-encoding", "chunked"),
+            ]),
+        ];
+        let id = HeaderValue::from_static("fresh");
+        for h in &inputs {
+            for trusted in [false, true] {
+                for id in [None, Some(&id)] {
+                    for host in ["up.test", "bad\u{1}host", ""] {
+                        for upgrade in [None, Some(&HeaderValue::from_static("websocket"))] {
+                            let mut f = forwarding(trusted, id);
+                            f.original_host = host;
+                            let [straight, mapped] = http1_head_both_ways(h, &f, host, upgrade);
+                            assert_eq!(straight, mapped, "{h:?} trusted={trusted} {id:?} {host:?}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

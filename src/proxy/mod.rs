@@ -220,9 +220,9 @@ impl Proxy {
 
     /// Handles one request completely. Never panics on network input and never fails:
     /// errors become responses (400, 421, 404, 502, 504).
-    pub async fn serve(&self, mut req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+    pub async fn serve(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
         let start = Instant::now();
-        let request_id = request_id::ensure(req.headers_mut());
+        let request_id = request_id::of(req.headers());
         let raw_host = request_host(&req).map(str::to_owned);
         // Sends its line with status 499 if this future is dropped before the head.
         let mut pending = Pending::default();
@@ -257,7 +257,7 @@ impl Proxy {
                     upstream: Default::default(),
                     tls: conn.tls_version,
                     sni: conn.sni.clone(),
-                    request_id,
+                    request_id: request_id.value.clone(),
                     text_head: None,
                     text_tail: (format == LogFormat::Text).then(|| conn.log_text.tail(conn)),
                 };
@@ -385,6 +385,7 @@ impl Proxy {
             let sender = forward::Sender {
                 trusted: trusts(peer),
                 client,
+                request_id: request_id.new.then_some(request_id.value),
             };
             let bounds = forward::Bounds {
                 upstream_timeout: m

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -54,6 +54,9 @@ pub(super) enum UpstreamError {
     Http1(#[from] H1Error),
     #[error(transparent)]
     H2c(#[from] hyper_util::client::legacy::Error),
+    /// A request written for the other protocol than the endpoint's.
+    #[error("the request was written for another upstream protocol")]
+    Protocol,
 }
 
 impl UpstreamError {
@@ -62,6 +65,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Http1(e) => matches!(e, H1Error::Connect(_)),
             UpstreamError::H2c(e) => e.is_connect(),
+            UpstreamError::Protocol => false,
         }
     }
 
@@ -69,13 +73,28 @@ impl UpstreamError {
     pub(super) fn is_connect_timeout(&self) -> bool {
         let connect = match self {
             UpstreamError::Http1(H1Error::Connect(e)) => Some(e),
-            UpstreamError::Http1(_) => None,
+            UpstreamError::Http1(_) | UpstreamError::Protocol => None,
             UpstreamError::H2c(e) => {
                 std::error::Error::source(e).and_then(|e| e.downcast_ref::<ConnectError>())
             }
         };
         matches!(connect, Some(ConnectError::Timeout { .. }))
     }
+}
+
+/// One request as it goes to an endpoint, in the form its client takes.
+pub(super) enum Outgoing {
+    /// To an HTTP/1.1 upstream: the head written up to its framing
+    /// (`headers::http1_head`); the client frames it by the body.
+    Http1 {
+        method: Method,
+        head: Vec<u8>,
+        /// The request asks for a protocol upgrade.
+        upgrade: bool,
+        body: RetryBody,
+    },
+    /// To an h2c upstream.
+    H2c(Request<RetryBody>),
 }
 
 /// One upstream, with its connection pool and its health.
@@ -121,22 +140,30 @@ impl Endpoint {
 
     /// Sends one request to this upstream (on the calling worker's connections) and
     /// returns the response head with its body streaming.
-    pub(super) async fn send(
-        &self,
-        req: Request<RetryBody>,
-    ) -> Result<Response<Body>, UpstreamError> {
-        match &self.clients {
-            Clients::Http1(pool) => Ok(pool
-                .request(req)
+    pub(super) async fn send(&self, out: Outgoing) -> Result<Response<Body>, UpstreamError> {
+        match (&self.clients, out) {
+            (
+                Clients::Http1(pool),
+                Outgoing::Http1 {
+                    method,
+                    head,
+                    upgrade,
+                    body,
+                },
+            ) => Ok(pool
+                .send(&method, head, upgrade, body)
                 .await?
                 .map(|b| b.map_err(Into::into).boxed())),
-            Clients::H2c(clients) => {
+            (Clients::H2c(clients), Outgoing::H2c(req)) => {
                 let client = &clients[workers::worker_index() % clients.len()];
                 Ok(client
                     .request(req)
                     .await?
                     .map(|b| b.map_err(Into::into).boxed()))
             }
+            // A balancer's endpoints are made for its protocol (the pool key holds it),
+            // and the request is written for that protocol: never reached.
+            _ => Err(UpstreamError::Protocol),
         }
     }
 

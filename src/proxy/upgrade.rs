@@ -42,7 +42,7 @@ pub(super) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
 }
 
 /// Puts the upgrade back on headers that were stripped of hop-by-hop fields.
-pub(super) fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
+fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(header::UPGRADE, upgrade);
 }
