@@ -43,8 +43,12 @@ pub(super) struct HeadDeadline<I> {
     timeout: Duration,
     /// `Activity::begun` at the last read: a change means a request began since.
     seen_begun: usize,
-    /// Armed while a head is expected by a deadline.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// When the head being read is due; `None` while no head is expected by one.
+    due: Option<Instant>,
+    /// The timer for `due`, made only once a read has to wait for more of the head:
+    /// most heads arrive whole in the read that starts their clock, and then no timer
+    /// is made, registered or dropped for them.
+    timer: Option<Pin<Box<Sleep>>>,
     state: State,
 }
 
@@ -57,7 +61,8 @@ impl<I> HeadDeadline<I> {
             activity,
             timeout,
             seen_begun,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            due: Some(Instant::now() + timeout),
+            timer: None,
             state: State::Reading,
         }
     }
@@ -109,7 +114,8 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadline<I> {
             let begun = this.activity.begun.load(Ordering::Acquire);
             if begun != this.seen_begun {
                 this.seen_begun = begun;
-                this.deadline = None;
+                this.due = None;
+                this.timer = None;
             }
             let busy = this.activity.in_flight.load(Ordering::Acquire) > 0;
             let before = buf.filled().len();
@@ -120,19 +126,20 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for HeadDeadline<I> {
             match read {
                 Poll::Ready(Ok(())) if buf.filled().len() > before => {
                     // The first bytes of a head after an idle pause start its clock.
-                    if this.deadline.is_none() {
-                        this.deadline = Some(Box::pin(tokio::time::sleep_until(
-                            Instant::now() + this.timeout,
-                        )));
+                    if this.due.is_none() {
+                        this.due = Some(Instant::now() + this.timeout);
                     }
                     return read;
                 }
                 Poll::Ready(_) => return read,
                 Poll::Pending => {
-                    let expired = this
-                        .deadline
-                        .as_mut()
-                        .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                    let Some(due) = this.due else {
+                        return Poll::Pending;
+                    };
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                    let expired = timer.as_mut().poll(cx).is_ready();
                     if !expired {
                         return Poll::Pending;
                     }

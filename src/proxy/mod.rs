@@ -221,7 +221,6 @@ impl Proxy {
     /// Handles one request completely. Never panics on network input and never fails:
     /// errors become responses (400, 421, 404, 502, 504).
     pub async fn serve(&self, req: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-        let start = Instant::now();
         let request_id = request_id::of(req.headers());
         let raw_host = request_host(&req).map(str::to_owned);
         // Sends its line with status 499 if this future is dropped before the head.
@@ -237,7 +236,7 @@ impl Proxy {
                 let record = Record {
                     format,
                     time: SystemTime::now(),
-                    start,
+                    start: Instant::now(),
                     site: None,
                     client,
                     method: req.method().clone(),
