@@ -910,7 +910,7 @@ async fn a_profile_the_directory_does_not_offer_is_an_error_that_names_the_offer
         (200, "other".into()),
         "other sites serve"
     );
-    let table = certs_table(&p).await;
+    let table = wait_for_table(&p, |t| t.contains("last error:")).await;
     assert!(
         table.contains("last error: acme.profile \"tlsserver\" is not offered by")
             && table.contains("\"default\", \"shortlived\""),
@@ -936,18 +936,11 @@ async fn a_profile_the_directory_does_not_offer_is_an_error_that_names_the_offer
     assert_eq!(wait_for_certificate(&p, name, &roots, &pebble).await, leaf);
     let error = wait_for_error(&p, name).await;
     assert!(error.contains("\"shortlived\""), "{error}");
-    assert!(certs_table(&p).await.contains("last error: acme.profile"));
+    wait_for_table(&p, |t| t.contains("last error: acme.profile")).await;
     std::fs::write(&path, &good).unwrap();
     p.reloader.reload_now().await.unwrap();
     wait_for_no_error(&p, name).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while certs_table(&p).await.contains("last error:") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "error kept in the store"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_table(&p, |t| !t.contains("last error:")).await;
     assert_eq!(pebble.orders(), 1, "nothing more was ordered");
     assert_eq!(wait_for_certificate(&p, name, &roots, &pebble).await, leaf);
 }
@@ -1080,6 +1073,20 @@ async fn wait_for_no_error(p: &Portico, id: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while let Some(e) = p.certs.acme_last_error(id) {
         assert!(tokio::time::Instant::now() < deadline, "error kept: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `portico certs`' table once `ready` holds for it. The table reads the store, which
+/// hears of an ACME error after the manager records it (`acme_last_error`).
+async fn wait_for_table(p: &Portico, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let table = certs_table(p).await;
+        if ready(&table) {
+            return table;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{table}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
