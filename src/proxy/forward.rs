@@ -12,8 +12,7 @@
 //! - HTTP/1.1 upstreams always get HTTP/1.1 (keep-alive, chunked bodies), even from
 //!   HTTP/1.0 or HTTP/2 clients; h2c upstreams get HTTP/2.
 //! - `upstream_timeout` bounds each attempt from sending to the response headers
-//!   (connecting included), give or take `deadline::TICK`; the body afterwards may take
-//!   as long as it takes.
+//!   (connecting included); the body afterwards may take as long as it takes.
 //! - A connect timeout answers 504 (as nginx does); refused, reset, DNS failure: 502.
 
 use std::sync::Arc;
@@ -31,7 +30,7 @@ use super::error::ProxyError;
 use super::h1pool::UpgradedUpstream;
 use super::headers::{Forwarding, apply_edits, http1_head, strip_hop_by_hop};
 use super::pool::Outgoing;
-use super::{Body, ConnInfo, deadline, upgrade};
+use super::{Body, ConnInfo, upgrade};
 use crate::access_log::UpstreamTrace;
 use crate::config::UpstreamProtocol;
 use crate::report::Chain;
@@ -254,7 +253,7 @@ pub(super) async fn forward(
             t.upstream.upstream = Some(endpoint.upstream.authority.clone());
             Instant::now()
         });
-        let result = deadline::within(upstream_timeout, endpoint.send(request)).await;
+        let result = tokio::time::timeout(upstream_timeout, endpoint.send(request)).await;
         match result {
             Ok(Ok(response)) => {
                 endpoint.mark_ok();

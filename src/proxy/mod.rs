@@ -16,7 +16,6 @@
 //!      │      ├─ h1pool (HTTP/1.1, in the request's task; wire format: h1codec)
 //!      │      └─ connect (dial the one upstream, within its connect timeout)
 //!      │  ─ body (request body reclaimable until first polled, for that retry)
-//!      │  ─ deadline (upstream_timeout: a list per thread and a sweeper, no timer each)
 //!      ▼
 //! upstream response ─ headers (hop-by-hop out) ─ streamed back
 //!                   └─ 101: upgrade joins both connections
@@ -31,7 +30,6 @@
 mod balance;
 mod body;
 mod connect;
-mod deadline;
 mod error;
 mod forward;
 pub(crate) mod h1codec;
