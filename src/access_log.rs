@@ -367,7 +367,7 @@ impl Record {
             Some(tail) => out.extend_from_slice(tail),
             None => push_tail(out, self.tls, self.sni.as_deref()),
         }
-        // An id is visible ASCII (request_id::ensure): checked once as bytes, not by
+        // An id is visible ASCII (request_id::of): checked once as bytes, not by
         // `to_str` first and again for quoting.
         let id = self.request_id.as_bytes();
         if !id.is_empty() && is_bare(id) {

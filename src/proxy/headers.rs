@@ -614,7 +614,7 @@ mod tests {
     }
 
     #[test]
-    fn ip_text_is_display() {
+    fn ip_addresses_are_written_as_display_writes_them() {
         for ip in [
             "0.0.0.0",
             "9.10.99.100",
