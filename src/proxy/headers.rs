@@ -113,6 +113,13 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Puts an upgrade back on headers that were stripped of hop-by-hop fields: a request
+/// that asks for one, a 101 that grants it.
+pub(crate) fn restore_upgrade(headers: &mut HeaderMap, upgrade: HeaderValue) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, upgrade);
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name)
 }
@@ -394,8 +401,7 @@ pub(crate) fn http1_head(
         }
     }
     if let Some(upgrade) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, upgrade.clone());
+        restore_upgrade(&mut headers, upgrade.clone());
     }
     encode_head(method, target, &headers, |_, _| true, &mut out);
     out

@@ -8,13 +8,13 @@
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::headers::{connection_has, strip_hop_by_hop};
+use super::headers::{connection_has, restore_upgrade, strip_hop_by_hop};
 use crate::body::Body;
 use crate::report::Chain;
 
@@ -41,12 +41,6 @@ pub(super) fn requested<B>(req: &Request<B>) -> Option<HeaderValue> {
     Some(value.clone())
 }
 
-/// Puts the upgrade back on headers that were stripped of hop-by-hop fields.
-fn restore(headers: &mut HeaderMap, upgrade: HeaderValue) {
-    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    headers.insert(header::UPGRADE, upgrade);
-}
-
 /// Answers the client with the upstream's 101 and spawns the task that joins both
 /// upgraded connections.
 pub(super) fn join<B>(
@@ -59,7 +53,7 @@ pub(super) fn join<B>(
     let protocol = headers.get(header::UPGRADE).cloned();
     strip_hop_by_hop(&mut headers);
     if let Some(protocol) = protocol {
-        restore(&mut headers, protocol);
+        restore_upgrade(&mut headers, protocol);
     }
     tokio::spawn(async move {
         // The client's side is ready only once hyper has written our 101, after
