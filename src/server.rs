@@ -228,7 +228,7 @@ impl Server {
     /// requests for up to `limits.shutdown_timeout`.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         let config = self.config.load_full();
-        let https_addr = self.https_addr();
+        let (https_addr, http_addr) = (self.https_addr(), self.http_addr());
         let https_port = https_addr.port();
         let connections = Connections::new(config.limits.max_connections);
         let (phase, stop_rx) = watch::channel(Phase::Serving);
@@ -301,10 +301,13 @@ impl Server {
         // A config built from the command line has no file to watch.
         let watching = (!config.from_command_line)
             .then(|| tokio::spawn(self.reloader.clone().watch(stop_rx.clone())));
+        // The bound addresses, not the configured ones: with port 0 in `[listen]` this
+        // line is the only place the ports show.
         tracing::info!(
             sites = config.sites.len(),
             https = %https_addr,
-            admin = ?admin_addr,
+            http = %http_addr,
+            admin = %admin_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
             access_log = config.log.access,
             "portico is serving"
         );

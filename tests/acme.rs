@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use common::ca_front::CaFront;
 use common::edge::{self, Portico, client_config, install_provider, start_text, tls_connect};
-use common::pebble::{Pebble, PebbleConfig, free_port};
+use common::pebble::{HeldPorts, Pebble, PebbleConfig};
 use portico::acme::Tuning;
 use portico::objects::{ANNOTATION_LAST_ERROR, ANNOTATION_NEXT_ATTEMPT};
 use portico::store::{Kind, Store};
@@ -65,10 +65,12 @@ async fn wait_for_certificate(p: &Portico, name: &str, roots: &[u8], pebble: &Pe
 
 async fn setup(challenge: &str, sites: &str) -> (Pebble, Portico) {
     install_provider();
-    let (http, https) = (free_port(), free_port());
+    let held = HeldPorts::new();
+    let (http, https) = (held.http(), held.https());
     let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
     let dir = tempfile::tempdir().unwrap();
     let text = format!("{}{sites}", header(http, https, &pebble, challenge));
+    held.release();
     let p = start_text(dir, &text, quick()).await;
     (pebble, p)
 }
@@ -185,7 +187,8 @@ async fn two_sites_are_issued_in_parallel_and_a_restart_orders_nothing_new() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_ca_is_retried_while_other_sites_keep_serving() {
     install_provider();
-    let (http, https) = (free_port(), free_port());
+    let held = HeldPorts::new();
+    let (http, https) = (held.http(), held.https());
     let mut pebble = Pebble::start(PebbleConfig::new(http, https)).await;
     pebble.stop();
     let dir = tempfile::tempdir().unwrap();
@@ -194,6 +197,7 @@ async fn an_unreachable_ca_is_retried_while_other_sites_keep_serving() {
         header(http, https, &pebble, "http-01"),
         acme_site("\"late.example.test\"", "late")
     );
+    held.release();
     let p = start_text(dir, &text, quick()).await;
     let local_root = p.root_pem();
     // The CA is down: the ACME site fails and backs off, the internal one serves.
@@ -308,11 +312,13 @@ async fn a_forced_renewal_swaps_the_certificate_under_continuous_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_site_switched_from_internal_to_acme_gets_a_certificate_from_the_ca() {
     install_provider();
-    let (http, https) = (free_port(), free_port());
+    let held = HeldPorts::new();
+    let (http, https) = (held.http(), held.https());
     let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
     let head = header(http, https, &pebble, "http-01");
     let site = acme_site("\"switch.example.test\"", "s");
     let internal = site.replace("tls = \"acme\"", "tls = \"internal\"");
+    held.release();
     let p = start_text(
         tempfile::tempdir().unwrap(),
         &format!("{head}{internal}"),
@@ -339,7 +345,8 @@ async fn external_account_binding_is_sent_when_the_ca_requires_it() {
     install_provider();
     // base64url of 32 bytes, as CAs hand out HMAC keys.
     let key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
-    let (http, https) = (free_port(), free_port());
+    let held = HeldPorts::new();
+    let (http, https) = (held.http(), held.https());
     let pebble = Pebble::start(PebbleConfig::new(http, https).with_eab("kid-1", key)).await;
     let roots = pebble.issuing_roots().await;
 
@@ -350,6 +357,7 @@ async fn external_account_binding_is_sent_when_the_ca_requires_it() {
             acme_site("\"eab.example.test\"", "eab")
         )
     };
+    held.release();
     let wrong = start_text(
         tempfile::tempdir().unwrap(),
         &with_key("kid-1", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
@@ -406,7 +414,8 @@ async fn challenge_paths_answer_404_for_unknown_tokens_and_names() {
 /// runs on the front before portico starts.
 async fn setup_front(sites: &str, prepare: impl FnOnce(&CaFront)) -> (Pebble, CaFront, Portico) {
     install_provider();
-    let (http, https) = (free_port(), free_port());
+    let held = HeldPorts::new();
+    let (http, https) = (held.http(), held.https());
     let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
     let front = CaFront::start(&pebble).await;
     prepare(&front);
@@ -415,6 +424,7 @@ async fn setup_front(sites: &str, prepare: impl FnOnce(&CaFront)) -> (Pebble, Ca
         "{}{sites}",
         header_for(http, https, &front.directory_url(), &pebble, "http-01")
     );
+    held.release();
     let p = start_text(dir, &text, quick()).await;
     (pebble, front, p)
 }
@@ -459,10 +469,12 @@ async fn annotations(p: &Portico) -> std::collections::BTreeMap<String, String> 
 /// too, for a restart on the same data.
 async fn setup_pebble(sites: &str) -> (Pebble, Portico, String) {
     install_provider();
-    let (http, https) = (free_port(), free_port());
+    let held = HeldPorts::new();
+    let (http, https) = (held.http(), held.https());
     let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
     let dir = tempfile::tempdir().unwrap();
     let text = format!("{}{sites}", header(http, https, &pebble, "http-01"));
+    held.release();
     let p = start_text(dir, &text, quick()).await;
     (pebble, p, text)
 }
@@ -704,7 +716,8 @@ async fn setup_profiles(
     tuning: Tuning,
 ) -> (Pebble, CaFront, Portico, String) {
     install_provider();
-    let (http, https) = (free_port(), free_port());
+    let held = HeldPorts::new();
+    let (http, https) = (held.http(), held.https());
     let pebble = Pebble::start(
         PebbleConfig::new(http, https)
             .with_profile("default", NINETY_DAYS)
@@ -716,6 +729,7 @@ async fn setup_profiles(
         "{}{acme_extra}{sites}",
         header_for(http, https, &front.directory_url(), &pebble, challenge)
     );
+    held.release();
     let p = start_text(tempfile::tempdir().unwrap(), &text, tuning).await;
     (pebble, front, p, text)
 }

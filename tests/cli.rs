@@ -2,9 +2,11 @@
 //! HTTP/2 and HTTP/1.1, exit codes, and SIGTERM.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::Bound;
 use common::pebble::free_port;
 use portico_test_support as common;
 
@@ -22,25 +24,35 @@ fn write(dir: &Path, text: &str) -> std::path::PathBuf {
     path
 }
 
-/// `portico run` on loopback ports the OS just handed out, with `sites` (TOML) after
-/// the `[listen]` and `[storage]` tables, in `dir`; stderr is piped. Returns the child
-/// and its http and https ports.
-fn run_sites(dir: &Path, sites: &str) -> (std::process::Child, u16, u16) {
-    let (http, https) = (free_port(), free_port());
+/// `portico run` on loopback port 0, with `sites` (TOML) after the `[listen]` and
+/// `[storage]` tables, in `dir`. Returns the child once it serves, its stderr as
+/// collected so far, and the addresses it bound.
+fn run_sites(dir: &Path, sites: &str) -> (Child, Log, Bound) {
     let path = write(
         dir,
         &format!(
-            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\npath = \"data\"\n{sites}"
+            "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n[storage]\npath = \"data\"\n{sites}"
         ),
     );
-    let child = common::portico()
+    spawn_run(dir, &path, |_| {})
+}
+
+type Log = Arc<Mutex<String>>;
+
+/// `portico run --config path` in `dir`, with `adjust` applied to the command; returns
+/// once it says where it serves.
+fn spawn_run(dir: &Path, path: &Path, adjust: impl FnOnce(&mut Command)) -> (Child, Log, Bound) {
+    let mut command = common::portico();
+    command
         .args(["run", "--config", path.to_str().unwrap()])
         .current_dir(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    (child, http, https)
+        .stderr(Stdio::piped());
+    adjust(&mut command);
+    let mut child = command.spawn().unwrap();
+    let log = common::collect_stderr(&mut child);
+    let bound = Bound::wait(&mut child, || log.lock().unwrap().clone());
+    (child, log, bound)
 }
 
 #[test]
@@ -234,10 +246,11 @@ fn curl(args: &[&str]) -> (String, String) {
 #[test]
 fn run_serves_curl_over_h2_and_h1_then_exits_0_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, http, https) = run_sites(
+    let (mut child, log, bound) = run_sites(
         dir.path(),
         "[[site]]\nhosts = [\"localhost\", \"app.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"hi\" }\n",
     );
+    let (http, https) = (bound.http.port(), bound.https.port());
     let root = dir.path().join("data/ca/root.pem");
     let resolve = format!("app.internal:{https}:127.0.0.1");
     let url = format!("https://app.internal:{https}/");
@@ -310,15 +323,11 @@ fn run_serves_curl_over_h2_and_h1_then_exits_0_on_sigterm() {
     assert!(status.success());
     let code = child.wait().unwrap();
     assert_eq!(code.code(), Some(0), "SIGTERM exits 0");
-    let mut stderr = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    assert!(stderr.contains("shutting down"), "{stderr}");
+    // The reader thread may still be taking the last lines from the closed pipe.
+    wait_for("the shutdown line", || {
+        log.lock().unwrap().contains("shutting down")
+    });
+    let stderr = log.lock().unwrap().clone();
     assert!(!stderr.contains("PRIVATE KEY"), "no key material in logs");
 }
 
@@ -334,11 +343,11 @@ async fn a_1_gib_upload_streams_through_with_flat_memory() {
     common::edge::install_provider();
     let up = common::backend("up", common::Proto::Http1).await;
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, _, https) = run_sites(
+    let (mut child, _log, bound) = run_sites(
         dir.path(),
         &format!("[[site]]\nhosts = [\"big.internal\"]\nupstreams = [\"{up}\"]\n"),
     );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
+    let addr = bound.https;
     let root_path = dir.path().join("data/ca/root.pem");
     let deadline = Instant::now() + Duration::from_secs(30);
     let tls = loop {
@@ -392,10 +401,9 @@ fn wait_for(what: &str, mut probe: impl FnMut() -> bool) {
 #[test]
 fn sighup_applies_a_changed_file_and_keeps_serving_through_a_broken_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (http, https) = (free_port(), free_port());
     let config = |body: &str, extra: &str| {
         format!(
-            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\npath = \"data\"\n[[site]]\nhosts = [\"app.internal\"]\n{extra}[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"{body}\" }}\n"
+            "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n[storage]\npath = \"data\"\n[[site]]\nhosts = [\"app.internal\"]\n{extra}[[site.route]]\npath = \"/\"\nrespond = {{ status = 200, body = \"{body}\" }}\n"
         )
     };
     // Replaced atomically, as editors and deploy tools do.
@@ -408,14 +416,8 @@ fn sighup_applies_a_changed_file_and_keeps_serving_through_a_broken_one() {
         .unwrap();
     };
     let path = write(dir.path(), &config("one", ""));
-    let mut child = common::portico()
-        .args(["run", "--config", path.to_str().unwrap()])
-        .current_dir(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = common::collect_stderr(&mut child);
+    let (mut child, log, bound) = spawn_run(dir.path(), &path, |_| {});
+    let https = bound.https.port();
     let root = dir.path().join("data/ca/root.pem");
     let resolve = format!("app.internal:{https}:127.0.0.1");
     let url = format!("https://app.internal:{https}/");
@@ -493,11 +495,10 @@ fn the_kubernetes_backend_takes_kubeconfig_and_certs_reads_the_secrets() {
     let token = ns.token("operator");
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = ns.kubeconfig_via(dir.path(), "operator", &api.url());
-    let (http, https) = (free_port(), free_port());
     let path = write(
         dir.path(),
         &format!(
-            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\nbackend = \"kubernetes\"\nnamespace = \"{}\"\n[[site]]\nhosts = [\"app.internal\"]\ntls = \"internal\"\nupstreams = [\"127.0.0.1:9\"]\n",
+            "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n[storage]\nbackend = \"kubernetes\"\nnamespace = \"{}\"\n[[site]]\nhosts = [\"app.internal\"]\ntls = \"internal\"\nupstreams = [\"127.0.0.1:9\"]\n",
             ns.name
         ),
     );
@@ -582,12 +583,11 @@ fn the_kubernetes_backend_takes_kubeconfig_and_certs_reads_the_secrets() {
 async fn a_rapid_reset_flood_is_logged_once_a_second_with_a_count() {
     common::edge::install_provider();
     let dir = tempfile::tempdir().unwrap();
-    let (mut child, _, https) = run_sites(
+    let (mut child, log, bound) = run_sites(
         dir.path(),
         "[[site]]\nhosts = [\"flood.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"hi\" }\n",
     );
-    let log = common::collect_stderr(&mut child);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{https}").parse().unwrap();
+    let addr = bound.https;
     let root_path = dir.path().join("data/ca/root.pem");
     wait_for("the local CA root", || root_path.exists());
     let root = std::fs::read(&root_path).unwrap();

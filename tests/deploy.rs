@@ -16,9 +16,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::Bound;
 use common::control_plane::control_plane;
 use common::deploy::{manifests, object, role_rules};
-use common::pebble::free_port;
 use portico::config::{Config, Storage, TlsSource};
 use serde_json::Value;
 
@@ -712,38 +712,36 @@ fn the_gateway_api_crds_install_on_the_api_server() {
     }
 }
 
-/// The ConfigMap's portico.toml with only its addresses changed: loopback ports the
-/// OS picks (http, https, admin), and an ACME directory on a local port that refuses
-/// connections.
-fn adapted_config(refused: SocketAddr) -> (String, [SocketAddr; 3]) {
+/// The ConfigMap's portico.toml with only its addresses changed: loopback port 0 for
+/// http, https and admin (the replica says which ports it got), and an ACME directory
+/// on a local port that refuses connections.
+fn adapted_config(refused: SocketAddr) -> String {
     let mut text = config_text().to_string();
     let config = config();
-    let ports = [free_port(), free_port(), free_port()];
-    let addrs = ports.map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
-    for (from, to) in [
-        (config.listen.http, addrs[0]),
-        (config.listen.https, addrs[1]),
-        (config.listen.admin.unwrap(), addrs[2]),
+    for from in [
+        config.listen.http,
+        config.listen.https,
+        config.listen.admin.unwrap(),
     ] {
-        let (from, to) = (format!("\"{from}\""), format!("\"{to}\""));
+        let from = format!("\"{from}\"");
         assert!(text.contains(&from), "{from} in the shipped config");
-        text = text.replacen(&from, &to, 1);
+        text = text.replacen(&from, "\"127.0.0.1:0\"", 1);
     }
     let directory = format!("directory = \"{}\"", config.acme.directory);
     assert!(text.contains(&directory));
-    text = text.replacen(
+    text.replacen(
         &directory,
         &format!("directory = \"https://{refused}/directory\""),
         1,
-    );
-    (text, addrs)
+    )
 }
 
-/// `portico run` on `config` signed in with `kubeconfig`; stderr collected.
-fn run_replica(
+/// `portico run` on `config` signed in with `kubeconfig`, once it says where it
+/// serves; stderr collected.
+async fn run_replica(
     config: &Path,
     kubeconfig: &Path,
-) -> (std::process::Child, Arc<std::sync::Mutex<String>>) {
+) -> (std::process::Child, Arc<std::sync::Mutex<String>>, Bound) {
     let mut child = common::portico()
         .args(["run", "--config", config.to_str().unwrap()])
         .env("KUBECONFIG", kubeconfig)
@@ -754,7 +752,8 @@ fn run_replica(
         .spawn()
         .unwrap();
     let log = common::collect_stderr(&mut child);
-    (child, log)
+    let bound = Bound::wait_async(&mut child, || log.lock().unwrap().clone()).await;
+    (child, log, bound)
 }
 
 fn stop(mut child: std::process::Child) {
@@ -872,10 +871,14 @@ async fn a_replica_with_only_the_shipped_rights_turns_ready_and_serves_an_ingres
 
     publish_an_address();
     let refused = common::refused_addr().await;
-    let (text, [http, _, admin]) = adapted_config(refused);
+    let text = adapted_config(refused);
     let path = dir.path().join("portico.toml");
     std::fs::write(&path, &text).unwrap();
-    let (child, log) = run_replica(&path, &kubeconfig);
+    let (child, log, bound) = run_replica(&path, &kubeconfig).await;
+    let (http, admin) = (
+        bound.http,
+        bound.admin.expect("the shipped config sets admin"),
+    );
     let app_status =
         || app.get("ingresses", "app").unwrap()["status"]["loadBalancer"]["ingress"].clone();
     // The Secret its spec.tls names, missing: filled with the host's certificate.
@@ -1052,7 +1055,7 @@ async fn without_any_rule_of_the_cluster_role_a_replica_does_not_turn_ready() {
 
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = ns.kubeconfig(dir.path(), &who);
-        let (mut text, [_, _, admin]) = adapted_config(refused);
+        let mut text = adapted_config(refused);
         // The store in the test's namespace, where this identity has the shipped Role;
         // its own Service published.
         text = text.replacen(
@@ -1078,7 +1081,8 @@ async fn without_any_rule_of_the_cluster_role_a_replica_does_not_turn_ready() {
         );
         let path = dir.path().join("portico.toml");
         std::fs::write(&path, &text).unwrap();
-        let (child, log) = run_replica(&path, &kubeconfig);
+        let (child, log, bound) = run_replica(&path, &kubeconfig).await;
+        let admin = bound.admin.expect("the shipped config sets admin");
         // What the log says when the rule is missing.
         let (says, kind) = match missing.1 {
             "ingressclasses" => ("cannot list", "\"IngressClass\""),

@@ -275,7 +275,7 @@ async fn gateways_and_routes_are_served_and_their_status_follows_the_spec() {
             other.name
         ),
         "[[site]]\nhosts = [\"filed.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"from the file\" }\n",
-    );
+    ).await;
     replica.ready().await;
 
     // Routing: same namespace, another namespace allowed by the listener.
@@ -644,7 +644,7 @@ async fn a_missing_certificate_ref_is_filled_only_when_asked_and_never_for_a_wil
         ));
     }
     let dir = tempfile::tempdir().unwrap();
-    let replica = Replica::gateway(&ns, dir.path(), "replica", "", "");
+    let replica = Replica::gateway(&ns, dir.path(), "replica", "", "").await;
     replica.ready().await;
 
     // Filled: the Secret appears, labelled, holding what is served.
@@ -825,7 +825,7 @@ async fn matches_filters_redirects_rewrites_and_weights_follow_the_spec() {
     common::cluster::published_service(&ns, "portico", "203.0.113.20");
     let dir = tempfile::tempdir().unwrap();
     let publish = format!("publish_service = \"{}/portico\"\n", ns.name);
-    let replica = Replica::gateway(&ns, dir.path(), "replica", &publish, "");
+    let replica = Replica::gateway(&ns, dir.path(), "replica", &publish, "").await;
     replica.ready().await;
     // The Gateway's address is the publish Service's.
     until_object(&ns, "gateway", "gw", &replica, |o| {
@@ -1004,7 +1004,8 @@ async fn wildcards_go_any_number_of_labels_deep_and_a_route_without_hostnames_se
             ns.name
         ),
         "",
-    );
+    )
+    .await;
     replica.ready().await;
     until_object(&ns, "httproute", "backend-v3", &replica, |o| {
         route_condition(o, "Accepted").0 == "True"

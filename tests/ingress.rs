@@ -116,7 +116,7 @@ async fn ingresses_route_by_the_specs_path_rules_to_the_ready_endpoints() {
         dir.path(),
         "replica",
         "[[site]]\nhosts = [\"toml.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"from the file\" }\n",
-    );
+    ).await;
     replica.ready().await;
     // Ready means routed; the local CA's first certificate for a new host may still be
     // on its way.
@@ -299,7 +299,7 @@ async fn a_spec_tls_secret_is_served_and_swapped_when_it_changes() {
         },
     }));
     let dir = tempfile::tempdir().unwrap();
-    let replica = Replica::start(&ns, dir.path(), "replica", "");
+    let replica = Replica::start(&ns, dir.path(), "replica", "").await;
     replica.ready().await;
 
     let served = leaf(&replica, "secure.internal", &first).await.unwrap();
@@ -399,8 +399,8 @@ async fn status_and_events_are_written_by_the_holder_of_the_status_lock_only() {
     ));
     let dir = tempfile::tempdir().unwrap();
     let publish = format!("publish_service = \"{}/portico\"\n", ns.name);
-    let one = Replica::start_with(&ns, dir.path(), "one", &publish, "");
-    let two = Replica::start_with(&ns, dir.path(), "two", &publish, "");
+    let one = Replica::start_with(&ns, dir.path(), "one", &publish, "").await;
+    let two = Replica::start_with(&ns, dir.path(), "two", &publish, "").await;
     one.ready().await;
     two.ready().await;
 
@@ -479,7 +479,7 @@ async fn tls_off_serves_plain_http_on_port_80_without_a_redirect() {
     ns.create(ingress("plain", json!({"portico.dev/tls": "off"})));
     ns.create(ingress("secure", json!({})));
     let dir = tempfile::tempdir().unwrap();
-    let replica = Replica::start(&ns, dir.path(), "replica", "");
+    let replica = Replica::start(&ns, dir.path(), "replica", "").await;
     replica.ready().await;
     replica.until("secure.internal", "/", |s, _| s == 200).await;
 
@@ -542,7 +542,7 @@ async fn nginx_body_size_and_read_timeout_annotations_limit_the_routes() {
     ));
     ns.create(ingress("open", json!({})));
     let dir = tempfile::tempdir().unwrap();
-    let replica = Replica::start(&ns, dir.path(), "replica", "");
+    let replica = Replica::start(&ns, dir.path(), "replica", "").await;
     replica.ready().await;
     replica
         .until("limited.internal", "/", |s, _| s == 200)
@@ -645,7 +645,7 @@ async fn an_api_outage_keeps_the_routes_and_a_410_on_resume_lists_again() {
     let front = Front::start(ns.plane()).await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = ns.kubeconfig_via(dir.path(), "replica", &front.url());
-    let replica = Replica::start_ingress(&ns, dir.path(), "replica", &kubeconfig, "", "");
+    let replica = Replica::start_ingress(&ns, dir.path(), "replica", &kubeconfig, "", "").await;
     replica.ready().await;
     replica.until("before.internal", "/", |s, _| s == 200).await;
     let mut send = replica.h2("before.internal").await;
@@ -708,7 +708,7 @@ async fn readiness_waits_for_the_first_list_of_every_kind() {
         dir.path(),
         "replica",
         "[[site]]\nhosts = [\"file.internal\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"ok\" }\n",
-    );
+    ).await;
     // The file's site serves while the cluster cannot be read.
     let root = dir.path().join("data/ca/root.pem");
     let deadline = Instant::now() + Duration::from_secs(30);

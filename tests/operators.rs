@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use portico_test_support as common;
 
-use common::pebble::free_port;
+use common::Bound;
 
 /// curl's exit code, stdout and stderr.
 fn curl(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -104,12 +104,10 @@ fn stop(child: &mut Child) {
 async fn proxy_one_liner_logs_each_request_and_passes_request_ids() {
     let upstream = common::backend("up", common::Proto::Http1).await;
     let dir = tempfile::tempdir().unwrap();
-    let (https, http) = (free_port(), free_port());
     let mut child = common::portico()
         .args(["proxy", "--from", "app.localhost", "--to"])
         .arg(upstream.to_string())
-        .args(["--https", &format!("127.0.0.1:{https}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--https", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .args(["--data", "data", "--access-log"])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
@@ -118,6 +116,10 @@ async fn proxy_one_liner_logs_each_request_and_passes_request_ids() {
         .unwrap();
     let stdout = collect(child.stdout.take().unwrap());
     let stderr = collect(child.stderr.take().unwrap());
+    let https = Bound::wait_async(&mut child, || stderr.lock().unwrap().join("\n"))
+        .await
+        .https
+        .port();
     let dir_path = dir.path().to_path_buf();
     tokio::task::spawn_blocking(move || wait_ready(&dir_path, "app.localhost", https))
         .await
@@ -231,13 +233,12 @@ async fn proxy_one_liner_logs_each_request_and_passes_request_ids() {
 #[test]
 fn json_format_for_access_and_own_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let (https, http) = (free_port(), free_port());
     let path = dir.path().join("portico.toml");
     let site = "[[site]]\nhosts = [\"localhost\"]\n[[site.route]]\npath = \"/\"\nrespond = { status = 200, body = \"hi\" }\n";
     std::fs::write(
         &path,
         format!(
-            "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n[storage]\npath = \"data\"\n[log]\naccess = true\nformat = \"json\"\n{site}"
+            "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n[storage]\npath = \"data\"\n[log]\naccess = true\nformat = \"json\"\n{site}"
         ),
     )
     .unwrap();
@@ -261,6 +262,9 @@ fn json_format_for_access_and_own_logs() {
         .unwrap();
     let stdout = collect(child.stdout.take().unwrap());
     let stderr = collect(child.stderr.take().unwrap());
+    let https = Bound::wait(&mut child, || stderr.lock().unwrap().join("\n"))
+        .https
+        .port();
     wait_ready(dir.path(), "localhost", https);
     let (code, body, _) = curl(
         &[
@@ -322,7 +326,6 @@ fn json_format_for_access_and_own_logs() {
 #[test]
 fn trust_lets_curl_verify_with_the_store_bundle_and_untrust_undoes_it() {
     let dir = tempfile::tempdir().unwrap();
-    let (https, http) = (free_port(), free_port());
     // Before portico has run there is no root to trust.
     let out = common::portico()
         .args(["trust", "--data", "data", "--store-root", "store"])
@@ -334,15 +337,17 @@ fn trust_lets_curl_verify_with_the_store_bundle_and_untrust_undoes_it() {
 
     let mut child = common::portico()
         .args(["respond", "--from", "localhost", "--body", "trusted\n"])
-        .args(["--https", &format!("127.0.0.1:{https}")])
-        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--https", "127.0.0.1:0", "--http", "127.0.0.1:0"])
         .args(["--data", "data"])
         .current_dir(dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let _stderr = collect(child.stderr.take().unwrap());
+    let stderr = collect(child.stderr.take().unwrap());
+    let https = Bound::wait(&mut child, || stderr.lock().unwrap().join("\n"))
+        .https
+        .port();
     wait_ready(dir.path(), "localhost", https);
 
     // A store like a real one: one other CA, listed in its config file.

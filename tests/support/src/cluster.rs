@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::control_plane::Namespace;
+use crate::Bound;
 use crate::edge::{H2, get_h2};
-use crate::pebble::free_port;
 
 pub fn service(name: &str, ports: Value) -> Value {
     json!({
@@ -69,20 +69,20 @@ pub struct Replica {
 impl Replica {
     /// `portico run` with `[kubernetes]` for the test's class and namespace, the file
     /// backend in a temp folder, and `toml` (sites) after it.
-    pub fn start(ns: &Namespace, dir: &Path, who: &str, toml: &str) -> Replica {
-        Replica::start_with(ns, dir, who, "", toml)
+    pub async fn start(ns: &Namespace, dir: &Path, who: &str, toml: &str) -> Replica {
+        Replica::start_with(ns, dir, who, "", toml).await
     }
 
     /// A replica that serves the Gateways of GatewayClass [`Namespace::gateway_class`]
     /// (and no Ingresses), with more `[kubernetes]` keys and `toml` after them.
-    pub fn gateway(ns: &Namespace, dir: &Path, who: &str, kubernetes: &str, toml: &str) -> Replica {
+    pub async fn gateway(ns: &Namespace, dir: &Path, who: &str, kubernetes: &str, toml: &str) -> Replica {
         let kubeconfig = ns.kubeconfig(dir, who);
         let keys = format!("gateway_class = \"{}\"\n{kubernetes}", ns.gateway_class());
-        Replica::start_full(ns, dir, who, &kubeconfig, &keys, toml)
+        Replica::start_full(ns, dir, who, &kubeconfig, &keys, toml).await
     }
 
     /// [`Replica::start`] with more `[kubernetes]` keys.
-    pub fn start_with(
+    pub async fn start_with(
         ns: &Namespace,
         dir: &Path,
         who: &str,
@@ -90,11 +90,11 @@ impl Replica {
         toml: &str,
     ) -> Replica {
         let kubeconfig = ns.kubeconfig(dir, who);
-        Replica::start_ingress(ns, dir, who, &kubeconfig, kubernetes, toml)
+        Replica::start_ingress(ns, dir, who, &kubeconfig, kubernetes, toml).await
     }
 
     /// [`Replica::start_with`] signed in with `kubeconfig`.
-    pub fn start_ingress(
+    pub async fn start_ingress(
         ns: &Namespace,
         dir: &Path,
         who: &str,
@@ -103,12 +103,12 @@ impl Replica {
         toml: &str,
     ) -> Replica {
         let keys = format!("ingress_class = \"{}\"\n{kubernetes}", ns.ingress_class());
-        Replica::start_full(ns, dir, who, kubeconfig, &keys, toml)
+        Replica::start_full(ns, dir, who, kubeconfig, &keys, toml).await
     }
 
     /// `portico run` with `[kubernetes]` keys `kubernetes` (and `namespaces`, the
     /// test's, unless they name it) and `toml` after them, signed in with `kubeconfig`.
-    pub fn start_full(
+    pub async fn start_full(
         ns: &Namespace,
         dir: &Path,
         who: &str,
@@ -116,7 +116,6 @@ impl Replica {
         kubernetes: &str,
         toml: &str,
     ) -> Replica {
-        let (http, https, admin) = (free_port(), free_port(), free_port());
         // One file per replica: replicas of one test may share the folder (and with it
         // the file store and its locks).
         let config = dir.join(format!("portico-{who}.toml"));
@@ -129,7 +128,7 @@ impl Replica {
         std::fs::write(
             &config,
             format!(
-                "[listen]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\nadmin = \"127.0.0.1:{admin}\"\n[storage]\npath = \"data\"\n[kubernetes]\n{namespaces}{kubernetes}{toml}",
+                "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[storage]\npath = \"data\"\n[kubernetes]\n{namespaces}{kubernetes}{toml}",
             ),
         )
         .unwrap();
@@ -143,12 +142,13 @@ impl Replica {
             .spawn()
             .unwrap();
         let log = crate::collect_stderr(&mut child);
+        let bound = Bound::wait_async(&mut child, || log.lock().unwrap().clone()).await;
         Replica {
             child,
             dir: dir.to_path_buf(),
-            http: format!("127.0.0.1:{http}").parse().unwrap(),
-            https: format!("127.0.0.1:{https}").parse().unwrap(),
-            admin: format!("127.0.0.1:{admin}").parse().unwrap(),
+            http: bound.http,
+            https: bound.https,
+            admin: bound.admin.expect("the config sets listen.admin"),
             log,
         }
     }

@@ -580,3 +580,79 @@ pub fn collect_stderr(child: &mut std::process::Child) -> Arc<std::sync::Mutex<S
     });
     log
 }
+
+/// The addresses a `portico run`, `proxy` or `respond` child bound. Tests give it port 0
+/// and read the ports back from its log: a port chosen first and bound later can be
+/// taken in between by any process on the machine (CI saw `Address already in use`).
+#[derive(Clone, Copy, Debug)]
+pub struct Bound {
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub admin: Option<SocketAddr>,
+}
+
+impl Bound {
+    /// The addresses in the "portico is serving" line of `log`, text or JSON, if it has
+    /// one yet.
+    pub fn from_log(log: &str) -> Option<Bound> {
+        let line = log.lines().find(|l| l.contains("portico is serving"))?;
+        let field = |key: &str| -> Option<String> {
+            if line.trim_start().starts_with('{') {
+                let v: serde_json::Value = serde_json::from_str(line).ok()?;
+                return v[key].as_str().map(str::to_string);
+            }
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        Some(Bound {
+            http: field("http")?.parse().ok()?,
+            https: field("https")?.parse().ok()?,
+            admin: field("admin")?.parse().ok(),
+        })
+    }
+
+    /// Waits (up to a minute) for `child` to log its addresses; panics with the log if
+    /// it exits first or never does. Blocks the thread: for tests without a runtime to
+    /// keep running meanwhile.
+    pub fn wait(child: &mut std::process::Child, log: impl Fn() -> String) -> Bound {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(bound) = Bound::poll(child, &log, deadline) {
+                return bound;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// [`Bound::wait`] for async tests: sleeps on the runtime, which may have to serve
+    /// portico meanwhile (an API front, an upstream).
+    pub async fn wait_async(child: &mut std::process::Child, log: impl Fn() -> String) -> Bound {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(bound) = Bound::poll(child, &log, deadline) {
+                return bound;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn poll(
+        child: &mut std::process::Child,
+        log: &impl Fn() -> String,
+        deadline: std::time::Instant,
+    ) -> Option<Bound> {
+        let text = log();
+        if let Some(bound) = Bound::from_log(&text) {
+            return Some(bound);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("portico exited ({status}) before serving:\n{text}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "portico never said where it serves:\n{text}"
+        );
+        None
+    }
+}

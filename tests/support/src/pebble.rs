@@ -128,6 +128,41 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Two loopback ports for portico's http and https listeners, the ones Pebble is told
+/// to validate on, kept bound until [`HeldPorts::release`]: while a port is bound no
+/// other process's connection takes it as its own port, and Pebble's start takes long
+/// enough for that to happen on a busy machine.
+pub struct HeldPorts {
+    http: TcpListener,
+    https: TcpListener,
+}
+
+impl HeldPorts {
+    pub fn new() -> HeldPorts {
+        HeldPorts {
+            http: TcpListener::bind("127.0.0.1:0").unwrap(),
+            https: TcpListener::bind("127.0.0.1:0").unwrap(),
+        }
+    }
+
+    pub fn http(&self) -> u16 {
+        self.http.local_addr().unwrap().port()
+    }
+
+    pub fn https(&self) -> u16 {
+        self.https.local_addr().unwrap().port()
+    }
+
+    /// Frees both ports, just before portico binds them.
+    pub fn release(self) {}
+}
+
+impl Default for HeldPorts {
+    fn default() -> Self {
+        HeldPorts::new()
+    }
+}
+
 /// A UDP port whose TCP twin is free too (pebble-challtestsrv serves DNS on both).
 fn free_dns_sockets() -> (UdpSocket, TcpListener) {
     for _ in 0..50 {
