@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::control_plane::Namespace;
 use crate::Bound;
+use crate::control_plane::Namespace;
 use crate::edge::{H2, get_h2};
 
 pub fn service(name: &str, ports: Value) -> Value {
@@ -75,7 +75,13 @@ impl Replica {
 
     /// A replica that serves the Gateways of GatewayClass [`Namespace::gateway_class`]
     /// (and no Ingresses), with more `[kubernetes]` keys and `toml` after them.
-    pub async fn gateway(ns: &Namespace, dir: &Path, who: &str, kubernetes: &str, toml: &str) -> Replica {
+    pub async fn gateway(
+        ns: &Namespace,
+        dir: &Path,
+        who: &str,
+        kubernetes: &str,
+        toml: &str,
+    ) -> Replica {
         let kubeconfig = ns.kubeconfig(dir, who);
         let keys = format!("gateway_class = \"{}\"\n{kubernetes}", ns.gateway_class());
         Replica::start_full(ns, dir, who, &kubeconfig, &keys, toml).await
