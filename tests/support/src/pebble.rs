@@ -119,7 +119,8 @@ impl Ports {
 }
 
 /// A free loopback TCP port from the OS (bound to 127.0.0.1:0, then released: another
-/// process may take it before it is used; the window is tiny).
+/// process may take it before it is used). Not for portico's own listeners: they bind
+/// port 0 ([`crate::Bound`]) or are held until bound ([`HeldPorts`]).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
