@@ -30,10 +30,10 @@ use crate::certs::CertManager;
 use crate::cluster::Cluster;
 pub use crate::cluster::ClusterError;
 use crate::config::{Config, Storage};
-use crate::listener::Connections;
 pub use crate::listener::ListenError;
 use crate::listener::http::HttpListener;
 use crate::listener::https::HttpsListener;
+use crate::listener::{self, Connections};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::reload::Reloader;
@@ -107,12 +107,6 @@ pub struct Server {
     locker: Arc<dyn Locker>,
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ListenError::Bind { addr, source })
-}
-
 impl Server {
     /// Binds the listeners and loads certificates: stored ones first, then missing or
     /// due ones from the local CA, so a fresh `internal` site serves on the first request.
@@ -136,10 +130,10 @@ impl Server {
             Some(settings) => Some(Cluster::connect(settings).await?),
             None => None,
         };
-        let https = bind(config.listen.https).await?;
-        let http = bind(config.listen.http).await?;
+        let https = listener::bind(config.listen.https)?;
+        let http = listener::bind(config.listen.http)?;
         let admin = match config.listen.admin {
-            Some(addr) => Some(bind(addr).await?),
+            Some(addr) => Some(listener::bind(addr)?),
             None => None,
         };
         let metrics = Arc::new(Metrics::new());
