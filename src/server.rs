@@ -132,10 +132,7 @@ impl Server {
         };
         let https = listener::bind(config.listen.https)?;
         let http = listener::bind(config.listen.http)?;
-        let admin = match config.listen.admin {
-            Some(addr) => Some(listener::bind(addr)?),
-            None => None,
-        };
+        let admin = config.listen.admin.map(listener::bind).transpose()?;
         let metrics = Arc::new(Metrics::new());
         let resolver = Arc::new(CertResolver::with_metrics(metrics.clone()));
         let challenges = Arc::new(Challenges::with_store(store.clone()));

@@ -34,22 +34,20 @@ fn run_sites(dir: &Path, sites: &str) -> (Child, Log, Bound) {
             "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n[storage]\npath = \"data\"\n{sites}"
         ),
     );
-    spawn_run(dir, &path, |_| {})
+    spawn_run(dir, &path)
 }
 
 type Log = Arc<Mutex<String>>;
 
-/// `portico run --config path` in `dir`, with `adjust` applied to the command; returns
-/// once it says where it serves.
-fn spawn_run(dir: &Path, path: &Path, adjust: impl FnOnce(&mut Command)) -> (Child, Log, Bound) {
-    let mut command = common::portico();
-    command
+/// `portico run --config path` in `dir`; returns once it says where it serves.
+fn spawn_run(dir: &Path, path: &Path) -> (Child, Log, Bound) {
+    let mut child = common::portico()
         .args(["run", "--config", path.to_str().unwrap()])
         .current_dir(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    adjust(&mut command);
-    let mut child = command.spawn().unwrap();
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let log = common::collect_stderr(&mut child);
     let bound = Bound::wait(&mut child, || log.lock().unwrap().clone());
     (child, log, bound)
@@ -416,7 +414,7 @@ fn sighup_applies_a_changed_file_and_keeps_serving_through_a_broken_one() {
         .unwrap();
     };
     let path = write(dir.path(), &config("one", ""));
-    let (mut child, log, bound) = spawn_run(dir.path(), &path, |_| {});
+    let (mut child, log, bound) = spawn_run(dir.path(), &path);
     let https = bound.https.port();
     let root = dir.path().join("data/ca/root.pem");
     let resolve = format!("app.internal:{https}:127.0.0.1");
