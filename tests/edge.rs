@@ -85,6 +85,52 @@ async fn a_5_mb_post_over_h2_arrives_whole() {
     assert!(text.contains(&format!("sum: {:016x}\n", sum.0)), "{text}");
 }
 
+/// The streams of a connection run inside its task: one waiting on its upstream holds
+/// back neither the others, nor a large upload beside it, nor the connection's reads.
+#[tokio::test]
+async fn one_h2_stream_waiting_holds_back_none_of_the_others() {
+    install_provider();
+    let (up, accepted) = backend_counted("up", Proto::Http1).await;
+    let p = edge::start(&sites(up, "")).await;
+    let send = h2_tls(&p, "a.internal").await;
+    let mut slow_send = send.clone();
+    // The upstream answers it in a minute, long after this test is over.
+    let slow =
+        tokio::spawn(async move { edge::get_h2(&mut slow_send, "a.internal", "/slow").await });
+    while accepted.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut others = Vec::new();
+    for n in 0..20 {
+        let mut send = send.clone();
+        others.push(tokio::spawn(async move {
+            edge::get_h2(&mut send, "a.internal", &format!("/n/{n}")).await
+        }));
+    }
+    let body = common::random_bytes(1024 * 1024, 3);
+    let upload = hyper::Request::post("https://a.internal/upload")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(30), async {
+        let resp = send.clone().send_request(upload).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&text).contains("len: 1048576\n"),
+            "{text:?}"
+        );
+        for (n, other) in others.into_iter().enumerate() {
+            let (status, body) = other.await.unwrap();
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains(&format!("uri: /n/{n}")), "{body}");
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "a stream waited for the slow one");
+    assert!(!slow.is_finished(), "the slow stream is still waiting");
+    slow.abort();
+}
+
 #[tokio::test]
 async fn upstream_failures_map_to_502_and_504_over_tls() {
     install_provider();
