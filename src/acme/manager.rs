@@ -145,6 +145,21 @@ pub(crate) struct AcmeManager {
     no_ari: std::sync::atomic::AtomicBool,
 }
 
+/// How far an attempt got while it held the lock.
+enum Locked {
+    Done(Outcome),
+    /// A new certificate, installed, still to be stored.
+    Issued(Issued),
+}
+
+/// A certificate this process was issued, as it goes to the store.
+struct Issued {
+    object: Object,
+    /// The stored object's version when the order began (`None`: there was none).
+    expected: Option<crate::store::Version>,
+    not_after: SystemTime,
+}
+
 /// What a finished attempt reports to the scheduler.
 enum Outcome {
     Issued,
@@ -415,9 +430,19 @@ impl AcmeManager {
         };
         let guard = hold(self.locker.clone(), lease);
         let mut lost = guard.lost();
-        let result = tokio::select! {
+        let locked = tokio::select! {
             result = self.attempt_locked(site, acme, now) => result,
             _ = lost.wait_for(|lost| *lost) => Err(AcmeError::LockLost),
+        };
+        // An issued certificate is stored even if the lock was lost meanwhile (renewals
+        // failing while the API server came back, say): the order is paid for, and the
+        // store's compare-and-swap keeps it from overwriting another holder's. Dropped
+        // instead, this replica served a certificate no other replica had, and the next
+        // holder found nothing stored and ordered again.
+        let result = match locked {
+            Ok(Locked::Done(outcome)) => Ok(outcome),
+            Ok(Locked::Issued(issued)) => self.store_issued(site, issued).await,
+            Err(e) => Err(e),
         };
         if let Err(e) = guard.release().await {
             tracing::debug!(error = %Chain(&e), "releasing the issuance lock");
@@ -430,7 +455,7 @@ impl AcmeManager {
         site: &Site,
         acme: &Acme,
         now: SystemTime,
-    ) -> Result<Outcome, AcmeError> {
+    ) -> Result<Locked, AcmeError> {
         let id = site_id(site);
         let names = site.names();
         let name = cert_object_name(site);
@@ -447,7 +472,7 @@ impl AcmeManager {
         {
             self.resolver
                 .install(&id, loaded.key.clone(), loaded.not_after);
-            return Ok(Outcome::Stored);
+            return Ok(Locked::Done(Outcome::Stored));
         }
 
         let account = self.account(acme).await?;
@@ -498,8 +523,23 @@ impl AcmeManager {
         self.resolver
             .install(&id, loaded.key.clone(), loaded.not_after);
         tracing::info!(site = %id, not_after = %rfc3339(loaded.not_after), "installed a new ACME certificate");
-        let object = cert_object(site, &issued.chain_pem, &issued.key_pem, loaded.not_after);
-        let mut expected = stored.map(|s| s.version);
+        Ok(Locked::Issued(Issued {
+            object: cert_object(site, &issued.chain_pem, &issued.key_pem, loaded.not_after),
+            expected: stored.map(|s| s.version),
+            not_after: loaded.not_after,
+        }))
+    }
+
+    /// Writes a certificate this process was issued to the store, unless another
+    /// holder's, living at least as long, is there by then: that one is served instead.
+    async fn store_issued(&self, site: &Site, issued: Issued) -> Result<Outcome, AcmeError> {
+        let id = site_id(site);
+        let name = cert_object_name(site);
+        let Issued {
+            object,
+            mut expected,
+            not_after,
+        } = issued;
         for _ in 0..3 {
             match self
                 .store
@@ -514,7 +554,7 @@ impl AcmeManager {
                         .as_ref()
                         .and_then(|s| stored_certificate(site, &s.object).ok().flatten());
                     if let Some(theirs) = theirs
-                        && theirs.not_after >= loaded.not_after
+                        && theirs.not_after >= not_after
                     {
                         self.resolver.install(&id, theirs.key, theirs.not_after);
                         return Ok(Outcome::Stored);
