@@ -99,6 +99,21 @@ struct World {
     dir: tempfile::TempDir,
 }
 
+/// portico's log lines (info and up: orders, installs, lease warnings) go to the test's
+/// captured output, which the harness prints only for a test that fails: a failure
+/// that does not reproduce alone can then be read afterwards. Threads inherit the
+/// capture of the test that started them, so each test gets its own replicas' lines.
+fn log_to_test_output() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("portico=info"))
+            .with_ansi(false)
+            .try_init();
+    });
+}
+
 impl World {
     async fn start() -> World {
         World::start_inner(false).await
@@ -111,6 +126,7 @@ impl World {
 
     async fn start_inner(front: bool) -> World {
         install_provider();
+        log_to_test_output();
         let test = std::thread::current()
             .name()
             .unwrap_or("replicas")
