@@ -85,8 +85,8 @@ async fn a_5_mb_post_over_h2_arrives_whole() {
     assert!(text.contains(&format!("sum: {:016x}\n", sum.0)), "{text}");
 }
 
-/// The streams of a connection run inside its task: one waiting on its upstream holds
-/// back neither the others, nor a large upload beside it, nor the connection's reads.
+/// One stream of an h2 connection waiting on its upstream holds back neither the other
+/// streams, nor a large upload beside it, nor the connection's reads.
 #[tokio::test]
 async fn one_h2_stream_waiting_holds_back_none_of_the_others() {
     install_provider();

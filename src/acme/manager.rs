@@ -46,7 +46,7 @@ use crate::objects::{
     short_hash, stored_certificate,
 };
 use crate::report::Chain;
-use crate::store::{Kind, Locker, Object, Store, StoreError, hold};
+use crate::store::{Kind, Locker, Object, Store, StoreError, Version, hold};
 use crate::tls::resolver::site_id;
 use crate::tls::{CertResolver, SiteId, load_pem};
 
@@ -156,7 +156,7 @@ enum Locked {
 struct Issued {
     object: Object,
     /// The stored object's version when the order began (`None`: there was none).
-    expected: Option<crate::store::Version>,
+    expected: Option<Version>,
     not_after: SystemTime,
 }
 
