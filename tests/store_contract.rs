@@ -1485,6 +1485,42 @@ mod kube_only {
         assert_eq!(store.get(Kind::Account, "acct").await.unwrap(), None);
     }
 
+    /// The first renew of a held lease is refused (a load balancer's 503 in front of the
+    /// API server): the next, a tenth of the ttl later, keeps the lease. A period later,
+    /// it came at the renew deadline itself and the lease was lost to one refusal.
+    #[tokio::test]
+    async fn one_refused_renew_does_not_lose_the_lease() {
+        let f = fixture("one_refused_renew_does_not_lose_the_lease");
+        let front = f.front().await;
+        let store: Arc<KubeStore> = Arc::new(f.replica_via(&front, "holder").await);
+        let other = f.replica("other").await;
+        let ttl = Duration::from_secs(6);
+        let lease = acquire(&*store, "l", ttl).await;
+        let renews = || {
+            front
+                .requests()
+                .iter()
+                .filter(|(method, path, _)| method == "PUT" && path.contains("/leases/"))
+                .count()
+        };
+        front.fail_next_writes(1, 503);
+        let guard = store::hold(store.clone(), lease);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while renews() < 2 && !guard.is_lost() {
+            assert!(tokio::time::Instant::now() < deadline, "no second renew");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The second renew was sent; let its answer arrive.
+        while renews() < 3 && !guard.is_lost() {
+            assert!(tokio::time::Instant::now() < deadline, "no third renew");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!guard.is_lost(), "one refused renew lost the lease");
+        refused(&other, "l", ttl).await;
+        guard.release().await.unwrap();
+        acquire(&other, "l", ttl).await;
+    }
+
     /// Current-thread runtime: the log capture only sees this thread.
     #[tokio::test(flavor = "current_thread")]
     async fn unreadable_secrets_with_our_labels_are_skipped_with_a_warning() {

@@ -647,8 +647,8 @@ pub(crate) fn random_u64() -> u64 {
     u64::from_le_bytes(bytes)
 }
 
-/// Keeps a lease alive in the background: a task renews it every ttl/3 and reports
-/// through [`LeaseGuard::lost`] when it is lost.
+/// Keeps a lease alive in the background: a task renews it every ttl/3 (ttl/10 after a
+/// failed renew) and reports through [`LeaseGuard::lost`] when it is lost.
 ///
 /// The lease counts as lost when a renew says [`LockError::Lost`], or when no renew has
 /// succeeded for 2/3 of the ttl (errors, a slow backend): by then another process may
@@ -691,28 +691,39 @@ async fn renew_loop(
     use tokio::time::{Instant, sleep, timeout};
 
     let period = (lease.ttl / 3).max(Duration::from_millis(1));
+    // After a failed renew the next comes this soon (client-go's retry period is a fifth
+    // of its renew deadline): a period later, it came at the deadline itself, so one
+    // refused or cut request lost the lease.
+    let retry = (lease.ttl / 10).max(Duration::from_millis(1));
     let deadline = lease.ttl * 2 / 3;
     let mut last_renewed = Instant::now();
+    let mut wait = period;
     loop {
         // A stop cancels only the wait, never a renew in flight, so that `release` runs
         // after the last renew and the two never race on the backend.
         tokio::select! {
             _ = &mut stop => return,
-            _ = sleep(period) => {}
+            _ = sleep(wait) => {}
         }
         let started = Instant::now();
         let left = (last_renewed + deadline).saturating_duration_since(started);
+        wait = retry;
         match timeout(left, locker.renew(&lease)).await {
-            Ok(Ok(())) => last_renewed = started,
+            Ok(Ok(())) => {
+                last_renewed = started;
+                wait = period;
+            }
             Ok(Err(LockError::Lost { .. })) => {
                 tracing::warn!(lock = lease.name, "lease lost to another holder");
                 lost.send_replace(true);
                 return;
             }
             Ok(Err(e)) => {
-                tracing::warn!(lock = lease.name, error = %Chain(&e), "cannot renew lease")
+                tracing::warn!(lock = lease.name, error = %Chain(&e), retry_in = ?retry, "cannot renew lease")
             }
-            Err(_) => tracing::warn!(lock = lease.name, "renewing the lease timed out"),
+            Err(_) => {
+                tracing::warn!(lock = lease.name, retry_in = ?retry, "renewing the lease timed out")
+            }
         }
         if last_renewed.elapsed() >= deadline {
             tracing::warn!(
