@@ -793,6 +793,99 @@ async fn thirty_seconds_without_the_api_server_cost_no_request_and_delay_a_new_s
     assert_eq!(served_leaf(&replicas[1], &roots).await, leaf);
 }
 
+/// The store refuses the new certificate's Secret for a while after the CA issued it (an
+/// admission webhook, an etcd out of space): the replica that ordered serves it from
+/// memory, keeps the Lease and writes it once the store takes it; the other replica
+/// orders nothing meanwhile and serves the same certificate once it is stored. Given up
+/// at the first refusal, the Lease went free with nothing stored, and the next holder
+/// ordered the same certificate again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_the_store_refuses_for_a_while_is_stored_later_not_ordered_again() {
+    let world = World::start().await;
+    world.pebble.set_a(HOST, ip(3)).await;
+    // Certificate Secrets are the only ones of this type: the HTTP-01 tokens, the account
+    // and the Leases still get through.
+    world
+        .api
+        .fail_writes_containing(Some(("kubernetes.io/tls", 503)));
+    let replicas = [
+        world.replica(2, &site("a")).await,
+        world.replica(3, &site("b")).await,
+    ];
+    let errors = || {
+        replicas
+            .iter()
+            .map(|p| format!("{:?}", p.certs.acme_last_error(HOST)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    eventually(
+        "the certificate Secret was not refused four times",
+        Duration::from_millis(50),
+        || (world.api.failed_writes_containing() >= 4).then_some(()),
+        || {
+            format!(
+                "{} refused; last errors: {}",
+                world.api.failed_writes_containing(),
+                errors()
+            )
+        },
+    )
+    .await;
+    assert_eq!(
+        world.pebble.orders(),
+        1,
+        "ordered again while the certificate waited for the store; last errors: {}",
+        errors()
+    );
+    assert!(world.certificate_secret(HOST).is_none());
+    let holder = world
+        .lease_holder()
+        .expect("the Lease is kept while the write waits");
+    let ordering = replicas
+        .iter()
+        .find(|p| p.certs.acme_last_error(HOST).is_some())
+        .expect("the replica that ordered says why its certificate is not stored");
+    assert!(
+        ordering
+            .certs
+            .acme_last_error(HOST)
+            .is_some_and(|e| e.contains("storing the new certificate") && e.contains("503")),
+        "{}",
+        errors()
+    );
+    let roots = world.pebble.issuing_roots().await;
+    let served = served_leaf(ordering, &roots).await;
+
+    world.api.fail_writes_containing(None);
+    let stored = eventually(
+        "the certificate was never stored once the store took it",
+        Duration::from_millis(100),
+        || world.certificate_secret(HOST).and_then(|s| secret_leaf(&s)),
+        errors,
+    )
+    .await;
+    assert_eq!(
+        stored, served,
+        "the stored certificate is the one served meanwhile"
+    );
+    for p in &replicas {
+        assert_eq!(served_leaf(p, &roots).await, stored);
+        eventually(
+            "the last error outlived the write",
+            Duration::from_millis(100),
+            || p.certs.acme_last_error(HOST).is_none().then_some(()),
+            errors,
+        )
+        .await;
+    }
+    assert_eq!(
+        world.pebble.orders(),
+        1,
+        "exactly one order; holder was {holder}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_with_clocks_hours_off_never_become_a_second_holder() {
     let world = World::start_with_front().await;

@@ -66,6 +66,12 @@ const RATE_LIMITED: &str = "urn:ietf:params:acme:error:rateLimited";
 
 /// When the store or lock failed: retry at this pace until it answers again.
 const STORE_RETRY: Duration = Duration::from_secs(5);
+/// The first and the longest wait between tries to store an issued certificate. The
+/// longest stays well under [`LOCK_TTL`]: after an outage of the API server this
+/// replica's Lease still names it, so others wait out a whole ttl before ordering, and
+/// the stored certificate should be there by then.
+const STORE_WRITE_RETRY: (Duration, Duration) =
+    (Duration::from_millis(250), Duration::from_secs(5));
 
 /// Timing knobs of ACME renewal, given to [`Server::bind_with`](crate::server::Server::bind_with).
 /// Part of the embedding API: an embedder facing a private CA with other rate limits
@@ -532,6 +538,12 @@ impl AcmeManager {
 
     /// Writes a certificate this process was issued to the store, unless another
     /// holder's, living at least as long, is there by then: that one is served instead.
+    ///
+    /// An unreachable store is retried until it answers, for as long as it takes: the
+    /// order is paid for, and given up here the certificate would live in this process
+    /// only, so the next holder of the lock would find nothing stored and order again.
+    /// The lock is kept (renewed while the API answers) throughout, and when it is lost
+    /// the write's compare-and-swap still keeps it from overwriting another's.
     async fn store_issued(&self, site: &Site, issued: Issued) -> Result<Outcome, AcmeError> {
         let id = site_id(site);
         let name = cert_object_name(site);
@@ -540,31 +552,51 @@ impl AcmeManager {
             mut expected,
             not_after,
         } = issued;
-        for _ in 0..3 {
-            match self
+        let mut conflicts = 0;
+        let mut wait = STORE_WRITE_RETRY.0;
+        loop {
+            let failed = match self
                 .store
                 .put(Kind::Certificate, &name, &object, expected.as_ref())
                 .await
             {
-                Ok(_) => break,
-                Err(StoreError::Conflict { .. }) => {
+                Ok(_) => return Ok(Outcome::Issued),
+                Err(StoreError::Conflict { .. }) if conflicts < 3 => {
+                    conflicts += 1;
                     // Re-read; keep whichever certificate lives longer.
-                    let again = self.store.get(Kind::Certificate, &name).await?;
-                    let theirs = again
-                        .as_ref()
-                        .and_then(|s| stored_certificate(site, &s.object).ok().flatten());
-                    if let Some(theirs) = theirs
-                        && theirs.not_after >= not_after
-                    {
-                        self.resolver.install(&id, theirs.key, theirs.not_after);
-                        return Ok(Outcome::Stored);
+                    match self.store.get(Kind::Certificate, &name).await {
+                        Ok(again) => {
+                            let theirs = again
+                                .as_ref()
+                                .and_then(|s| stored_certificate(site, &s.object).ok().flatten());
+                            if let Some(theirs) = theirs
+                                && theirs.not_after >= not_after
+                            {
+                                self.resolver.install(&id, theirs.key, theirs.not_after);
+                                return Ok(Outcome::Stored);
+                            }
+                            expected = again.map(|s| s.version);
+                            continue;
+                        }
+                        Err(e) => e,
                     }
-                    expected = again.map(|s| s.version);
                 }
-                Err(e) => return Err(e.into()),
+                // Written over and over by others: theirs is served when it is followed.
+                Err(StoreError::Conflict { .. }) => return Ok(Outcome::Issued),
+                Err(e) => e,
+            };
+            let e = AcmeError::Store(failed);
+            if !store_unavailable(&e) {
+                return Err(e);
             }
+            let text = describe(&e);
+            tracing::warn!(site = %id, error = %text, retry_in = ?wait, "could not store the new certificate; it is served from memory meanwhile");
+            if let Some(state) = self.state().get_mut(&id) {
+                state.last_error = Some(format!("storing the new certificate: {text}"));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(STORE_WRITE_RETRY.1);
         }
-        Ok(Outcome::Issued)
     }
 
     async fn finish(&self, site: &Site, outcome: Option<Result<Outcome, AcmeError>>) {

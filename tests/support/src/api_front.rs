@@ -7,6 +7,8 @@
 //!   connection is cut before the answer reaches it ([`Front::lose_next_write_response`]);
 //! - answer the next requests with an error status itself, as a load balancer in front
 //!   of a sick API server does ([`Front::fail_next`]);
+//! - refuse every write of some objects, by what its body holds, as an admission webhook
+//!   or a full etcd does ([`Front::fail_writes_containing`]);
 //! - hold the next update (PUT) of one object until the test lets it go, so that another
 //!   writer can change the object between a client's read and its write
 //!   ([`Front::hold_next_update`]).
@@ -34,7 +36,7 @@ use tokio::net::TcpListener;
 use super::control_plane::ControlPlane;
 
 type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
-type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Incoming>;
+type Upstream = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 /// (method, path and query, bearer token) of a request that went through.
 pub type Logged = (String, String, Option<String>);
@@ -50,6 +52,10 @@ struct Shared {
     /// (how many more, status, writes only)
     fail: Mutex<(usize, u16, bool)>,
     lose_write: AtomicUsize,
+    /// Writes whose body holds these bytes are answered with this status.
+    fail_body: Mutex<Option<(Vec<u8>, u16)>>,
+    /// How many writes `fail_body` answered.
+    failed_bodies: AtomicUsize,
     /// Bumped to cut every open connection.
     epoch: tokio::sync::watch::Sender<u64>,
     log: Mutex<Vec<Logged>>,
@@ -102,6 +108,8 @@ impl Front {
             down: AtomicBool::new(false),
             fail: Mutex::new((0, 0, false)),
             lose_write: AtomicUsize::new(0),
+            fail_body: Mutex::new(None),
+            failed_bodies: AtomicUsize::new(0),
             epoch: tokio::sync::watch::channel(0).0,
             log: Mutex::new(Vec::new()),
             hold: Mutex::new(None),
@@ -175,6 +183,18 @@ impl Front {
     /// The next `n` writes (POST, PUT, PATCH, DELETE) are answered `status` by the front.
     pub fn fail_next_writes(&self, n: usize, status: u16) {
         *self.shared.fail.lock().unwrap() = (n, status, true);
+    }
+
+    /// Until called again with `None`, every write (POST, PUT, PATCH) whose body holds
+    /// `needle` is answered `status` by the front; other requests pass.
+    pub fn fail_writes_containing(&self, fault: Option<(&str, u16)>) {
+        *self.shared.fail_body.lock().unwrap() =
+            fault.map(|(needle, status)| (needle.as_bytes().to_vec(), status));
+    }
+
+    /// How many writes [`Front::fail_writes_containing`] has answered so far.
+    pub fn failed_writes_containing(&self) -> usize {
+        self.shared.failed_bodies.load(Ordering::SeqCst)
     }
 
     /// The next write reaches the API server; its answer never reaches the client.
@@ -282,18 +302,36 @@ impl Shared {
             let _ = release.wait_for(|go| *go).await;
             self.held.send_replace(false);
         }
+        let refuse = |status: u16| {
+            let mut resp = Response::new(status_body(status, "answered by the test's front"));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+            resp.headers_mut()
+                .insert("content-type", "application/json".parse().unwrap());
+            Ok(resp)
+        };
         {
             let mut fail = self.fail.lock().unwrap();
             if fail.0 > 0 && (write || !fail.2) {
                 fail.0 -= 1;
-                let mut resp = Response::new(status_body(fail.1, "answered by the test's front"));
-                *resp.status_mut() = StatusCode::from_u16(fail.1).unwrap();
-                resp.headers_mut()
-                    .insert("content-type", "application/json".parse().unwrap());
-                return Ok(resp);
+                return refuse(fail.1);
             }
         }
         let (mut parts, body) = req.into_parts();
+        let fail_body = self.fail_body.lock().unwrap().clone();
+        let body: Body = match fail_body {
+            Some((needle, status)) if write => {
+                let bytes = match body.collect().await {
+                    Ok(collected) => collected.to_bytes(),
+                    Err(_) => return Err(LostAnswer),
+                };
+                if bytes.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                    self.failed_bodies.fetch_add(1, Ordering::SeqCst);
+                    return refuse(status);
+                }
+                Full::new(bytes).map_err(|e| match e {}).boxed()
+            }
+            _ => body.map_err(|e| Box::new(e) as _).boxed(),
+        };
         parts.uri = format!("{}{path}", self.target).parse().unwrap();
         parts.headers.remove(http::header::HOST);
         parts.version = http::Version::HTTP_11;
