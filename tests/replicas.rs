@@ -116,15 +116,20 @@ fn log_to_test_output() {
 
 impl World {
     async fn start() -> World {
-        World::start_inner(false).await
+        World::start_inner(false, None).await
     }
 
     /// [`World::start`] with the replicas ordering through an [`CaFront`].
     async fn start_with_front() -> World {
-        World::start_inner(true).await
+        World::start_inner(true, None).await
     }
 
-    async fn start_inner(front: bool) -> World {
+    /// [`World::start`] with a CA whose certificates live `validity`.
+    async fn start_issuing_for(validity: Duration) -> World {
+        World::start_inner(false, Some(validity)).await
+    }
+
+    async fn start_inner(front: bool, validity: Option<Duration>) -> World {
         install_provider();
         log_to_test_output();
         let test = std::thread::current()
@@ -139,7 +144,11 @@ impl World {
         let leases = ns.record("leases");
         // One port pair for every replica address, as pods share the Service's ports.
         let (http, https) = (free_port(), free_port());
-        let pebble = Pebble::start(PebbleConfig::new(http, https)).await;
+        let mut config = PebbleConfig::new(http, https);
+        if let Some(validity) = validity {
+            config = config.with_profile("short", validity);
+        }
+        let pebble = Pebble::start(config).await;
         let front = match front {
             true => Some(CaFront::start(&pebble).await),
             false => None,
@@ -883,6 +892,56 @@ async fn a_certificate_the_store_refuses_for_a_while_is_stored_later_not_ordered
         world.pebble.orders(),
         1,
         "exactly one order; holder was {holder}"
+    );
+}
+
+/// A store that never takes the certificate (no RBAC for Secrets, say) does not keep
+/// the replica writing it forever: once the certificate it serves from memory is due
+/// for renewal, the write is given up and the site renewed, so it never expires
+/// waiting for the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_never_takes_the_certificate_does_not_hold_up_its_renewal() {
+    // Due when a third is left: 20 seconds after issuance.
+    let world = World::start_issuing_for(Duration::from_secs(30)).await;
+    world.pebble.set_a(HOST, ip(2)).await;
+    world
+        .api
+        .fail_writes_containing(Some(("kubernetes.io/tls", 403)));
+    let p = world.replica(2, &site("a")).await;
+    let roots = world.pebble.issuing_roots().await;
+    let first = served_leaf(&p, &roots).await;
+    let context = || {
+        format!(
+            "{} orders, {} refused writes; last error: {:?}",
+            world.pebble.orders(),
+            world.api.failed_writes_containing(),
+            p.certs.acme_last_error(HOST)
+        )
+    };
+    eventually(
+        "the certificate was never renewed while the store refused it",
+        Duration::from_millis(200),
+        || (world.pebble.orders() >= 2).then_some(()),
+        context,
+    )
+    .await;
+    // Ordered is not yet issued: wait for the new certificate itself.
+    let deadline = Instant::now() + PATIENCE;
+    while served_leaf(&p, &roots).await == first {
+        assert!(
+            Instant::now() < deadline,
+            "never served the renewed certificate: {}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(world.certificate_secret(HOST).is_none());
+    assert!(
+        p.certs
+            .acme_last_error(HOST)
+            .is_some_and(|e| e.contains("403")),
+        "{}",
+        context()
     );
 }
 

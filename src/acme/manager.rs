@@ -163,6 +163,7 @@ struct Issued {
     object: Object,
     /// The stored object's version when the order began (`None`: there was none).
     expected: Option<Version>,
+    not_before: SystemTime,
     not_after: SystemTime,
 }
 
@@ -532,6 +533,7 @@ impl AcmeManager {
         Ok(Locked::Issued(Issued {
             object: cert_object(site, &issued.chain_pem, &issued.key_pem, loaded.not_after),
             expected: stored.map(|s| s.version),
+            not_before: loaded.not_before,
             not_after: loaded.not_after,
         }))
     }
@@ -539,20 +541,24 @@ impl AcmeManager {
     /// Writes a certificate this process was issued to the store, unless another
     /// holder's, living at least as long, is there by then: that one is served instead.
     ///
-    /// An unreachable store is retried until it answers, for as long as it takes: the
-    /// order is paid for, and given up here the certificate would live in this process
-    /// only, so the next holder of the lock would find nothing stored and order again.
-    /// The lock is kept (renewed while the API answers) throughout, and when it is lost
-    /// the write's compare-and-swap still keeps it from overwriting another's.
+    /// An unreachable store is retried until it answers: the order is paid for, and
+    /// given up here the certificate would live in this process only, so the next
+    /// holder of the lock would find nothing stored and order again. The lock is kept
+    /// (renewed while the API answers) throughout, and when it is lost the write's
+    /// compare-and-swap still keeps it from overwriting another's. Only once the
+    /// certificate is itself due for renewal (a store that never takes it: no RBAC for
+    /// Secrets, say) is the write given up, so that renewal is not held up by it.
     async fn store_issued(&self, site: &Site, issued: Issued) -> Result<Outcome, AcmeError> {
         let id = site_id(site);
         let name = cert_object_name(site);
         let Issued {
             object,
             mut expected,
+            not_before,
             not_after,
         } = issued;
         let mut conflicts = 0;
+        let mut tries = 0u32;
         let mut wait = STORE_WRITE_RETRY.0;
         loop {
             let failed = match self
@@ -586,11 +592,16 @@ impl AcmeManager {
                 Err(e) => e,
             };
             let e = AcmeError::Store(failed);
-            if !store_unavailable(&e) {
+            if !store_unavailable(&e) || crate::tls::due(not_before, not_after, SystemTime::now()) {
                 return Err(e);
             }
             let text = describe(&e);
-            tracing::warn!(site = %id, error = %text, retry_in = ?wait, "could not store the new certificate; it is served from memory meanwhile");
+            tries += 1;
+            // The first few, then about once a minute: a store that stays away for hours
+            // is not a line every 5 seconds.
+            if tries <= 3 || tries.is_multiple_of(12) {
+                tracing::warn!(site = %id, error = %text, tries, retry_in = ?wait, "could not store the new certificate; it is served from memory meanwhile");
+            }
             if let Some(state) = self.state().get_mut(&id) {
                 state.last_error = Some(format!("storing the new certificate: {text}"));
             }
