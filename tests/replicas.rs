@@ -7,8 +7,9 @@
 //!
 //! Then what goes wrong in a cluster: the holder of the issuance Lease SIGKILLed before
 //! its order finishes (real processes: the `portico` binary), the API server gone for
-//! 30 s, replicas whose clocks are hours off, and another writer (the admin) changing the
-//! certificate Secret between a replica's read and its write. What the replicas did is
+//! 30 s, replicas whose clocks are hours off, another writer (the admin) changing the
+//! certificate Secret between a replica's read and its write, and an API server that
+//! refuses the certificate Secret for a while, or for good. What the replicas did is
 //! read off the API server: objects as the admin reads them, every state of the Lease as
 //! a watch saw it, every request in the audit log.
 //!
