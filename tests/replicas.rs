@@ -338,6 +338,15 @@ fn site_for(host: &str, body: &str) -> String {
     )
 }
 
+/// What each replica last heard from the CA or the store about `host`, for a failure.
+fn last_errors(replicas: &[Portico], host: &str) -> String {
+    replicas
+        .iter()
+        .map(|p| format!("{:?}", p.certs.acme_last_error(host)))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The leaf `addr` serves for `host`, once it serves one that verifies against `roots`;
 /// panics with `context()` if none does within [`PATIENCE`].
 async fn served_leaf_at(
@@ -770,13 +779,7 @@ async fn thirty_seconds_without_the_api_server_cost_no_request_and_delay_a_new_s
         );
     }
     // What each replica last heard from the CA or the store, for a failure here.
-    let errors = || {
-        replicas
-            .iter()
-            .map(|p| format!("{:?}", p.certs.acme_last_error(NEW)))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
+    let errors = || last_errors(&replicas, NEW);
     assert!(
         new_leaves.iter().all(|l| *l == new_leaves[0]),
         "the replicas serve different certificates for {NEW} ({} orders; last errors: {})",
@@ -822,13 +825,7 @@ async fn a_certificate_the_store_refuses_for_a_while_is_stored_later_not_ordered
         world.replica(2, &site("a")).await,
         world.replica(3, &site("b")).await,
     ];
-    let errors = || {
-        replicas
-            .iter()
-            .map(|p| format!("{:?}", p.certs.acme_last_error(HOST)))
-            .collect::<Vec<_>>()
-            .join("; ")
-    };
+    let errors = || last_errors(&replicas, HOST);
     eventually(
         "the certificate Secret was not refused four times",
         Duration::from_millis(50),

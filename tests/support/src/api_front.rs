@@ -185,7 +185,7 @@ impl Front {
         *self.shared.fail.lock().unwrap() = (n, status, true);
     }
 
-    /// Until called again with `None`, every write (POST, PUT, PATCH) whose body holds
+    /// Until called again with `None`, every write (POST, PUT, PATCH, DELETE) whose body holds
     /// `needle` is answered `status` by the front; other requests pass.
     pub fn fail_writes_containing(&self, fault: Option<(&str, u16)>) {
         *self.shared.fail_body.lock().unwrap() =
