@@ -281,9 +281,13 @@ pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>,
     }
     let drop_persistence = connection && persistence_only;
     // Where each name and value sits in `buf`, so the values can share the head's
-    // memory instead of being copied.
+    // memory instead of being copied. On the stack: offsets and lengths within a head
+    // of at most `MAX_HEAD` (64 KiB) bytes fit in 16 bits, and a `Vec` here was an
+    // allocation per response.
+    const _: () = assert!(MAX_HEAD <= 1 << 16);
     let base = buf.as_ptr() as usize;
-    let mut spans = Vec::with_capacity(response.headers.len());
+    let mut spans = [[0u16; 4]; MAX_HEADERS];
+    let mut count = 0;
     for h in response.headers.iter() {
         if drop_persistence
             && (h.name.eq_ignore_ascii_case("connection")
@@ -291,17 +295,20 @@ pub(crate) fn parse_response(buf: &mut BytesMut) -> Result<Option<ResponseHead>,
         {
             continue;
         }
-        let at = h.value.as_ptr() as usize - base;
-        spans.push((
-            h.name.as_ptr() as usize - base,
-            h.name.len(),
-            at,
-            h.value.len(),
-        ));
+        let offset = |p: *const u8| (p as usize - base) as u16;
+        spans[count] = [
+            offset(h.name.as_ptr()),
+            h.name.len() as u16,
+            offset(h.value.as_ptr()),
+            h.value.len() as u16,
+        ];
+        count += 1;
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name_at, name_len, value_at, value_len) in spans {
+    let mut headers = HeaderMap::with_capacity(count);
+    for [name_at, name_len, value_at, value_len] in
+        spans[..count].iter().map(|s| s.map(usize::from))
+    {
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| WireError::Header)?;
         let value = HeaderValue::from_maybe_shared(head.slice(value_at..value_at + value_len))
