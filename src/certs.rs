@@ -249,6 +249,14 @@ impl CertManager {
         self.acme.last_error(site)
     }
 
+    /// The last error of `site` (by [`SiteId`]) if its last ACME attempt failed, with
+    /// the notAfter of the certificate it serves meanwhile, if it serves one: a failed
+    /// renewal, not a site left without a certificate.
+    pub(crate) fn acme_failure(&self, site: &str) -> Option<(String, Option<SystemTime>)> {
+        let error = self.acme.last_error(site)?;
+        Some((error, self.resolver.current(site).map(|c| c.not_after)))
+    }
+
     /// Keeps running `sync` until `shutdown` turns true; `config` is read anew each pass
     /// so reloads apply.
     pub(crate) async fn run(

@@ -125,7 +125,8 @@ impl World {
         World::start_inner(true, None).await
     }
 
-    /// [`World::start`] with a CA whose certificates live `validity`.
+    /// [`World::start`] with a CA whose certificates live `validity`, and that proves
+    /// control of a name anew for every order.
     async fn start_issuing_for(validity: Duration) -> World {
         World::start_inner(false, Some(validity)).await
     }
@@ -148,6 +149,11 @@ impl World {
         let mut config = PebbleConfig::new(http, https);
         if let Some(validity) = validity {
             config = config.with_profile("short", validity);
+            // Every renewal validates anew, so whether it succeeds is the test's to say
+            // (by where the name resolves), not Pebble's reuse of an earlier proof.
+            config
+                .env
+                .push(("PEBBLE_AUTHZREUSE".to_string(), "0".to_string()));
         }
         let pebble = Pebble::start(config).await;
         let front = match front {
@@ -1224,6 +1230,52 @@ async fn an_ingress_secret_is_filled_over_acme_and_served_by_every_replica() {
     }
     let status = ns.get("leases", "portico-status").unwrap();
     assert_eq!(status["spec"]["holderIdentity"], "", "released: {status}");
+}
+
+/// An Ingress host whose renewal fails while its first certificate still serves: the
+/// `CertificateFailed` Event says that the certificate served stays in use and until
+/// when (that certificate's notAfter), not "no certificate yet", and it is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_renewal_is_reported_with_the_certificate_that_stays_in_use() {
+    // Due when a third is left: 20 seconds after issuance.
+    let world = World::start_issuing_for(Duration::from_secs(30)).await;
+    let ns = &world.ns;
+    world.pebble.set_a(HOST, ip(2)).await;
+    ns.grant_ingress_controller(&["replica-2"]);
+    app_service(ns).await;
+    ns.create(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": "renewed"},
+        "spec": {"ingressClassName": ns.ingress_class(),
+            "tls": [{"hosts": [HOST], "secretName": "renewed-tls"}],
+            "rules": [{"host": HOST, "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}}]}}));
+    let kubernetes = format!(
+        "[kubernetes]\ningress_class = \"{}\"\nnamespaces = [\"{}\"]\n",
+        ns.ingress_class(),
+        ns.name
+    );
+    let replicas = [world.spawn(2, &kubernetes)];
+    let roots = world.pebble.issuing_roots().await;
+    let leaf = served_leaf_at(world.https_of(2), HOST, &roots, || logs(&replicas)).await;
+    // From now on the CA's validation dials Pebble's default answer, 127.0.0.1, where
+    // nobody listens: the renewal fails.
+    world.pebble.clear_a(HOST).await;
+
+    let failed = certificate_failed(ns, &replicas, "Ingress", "renewed", HOST).await;
+    let message = failed["message"].as_str().unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).unwrap();
+    let not_after = SystemTime::from(cert.validity().not_after.to_datetime());
+    let stays = format!(
+        "the certificate served stays in use, valid until {}",
+        portico::objects::rfc3339(not_after)
+    );
+    assert!(message.contains(&stays), "{message}\nwanted: {stays}");
+    assert!(!message.contains("no certificate yet"), "{message}");
+    assert_eq!(
+        served_leaf_at(world.https_of(2), HOST, &roots, || logs(&replicas)).await,
+        leaf,
+        "the first certificate keeps serving"
+    );
 }
 
 /// A Gateway annotated `portico.dev/acme: "true"` whose HTTPS listener names a Secret

@@ -227,15 +227,14 @@ impl StatusWriter {
             }
         }
         for (site, owner) in &published.owners {
-            if let (Some(error), Some((object, ingress))) = (
-                self.certs.acme_last_error(site),
-                by_key.get_key_value(owner),
-            ) {
+            if let (Some(failure), Some((object, ingress))) =
+                (self.certs.acme_failure(site), by_key.get_key_value(owner))
+            {
                 events.push((
                     object,
                     ingress,
                     REASON_CERTIFICATE_FAILED,
-                    format!("{site}: no certificate yet: {error}"),
+                    certificate_failed(site, failure),
                 ));
             }
         }
@@ -292,10 +291,10 @@ impl StatusWriter {
             }
         }
         for (site, owner) in &published.gateway_owners {
-            if let (Some(error), Some(gateway)) =
-                (self.certs.acme_last_error(site), gateways.get(owner))
+            if let (Some(failure), Some(gateway)) =
+                (self.certs.acme_failure(site), gateways.get(owner))
             {
-                let message = format!("{site}: no certificate yet: {error}");
+                let message = certificate_failed(site, failure);
                 if memory.said.allow(
                     (
                         format!("Gateway {owner}"),
@@ -576,5 +575,19 @@ fn reference<K: kube::Resource<DynamicType = ()>>(object: &K) -> ObjectReference
         uid: object.uid(),
         resource_version: object.resource_version(),
         field_path: None,
+    }
+}
+
+/// The message of a `CertificateFailed` Event. A site that serves a certificate
+/// meanwhile (a renewal failed, or its new certificate could not be stored) says so and
+/// until when it is valid: an operator reading "no certificate yet" there would look
+/// for an outage that is not happening, or miss the date that matters.
+fn certificate_failed(site: &str, (error, served_until): (String, Option<SystemTime>)) -> String {
+    match served_until {
+        Some(until) => format!(
+            "{site}: the last attempt failed; the certificate served stays in use, valid until {}: {error}",
+            crate::objects::rfc3339(until)
+        ),
+        None => format!("{site}: no certificate yet: {error}"),
     }
 }

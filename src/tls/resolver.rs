@@ -267,7 +267,7 @@ impl CertResolver {
     }
 
     /// The certificate a site serves now, if any.
-    pub(crate) fn current(&self, site: &SiteId) -> Option<Arc<SiteCert>> {
+    pub(crate) fn current(&self, site: &str) -> Option<Arc<SiteCert>> {
         self.lock().certs.get(site).cloned()
     }
 
