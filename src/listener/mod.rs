@@ -448,34 +448,22 @@ async fn drive<C: Graceful>(
     );
     let mut idle = std::pin::pin!(idle);
     let mut phase_change = Box::pin(next_phase(shutdown.clone()));
-    // The shutdown wait and the idle timer are polled only when they may have become
-    // ready, not at every wake-up of the connection (every read, every response): a
-    // poll of either re-registers its waker (the watch's under a lock), ~550
-    // instructions per HTTP/1.1 request (scripts/profile). Each keeps the waker it
-    // registered at its last poll, the task's own, so its wake-up still comes; a
-    // change of phase shows in `has_changed`, a fired timer in `is_elapsed`, and a new
-    // wait or a reset timer is polled once to register.
-    let (mut poll_phase, mut poll_idle) = (true, true);
+    // Polled only when they can be ready (`poll_beside`); made or reset: fresh.
+    let (mut phase_fresh, mut idle_fresh) = (true, true);
     loop {
         let event = std::future::poll_fn(|cx| {
             if let Poll::Ready(result) = conn.as_mut().poll(cx) {
                 return Poll::Ready(Event::Done(result));
             }
-            // Both spend the task's coop budget first: with none left they return
-            // Pending before registering anything, and must be polled again.
-            if poll_phase || shutdown.has_changed().unwrap_or(true) {
-                let registers = tokio::task::coop::has_budget_remaining();
-                if let Poll::Ready(phase) = phase_change.as_mut().poll(cx) {
-                    return Poll::Ready(Event::Phase(phase));
-                }
-                poll_phase = !registers;
+            let changed = shutdown.has_changed().unwrap_or(true);
+            if let Poll::Ready(phase) =
+                poll_beside(phase_change.as_mut(), &mut phase_fresh, changed, cx)
+            {
+                return Poll::Ready(Event::Phase(phase));
             }
-            if poll_idle || idle.is_elapsed() {
-                let registers = tokio::task::coop::has_budget_remaining();
-                if idle.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Idle);
-                }
-                poll_idle = !registers;
+            let elapsed = idle.is_elapsed();
+            if poll_beside(idle.as_mut(), &mut idle_fresh, elapsed, cx).is_ready() {
+                return Poll::Ready(Event::Idle);
             }
             Poll::Pending
         })
@@ -496,7 +484,7 @@ async fn drive<C: Graceful>(
                     Phase::Closed => return Ok(()),
                 }
                 phase_change = Box::pin(next_phase(shutdown.clone()));
-                poll_phase = true;
+                phase_fresh = true;
             }
             Event::Idle => {
                 let now = Instant::now();
@@ -513,10 +501,35 @@ async fn drive<C: Graceful>(
                     Some(at) => idle.as_mut().reset(at),
                     None => idle.as_mut().reset(now + limits.idle_timeout),
                 }
-                poll_idle = true;
+                idle_fresh = true;
             }
         }
     }
+}
+
+/// Polls a future that waits beside a connection's real work (its idle timer, its
+/// shutdown wait) only when it can have become ready: on its first poll after it was
+/// made or reset (`*fresh`, cleared here), or when `woke` says its event happened
+/// (`Sleep::is_elapsed`, `watch::Receiver::has_changed`). In between it keeps the
+/// waker it registered, the task's own, and its wake-up still comes. Polling it at every wake-up of the task (every read, every response)
+/// re-registered that waker each time: ~550 instructions per HTTP/1.1 request for a
+/// connection's two (scripts/profile). A request's upstream timeout gains nothing from
+/// it: its cost is the timer's registration, and its exchange wakes it once or twice.
+///
+/// Polled outside the task's coop budget: a poll turned away for want of budget
+/// registers nothing, and would leave the waiter deaf. tokio's own `timeout` polls its
+/// timer the same way once the budget is spent.
+fn poll_beside<F: Future + ?Sized>(
+    waiter: Pin<&mut F>,
+    fresh: &mut bool,
+    woke: bool,
+    cx: &mut Context<'_>,
+) -> Poll<F::Output> {
+    if !(*fresh || woke) {
+        return Poll::Pending;
+    }
+    *fresh = false;
+    Pin::new(&mut tokio::task::coop::unconstrained(waiter)).poll(cx)
 }
 
 /// What woke [`drive`]'s loop.
