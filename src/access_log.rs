@@ -36,13 +36,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::uri::PathAndQuery;
-use http::{HeaderValue, Method, Response, Version};
+use http::{Method, Response, Version};
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use crate::body::{Body, BoxError};
 use crate::config::LogFormat;
 use crate::metrics::Metrics;
+use crate::request_id::RequestId;
 
 /// Lines the queue holds before new ones are dropped.
 pub(crate) const QUEUE: usize = 16 * 1024;
@@ -270,7 +271,7 @@ pub(crate) struct Record {
     pub upstream: UpstreamTrace,
     pub tls: Option<&'static str>,
     pub sni: Option<Arc<str>>,
-    pub request_id: HeaderValue,
+    pub request_id: RequestId,
     /// ` site=… client=…` made once per connection and site ([`text_head`]), for text
     /// lines; `None`: written from `site` and `client`.
     pub text_head: Option<Arc<[u8]>>,
@@ -374,7 +375,7 @@ impl Record {
             out.extend_from_slice(b" request_id=");
             out.extend_from_slice(id);
         } else {
-            text_field(out, b" request_id=", self.request_id.to_str().ok());
+            text_field(out, b" request_id=", self.request_id.as_str());
         }
         out.push(b'\n');
     }
@@ -399,7 +400,7 @@ impl Record {
             upstream_ms: self.upstream.head.map(|d| d.as_secs_f64() * 1000.0),
             tls: self.tls,
             sni: self.sni.as_deref(),
-            request_id: self.request_id.to_str().ok(),
+            request_id: self.request_id.as_str(),
         };
         // Serializing borrowed strings and numbers into memory cannot fail.
         let _ = serde_json::to_writer(&mut *out, &line);
@@ -773,7 +774,7 @@ mod tests {
             },
             tls: Some("TLSv1.3"),
             sni: Some(Arc::from("a.test")),
-            request_id: HeaderValue::from_static("abc"),
+            request_id: RequestId::Kept(http::HeaderValue::from_static("abc")),
             text_head: None,
             text_tail: None,
         }

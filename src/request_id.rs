@@ -27,7 +27,7 @@ pub(crate) fn is_sane(value: &[u8]) -> bool {
 }
 
 /// A new id: 128 random bits as 32 lowercase hex digits.
-pub(crate) fn generate() -> HeaderValue {
+pub(crate) fn generate() -> NewId {
     let bytes = [next_u64().to_be_bytes(), next_u64().to_be_bytes()];
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut text = [0u8; 32];
@@ -35,7 +35,7 @@ pub(crate) fn generate() -> HeaderValue {
         text[2 * i] = HEX[usize::from(b >> 4)];
         text[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
-    HeaderValue::from_bytes(&text).expect("hex digits are a valid header value")
+    NewId(text)
 }
 
 /// wyrand, one state per thread, seeded from aws-lc's RNG when the thread makes its
@@ -67,13 +67,66 @@ fn seed() -> u64 {
     u64::from_be_bytes(bytes)
 }
 
-/// A request's id, and whether it was made here.
+/// An id made here: 32 lowercase hex digits, kept as bytes. Most go straight into an
+/// HTTP/1.1 upstream's request head; a `HeaderValue` (an allocation, and a check of
+/// every byte) is made only where a header map needs one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NewId([u8; 32]);
+
+impl NewId {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn as_str(&self) -> &str {
+        // Hex digits: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    pub(crate) fn to_value(self) -> HeaderValue {
+        HeaderValue::from_bytes(&self.0).expect("hex digits are a valid header value")
+    }
+}
+
+impl std::fmt::Debug for NewId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request's id.
 #[derive(Debug, Clone)]
-pub(crate) struct RequestId {
-    pub value: HeaderValue,
+pub(crate) enum RequestId {
+    /// The request's one sane `X-Request-Id`: it goes upstream as it came.
+    Kept(HeaderValue),
     /// Made here: it replaces every `X-Request-Id` the request carries, on its way
     /// upstream (`proxy::headers::Forwarding`).
-    pub new: bool,
+    New(NewId),
+}
+
+impl RequestId {
+    /// The id's text: visible ASCII either way.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        match self {
+            RequestId::Kept(value) => value.as_bytes(),
+            RequestId::New(id) => id.as_bytes(),
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> Option<&str> {
+        match self {
+            RequestId::Kept(value) => value.to_str().ok(),
+            RequestId::New(id) => Some(id.as_str()),
+        }
+    }
+
+    /// The id, if it was made here.
+    pub(crate) fn new_id(&self) -> Option<NewId> {
+        match self {
+            RequestId::Kept(_) => None,
+            RequestId::New(id) => Some(*id),
+        }
+    }
 }
 
 /// The request's id: the one `X-Request-Id` it carries when that is sane, else a new
@@ -83,15 +136,9 @@ pub(crate) fn of(headers: &HeaderMap) -> RequestId {
     if let (Some(first), None) = (values.next(), values.next())
         && is_sane(first.as_bytes())
     {
-        return RequestId {
-            value: first.clone(),
-            new: false,
-        };
+        return RequestId::Kept(first.clone());
     }
-    RequestId {
-        value: generate(),
-        new: true,
-    }
+    RequestId::New(generate())
 }
 
 #[cfg(test)]
@@ -109,12 +156,12 @@ mod tests {
     #[test]
     fn a_sane_id_is_kept() {
         let id = of(&with(&[b"abc-123_XYZ.{}"]));
-        assert_eq!(id.value, "abc-123_XYZ.{}");
-        assert!(!id.new);
+        assert_eq!(id.as_bytes(), b"abc-123_XYZ.{}");
+        assert!(id.new_id().is_none());
         let longest = vec![b'a'; MAX_LEN];
         let id = of(&with(&[&longest]));
-        assert_eq!(id.value.as_bytes(), &longest[..]);
-        assert!(!id.new);
+        assert_eq!(id.as_bytes(), &longest[..]);
+        assert!(id.new_id().is_none());
     }
 
     /// Log injection: whatever an attacker puts in the header never comes out.
@@ -131,18 +178,19 @@ mod tests {
         ];
         for values in cases {
             let id = of(&with(values));
-            assert!(id.new, "{values:?}");
-            assert_eq!(id.value.len(), 32, "{values:?}");
-            assert!(id.value.as_bytes().iter().all(u8::is_ascii_hexdigit));
+            assert!(id.new_id().is_some(), "{values:?}");
+            assert_eq!(id.as_bytes().len(), 32, "{values:?}");
+            assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
+            assert_eq!(id.new_id().unwrap().to_value().as_bytes(), id.as_bytes());
         }
     }
 
     #[test]
     fn a_missing_id_is_created_fresh_each_time() {
         let (x, y) = (of(&HeaderMap::new()), of(&HeaderMap::new()));
-        assert!(x.new && y.new);
-        assert_ne!(x.value, y.value);
-        assert!(is_sane(x.value.as_bytes()));
+        assert!(x.new_id().is_some() && y.new_id().is_some());
+        assert_ne!(x.as_bytes(), y.as_bytes());
+        assert!(is_sane(x.as_bytes()));
     }
 
     #[test]

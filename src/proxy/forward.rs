@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
@@ -34,6 +34,7 @@ use super::{Body, ConnInfo, upgrade};
 use crate::access_log::UpstreamTrace;
 use crate::config::UpstreamProtocol;
 use crate::report::Chain;
+use crate::request_id::NewId;
 use crate::router::Filters;
 
 /// The request head as it goes upstream, kept so a retry can send it again.
@@ -114,7 +115,7 @@ pub(super) struct Sender {
     /// The client after trusted proxies ([`super::headers::client_address`]).
     pub client: std::net::IpAddr,
     /// The request's id when portico made it: it replaces the client's upstream.
-    pub request_id: Option<HeaderValue>,
+    pub request_id: Option<NewId>,
 }
 
 /// What the access log wants to know of a forwarded request, when it is on.
@@ -175,7 +176,7 @@ pub(super) async fn forward(
         proto: conn.proto,
         original_host,
         version: parts.version,
-        request_id: sender.request_id.as_ref(),
+        request_id: sender.request_id,
     };
     // `X-Forwarded-Host` keeps the client's host; a `URLRewrite` changes only the one
     // the upstream is asked for.

@@ -26,7 +26,7 @@ use http::{Method, Version};
 
 use super::h1codec::{encode_head, is_field_value, write_field};
 use crate::config::HeaderEdits;
-use crate::request_id::X_REQUEST_ID;
+use crate::request_id::{NewId, X_REQUEST_ID};
 
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -215,7 +215,7 @@ pub(crate) struct Forwarding<'a> {
     pub version: Version,
     /// An id made for this request, to replace every `X-Request-Id` the client sent;
     /// `None` keeps the client's.
-    pub request_id: Option<&'a HeaderValue>,
+    pub request_id: Option<NewId>,
 }
 
 impl Forwarding<'_> {
@@ -265,7 +265,7 @@ impl Forwarding<'_> {
         };
         headers.insert(header::VIA, via);
         if let Some(id) = self.request_id {
-            headers.insert(X_REQUEST_ID.clone(), id.clone());
+            headers.insert(X_REQUEST_ID.clone(), id.to_value());
         }
     }
 
@@ -636,7 +636,7 @@ mod tests {
         }
     }
 
-    fn forwarding<'a>(trusted: bool, id: Option<&'a HeaderValue>) -> Forwarding<'a> {
+    fn forwarding(trusted: bool, id: Option<NewId>) -> Forwarding<'static> {
         Forwarding {
             peer: if trusted {
                 "10.0.0.1".parse().unwrap()
@@ -669,21 +669,24 @@ mod tests {
             ("x-request-id", "from-client"),
             ("content-length", "3"),
         ]);
-        let id = HeaderValue::from_static("0123abcd");
+        let id = crate::request_id::generate();
         let head = http1_head(
             &Method::POST,
             "/p?q",
             h.clone(),
-            &forwarding(false, Some(&id)),
+            &forwarding(false, Some(id)),
             None,
             "up.test",
             None,
         );
         assert_eq!(
             String::from_utf8(head).unwrap(),
-            "POST /p?q HTTP/1.1\r\nuser-agent: t\r\ncookie: a=1; b=2\r\nhost: up.test\r\n\
-             x-forwarded-for: 192.0.2.1\r\nx-real-ip: 5.6.7.8\r\nx-forwarded-proto: https\r\n\
-             x-forwarded-host: A.test:8443\r\nvia: 1.0 corp, 2 portico\r\nx-request-id: 0123abcd\r\n"
+            format!(
+                "POST /p?q HTTP/1.1\r\nuser-agent: t\r\ncookie: a=1; b=2\r\nhost: up.test\r\n\
+                 x-forwarded-for: 192.0.2.1\r\nx-real-ip: 5.6.7.8\r\nx-forwarded-proto: https\r\n\
+                 x-forwarded-host: A.test:8443\r\nvia: 1.0 corp, 2 portico\r\nx-request-id: {}\r\n",
+                std::str::from_utf8(id.as_bytes()).unwrap()
+            )
         );
         // A trusted peer: the chain and `Forwarded` kept, the client's id kept.
         let head = http1_head(
@@ -733,10 +736,10 @@ mod tests {
                 ("transfer-encoding", "chunked"),
             ]),
         ];
-        let id = HeaderValue::from_static("fresh");
+        let id = crate::request_id::generate();
         for h in &inputs {
             for trusted in [false, true] {
-                for id in [None, Some(&id)] {
+                for id in [None, Some(id)] {
                     for host in ["up.test", "bad\u{1}host", ""] {
                         for upgrade in [None, Some(&HeaderValue::from_static("websocket"))] {
                             let mut f = forwarding(trusted, id);

@@ -256,7 +256,7 @@ impl Proxy {
                     upstream: Default::default(),
                     tls: conn.tls_version,
                     sni: conn.sni.clone(),
-                    request_id: request_id.value.clone(),
+                    request_id: request_id.clone(),
                     text_head: None,
                     text_tail: (format == LogFormat::Text).then(|| conn.log_text.tail(conn)),
                 };
@@ -384,7 +384,7 @@ impl Proxy {
             let sender = forward::Sender {
                 trusted: trusts(peer),
                 client,
-                request_id: request_id.new.then_some(request_id.value),
+                request_id: request_id.new_id(),
             };
             let bounds = forward::Bounds {
                 upstream_timeout: m
