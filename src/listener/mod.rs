@@ -511,10 +511,11 @@ async fn drive<C: Graceful>(
 /// shutdown wait) only when it can have become ready: on its first poll after it was
 /// made or reset (`*fresh`, cleared here), or when `woke` says its event happened
 /// (`Sleep::is_elapsed`, `watch::Receiver::has_changed`). In between it keeps the
-/// waker it registered, the task's own, and its wake-up still comes. Polling it at every wake-up of the task (every read, every response)
-/// re-registered that waker each time: ~550 instructions per HTTP/1.1 request for a
-/// connection's two (scripts/profile). A request's upstream timeout gains nothing from
-/// it: its cost is the timer's registration, and its exchange wakes it once or twice.
+/// waker it registered, the task's own, and its wake-up still comes. Polling it at
+/// every wake-up of the task (every read, every response) re-registered that waker
+/// each time: ~550 instructions per HTTP/1.1 request for a connection's two
+/// (scripts/profile). A request's upstream timeout gains nothing from it: its cost is
+/// the timer's registration, and its exchange wakes it once or twice.
 ///
 /// Polled outside the task's coop budget: a poll turned away for want of budget
 /// registers nothing, and would leave the waiter deaf. tokio's own `timeout` polls its
