@@ -949,6 +949,83 @@ async fn a_store_that_never_takes_the_certificate_does_not_hold_up_its_renewal()
     );
 }
 
+/// Certificates the store refuses keep retrying their writes, but not the order slots
+/// they were ordered in: with as many sites waiting for the store as a replica orders
+/// at once (four), a site added after them is still ordered, served and stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_waiting_for_the_store_do_not_hold_up_other_orders() {
+    let world = World::start().await;
+    // As many as `CONCURRENT_ORDERS` (src/acme/manager.rs).
+    const WAITING: [&str; 4] = [
+        "waiting-1.example.test",
+        "waiting-2.example.test",
+        "waiting-3.example.test",
+        "waiting-4.example.test",
+    ];
+    for host in WAITING.into_iter().chain([HOST]) {
+        world.pebble.set_a(host, ip(2)).await;
+    }
+    // Only their certificate Secrets name them as their common name.
+    world
+        .api
+        .fail_writes_containing(Some((r#"common-name":"waiting-"#, 503)));
+    let waiting: String = WAITING.iter().map(|h| site_for(h, "waiting")).collect();
+    let p = world.replica(2, &waiting).await;
+    let context = || {
+        format!(
+            "{} orders, {} refused writes; last errors: {}; {}",
+            world.pebble.orders(),
+            world.api.failed_writes_containing(),
+            last_errors(std::slice::from_ref(&p), HOST),
+            WAITING
+                .iter()
+                .map(|h| format!("{h}: {:?}", p.certs.acme_last_error(h)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    };
+    eventually(
+        "the four certificates were not all issued and waiting for the store",
+        Duration::from_millis(200),
+        || {
+            WAITING
+                .iter()
+                .all(|h| {
+                    p.certs
+                        .acme_last_error(h)
+                        .is_some_and(|e| e.contains("storing the new certificate"))
+                })
+                .then_some(())
+        },
+        context,
+    )
+    .await;
+
+    world.write_config(ip(2), &format!("{waiting}{}", site("new")));
+    p.reloader.reload_now().await.unwrap();
+    eventually(
+        "the new site's certificate was never stored while four others waited for the store",
+        Duration::from_millis(200),
+        || world.certificate_secret(HOST),
+        context,
+    )
+    .await;
+    let roots = world.pebble.issuing_roots().await;
+    assert_eq!(
+        secret_leaf(&world.certificate_secret(HOST).unwrap()),
+        Some(served_leaf(&p, &roots).await),
+        "the new site serves what it stored"
+    );
+    for host in WAITING {
+        assert!(
+            world.certificate_secret(host).is_none(),
+            "{host}: {}",
+            context()
+        );
+    }
+    assert_eq!(world.pebble.orders(), 5, "{}", context());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_with_clocks_hours_off_never_become_a_second_holder() {
     let world = World::start_with_front().await;

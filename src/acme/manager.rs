@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use instant_acme::{Account, CertificateIdentifier};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use super::challenges::Challenges;
 use super::order::{self, Responders};
@@ -274,8 +274,9 @@ impl AcmeManager {
             };
             let outcome = match due {
                 Ok(true) => {
-                    let _permit = this.orders.acquire().await;
-                    Some(this.attempt(&site, &acme, now).await)
+                    // Never closed: `ok` is always a permit.
+                    let slot = this.orders.acquire().await.ok();
+                    Some(this.attempt(&site, &acme, now, slot).await)
                 }
                 Ok(false) => None,
                 Err(e) => Some(Err(e)),
@@ -424,11 +425,14 @@ impl AcmeManager {
         Ok(account)
     }
 
+    /// `slot` is the site's place among [`CONCURRENT_ORDERS`]: held while it talks to
+    /// the CA, given up before a certificate that is issued waits for the store.
     async fn attempt(
         &self,
         site: &Site,
         acme: &Acme,
         now: SystemTime,
+        slot: Option<SemaphorePermit<'_>>,
     ) -> Result<Outcome, AcmeError> {
         let names = site.names();
         let lock = format!("acme-{}", short_hash(&names.join(",")));
@@ -446,6 +450,9 @@ impl AcmeManager {
         // store's compare-and-swap keeps it from overwriting another holder's. Dropped
         // instead, this replica served a certificate no other replica had, and the next
         // holder found nothing stored and ordered again.
+        // The CA's part is over: a store that refuses the certificate for hours must not
+        // keep other sites from being ordered.
+        drop(slot);
         let result = match locked {
             Ok(Locked::Done(outcome)) => Ok(outcome),
             Ok(Locked::Issued(issued)) => self.store_issued(site, issued).await,
