@@ -34,7 +34,7 @@ use common::base64_decode;
 use common::ca_front::CaFront;
 use common::control_plane::{Namespace, Recorder, control_plane};
 use common::edge::{self, Portico, client_config, install_provider, start_with, tls_connect};
-use common::pebble::{Pebble, PebbleConfig, free_port};
+use common::pebble::{Pebble, PebbleConfig};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use portico::acme::Tuning;
@@ -97,7 +97,22 @@ struct World {
     front: Option<CaFront>,
     http: u16,
     https: u16,
+    /// `http` and `https` held on 127.0.0.1 while the world lives (see [`reserved_port`]).
+    _reserved: [tokio::net::TcpSocket; 2],
     dir: tempfile::TempDir,
+}
+
+/// A loopback port that stays this world's while it lives: bound on 127.0.0.1 but not
+/// listening (a connection there is refused, as where nobody listens), so that neither
+/// another world of this test binary nor another process is handed it, while the
+/// replicas bind it on 127.0.0.2 and up. A port picked and released at once
+/// (`free_port`) could be picked again by a world running beside this one, and its
+/// replica-2 then failed to bind (`AddrInUse`, seen once in `.ci/run`).
+fn reserved_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
 }
 
 /// portico's log lines (info and up: orders, installs, lease warnings) go to the test's
@@ -145,7 +160,7 @@ impl World {
         let api = Front::start(ns.plane()).await;
         let leases = ns.record("leases");
         // One port pair for every replica address, as pods share the Service's ports.
-        let (http, https) = (free_port(), free_port());
+        let ((http_socket, http), (https_socket, https)) = (reserved_port(), reserved_port());
         let mut config = PebbleConfig::new(http, https);
         if let Some(validity) = validity {
             config = config.with_profile("short", validity);
@@ -168,6 +183,7 @@ impl World {
             front,
             http,
             https,
+            _reserved: [http_socket, https_socket],
             dir: tempfile::tempdir().unwrap(),
         }
     }
