@@ -1278,24 +1278,11 @@ async fn an_ingress_secret_is_filled_over_acme_and_served_by_every_replica() {
     world.pebble.set_a(HOST, ip(2)).await;
     ns.grant_ingress_controller(&["replica-2", "replica-3"]);
     app_service(ns).await;
-    ns.create(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": {"name": "shared"},
-        "spec": {"ingressClassName": ns.ingress_class(),
-            "tls": [{"hosts": [HOST], "secretName": "shared-tls"}],
-            "rules": [{"host": HOST, "http": {"paths": [
-                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}}]}}));
+    ingress_to_app(ns, "shared", HOST, Some("shared-tls"));
     // Resolves to Pebble's default answer, 127.0.0.1, where nobody listens.
     const NOWHERE: &str = "nowhere.example.test";
-    ns.create(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": {"name": "nowhere"},
-        "spec": {"ingressClassName": ns.ingress_class(),
-            "rules": [{"host": NOWHERE, "http": {"paths": [
-                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}}]}}));
-    let kubernetes = format!(
-        "[kubernetes]\ningress_class = \"{}\"\nnamespaces = [\"{}\"]\n",
-        ns.ingress_class(),
-        ns.name
-    );
+    ingress_to_app(ns, "nowhere", NOWHERE, None);
+    let kubernetes = ingress_config(ns);
     let replicas = [world.spawn(2, &kubernetes), world.spawn(3, &kubernetes)];
     filled_and_served_by_both(
         &world,
@@ -1336,17 +1323,8 @@ async fn a_failed_renewal_is_reported_with_the_certificate_that_stays_in_use() {
     world.pebble.set_a(HOST, ip(2)).await;
     ns.grant_ingress_controller(&["replica-2"]);
     app_service(ns).await;
-    ns.create(json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": {"name": "renewed"},
-        "spec": {"ingressClassName": ns.ingress_class(),
-            "tls": [{"hosts": [HOST], "secretName": "renewed-tls"}],
-            "rules": [{"host": HOST, "http": {"paths": [
-                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}}]}}));
-    let kubernetes = format!(
-        "[kubernetes]\ningress_class = \"{}\"\nnamespaces = [\"{}\"]\n",
-        ns.ingress_class(),
-        ns.name
-    );
+    ingress_to_app(ns, "renewed", HOST, Some("renewed-tls"));
+    let kubernetes = ingress_config(ns);
     let replicas = [world.spawn(2, &kubernetes)];
     let roots = world.pebble.issuing_roots().await;
     let leaf = served_leaf_at(world.https_of(2), HOST, &roots, || logs(&replicas)).await;
@@ -1439,6 +1417,29 @@ async fn a_gateway_certificate_ref_is_filled_over_acme_and_served_by_every_repli
     )
     .await;
     assert_eq!(gateway["status"]["listeners"][0]["name"], "shared");
+}
+
+/// An Ingress of the test's class routing `host` to Service `app`, with a `spec.tls`
+/// naming `secret` when there is one.
+fn ingress_to_app(ns: &Namespace, name: &str, host: &str, secret: Option<&str>) {
+    let mut ingress = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name},
+        "spec": {"ingressClassName": ns.ingress_class(),
+            "rules": [{"host": host, "http": {"paths": [
+                {"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "app", "port": {"number": 80}}}}]}}]}});
+    if let Some(secret) = secret {
+        ingress["spec"]["tls"] = json!([{"hosts": [host], "secretName": secret}]);
+    }
+    ns.create(ingress);
+}
+
+/// The `[kubernetes]` table serving the test's IngressClass in its namespace.
+fn ingress_config(ns: &Namespace) -> String {
+    format!(
+        "[kubernetes]\ningress_class = \"{}\"\nnamespaces = [\"{}\"]\n",
+        ns.ingress_class(),
+        ns.name
+    )
 }
 
 /// Service `app` on port 80, its one ready endpoint a new echo backend of that name on

@@ -445,14 +445,14 @@ impl AcmeManager {
             result = self.attempt_locked(site, acme, now) => result,
             _ = lost.wait_for(|lost| *lost) => Err(AcmeError::LockLost),
         };
+        // The CA's part is over: a store that refuses the certificate for hours must not
+        // keep other sites from being ordered.
+        drop(slot);
         // An issued certificate is stored even if the lock was lost meanwhile (renewals
         // failing while the API server came back, say): the order is paid for, and the
         // store's compare-and-swap keeps it from overwriting another holder's. Dropped
         // instead, this replica served a certificate no other replica had, and the next
         // holder found nothing stored and ordered again.
-        // The CA's part is over: a store that refuses the certificate for hours must not
-        // keep other sites from being ordered.
-        drop(slot);
         let result = match locked {
             Ok(Locked::Done(outcome)) => Ok(outcome),
             Ok(Locked::Issued(issued)) => self.store_issued(site, issued).await,
